@@ -1,0 +1,140 @@
+"""The readable top of the pipeline: import → compress → schedule → build → artifact → verify."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare, save_arrays, write_manifest
+from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
+from .frontend import ImportedModel, TensorSpec, load_model
+from .target import Target, get_target
+
+
+@dataclasses.dataclass
+class CompileOptions:
+    """Everything ``compile`` does besides the model and target.
+
+    ``passes``: compression passes (``IRModule -> IRModule``) run on the module with weights bound
+    as constants, in order. ``database``: a tuning database directory (default: the target's own
+    under ``~/.cache/hwcomp/tuning/<target>`` and the shipped records, when present).
+    """
+
+    passes: list[Callable] = dataclasses.field(default_factory=list)
+    database: str | Path | None = None
+    use_default_database: bool = True
+    verify: bool = True
+    compression_summary: dict | None = None
+
+
+def _default_database(target: Target) -> Path | None:
+    from .tune.database import default_database_dir
+
+    d = default_database_dir(target)
+    return d if d is not None and d.is_dir() else None
+
+
+def compile(  # noqa: A001 - the verb users expect
+    model,
+    target: str | Target = "host",
+    output_dir: str | Path | None = None,
+    example_inputs=None,
+    input_shapes: dict | None = None,
+    options: CompileOptions | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Artifact:
+    """Compile ``model`` (``nn.Module`` + example inputs, ``.pt2`` or ``.onnx``) for ``target``.
+
+    Returns the loaded :class:`Artifact`. When the target runs on this machine the compiled model is
+    run on the example inputs and compared with the framework (``artifact.fidelity``).
+    """
+    options = options or CompileOptions()
+    log = log or (lambda s: None)
+    target = get_target(target)
+    t0 = time.perf_counter()
+    imported = model if isinstance(model, ImportedModel) else load_model(model, example_inputs, input_shapes)
+    log(f"imported {imported.source}: {len(imported.params)} weights, inputs "
+        + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
+
+    mod = bind_weights(imported.mod, imported.params)
+    for p in options.passes:
+        mod = p(mod)
+    mod, weights = finalize_weights(mod)
+
+    database = options.database
+    if database is None and options.use_default_database:
+        database = _default_database(target)
+    mod = schedule(mod, target, database)
+    executable = compile_module(mod, target)
+    log(f"built for {target.name} in {time.perf_counter() - t0:.1f} s"
+        + (f" (tuning database {database})" if database else ""))
+
+    out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="hwcomp-artifact-"))
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    export_library(executable, out / LIB, target)
+    save_arrays(out / WEIGHTS, weights)
+
+    ref_inputs = imported.sample_inputs()
+    ref_outputs = imported.reference(ref_inputs)
+    save_arrays(out / REFERENCE, {**{f"input{i}": a for i, a in enumerate(ref_inputs)},
+                                  **{f"output{i}": a for i, a in enumerate(ref_outputs)}})
+    manifest = {
+        "hwcomp_version": __version__,
+        "tvm_version": _tvm_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": imported.source,
+        "target": target.to_dict(),
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [TensorSpec(f"output{i}", tuple(o.shape), str(o.dtype)).to_dict()
+                    for i, o in enumerate(ref_outputs)],
+        "weights": {"count": len(weights), "bytes": int(sum(w.nbytes for w in weights.values()))},
+        "compression": options.compression_summary or {"passes": [getattr(p, "__name__", str(p))
+                                                                  for p in options.passes]},
+        "fidelity": None,
+    }
+    write_manifest(out, manifest)
+    artifact = Artifact.load(out)
+
+    if options.verify:
+        ok, why = artifact.runs_here()
+        if ok:
+            fidelity = compare(artifact.run(ref_inputs), ref_outputs)
+            fidelity["on"] = "example inputs"
+        else:
+            fidelity = {"not_measured": why}
+        manifest["fidelity"] = fidelity
+        write_manifest(out, manifest)
+        artifact = Artifact.load(out)
+    return artifact
+
+
+def load(path: str | Path) -> Artifact:
+    """Load and verify a saved artifact directory or archive."""
+    return Artifact.load(path)
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def summarize_fidelity(fidelity: dict | None) -> str:
+    if not fidelity:
+        return "fidelity: not measured"
+    if "not_measured" in fidelity:
+        return f"fidelity: not measured ({fidelity['not_measured']})"
+    return f"fidelity vs reference: max abs err {fidelity['max_abs_err']:.3g}, cosine {fidelity['min_cosine']:.6f}"
+
+
+__all__ = ["CompileOptions", "compile", "load", "summarize_fidelity"]

@@ -1,0 +1,76 @@
+"""Lower, schedule and build a Relax module for a :class:`~hwcomp.target.Target`.
+
+Order: bind weights → compression passes (the caller's) → fold weight layouts → lift weights back
+to parameters → legalize + fuse (applying a tuning database when one is given) → default schedules
+for whatever the database does not cover → ``tvm.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import HwcompError
+from .passes import FoldWeightLayout, lift_constants
+from .target import Target
+
+
+def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
+    """Bind the named parameters of ``main`` as constants so passes can read and rewrite them."""
+    return relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
+
+
+def finalize_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
+    """Fold layout ops on constant weights, then lift the weights out as parameters."""
+    mod = FoldWeightLayout(mod)
+    return lift_constants(mod)
+
+
+def _database(database: str | Path | None):
+    if database is None:
+        return contextlib.nullcontext()
+    from .tune.database import open_database
+
+    return open_database(database)
+
+
+def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = None) -> tvm.IRModule:
+    """Legalize, fuse and schedule every PrimFunc (tuned records first, default rules after)."""
+    from tvm.s_tir import dlight as dl
+
+    tvm_target = target.tvm_target()
+    with tvm_target, _database(database):
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        if not target.is_gpu:
+            from hwcomp.schedules.cpu import default_rules
+
+            mod = dl.ApplyDefaultSchedule(*default_rules(target.vector_bits))(mod)
+        else:
+            mod = dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            )(mod)
+    return mod
+
+
+def compile_module(mod: tvm.IRModule, target: Target):
+    """``tvm.compile`` a scheduled module; returns the VM executable."""
+    try:
+        return tvm.compile(mod, target=target.tvm_target())
+    except Exception as e:  # TVM's own errors are long C++ traces: keep the head
+        head = "\n".join(str(e).strip().splitlines()[-6:])
+        raise HwcompError(f"building for target {target.name!r} failed:\n{head}") from e
+
+
+def export_library(executable, path: str | Path, target: Target) -> None:
+    """Write the shared library, cross-compiling when the target is another architecture."""
+    kwargs = {}
+    if target.cross_compiler:
+        from tvm.support import cc
+
+        kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
+    executable.export_library(str(path), **kwargs)

@@ -1,0 +1,258 @@
+"""Default (untuned) schedules for LLVM CPU targets, x86 and ARM alike.
+
+TVM's default CPU pipeline schedules nothing: a legalized matmul runs as a scalar triple loop, about
+100x slower than PyTorch. These rules give every fused PrimFunc a reasonable schedule without
+tuning. They are dlight ``ScheduleRule`` objects so they compose with dlight's own CPU rules.
+
+``TiledReduction`` handles a function with one reduction block (matmul, batch matmul, dense, conv,
+pooling) and injective prologues/epilogues (bias, activation, residual add): a register tile of
+``MR`` rows by ``NR`` vector lanes is accumulated in a local buffer while the reduction runs, the
+epilogue is applied to the tile while it is still in registers, and the outer tile loops run in
+parallel. The column-panel loop sits outside the row loop so a ``K x NR`` panel of the weight
+stays in cache while every row tile reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+
+@dataclasses.dataclass(frozen=True)
+class TileKnobs:
+    """Tunable knobs of :class:`TiledReduction` (the tuner searches these).
+
+    ``mr``/``nr``: register tile rows and columns (``nr`` in elements, a multiple of the vector
+    lanes); ``kc``: reduction split for cache blocking (0 = none); ``panel_outer``: iterate column
+    panels outside row tiles (weight panel reuse) rather than the reverse.
+    """
+
+    mr: int = 4
+    nr_vectors: int = 2
+    kc: int = 0
+    panel_outer: bool = True
+
+
+def _lanes(vector_bits: int, dtype_bits: int) -> int:
+    return max(vector_bits // dtype_bits, 1)
+
+
+def _const_int(x) -> int | None:
+    return int(x.value) if isinstance(x, tirx.IntImm) else None
+
+
+def _has_conditional(sch: s_tir.Schedule, block) -> bool:
+    # TVM 0.27 exposes no Python visitor for TIR statements; the printed body is exact enough.
+    return "if_then_else" in str(sch.get(block).body)
+
+
+def _is_reduction(sch, block) -> bool:
+    kinds = {iv.iter_type for iv in sch.get(block).iter_vars}
+    return tirx.IterVar.CommReduce in kinds
+
+
+def _is_spatial(sch, block) -> bool:
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def _largest_divisor(n: int, prefs: tuple[int, ...]) -> int:
+    for p in prefs:
+        if p > 0 and n % p == 0:
+            return p
+    return 1
+
+
+def _vars_in(expr) -> list:
+    return list(tirx.analysis.undefined_vars(expr))
+
+
+def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int = 4096) -> None:
+    """Parallelize the outer loops and vectorize the innermost loop of a spatial block."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extents = [_const_int(sch.get(lp).extent) for lp in loops]
+    if any(e is None for e in extents):
+        return
+    total = 1
+    for e in extents:
+        total *= e
+    inner = loops[-1]
+    if extents[-1] >= lanes and extents[-1] % lanes == 0:
+        outer_part, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+        loops = [*loops[:-1], outer_part]
+    elif 1 < extents[-1] <= 2 * lanes:
+        sch.vectorize(inner)
+        loops = loops[:-1]
+    if loops and total >= min_parallel:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(fused)
+
+
+class TiledReduction(ScheduleRule):
+    """Register-tiled schedule for one-reduction functions (matmul, batch matmul, conv)."""
+
+    def __init__(self, vector_bits: int, knobs: TileKnobs | None = None):
+        # The vector width comes from hwcomp's target description: LLVM's own query reports 512
+        # bits for AVX2-only x86 CPUs.
+        self.vector_bits = vector_bits
+        self.knobs = knobs or TileKnobs()
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._apply(func, target)
+        except (s_tir.ScheduleError, ValueError, IndexError):
+            return None
+
+    def _apply(self, func, target):
+        knobs = self.knobs
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        if len(reductions) != 1 or not all(
+            _is_spatial(sch, b) for b in blocks if b not in reductions
+        ):
+            return None
+        main = reductions[0]
+
+        # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
+        # stage because an if_then_else in the innermost loop defeats vectorization.
+        for b in blocks:
+            if b != main and _is_spatial(sch, b) and sch.get_consumers(b) and not _has_conditional(sch, b):
+                try:
+                    sch.compute_inline(b)
+                except s_tir.ScheduleError:
+                    pass
+
+        stmt = sch.get(main)
+        loops = sch.get_loops(main)
+        ivars = list(stmt.iter_vars)
+        if len(loops) != len(ivars):
+            return None
+        kinds = ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivars]
+        n_s = kinds.count("S")
+        if kinds != ["S"] * n_s + ["R"] * (len(kinds) - n_s) or n_s == 0:
+            return None
+        extents = [_const_int(iv.dom.extent) for iv in ivars]
+        if any(e is None for e in extents):
+            return None
+        var_pos = {iv.var: p for p, iv in enumerate(ivars)}
+
+        out_region = stmt.writes[0].region
+        j = var_pos.get(out_region[-1].min) if out_region else None
+        if j is None or kinds[j] != "S":
+            return None
+        # The row axis is the one the "broadcast" operand (A of A@B, the weight of a conv) is
+        # indexed by while it ignores the vectorized column axis.
+        i = None
+        for read in stmt.reads:
+            if read.source.same_as(stmt.writes[0].source):
+                continue
+            used = set()
+            for r in read.region:
+                used |= {var_pos[v] for v in _vars_in(r.min) if v in var_pos}
+            if j not in used:
+                cands = [p for p in used if kinds[p] == "S" and extents[p] > 1]
+                if cands:
+                    i = max(cands)
+        if i is None:
+            spatial_before = [p for p in range(n_s) if p != j and extents[p] > 1]
+            i = spatial_before[-1] if spatial_before else None
+
+        dtype_bits = stmt.writes[0].source.dtype.bits
+        lanes = _lanes(self.vector_bits, dtype_bits)
+        nr_pref = tuple(lanes * v for v in range(knobs.nr_vectors, 0, -1))
+        ext_j = extents[j]
+        if ext_j <= 2 * lanes:
+            nr = ext_j
+        else:
+            nr = _largest_divisor(ext_j, nr_pref)
+            if nr == 1:
+                nr = _largest_divisor(ext_j, tuple(range(2 * lanes, 1, -1)))
+        mr = 1 if i is None else _largest_divisor(extents[i], (knobs.mr, 6, 4, 3, 2, 1))
+
+        j0, j1 = sch.split(loops[j], [None, nr])
+        if i is not None:
+            i0, i1 = sch.split(loops[i], [None, mr])
+        r_loops = list(loops[n_s:])
+        if knobs.kc and len(r_loops) == 1 and extents[n_s] % knobs.kc == 0 and extents[n_s] > knobs.kc:
+            k0, k1 = sch.split(r_loops[0], [None, knobs.kc])
+            r_loops = [k0, k1]
+        outer = [loops[p] for p in range(n_s) if p not in (i, j)]
+        tile_outer = ([j0, i0] if knobs.panel_outer else [i0, j0]) if i is not None else [j0]
+        inner = ([i1] if i is not None else []) + [j1]
+        sch.reorder(*outer, *tile_outer, *r_loops, *inner)
+
+        cw = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(cw, tile_outer[-1], preserve_unit_loops=True)
+        # Epilogues (bias, activation, residual) run on the tile while it is in registers.
+        changed = True
+        while changed:
+            changed = False
+            for c in sch.get_consumers(cw):
+                try:
+                    sch.reverse_compute_inline(c)
+                    changed = True
+                except s_tir.ScheduleError:
+                    pass
+
+        if i is not None and mr > 1:
+            sch.unroll(i1)
+        sch.vectorize(j1)
+        cw_loops = sch.get_loops(cw)
+        n_tile = len(outer) + len(tile_outer)
+        epi = cw_loops[n_tile:]
+        if epi:
+            sch.vectorize(epi[-1])
+            if len(epi) > 1:
+                sch.unroll(epi[-2])
+        par = sch.fuse(*outer, *tile_outer) if len(outer) + len(tile_outer) > 1 else tile_outer[0]
+        sch.parallel(par)
+        sch.decompose_reduction(main, r_loops[0])
+
+        # Stages left at the root (padding, epilogues that change layout) get the injective schedule.
+        tile_root = sch.get(par)
+        for b in sch.get_child_blocks(get_root_block(sch)):
+            loops_b = sch.get_loops(b)
+            if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
+                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        return sch
+
+
+class Injective(ScheduleRule):
+    """Element-wise / layout functions: inline chains, then parallel + vectorize."""
+
+    def __init__(self, vector_bits: int):
+        self.vector_bits = vector_bits
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        if not blocks or not all(_is_spatial(sch, b) for b in blocks):
+            return None
+        for b in blocks[:-1]:
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
+        try:
+            for b in sch.get_child_blocks(get_root_block(sch)):
+                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        except s_tir.ScheduleError:
+            return None
+        return sch
