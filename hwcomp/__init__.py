@@ -2,15 +2,26 @@
 
 Pipeline: import (``frontend``) → compress (``passes``) → schedule/tune (``schedules``, ``tune``)
 → build (``build``) → artifact → run/measure (``runtime``).
+
+The top-level names load lazily so that runtime-only uses (a board, ``hwcomp board status``) do not
+pay for importing the compiler and PyTorch.
 """
 
 __version__ = "0.1.0"
 
-from .api import CompileOptions, compile, load  # noqa: E402,A004
-from .errors import ArtifactError, HwcompError, InputError, UnsupportedOpError  # noqa: E402
-from .target import Target, detect_host, get_target, target_names  # noqa: E402
+_LAZY = {
+    "compile": "api", "load": "api", "CompileOptions": "api",
+    "ArtifactError": "errors", "HwcompError": "errors", "InputError": "errors", "UnsupportedOpError": "errors",
+    "Target": "target", "detect_host": "target", "get_target": "target", "target_names": "target",
+}
 
-__all__ = [
-    "ArtifactError", "CompileOptions", "HwcompError", "InputError", "Target", "UnsupportedOpError",
-    "__version__", "compile", "detect_host", "get_target", "load", "target_names",
-]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'hwcomp' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,188 @@
+"""``hwcomp`` command line: each verb parses its arguments and calls the Python API, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import HwcompError
+
+
+def _print(s: str) -> None:
+    print(s, flush=True)
+
+
+def _parse_block(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+        return r, c
+    except ValueError:
+        raise HwcompError(f"bad block {text!r}: expected RxC, e.g. 16x1") from None
+
+
+def cmd_targets(args) -> int:
+    from .target import get_target, target_names
+
+    rows = []
+    for name in target_names():
+        t = get_target(name)
+        cpu = t.tvm.get("mcpu") or t.tvm.get("arch", "")
+        rows.append((name, t.arch, cpu, str(t.vector_bits), t.int8_dot, "x".join(map(str, t.sparse_block)),
+                     t.description))
+    if args.json:
+        print(json.dumps([get_target(n).to_dict() for n in target_names()], indent=2))
+        return 0
+    head = ("name", "arch", "cpu/sm", "vector", "int8 dot", "block", "description")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _compile_options(args, target):
+    from .api import CompileOptions
+
+    passes = []
+    summary: dict = {}
+    sparsity = getattr(args, "sparsity", None)
+    if sparsity is not None or getattr(args, "sparse_threshold", None) is not None:
+        try:
+            from .passes.dense_to_bsr import sparse_passes
+        except ImportError:
+            raise HwcompError("block-sparse compression is not available in this build") from None
+        passes += sparse_passes(target, sparsity, _parse_block(args.block), args.sparse_threshold or 0.7)
+        summary["sparse"] = {"sparsity": sparsity, "block": args.block, "threshold": args.sparse_threshold}
+    return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None)
+
+
+def cmd_compile(args) -> int:
+    from .api import compile as hw_compile
+    from .api import summarize_fidelity
+    from .frontend import parse_input_shapes
+    from .target import get_target
+
+    target = get_target(args.target)
+    art = hw_compile(args.model, target, args.output, input_shapes=parse_input_shapes(args.input_shape),
+                     options=_compile_options(args, target), log=_print)
+    _print(f"artifact: {art.path}")
+    _print(summarize_fidelity(art.fidelity))
+    if args.archive:
+        _print(f"archive: {art.pack(args.archive)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .artifact import Artifact
+
+    art = Artifact.load(args.artifact)
+    if args.inputs:
+        try:
+            with np.load(args.inputs) as z:
+                inputs = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise HwcompError(f"cannot read inputs {args.inputs}: {e}") from e
+        if set(inputs) != {s["name"] for s in art.inputs} and len(inputs) == len(art.inputs):
+            inputs = list(inputs.values())  # positional .npz (arr_0, arr_1, ...)
+    else:
+        ref = art.reference()
+        if ref is None:
+            raise HwcompError("no --inputs given and the artifact stores no example inputs")
+        inputs = ref[0]
+    outputs = art.run(inputs)
+    for i, o in enumerate(outputs):
+        _print(f"output{i}: shape {list(o.shape)} dtype {o.dtype}")
+    if args.output:
+        np.savez(args.output, **{f"output{i}": o for i, o in enumerate(outputs)})
+        _print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .api import summarize_fidelity
+    from .artifact import Artifact
+
+    art = Artifact.load(args.artifact)
+    m = art.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    t = m["target"]
+    _print(f"artifact   {art.path}")
+    _print(f"source     {m['source']}")
+    _print(f"target     {t['name']} ({t['description']})")
+    _print(f"built with hwcomp {m['hwcomp_version']}, TVM {m['tvm_version']}, {m['created']}")
+    for s in m["inputs"]:
+        _print(f"input      {s['name']} {s['shape']} {s['dtype']}")
+    for s in m["outputs"]:
+        _print(f"output     {s['name']} {s['shape']} {s['dtype']}")
+    _print(f"weights    {m['weights']['count']} tensors, {m['weights']['bytes'] / 1e6:.2f} MB")
+    _print(f"compression {json.dumps(m.get('compression'))}")
+    _print(summarize_fidelity(m.get("fidelity")))
+    for name, digest in m["files"].items():
+        size = (art.path / name).stat().st_size
+        _print(f"file       {name:14s} {size / 1e6:9.2f} MB  sha256 {digest[:16]}…")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwcomp", description="Hardware-aware compression compiler on Apache TVM.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("targets", help="list the target devices")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_targets)
+
+    s = sub.add_parser("compile", help="compile a .pt2 or .onnx model into an artifact directory")
+    s.add_argument("model", help="a torch.export program (.pt2) or an ONNX model (.onnx)")
+    s.add_argument("-t", "--target", default="host", help="target name (see `hwcomp targets`) or .toml path")
+    s.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    s.add_argument("--input-shape", action="append", metavar="NAME:1x3x32x32",
+                   help="static shape of an input (needed for dynamic ONNX inputs)")
+    s.add_argument("--db", help="tuning database directory (default: the target's, when present)")
+    s.add_argument("--archive", help="also write the artifact as one .tar.gz")
+    s.add_argument("--sparsity", type=float, help="prune matmul/linear weights to this sparsity")
+    s.add_argument("--block", help="sparse block RxC (default: the target's)")
+    s.add_argument("--sparse-threshold", type=float, help="rewrite layers at least this sparse (default 0.7)")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run an artifact on this machine")
+    s.add_argument("artifact")
+    s.add_argument("--inputs", help=".npz of inputs by name (default: the stored example inputs)")
+    s.add_argument("--output", help=".npz to write the outputs to")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("inspect", help="describe an artifact")
+    s.add_argument("artifact")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("demo", help="compile, run and verify a default model for the host CPU")
+    s.add_argument("-o", "--output", default="out/demo", help="artifact directory (default out/demo)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def cmd_demo(args) -> int:
+    """The README's first command: a small CNN and an MLP, compiled for the host, timed vs PyTorch."""
+    from .demo import run_demo
+
+    return run_demo(Path(args.output), log=_print)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HwcompError as e:
+        print(f"hwcomp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

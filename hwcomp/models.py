@@ -1,0 +1,65 @@
+"""Small reference models used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int = 512, d_hidden: int = 1024, d_out: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_hidden),
+                                 nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """conv-bn-relu-pool ×2, then a linear head: a CIFAR-sized image classifier."""
+
+    def __init__(self, channels: int = 3, classes: int = 10, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics so inference-mode folding is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face encoder called with (input_ids, attention_mask) → last hidden state."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def tiny_bert(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 1000, seed: int = 0) -> nn.Module:
+    """A randomly initialised BERT from a transformers config (no download)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                  intermediate_size=4 * hidden, vocab_size=vocab)
+    return HFEncoder(transformers.BertModel(cfg, add_pooling_layer=False).eval())

@@ -1,0 +1,99 @@
+"""Cross-compile for aarch64 and run over TVM RPC on the emulated board (qemu-user; timings are emulated)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hwcomp.runtime.board import board_available, board_down, board_status, board_up
+from hwcomp.runtime.rpc import ArchMismatchError, upload_library
+
+pytestmark = pytest.mark.board
+
+ROOT = Path(__file__).resolve().parents[2] / ".board" / "aarch64"
+TARGETS = {
+    "rpi4-cortex-a72": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
+    "rpi5-cortex-a76": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
+                        "mattr": ["+neon", "+dotprod"]},
+}
+
+
+class MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.fc2 = torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture(scope="module")
+def board():
+    ok, reason = board_available()
+    if not ok:
+        pytest.skip(reason)
+    handle = board_up(ROOT)
+    yield handle
+    if not handle.reused:  # leave a board someone else brought up running
+        board_down(ROOT)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """The torch MLP as a Relax module, with an input and torch's output."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    ep = torch.export.export(model, (x,))
+    mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    return mod, x.numpy(), expected
+
+
+def build(mod, target: dict, path: Path, cross: bool = True) -> Path:
+    import tvm
+    from tvm.support import cc
+
+    ex = tvm.compile(mod, target=tvm.target.Target(target))
+    ex.export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++") if cross else None)
+    return path
+
+
+def test_board_state(board):
+    assert board_status(ROOT) == dataclasses.replace(board, reused=False)
+    again = board_up(ROOT)
+    assert again.reused and again.port == board.port and again.pid == board.pid
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_mlp_runs_on_board(board, mlp, name, tmp_path):
+    import tvm
+    from tvm import relax
+
+    mod, x, expected = mlp
+    path = build(mod, TARGETS[name], tmp_path / f"mlp_{name}.so")
+    remote = board.connect(session_timeout=120)
+    dev = remote.cpu()
+    vm = relax.VirtualMachine(upload_library(remote, path, board.arch), dev)
+    out = vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_x86_library_refused_before_upload(board, mlp, tmp_path):
+    mod, _, _ = mlp
+    path = build(mod, {"kind": "llvm"}, tmp_path / "mlp_host.so", cross=False)
+    remote = board.connect(session_timeout=60)
+    with pytest.raises(ArchMismatchError, match="built for x86_64, but the device is aarch64"):
+        upload_library(remote, path, board.arch)
+    # Nothing was sent: the session's work dir (inside the board's rootfs) has no such file.
+    remote_path = Path(remote.get_function("tvm.rpc.server.workpath")(path.name))
+    on_host = ROOT / "rootfs" / remote_path.relative_to("/")
+    assert on_host.parent.is_dir() and not on_host.exists()

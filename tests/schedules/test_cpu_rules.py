@@ -1,0 +1,72 @@
+"""The default CPU schedule rules: numerics against NumPy on awkward shapes."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.s_tir import dlight as dl
+
+from hwcomp.schedules.cpu import TiledReduction, TileKnobs, default_rules
+
+
+def _build(func, host):
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    with host.tvm_target():
+        mod = dl.ApplyDefaultSchedule(*default_rules(host.vector_bits))(mod)
+    assert mod["main"].attrs["tirx.is_scheduled"], "rule did not apply"
+    return tvm.compile(mod, target=host.tvm_target())
+
+
+def _matmul_bias_relu(m, k, n, batch=None):
+    shape_a = (batch, m, k) if batch else (m, k)
+    shape_b = (batch, k, n) if batch else (k, n)
+    a = te.placeholder(shape_a, name="A")
+    b = te.placeholder(shape_b, name="B")
+    bias = te.placeholder((n,), name="bias")
+    r = te.reduce_axis((0, k), name="k")
+    if batch:
+        c = te.compute((batch, m, n), lambda q, i, j: te.sum(a[q, i, r] * b[q, r, j], axis=r), name="matmul")
+        d = te.compute((batch, m, n), lambda q, i, j: te.max(c[q, i, j] + bias[j], 0.0), name="epilogue")
+    else:
+        c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="matmul")
+        d = te.compute((m, n), lambda i, j: te.max(c[i, j] + bias[j], 0.0), name="epilogue")
+    return te.create_prim_func([a, b, bias, d]), shape_a, shape_b
+
+
+@pytest.mark.parametrize("m,k,n,batch", [(1, 64, 10, None), (7, 13, 33, None), (128, 96, 64, None),
+                                         (5, 16, 24, 3)])
+def test_tiled_matmul_epilogue(host, m, k, n, batch):
+    func, sa, sb = _matmul_bias_relu(m, k, n, batch)
+    ex = _build(func, host)
+    rng = np.random.default_rng(0)
+    a, b, bias = (rng.standard_normal(s).astype("float32") for s in (sa, sb, (n,)))
+    out = tvm.runtime.tensor(np.zeros((batch, m, n) if batch else (m, n), "float32"))
+    ex["main"](*(tvm.runtime.tensor(x) for x in (a, b, bias)), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_direct(host):
+    x = te.placeholder((1, 4, 10, 10), name="x")
+    w = te.placeholder((6, 4, 3, 3), name="w")
+    rc, ry, rx = te.reduce_axis((0, 4)), te.reduce_axis((0, 3)), te.reduce_axis((0, 3))
+    y = te.compute((1, 6, 8, 8), lambda n, f, i, j: te.sum(x[n, rc, i + ry, j + rx] * w[f, rc, ry, rx],
+                                                          axis=[rc, ry, rx]), name="conv")
+    ex = _build(te.create_prim_func([x, w, y]), host)
+    rng = np.random.default_rng(1)
+    xa, wa = rng.standard_normal((1, 4, 10, 10)).astype("f4"), rng.standard_normal((6, 4, 3, 3)).astype("f4")
+    out = tvm.runtime.tensor(np.zeros((1, 6, 8, 8), "f4"))
+    ex["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(wa), out)
+    ref = np.zeros((1, 6, 8, 8), "f4")
+    for i in range(8):
+        for j in range(8):
+            ref[0, :, i, j] = np.tensordot(wa, xa[0, :, i:i + 3, j:j + 3], axes=([1, 2, 3], [0, 1, 2]))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_knobs_change_the_schedule(host):
+    func, _, _ = _matmul_bias_relu(64, 32, 64)
+    a = TiledReduction(host.vector_bits, TileKnobs(mr=4, nr_vectors=2)).apply(func, host.tvm_target(), False)
+    b = TiledReduction(host.vector_bits, TileKnobs(mr=2, nr_vectors=1, panel_outer=False)).apply(
+        func, host.tvm_target(), False)
+    assert a is not None and b is not None
+    assert str(a.mod) != str(b.mod)

@@ -1,0 +1,39 @@
+"""Target descriptions: every shipped file parses into a TVM target; host detection reads the CPU."""
+
+from pathlib import Path
+
+import pytest
+
+from hwcomp.errors import HwcompError
+from hwcomp.target import detect_host, get_target, target_names
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_builds_a_tvm_target(name):
+    t = get_target(name)
+    tt = t.tvm_target()
+    assert tt.kind.name == t.tvm["kind"]
+    assert t.sparse_block[0] >= 1 and t.vector_bits in (128, 256, 512)
+    assert (t.cross_compiler is not None) == (t.arch == "aarch64" and name != "host")
+
+
+def test_host_matches_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text()
+    host = detect_host()
+    if " avx512f" in flags:
+        assert host.vector_bits == 512
+    elif " avx2" in flags:
+        assert host.vector_bits == 256
+    assert (host.int8_dot == "vnni") == (" avx512_vnni" in flags)
+    assert host.runs_here()
+
+
+def test_target_from_toml_path_and_bad_file(tmp_path):
+    good = tmp_path / "board.toml"
+    good.write_text('arch = "aarch64"\nvector_bits = 128\nsparse_block = [4, 1]\n[tvm]\nkind = "llvm"\n'
+                    'mtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a53"\n')
+    assert get_target(str(good)).tvm["mcpu"] == "cortex-a53"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "x"\n')
+    with pytest.raises(HwcompError, match="invalid target description"):
+        get_target(str(bad))
