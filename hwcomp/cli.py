@@ -130,6 +130,76 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _bench_config(args):
+    from .runtime.session import BenchConfig
+
+    return BenchConfig(device=args.device, repeat=args.repeat, number=args.number,
+                       min_repeat_ms=args.min_repeat_ms, cache_flush=args.cache_flush,
+                       session_timeout=args.session_timeout, arch=args.arch)
+
+
+def cmd_bench(args) -> int:
+    from .artifact import Artifact
+    from .runtime.session import bench, save_report
+
+    report = bench(Artifact.load(args.artifact), _bench_config(args))
+    for line in report.lines():
+        _print(line)
+    save_report(report, args.json, args.plot)
+    return 0 if report.correctness is None or report.correctness["ok"] else 1
+
+
+def cmd_deploy(args) -> int:
+    from .artifact import Artifact
+    from .runtime.bundle import make_bundle
+
+    art = Artifact.load(args.artifact)
+    if not args.bundle and not args.rpc:
+        raise HwcompError("deploy needs --bundle OUT.tar.gz and/or --rpc DEVICE_URL")
+    if args.bundle:
+        _print(f"bundle: {make_bundle(art, args.bundle)} (run_model.py inside needs only the TVM runtime)")
+    if args.rpc:
+        args.device = args.rpc
+        return cmd_bench(args)
+    return 0
+
+
+def cmd_board(args) -> int:
+    from .runtime import board
+
+    if args.arch != "aarch64":
+        raise HwcompError(f"only an emulated aarch64 board is available, not {args.arch!r}")
+    if args.action == "up":
+        tracker = None
+        if args.tracker:
+            host, _, port = args.tracker.rpartition(":")
+            tracker = (host, int(port))
+        try:
+            handle = board.board_up(args.root, tracker=tracker, key=args.key, log=_print)
+        except board.BoardError as e:
+            raise HwcompError(str(e)) from None
+        _print(f"board up: {handle.url} (key {handle.key}); timings on it are emulated")
+    elif args.action == "down":
+        _print("board down" if board.board_down(args.root, log=_print) else "no board was running")
+    else:
+        handle = board.board_status(args.root)
+        _print(f"board up: {handle.url} (key {handle.key})" if handle else "board down")
+        return 0 if handle else 3
+    return 0
+
+
+def _add_bench_arguments(s) -> None:
+    s.add_argument("--device", default="local", help="local | rpc://HOST:PORT | tracker://HOST:PORT/KEY")
+    s.add_argument("--repeat", type=int, default=20)
+    s.add_argument("--number", type=int, default=5, help="runs averaged per sample")
+    s.add_argument("--min-repeat-ms", type=int, default=0)
+    s.add_argument("--cache-flush", action="store_true", help="flush CPU caches before each sample")
+    s.add_argument("--session-timeout", type=float, default=300.0, help="seconds before the device gives up")
+    s.add_argument("--arch", help="device CPU architecture when the URL does not tell (aarch64, x86_64)")
+    s.add_argument("--json", help="write the report as JSON")
+    s.add_argument("--plot", help="write a latency histogram PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwcomp", description="Hardware-aware compression compiler on Apache TVM.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifact")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("bench", help="measure an artifact locally, over RPC or through a tracker")
+    s.add_argument("artifact")
+    _add_bench_arguments(s)
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("deploy", help="make a runtime-only bundle, or push and run over RPC")
+    s.add_argument("artifact")
+    s.add_argument("--bundle", help="write OUT.tar.gz with library, weights, manifest and run_model.py")
+    s.add_argument("--rpc", help="device URL to push to and run on (rpc://HOST:PORT or tracker://...)")
+    _add_bench_arguments(s)
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("board", help="an emulated edge board (qemu-user aarch64 + TVM RPC server)")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("arch", nargs="?", default="aarch64")
+    s.add_argument("--key", default="rpi4", help="RPC key the board registers under (default rpi4)")
+    s.add_argument("--tracker", help="HOST:PORT of an RPC tracker to register with")
+    s.add_argument("--root", default=".board/aarch64", help="where the board's files live")
+    s.set_defaults(func=cmd_board)
 
     s = sub.add_parser("demo", help="compile, run and verify a default model for the host CPU")
     s.add_argument("-o", "--output", default="out/demo", help="artifact directory (default out/demo)")

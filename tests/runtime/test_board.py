@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from hwcomp.runtime.board import board_available, board_down, board_status, board_up
+from hwcomp.runtime.board import board_status, board_up
 from hwcomp.runtime.rpc import ArchMismatchError, upload_library
 
 pytestmark = pytest.mark.board
 
-ROOT = Path(__file__).resolve().parents[2] / ".board" / "aarch64"
+from .conftest import BOARD_ROOT as ROOT
 TARGETS = {
     "rpi4-cortex-a72": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
     "rpi5-cortex-a76": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
@@ -30,17 +30,6 @@ class MLP(torch.nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)))
-
-
-@pytest.fixture(scope="module")
-def board():
-    ok, reason = board_available()
-    if not ok:
-        pytest.skip(reason)
-    handle = board_up(ROOT)
-    yield handle
-    if not handle.reused:  # leave a board someone else brought up running
-        board_down(ROOT)
 
 
 @pytest.fixture(scope="module")

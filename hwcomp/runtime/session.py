@@ -1,0 +1,209 @@
+"""Load an artifact on a device — this process, an RPC server, or a board behind a tracker — and
+measure it there: load time, first run, latency statistics, correctness against the stored reference.
+
+Runtime side only: imports ``tvm.runtime`` and ``tvm.rpc``, never the compiler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import LIB, Artifact, compare, flatten_outputs
+from ..errors import HwcompError
+from .measure import LatencyStats, time_vm
+from .rpc import ArchMismatchError, DeviceURLError, connect, parse_device_url, upload_library
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """How to time: ``repeat`` samples, each the mean of ``number`` runs (at least ``min_repeat_ms``)."""
+
+    device: str = "local"
+    repeat: int = 20
+    number: int = 5
+    min_repeat_ms: int = 0
+    warmup: int = 2
+    cache_flush: bool = False
+    session_timeout: float = 300.0
+    arch: str | None = None  # device CPU architecture, when the URL does not tell
+
+
+@dataclasses.dataclass
+class BenchReport:
+    artifact: str
+    target: str
+    device: str
+    emulated: bool
+    load_s: float
+    first_run_ms: float
+    latency_ms: dict[str, float]
+    samples_ms: list[float]
+    correctness: dict[str, Any] | None
+    peak_rss_mb: float | None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def lines(self) -> list[str]:
+        lat = self.latency_ms
+        label = " (EMULATED: qemu-user timings say nothing about real board speed)" if self.emulated else ""
+        out = [f"{self.artifact} on {self.device} [{self.target}]{label}",
+               f"load {self.load_s * 1e3:.1f} ms, first run {self.first_run_ms:.3f} ms",
+               f"latency ms: min {lat['min']:.3f}  median {lat['median']:.3f}  mean {lat['mean']:.3f}  "
+               f"p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  std {lat['std']:.3f}  "
+               f"({lat['repeat']}×{lat['number']} runs)"]
+        if self.peak_rss_mb is not None:
+            out.append(f"peak RSS {self.peak_rss_mb:.1f} MB")
+        if self.correctness:
+            c = self.correctness
+            verdict = "OK" if c["ok"] else "MISMATCH"
+            out.append(f"correctness vs reference: {verdict} (max abs err {c['max_abs_err']:.3g}, "
+                       f"cosine {c['min_cosine']:.6f}, tolerance {c['tolerance']:.1g})")
+        return out
+
+
+def _expected_arch(url, config: BenchConfig) -> str | None:
+    """The device's CPU architecture: given, the board's, or the target whose RPC key is used."""
+    if config.arch:
+        return config.arch
+    if url.kind == "local":
+        import platform
+
+        return platform.machine()
+    from .board import DEFAULT_ROOT, board_status
+
+    board = board_status(DEFAULT_ROOT)
+    if board is not None and ((url.kind == "rpc" and url.port == board.port)
+                              or (url.kind == "tracker" and url.key == board.key)):
+        return board.arch
+    if url.kind == "tracker":
+        from ..target import get_target, target_names
+
+        for name in target_names()[1:]:
+            t = get_target(name)
+            if t.rpc_key == url.key and not t.is_gpu:
+                return t.arch
+    return None
+
+
+def _is_emulated(url) -> bool:
+    if url.kind == "local":
+        return False
+    from .board import DEFAULT_ROOT, board_status
+
+    board = board_status(DEFAULT_ROOT)
+    return board is not None and ((url.kind == "rpc" and url.port == board.port)
+                                  or (url.kind == "tracker" and url.key == board.key))
+
+
+def bench(artifact: Artifact, config: BenchConfig | None = None, tolerance: float = 1e-3) -> BenchReport:
+    """Upload (if remote), load, warm up, time and check ``artifact`` on ``config.device``."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    config = config or BenchConfig()
+    try:
+        url = parse_device_url(config.device)
+    except DeviceURLError as e:
+        raise HwcompError(str(e)) from None
+    is_cuda = artifact.target["tvm"]["kind"] == "cuda"
+    arch = _expected_arch(url, config)
+    if arch is not None and not is_cuda:
+        # Refuse a wrong-architecture library before anything is uploaded.
+        try:
+            from .rpc import check_library_arch
+
+            check_library_arch(artifact.path / LIB, arch)
+        except ArchMismatchError as e:
+            raise HwcompError(f"{e} (artifact target {artifact.target['name']!r})") from None
+    try:
+        session = connect(config.device, session_timeout=config.session_timeout)
+    except (ConnectionError, OSError) as e:
+        raise HwcompError(f"cannot reach device {config.device}: {e}") from None
+
+    ref = artifact.reference()
+    inputs = artifact.check_inputs(ref[0]) if ref else None
+    if inputs is None:
+        from ..frontend.model import TensorSpec, random_inputs
+
+        inputs = random_inputs([TensorSpec.from_dict(s) for s in artifact.inputs])
+    rss0 = _rss_mb() if url.kind == "local" else None
+    try:
+        t0 = time.perf_counter()
+        if url.kind == "local":
+            lib = tvm.runtime.load_module(str(artifact.path / LIB))
+        else:
+            lib = upload_library(session, artifact.path / LIB)
+        if url.kind == "local":  # a LocalSession's devices carry the RPC mask: use plain ones
+            dev = tvm.cuda(0) if is_cuda else tvm.cpu(0)
+        else:
+            dev = session.cuda(0) if is_cuda else session.cpu(0)
+        vm = VirtualMachine(lib, dev)
+        weights = [tvm.runtime.tensor(w, dev) for w in artifact.weights()]
+        args = [tvm.runtime.tensor(a, dev) for a in inputs] + weights
+        load_s = time.perf_counter() - t0
+
+        vm.set_input("main", *args)
+        t1 = time.perf_counter()
+        vm.invoke_stateful("main")
+        outputs = flatten_outputs(vm.get_outputs("main"))
+        first_ms = (time.perf_counter() - t1) * 1e3
+        for _ in range(config.warmup):
+            vm.invoke_stateful("main")
+        stats: LatencyStats = time_vm(vm, dev, args, number=config.number, repeat=config.repeat,
+                                      min_repeat_ms=config.min_repeat_ms, cache_flush=config.cache_flush)
+    except (tvm.error.RPCError, tvm.error.InternalError) as e:
+        if url.kind == "local":
+            raise
+        # TVM reports a dropped session as kShutdown/connection errors from the RPC endpoint.
+        raise HwcompError(f"device {config.device} failed or disappeared during measurement: "
+                          f"{str(e).strip().splitlines()[-1]}") from None
+    except (ConnectionError, TimeoutError, OSError) as e:
+        raise HwcompError(f"device {config.device} disappeared during measurement: {e}") from None
+
+    correctness = None
+    if ref is not None:
+        correctness = compare([np.asarray(o) for o in outputs], ref[1])
+        correctness["tolerance"] = tolerance
+        correctness["ok"] = bool(correctness["max_abs_err"] <= tolerance * max(
+            1.0, max(float(np.max(np.abs(r))) for r in ref[1])))
+    peak = (_rss_mb() - rss0) if rss0 is not None else None
+    return BenchReport(
+        artifact=str(artifact.path), target=artifact.target["name"], device=str(url),
+        emulated=_is_emulated(url), load_s=load_s, first_run_ms=first_ms, latency_ms=stats.summary(),
+        samples_ms=stats.samples_ms, correctness=correctness, peak_rss_mb=peak)
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 1e6
+    except ImportError:
+        return float("nan")
+
+
+def save_report(report: BenchReport, json_path: str | Path | None, plot_path: str | Path | None) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(report.samples_ms, bins=min(30, max(5, len(report.samples_ms) // 2)))
+        ax.axvline(report.latency_ms["median"], color="k", linestyle="--", label="median")
+        title = f"{Path(report.artifact).name} on {report.device}"
+        ax.set(xlabel="latency (ms)", ylabel="samples", title=title + (" (emulated)" if report.emulated else ""))
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot_path, dpi=120)
+        plt.close(fig)

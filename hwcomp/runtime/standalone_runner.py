@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Run an hwcomp artifact with the TVM runtime alone (copied into deploy bundles as run_model.py).
+
+Needs only numpy and the TVM runtime (``pip install apache-tvm`` with ``libtvm_compiler.so`` removed is
+enough): this script sets ``TVM_USE_RUNTIME_LIB=1`` before importing tvm, so the compiler library is
+never loaded. It imports nothing from hwcomp, on purpose: a board does not have hwcomp installed.
+
+    python3 run_model.py [--inputs in.npz] [--output out.npz] [--repeat 20] [--device cpu|cuda]
+
+Without --inputs it runs the stored example inputs and checks the outputs against the reference.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flatten(result):
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out = []
+    for r in result:
+        out.extend(_flatten(r))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run an hwcomp artifact with the TVM runtime only.")
+    p.add_argument("--dir", default=HERE, help="artifact directory (default: beside this script)")
+    p.add_argument("--inputs", help=".npz of inputs by name")
+    p.add_argument("--output", help=".npz to write outputs to")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--report-libs", action="store_true", help="list the TVM libraries this process loaded")
+    args = p.parse_args(argv)
+
+    manifest = json.load(open(os.path.join(args.dir, "manifest.json")))
+    for name, digest in manifest["files"].items():
+        if _sha256(os.path.join(args.dir, name)) != digest:
+            sys.exit(f"error: {name} does not match the manifest's sha256 (corrupt bundle)")
+
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    kind = args.device or ("cuda" if manifest["target"]["tvm"]["kind"] == "cuda" else "cpu")
+    dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+    t0 = time.perf_counter()
+    vm = VirtualMachine(tvm.runtime.load_module(os.path.join(args.dir, "model.so")), dev)
+    with np.load(os.path.join(args.dir, "weights.npz")) as z:
+        weights = [tvm.runtime.tensor(z[k], dev) for k in z.files]
+    print(f"loaded in {(time.perf_counter() - t0) * 1e3:.1f} ms on {kind}")
+
+    ref_outputs = None
+    if args.inputs:
+        with np.load(args.inputs) as z:
+            inputs = [z[s["name"]] for s in manifest["inputs"]]
+    else:
+        with np.load(os.path.join(args.dir, "reference.npz")) as z:
+            inputs = [z[f"input{i}"] for i in range(len(manifest["inputs"]))]
+            ref_outputs = [z[k] for k in z.files if k.startswith("output")]
+    for s, a in zip(manifest["inputs"], inputs):
+        if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
+            sys.exit(f"error: input {s['name']} is {a.shape} {a.dtype}, expected {s['shape']} {s['dtype']}")
+    args_dev = [tvm.runtime.tensor(a, dev) for a in inputs] + weights
+    outputs = _flatten(vm["main"](*args_dev))
+
+    vm.set_input("main", *args_dev)
+    res = vm.time_evaluator("invoke_stateful", dev, number=5, repeat=args.repeat)("main")
+    ms = np.asarray(res.results) * 1e3
+    print(f"latency ms: median {np.median(ms):.3f} min {ms.min():.3f} p90 {np.percentile(ms, 90):.3f}")
+    status = 0
+    if ref_outputs is not None:
+        err = max(float(np.max(np.abs(o.astype(np.float64) - r))) for o, r in zip(outputs, ref_outputs))
+        scale = max(1.0, max(float(np.max(np.abs(r))) for r in ref_outputs))
+        ok = err <= 1e-3 * scale
+        print(f"correctness vs reference: {'OK' if ok else 'MISMATCH'} (max abs err {err:.3g})")
+        status = 0 if ok else 1
+    if args.output:
+        np.savez(args.output, **{f"output{i}": o for i, o in enumerate(outputs)})
+    if args.report_libs:
+        libs = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if "libtvm" in ln})
+        print("tvm libraries loaded: " + ", ".join(os.path.basename(x) for x in libs))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
