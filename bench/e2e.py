@@ -60,7 +60,6 @@ def build_models(names: list[str]):
 
 
 def bench_model(name, model, inputs, args, workdir: Path) -> dict:
-    import tvm
 
     row: dict = {"model": name}
     t0 = time.perf_counter()
@@ -70,12 +69,12 @@ def bench_model(name, model, inputs, args, workdir: Path) -> dict:
     row["max_abs_err"] = art.fidelity["max_abs_err"]
     row["cosine"] = art.fidelity["min_cosine"]
     dev = art.device()
-    tvm_args = [tvm.runtime.tensor(x.numpy(), dev) for x in inputs] + art._dev_weights
+    tvm_args = art.device_args([x.numpy() for x in inputs])
     row["hwcomp_untuned_ms"] = time_vm(art.vm(), dev, tvm_args, number=args.number, repeat=args.repeat).median
     if args.db:
         tuned = hwcomp.compile(model, "host", workdir / f"{name}-tuned", example_inputs=inputs,
                                options=hwcomp.CompileOptions(database=args.db))
-        targs = [tvm.runtime.tensor(x.numpy(), dev) for x in inputs] + tuned._dev_weights
+        targs = tuned.device_args([x.numpy() for x in inputs])
         row["hwcomp_tuned_ms"] = time_vm(tuned.vm(), dev, targs, number=args.number, repeat=args.repeat).median
     with torch.no_grad():
         row["torch_ms"] = time_callable(lambda: model(*inputs), number=args.number, repeat=args.repeat).median

@@ -226,15 +226,17 @@ class Artifact:
             self._dev_weights = [tvm.runtime.tensor(w, dev) for w in self.weights()]
         return self._vm
 
-    def run(self, inputs) -> list[np.ndarray]:
-        """Run the model on NumPy inputs (list in input order, or dict by name); returns outputs."""
+    def device_args(self, inputs) -> list:
+        """Inputs (checked) and weights as device tensors, in the order ``main`` takes them."""
         import tvm
 
-        arrays = self.check_inputs(inputs)
-        vm = self.vm()
+        self.vm()
         dev = self.device()
-        result = vm["main"](*[tvm.runtime.tensor(a, dev) for a in arrays], *self._dev_weights)
-        return flatten_outputs(result)
+        return [tvm.runtime.tensor(a, dev) for a in self.check_inputs(inputs)] + self._dev_weights
+
+    def run(self, inputs) -> list[np.ndarray]:
+        """Run the model on NumPy inputs (list in input order, or dict by name); returns outputs."""
+        return flatten_outputs(self.vm()["main"](*self.device_args(inputs)))
 
     def pack(self, archive: str | Path) -> Path:
         """Write the artifact as one ``.tar.gz``."""

@@ -11,7 +11,6 @@ from pathlib import Path
 def run_demo(out_dir: Path, log: Callable[[str], None] = print) -> int:
     import torch
 
-    import tvm
 
     from .api import compile as hw_compile
     from .api import summarize_fidelity
@@ -30,7 +29,7 @@ def run_demo(out_dir: Path, log: Callable[[str], None] = print) -> int:
         log(f"[{name}] artifact {art.path}; {summarize_fidelity(art.fidelity)}")
         worst = max(worst, art.fidelity["max_abs_err"])
         vm, dev = art.vm(), art.device()
-        args = [tvm.runtime.tensor(a.numpy(), dev) for a in inputs] + art._dev_weights
+        args = art.device_args([a.numpy() for a in inputs])
         ours = time_vm(vm, dev, args, number=20, repeat=10).median
         with torch.no_grad():
             theirs = time_callable(lambda: model(*inputs), number=20, repeat=10).median
