@@ -160,6 +160,9 @@ class Artifact:
         if self.target["tvm"]["kind"] == "cuda":
             import tvm
 
+            from .cuda import load_cuda_runtime
+
+            load_cuda_runtime()  # a runtime-only process does not load libtvm_runtime_cuda by itself
             if not tvm.cuda(0).exist:
                 return False, "artifact is built for CUDA and no CUDA GPU is present"
         return True, ""

@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import cuda
 from .errors import HwcompError
 from .passes import FoldWeightLayout, lift_constants
 from .target import Target
@@ -60,7 +61,8 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
 def compile_module(mod: tvm.IRModule, target: Target):
     """``tvm.compile`` a scheduled module; returns the VM executable."""
     try:
-        return tvm.compile(mod, target=target.tvm_target())
+        with cuda.compile_callback(target) if target.is_gpu else contextlib.nullcontext():
+            return tvm.compile(mod, target=target.tvm_target())
     except Exception as e:  # TVM's own errors are long C++ traces: keep the head
         head = "\n".join(str(e).strip().splitlines()[-6:])
         raise HwcompError(f"building for target {target.name!r} failed:\n{head}") from e
@@ -73,4 +75,6 @@ def export_library(executable, path: str | Path, target: Target) -> None:
         from tvm.support import cc
 
         kwargs["fcompile"] = cc.cross_compiler(target.cross_compiler)
+    if target.is_gpu:  # embed nvcc-compiled fatbins, not CUDA source (see hwcomp/cuda.py)
+        kwargs["fpack_imports"] = cuda.pack_imports(target)
     executable.export_library(str(path), **kwargs)
