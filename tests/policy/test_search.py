@@ -1,0 +1,66 @@
+"""The policy search on planted tables: exact optimum, constraints honoured, sensitive layer kept."""
+
+import itertools
+
+import pytest
+
+from hwcomp.policy import LayerProfile, Option, OptionCost, pareto_front, search
+from hwcomp.policy.policy_io import load_policy, save_policy
+
+DENSE, INT8, SP90 = Option("dense"), Option("int8"), Option("sparse", 0.9, (8, 1))
+
+
+def _layer(name, dense_ms, int8=(0.5, 1e-3), sp=(0.3, 4e-3)):
+    return LayerProfile(name, (128, 768, 768), [OptionCost(DENSE, dense_ms, 0.0),
+                                                 OptionCost(INT8, dense_ms * int8[0], int8[1]),
+                                                 OptionCost(SP90, dense_ms * sp[0], sp[1])])
+
+
+def _brute(profiles, max_error):
+    best = None
+    for combo in itertools.product(*[p.costs for p in profiles]):
+        err = sum(c.error for c in combo)
+        lat = sum(c.latency_ms for c in combo)
+        if err <= max_error + 1e-12 and (best is None or lat < best):
+            best = lat
+    return best
+
+
+def test_sensitive_layer_stays_in_high_precision():
+    profiles = [_layer(f"l{i}", 1.0) for i in range(5)]
+    profiles[2] = _layer("l2", 1.0, int8=(0.5, 0.05), sp=(0.3, 0.2))  # planted: compressing it hurts
+    pol = search(profiles, fidelity_target=0.98)
+    assert pol.choices["l2"] == DENSE
+    assert all(pol.choices[f"l{i}"] == SP90 for i in (0, 1, 3, 4))
+    assert pol.predicted_cosine >= 0.98
+
+
+@pytest.mark.parametrize("target", [0.999, 0.995, 0.99, 0.98])
+def test_dp_matches_brute_force(target):
+    profiles = [_layer("a", 2.0), _layer("b", 1.0, int8=(0.6, 2e-3), sp=(0.2, 6e-3)),
+                _layer("c", 3.0, int8=(0.4, 5e-4), sp=(0.35, 3e-3)), _layer("d", 0.5)]
+    pol = search(profiles, fidelity_target=target, buckets=4000)
+    assert pol.predicted_error <= 1 - target + 1e-9
+    assert pol.predicted_latency_ms == pytest.approx(_brute(profiles, 1 - target), rel=0.02)
+
+
+def test_latency_budget_is_met_and_front_is_monotone():
+    profiles = [_layer(f"l{i}", 1.0 + i) for i in range(6)]
+    front = pareto_front(profiles, fixed_ms=2.0)
+    lats = [p.predicted_latency_ms for p in front]
+    errs = [p.predicted_error for p in front]
+    assert lats == sorted(lats, reverse=True) and errs == sorted(errs)
+    pol = search(profiles, latency_budget_ms=12.0, fixed_ms=2.0)
+    assert pol.predicted_latency_ms <= 12.0
+    # the most faithful policy within budget: nothing on the front within budget has less error
+    assert all(p.predicted_error >= pol.predicted_error - 1e-12 for p in front if p.predicted_latency_ms <= 12.0)
+
+
+def test_policy_file_round_trips(tmp_path):
+    profiles = [_layer(f"l{i}", 1.0) for i in range(3)]
+    pol = search(profiles, fidelity_target=0.99)
+    pol.measured_latency_ms, pol.measured_cosine = 1.5, 0.992
+    save_policy(pol, tmp_path / "p.json", "host", profiles)
+    again = load_policy(tmp_path / "p.json")
+    assert again.choices == pol.choices and again.measured_cosine == 0.992
+    assert "predicted" in (tmp_path / "p.txt").read_text()
