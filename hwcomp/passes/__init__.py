@@ -1,7 +1,9 @@
 """Relax passes, one per file. Each is an ``IRModule -> IRModule`` transformation that can be run,
 printed and tested alone (``lift_constants`` is the one boundary step that also returns weights)."""
 
+from .dense_to_bsr import DenseToBSR, sparse_passes
 from .fold_weight_layout import FoldWeightLayout
 from .lift_constants import lift_constants
+from .prune_weights import PruneWeights
 
-__all__ = ["FoldWeightLayout", "lift_constants"]
+__all__ = ["DenseToBSR", "FoldWeightLayout", "PruneWeights", "lift_constants", "sparse_passes"]

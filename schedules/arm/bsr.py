@@ -1,0 +1,27 @@
+"""BSR × dense kernels for AArch64 (NEON) targets.
+
+The loop structure is the one of the x86 kernel (``schedules/x86/bsr.py``: parallel block rows, an
+``mt × r`` register accumulator, vectors over the block's ``r`` output rows, GELU/ReLU/bias epilogue);
+only the knobs differ. With 128-bit NEON the preferred block is 4x1 (one vector per block row), and
+AArch64 has 32 vector registers, so :func:`default_knobs` gives a taller accumulator tile (16 rows for
+4x1) than on AVX2.
+"""
+
+from __future__ import annotations
+
+from hwcomp.schedules.x86.bsr import (
+    BSRKnobs,
+    cpu_bsr_kernel,
+    cpu_bsr_source,
+    default_knobs,
+    knob_candidates,
+)
+
+__all__ = ["BSRKnobs", "bsr_kernel", "cpu_bsr_source", "default_knobs", "knob_candidates"]
+
+
+def bsr_kernel(target, m: int, k: int, n: int, block: tuple[int, int], knobs: BSRKnobs | None = None,
+               bias: bool = False, activation: str = "none", dtype: str = "float32"):
+    """AArch64 kernel for an hwcomp :class:`~hwcomp.target.Target` (NEON: ``vector_bits`` = 128)."""
+    return cpu_bsr_kernel(m, k, n, block, knobs or default_knobs(target.vector_bits, block, m),
+                          target.num_cores, target.vector_bits, bias, activation, dtype)
