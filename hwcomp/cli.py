@@ -252,10 +252,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=".board/aarch64", help="where the board's files live")
     s.set_defaults(func=cmd_board)
 
+    s = sub.add_parser("prune", help="prune a PyTorch model (importance criteria, blocks, structured) → .pt2")
+    from .compress.cli import add_prune_arguments, run_prune
+
+    add_prune_arguments(s)
+    s.set_defaults(func=run_prune)
+
+    s = sub.add_parser("optimize", help="search per-layer sparsity/precision with the target in the loop")
+    s.add_argument("model", help="file.py:factory returning (nn.Module, example_inputs)")
+    s.add_argument("-t", "--target", default="host")
+    budget = s.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency-budget", type=float, metavar="MS")
+    budget.add_argument("--fidelity-target", type=float, metavar="COS")
+    s.add_argument("--calib", required=True, help=".npz, one array per input, samples on axis 0")
+    s.add_argument("-o", "--output", default="out/optimized")
+    s.add_argument("--sparsities", default="0.5,0.7,0.9", help="sparsity levels to offer per layer")
+    s.add_argument("--no-int8", action="store_true", help="do not offer int8")
+    s.set_defaults(func=cmd_optimize)
+
     s = sub.add_parser("demo", help="compile, run and verify a default model for the host CPU")
     s.add_argument("-o", "--output", default="out/demo", help="artifact directory (default out/demo)")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_optimize(args) -> int:
+    import torch
+
+    from .compress.cli import load_model as load_factory
+    from .policy.optimize import load_samples, optimize
+
+    model, example = load_factory(args.model)
+    if example is None:
+        raise HwcompError(f"{args.model} must return (model, example_inputs)")
+    example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    res = optimize(model.eval(), example, args.target, load_samples(args.calib, len(example)),
+                   latency_budget_ms=args.latency_budget, fidelity_target=args.fidelity_target,
+                   out_dir=args.output, sparsities=tuple(float(v) for v in args.sparsities.split(",")),
+                   int8=not args.no_int8, log=_print)
+    for m in [*res.baselines, res.chosen]:
+        _print(f"{m.name:28s} {m.latency_ms:9.3f} ms   cosine {m.cosine:.5f}")
+    _print(f"policy: {args.output}/policy.json (+ .txt), artifact: {res.artifact_path}, plot: {args.output}/pareto.png")
+    return 0
 
 
 def cmd_demo(args) -> int:

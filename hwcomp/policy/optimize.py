@@ -1,0 +1,178 @@
+"""``hwcomp optimize``: search a per-layer compression policy with the target in the loop, compile it,
+measure it for real, and compare it with the uniform baselines.
+
+    profile (latency on target × simulated sensitivity) → search under the budget → compile the
+    policy → measure latency and cosine on held-out inputs → policy file + artifact + Pareto plot
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..target import Target, get_target
+from .policy_io import policy_table, save_policy
+from .profile import LinearLayer, find_linear_layers, layer_option_passes, profile_layers, prune_linear_
+from .search import LayerProfile, Policy, pareto_front, search
+from .space import Option, option_space
+
+
+@dataclasses.dataclass
+class Measured:
+    name: str
+    latency_ms: float
+    cosine: float
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    policy: Policy
+    profiles: list[LayerProfile]
+    front: list[Policy]
+    baselines: list[Measured]
+    chosen: Measured
+    artifact_path: Path | None
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def compile_policy(model, example_inputs, target: str | Target, choices: dict[str, Option], calib, out_dir=None,
+                   log: Callable[[str], None] | None = None):
+    """Compile ``model`` with each Linear given its option (layers not named stay fp32)."""
+    import torch
+
+    from ..api import CompileOptions
+    from ..api import compile as hw_compile
+
+    target = get_target(target)
+    model = copy.deepcopy(model)
+    mods = dict(model.named_modules())
+    sparse = {n: o for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")}
+    for name, opt in sparse.items():
+        prune_linear_(mods[name], opt)
+    int8 = [n for n, o in choices.items() if o.kind in ("int8", "sparse_int8")]
+    passes = []
+    if sparse:
+        lowest = min(o.sparsity for o in sparse.values())
+        block = next(iter(sparse.values())).block
+        passes += layer_option_passes(target, Option("sparse", lowest, block), None)
+    if int8:
+        from ..quantize import QuantConfig, quantize_passes
+
+        # Quantize only the Linear layers the policy names int8; everything else stays fp32.
+        all_linear = [n for n, m in mods.items() if isinstance(m, torch.nn.Linear)]
+        skip = tuple(n for n in all_linear if n not in int8)
+        passes += quantize_passes(target, QuantConfig(skip=skip, quantize=("dense",)), calib, progress=False)
+    return hw_compile(model, target, out_dir, example_inputs=example_inputs,
+                      options=CompileOptions(passes=passes, verify=False), log=log)
+
+
+def measure(art, model, heldout, name: str, repeat: int = 10) -> Measured:
+    """Latency (median, TVM time evaluator) and mean cosine against PyTorch fp32 on held-out inputs."""
+    import torch
+
+    from ..runtime.measure import time_vm
+
+    cosines = []
+    for sample in heldout:
+        with torch.no_grad():
+            ref = model(*[torch.from_numpy(a) for a in sample])
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
+        cosines.append(_cos(art.run(sample)[0], ref))
+    ms = time_vm(art.vm(), art.device(), art.device_args(heldout[0]), number=3, repeat=repeat).median
+    return Measured(name, ms, float(np.mean(cosines)))
+
+
+def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
+             latency_budget_ms: float | None = None, fidelity_target: float | None = None,
+             out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
+             baselines: bool = True, match_baseline: str | None = None,
+             log: Callable[[str], None] = print) -> OptimizeResult:
+    """Search, compile and measure a per-layer policy for ``model`` on ``target``.
+
+    ``samples``: calibration inputs (lists of arrays in input order); the last quarter is held out
+    to measure the compiled models. Writes ``policy.json``/``policy.txt``, the artifact and
+    ``pareto.png`` under ``out_dir``. ``match_baseline`` (e.g. ``"uniform int8"``): instead of a
+    number, the fidelity target is that baseline's measured cosine — the fastest policy at least as
+    faithful as the uniform choice.
+    """
+    target = get_target(target)
+    if not target.runs_here():
+        raise ValueError(f"optimize measures on the target; {target.name} cannot run here "
+                         "(measure over RPC is not wired into optimize yet)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_held = max(1, len(samples) // 4)
+    calib, heldout = samples[:-n_held] or samples, samples[-n_held:]
+    layers: list[LinearLayer] = find_linear_layers(model, example_inputs)
+    options = option_space(target.sparse_block, sparsities, int8=int8)
+    log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
+    profiles = profile_layers(model, layers, options, calib, target, log=log)
+
+    measured: list[Measured] = []
+    dense_art = compile_policy(model, example_inputs, target, {}, calib)
+    dense = measure(dense_art, model, heldout, "dense fp32")
+    measured.append(dense)
+    fixed_ms = max(0.0, dense.latency_ms - sum(p.dense().latency_ms for p in profiles))
+    if baselines:
+        for name, opt in ([("uniform int8", Option("int8"))] if int8 else []) + [
+                (f"uniform {Option('sparse', 0.9, target.sparse_block).label}",
+                 Option("sparse", 0.9, tuple(target.sparse_block)))]:
+            art = compile_policy(model, example_inputs, target, {l.name: opt for l in layers}, calib)
+            measured.append(measure(art, model, heldout, name))
+            log(f"baseline {name}: {measured[-1].latency_ms:.2f} ms, cosine {measured[-1].cosine:.5f}")
+
+    if match_baseline is not None:
+        fidelity_target = next(m.cosine for m in measured if m.name == match_baseline)
+        log(f"fidelity target: {fidelity_target:.5f} (measured cosine of {match_baseline})")
+    policy = search(profiles, latency_budget_ms=latency_budget_ms, fidelity_target=fidelity_target,
+                    fixed_ms=fixed_ms)
+    front = pareto_front(profiles, fixed_ms=fixed_ms)
+    art = compile_policy(model, example_inputs, target, policy.choices, calib, out_dir / "artifact")
+    chosen = measure(art, model, heldout, "searched policy")
+    policy.measured_latency_ms, policy.measured_cosine = chosen.latency_ms, chosen.cosine
+    save_policy(policy, out_dir / "policy.json", target.name, profiles)
+    log(policy_table(policy, profiles))
+    plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}")
+    return OptimizeResult(policy, profiles, front, measured, chosen, art.path)
+
+
+def plot_pareto(front: list[Policy], points: list[Measured], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot([p.predicted_latency_ms for p in front], [p.predicted_cosine for p in front], "-", color="0.6",
+            label="predicted Pareto front")
+    for m in points:
+        ax.scatter([m.latency_ms], [m.cosine], s=60 if m.name == "searched policy" else 35,
+                   marker="*" if m.name == "searched policy" else "o", label=f"{m.name} (measured)", zorder=3)
+    ax.set(xlabel="latency (ms)", ylabel="output cosine vs fp32", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_samples(path: str | Path, n_inputs: int) -> list[list[np.ndarray]]:
+    """Calibration samples from a ``.npz``: one array per input (in file order), samples on axis 0."""
+    from ..errors import HwcompError
+
+    try:
+        with np.load(path) as z:
+            arrays = [z[k] for k in z.files]
+    except (OSError, ValueError) as e:
+        raise HwcompError(f"cannot read calibration data {path}: {e}") from e
+    if len(arrays) != n_inputs or not arrays or len({len(a) for a in arrays}) != 1 or len(arrays[0]) < 2:
+        raise HwcompError(f"{path}: expected {n_inputs} arrays with the same number (≥ 2) of samples on "
+                          f"axis 0, got shapes {[a.shape for a in arrays]}")
+    return [[a[i] for a in arrays] for i in range(len(arrays[0]))]

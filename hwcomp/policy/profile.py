@@ -1,0 +1,236 @@
+"""Per-layer latency and sensitivity of each option.
+
+Latency is measured on the target with hwcomp's real kernels: one single-layer model per distinct
+``(rows, in, out)`` shape and option, compiled like the full model and timed with TVM's time
+evaluator; results are cached as JSON lines beside the tuning database. Sensitivity is the output
+error (1 − cosine against fp32 on the calibration inputs) when that layer alone takes the option,
+simulated on the PyTorch model: block pruning exactly as the BSR pass will see it, int8 as
+per-channel symmetric weights and per-tensor symmetric activations (the realized scheme).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..target import Target
+from .search import LayerProfile, OptionCost
+from .space import Option
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearLayer:
+    name: str  # the torch module path, e.g. model.encoder.layer.0.attention.self.query
+    rows: int
+    k: int
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.rows, self.k, self.n)
+
+
+def find_linear_layers(model, example_inputs, min_elements: int = 1024) -> list[LinearLayer]:
+    """Every ``nn.Linear`` the example inputs run through, with the number of rows it sees."""
+    import torch
+
+    rows: dict[str, int] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and mod.weight.numel() >= min_elements:
+            hooks.append(mod.register_forward_pre_hook(
+                lambda m, a, name=name: rows.__setitem__(name, int(np.prod(a[0].shape[:-1])))))
+    with torch.no_grad():
+        model(*example_inputs)
+    for h in hooks:
+        h.remove()
+    mods = dict(model.named_modules())
+    return [LinearLayer(n, r, mods[n].in_features, mods[n].out_features) for n, r in rows.items()]
+
+
+# ---- latency --------------------------------------------------------------------------------------
+
+
+def _cache_path(target: Target) -> Path:
+    from ..tune.database import user_database_dir
+
+    return user_database_dir(target) / "policy_latency.json"
+
+
+def _load_cache(path: Path) -> dict:
+    table = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                table[rec["key"]] = rec["ms"]
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn last line from an interrupted run: re-measure that entry
+    return table
+
+
+def layer_option_passes(target: Target, option: Option, calib: list[list[np.ndarray]] | None,
+                        skip: tuple[str, ...] = ()) -> list[Callable]:
+    """Compile passes that realize ``option`` on a model whose weights are already pruned."""
+    passes: list[Callable] = []
+    if option.kind in ("sparse", "sparse_int8"):
+        from ..passes.dense_to_bsr import DenseToBSR
+
+        # The weights were pruned to the level; convert whatever reached it, without re-timing.
+        passes.append(DenseToBSR(target, threshold=max(0.0, option.sparsity - 0.01), block=option.block,
+                                 measure=False))
+    if option.kind in ("int8", "sparse_int8"):
+        from ..quantize import QuantConfig, quantize_passes
+
+        passes += quantize_passes(target, QuantConfig(skip=skip), calib, progress=False)
+    return passes
+
+
+def prune_linear_(linear, option: Option) -> None:
+    """Block-prune one ``nn.Linear`` in place to ``option.sparsity`` (block = out rows × in cols)."""
+    import torch
+
+    from ..kernels.bsr import apply_block_mask, block_scores, prune_mask_from_scores
+
+    w = linear.weight.detach().numpy()
+    keep = prune_mask_from_scores(block_scores(w, option.block, "l1"), option.sparsity)
+    linear.weight.data = torch.from_numpy(np.ascontiguousarray(apply_block_mask(w, keep, option.block)))
+
+
+def measure_option_latency(target: Target, layer: LinearLayer, option: Option, cache: dict, cache_file: Path,
+                           repeat: int = 10) -> float:
+    """Median latency (ms) of one ``rows × k → n`` linear with ``option`` on ``target`` (cached)."""
+    import torch
+
+    from ..api import CompileOptions
+    from ..api import compile as hw_compile
+    from ..runtime.measure import time_vm
+
+    key = f"{layer.rows}x{layer.k}x{layer.n}:{option.label}"
+    if key in cache:
+        return cache[key]
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(layer.k, layer.n).eval()
+    if option.kind in ("sparse", "sparse_int8"):
+        prune_linear_(lin, option)
+    x = torch.randn(layer.rows, layer.k)
+    calib = [[torch.randn(layer.rows, layer.k).numpy()] for _ in range(4)]
+    art = hw_compile(lin, target, None, example_inputs=(x,),
+                     options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False))
+    ms = time_vm(art.vm(), art.device(), art.device_args([x.numpy()]), number=5, repeat=repeat).median
+    cache[key] = ms
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_file, "a") as f:
+        f.write(json.dumps({"key": key, "ms": ms}) + "\n")
+    return ms
+
+
+# ---- sensitivity ----------------------------------------------------------------------------------
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def _outputs(model, samples) -> list[np.ndarray]:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for s in samples:
+            y = model(*[torch.from_numpy(a) for a in s])
+            outs.append((y[0] if isinstance(y, (tuple, list)) else y).numpy())
+    return outs
+
+
+def _fake_int8_weight(w):
+    import torch
+
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(w / scale).clamp(-127, 127) * scale
+
+
+def model_error(model, samples, reference: list[np.ndarray]) -> float:
+    """1 − the mean cosine of the model's outputs against the reference outputs."""
+    outs = _outputs(model, samples)
+    return 1.0 - float(np.mean([_cosine(o, r) for o, r in zip(outs, reference)]))
+
+
+def apply_option_(model, layer_name: str, option: Option, act_absmax: dict[str, float]) -> list:
+    """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove."""
+    import torch
+
+    lin = dict(model.named_modules())[layer_name]
+    hooks = []
+    if option.kind in ("sparse", "sparse_int8"):
+        prune_linear_(lin, option)
+    if option.kind in ("int8", "sparse_int8"):
+        lin.weight.data = _fake_int8_weight(lin.weight.data)
+        scale = max(act_absmax.get(layer_name, 1.0), 1e-12) / 127.0
+
+        def quant_input(m, args, scale=scale):
+            return (torch.round(args[0] / scale).clamp(-127, 127) * scale,) + tuple(args[1:])
+
+        hooks.append(lin.register_forward_pre_hook(quant_input))
+    return hooks
+
+
+def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, float]:
+    """Max |input| of each layer over the calibration samples (the min-max observer)."""
+    import torch
+
+    absmax: dict[str, float] = {}
+    mods = dict(model.named_modules())
+    hooks = [mods[l.name].register_forward_pre_hook(
+        lambda m, a, n=l.name: absmax.__setitem__(n, max(absmax.get(n, 0.0), float(a[0].abs().max()))))
+        for l in layers]
+    with torch.no_grad():
+        _outputs(model, samples)
+    for h in hooks:
+        h.remove()
+    return absmax
+
+
+def profile_layers(model, layers: list[LinearLayer], options: list[Option], samples, target: Target,
+                   log: Callable[[str], None] = print) -> list[LayerProfile]:
+    """Latency (measured on ``target``) and sensitivity (simulated) of every layer × option."""
+    from tqdm import tqdm
+
+    reference = _outputs(model, samples)
+    absmax = activation_ranges(model, samples, layers)
+    cache_file = _cache_path(target)
+    cache = _load_cache(cache_file)
+    shapes = sorted({l.shape for l in layers})
+    latency: dict = {}
+    for shape in tqdm(shapes, desc="latency per shape", disable=None):
+        for opt in options:
+            latency[shape, opt] = measure_option_latency(target, LinearLayer("", *shape), opt, cache, cache_file)
+    log("latency per option (ms): " + "; ".join(
+        f"{'x'.join(map(str, s))}: " + ", ".join(f"{o.label} {latency[s, o]:.3f}" for o in options)
+        for s in shapes))
+    profiles = []
+    mods = dict(model.named_modules())
+    for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
+        costs = []
+        for opt in options:
+            if opt.kind == "dense":
+                err = 0.0
+            else:
+                # In place and restored: a deep copy per trial would copy BERT-base 180 times.
+                lin = mods[layer.name]
+                saved = lin.weight.data.clone()
+                hooks = apply_option_(model, layer.name, opt, absmax)
+                try:
+                    err = max(0.0, model_error(model, samples, reference))
+                finally:
+                    lin.weight.data = saved
+                    for h in hooks:
+                        h.remove()
+            costs.append(OptionCost(opt, latency[layer.shape, opt], err))
+        profiles.append(LayerProfile(layer.name, layer.shape, costs))
+    return profiles
