@@ -1,0 +1,112 @@
+"""``hwcomp prune``: argument definitions and runner, for the top-level CLI to mount.
+
+    hwcomp prune MODEL [--criterion taylor] [--granularity block:16x1] [--sparsity 0.9] [--data data.npz]
+                       [--finetune-epochs N] [--distill] [--schedule oneshot|gradual] [-o out.pt2]
+
+MODEL is either
+  * a ``.pt2`` file written by ``torch.export.save``: pruned as its unlifted module
+    (``ExportedProgram.module()``; Linear/Conv weights found as the weights of aten linear/conv nodes,
+    BatchNorm frozen, dropout gone), example inputs taken from the program; or
+  * ``path/to/file.py:factory``: ``factory()`` returns an ``nn.Module`` (weights loaded) or a pair
+    ``(module, example_inputs)``.
+``--data`` is a ``.npz`` with array ``x`` (inputs, first axis = samples; float arrays become float32,
+integer arrays int64) and optional ``y`` (integer class labels -> cross-entropy; float targets -> MSE;
+absent -> label-free sampled Gauss-Newton loss, see :func:`~.batches.default_loss`). Without example inputs
+from the model, the first sample of ``x`` is used. The result is a ``.pt2`` with the masks baked into the
+weights (``--output``, default ``<model>.pruned.pt2``), and optionally a JSON report (``--report``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .api import prune_model, save_pruned
+from .criteria import CRITERIA
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``prune`` verb's arguments to ``parser``."""
+    parser.add_argument("model", help="a .pt2 exported program, or file.py:factory")
+    parser.add_argument("--criterion", choices=CRITERIA, default="taylor", help="importance criterion")
+    parser.add_argument("--granularity", default="block:16x1",
+                        help="'unstructured' or 'block:RxC' (R output rows x C input columns)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of blocks pruned per layer")
+    parser.add_argument("--scope", choices=("layer", "global"), default="layer")
+    parser.add_argument("--data", help=".npz with arrays x (inputs) and optional y (labels)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batches", type=int, default=None, help="batches used to score weights")
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--distill", action="store_true", help="fine-tune against the unpruned model")
+    parser.add_argument("--schedule", choices=("oneshot", "gradual"), default="oneshot")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--exclude", action="append", default=None,
+                        help="glob of weights left dense (repeatable); default: the output layer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", help="output .pt2 (default: <model>.pruned.pt2)")
+    parser.add_argument("--report", help="write the pruning report as JSON here")
+
+
+def load_model(spec: str) -> tuple[nn.Module, Any]:
+    """Load MODEL (see the module docstring); returns (module, example inputs or None)."""
+    if spec.endswith(".pt2"):
+        program = torch.export.load(spec)
+        args, kwargs = program.example_inputs or ((), {})
+        example = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args)) if args else None
+        return program.module(), example
+    path, sep, factory = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise ValueError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    made = getattr(module, factory)()
+    if isinstance(made, tuple):
+        return made[0], made[1]
+    return made, None
+
+
+def load_npz(path: str, batch_size: int, seed: int = 0) -> list[tuple]:
+    """Batches ``(x, y)`` or ``(x,)`` from a ``.npz`` (shuffled once with ``seed``)."""
+    with np.load(path) as f:
+        x, y = f["x"], (f["y"] if "y" in f.files else None)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32 if a.dtype.kind == "f" else np.int64))
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    xs, ys = tensor(x[order]), (tensor(y[order]) if y is not None else None)
+    return [(xs[i:i + batch_size], ys[i:i + batch_size]) if ys is not None else (xs[i:i + batch_size],)
+            for i in range(0, len(xs), batch_size)]
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """Run ``hwcomp prune`` with parsed arguments; returns the process exit code."""
+    torch.manual_seed(args.seed)
+    model, example = load_model(args.model)
+    data = load_npz(args.data, args.batch_size, args.seed) if args.data else None
+    if example is None:
+        if data is None:
+            print("error: no example inputs: pass --data or return (model, example_inputs) from the factory",
+                  file=sys.stderr)
+            return 2
+        example = data[0][0][:1]
+    report = prune_model(model, example, data, criterion=args.criterion, granularity=args.granularity,
+                         sparsity=args.sparsity, scope=args.scope, exclude=args.exclude or "auto",
+                         finetune_epochs=args.finetune_epochs, distill=args.distill, schedule=args.schedule,
+                         lr=args.lr, max_batches=args.max_batches)
+    source = args.model if args.model.endswith(".pt2") else args.model.rpartition(":")[0]
+    output = args.output or Path(source).with_suffix(".pruned.pt2").as_posix()
+    save_pruned(model, example, output)
+    print(report)
+    print(f"wrote {output}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0

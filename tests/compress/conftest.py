@@ -1,0 +1,12 @@
+"""Compression tests run on one CPU thread with fixed seeds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_seeded():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
