@@ -98,8 +98,7 @@ def compile(  # noqa: A001 - the verb users expect
         "outputs": [TensorSpec(f"output{i}", tuple(o.shape), str(o.dtype)).to_dict()
                     for i, o in enumerate(ref_outputs)],
         "weights": {"count": len(weights), "bytes": int(sum(w.nbytes for w in weights.values()))},
-        "compression": options.compression_summary or {"passes": [getattr(p, "__name__", str(p))
-                                                                  for p in options.passes]},
+        "compression": {**(options.compression_summary or {}), "passes": [_pass_summary(p) for p in options.passes]},
         "fidelity": None,
     }
     write_manifest(out, manifest)
@@ -116,6 +115,15 @@ def compile(  # noqa: A001 - the verb users expect
         write_manifest(out, manifest)
         artifact = Artifact.load(out)
     return artifact
+
+
+def _pass_summary(p) -> dict:
+    """A pass's name and, when it keeps one, its report (per-layer decisions) for the manifest."""
+    out = {"name": getattr(p, "__name__", type(p).__name__)}
+    report = getattr(p, "report", None)
+    if report is not None:
+        out["report"] = report.to_dict() if hasattr(report, "to_dict") else report
+    return out
 
 
 def load(path: str | Path) -> Artifact:

@@ -66,10 +66,14 @@ def cmd_compile(args) -> int:
     from .target import get_target
 
     target = get_target(args.target)
+    options = _compile_options(args, target)
     art = hw_compile(args.model, target, args.output, input_shapes=parse_input_shapes(args.input_shape),
-                     options=_compile_options(args, target), log=_print)
+                     options=options, log=_print)
+    for p in options.passes:  # per-layer decisions (sparse vs dense, expected gain)
+        if hasattr(getattr(p, "report", None), "table"):
+            _print(p.report.table())
     _print(f"artifact: {art.path}")
-    _print(summarize_fidelity(art.fidelity))
+    _print(summarize_fidelity(art.fidelity) + (" (against the uncompressed model)" if options.passes else ""))
     if args.archive:
         _print(f"archive: {art.pack(args.archive)}")
     return 0
