@@ -126,6 +126,11 @@ def cmd_inspect(args) -> int:
     for s in m["outputs"]:
         _print(f"output     {s['name']} {s['shape']} {s['dtype']}")
     _print(f"weights    {m['weights']['count']} tensors, {m['weights']['bytes'] / 1e6:.2f} MB")
+    from .compress.coded_size import coded_size
+
+    z = coded_size(art.weights())
+    _print(f"size       {z['parameters']:,} parameters, {z['sparsity']:.1%} zero; pruned + 8-bit + Huffman "
+           f"{z['huffman_bytes'] / 1e6:.2f} MB ({z['compression_ratio']:.1f}x smaller than stored)")
     _print(f"compression {json.dumps(m.get('compression'))}")
     _print(summarize_fidelity(m.get("fidelity")))
     for name, digest in m["files"].items():

@@ -60,3 +60,19 @@ def test_deep_compression_shrinks_a_pruned_model():
     assert report.ratio > 15  # fp32 dense -> ~10% non-zeros at < 9 bits each (+ dense second layer)
     share_weights(model, 5, names=["0.weight"])
     assert model[0].weight.unique().numel() <= 33  # 32 centroids + the zero
+
+
+def test_coded_size_of_pruned_weights():
+    """hwcomp inspect's size accounting: zeros cost only their gaps; dense 8-bit ≈ entropy of codes."""
+    import numpy as np
+
+    from hwcomp.compress.coded_size import coded_size
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((256, 256)).astype("float32")
+    sparse = dense * (rng.random((256, 256)) < 0.1)
+    d, s = coded_size([dense]), coded_size([sparse])
+    assert d["parameters"] == s["parameters"] == 65536 and d["sparsity"] == 0
+    assert abs(s["sparsity"] - 0.9) < 0.01
+    assert d["huffman_bytes"] < d["stored_bytes"] / 4 + 1024  # ≤ 8 bits per weight + overhead
+    assert s["huffman_bytes"] < d["huffman_bytes"] / 4  # 10 % non-zeros: values and gaps only
