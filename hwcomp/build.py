@@ -31,12 +31,12 @@ def finalize_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndar
     return lift_constants(mod)
 
 
-def _database(database: str | Path | None):
+def _database(database: str | Path | None, target: Target | None = None):
     if database is None:
         return contextlib.nullcontext()
     from .tune.database import open_database
 
-    return open_database(database)
+    return open_database(database, target)
 
 
 def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = None) -> tvm.IRModule:
@@ -44,13 +44,16 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
     from tvm.s_tir import dlight as dl
 
     tvm_target = target.tvm_target()
-    with tvm_target, _database(database):
+    with tvm_target, _database(database, target):
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.get_pipeline("zero")(mod)
         if not target.is_gpu:
             from hwcomp.schedules.cpu import default_rules
 
-            mod = dl.ApplyDefaultSchedule(*default_rules(target.vector_bits))(mod)
+            from .tune.knobs import stored_knob_rules
+
+            rules = stored_knob_rules(database, target) + default_rules(target.vector_bits)
+            mod = dl.ApplyDefaultSchedule(*rules)(mod)
         else:
             mod = dl.ApplyDefaultSchedule(
                 dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()

@@ -1,0 +1,405 @@
+"""Integer kernels as TE computes, and the per-target providers that lay out and schedule them.
+
+One definition per op (the arithmetic of ``qmath``), whatever the target:
+
+* ``dense``: ``A[M, K]`` (int8/uint8) x ``W`` (int8, in the provider's packed layout) → int32,
+  ``+ bias[N]`` (int32), then an :class:`Epilogue`;
+* ``batch_matmul``: ``A[B, M, K] x B[B, K, N]`` (both int8/uint8, zero point 0) → int32 →
+  ``float32 * (s_a s_b)``;
+* ``conv2d``: NCHW, OIHW int8 weights, stride/padding/dilation, groups 1 → int32 + bias → epilogue.
+
+A provider (``generic`` here, ``schedules/x86/int8.py``, ``schedules/arm/int8.py``,
+``schedules/cuda/int8.py``) chooses the weight layout, packs the weights, and schedules the
+dense kernel for its instructions (``tirx.is_scheduled``); anything it does not schedule is left
+to the default rules (``TiledReduction`` on CPUs, dlight on GPUs), which handle int32-accumulating
+reductions with these epilogues.
+
+Epilogues (``Epilogue.kind``):
+
+* ``float``: ``y = act(float32(acc + bias) * scale[n])`` → float32;
+* ``requant``: ``q = clip(rshift_round(int64(acc + bias) * mult[n], shift[n]) + zp)`` → int8/uint8,
+  ``relu`` clamps at ``zp``; exactly :func:`hwcomp.quantize.qmath.requantize`;
+* ``float_requant``: ``q = clip(round_half_even(act(float32(acc + bias) * scale[n]) * inv_out[n]) + zp)``
+  with ``inv_out = 1 / s_y`` (divided by the next op's smoothing factors where it has them): a
+  float activation such as GELU between two quantized ops; the result never leaves the kernel
+  as float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from tvm import te, tirx
+
+ACTS = (None, "relu", "gelu", "gelu_tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    kind: str = "float"  # float | requant | float_requant
+    act: str | None = None
+    out_dtype: str = "float32"
+    out_scale: float = 1.0  # float_requant: the next op's activation scale
+    out_zp: int = 0
+    bits: int = 8
+
+    def __post_init__(self):
+        assert self.kind in ("float", "requant", "float_requant"), self.kind
+        assert self.act in ACTS, self.act
+        if self.kind == "requant":
+            assert self.act in (None, "relu"), "requant only fuses relu; use float_requant"
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        from .qmath import qrange
+
+        lo, hi = qrange(self.out_dtype, self.bits)
+        if self.act == "relu":
+            lo = max(lo, self.out_zp)
+        return lo, hi
+
+
+# ---------------------------------------------------------------------------------------------
+# weight layouts: W[N, K] -> packed, and the index expression the compute reads it with
+# ---------------------------------------------------------------------------------------------
+# name: (n block, k block); "nk" is the plain [N, K] layout.
+LAYOUTS = {"nk": (1, 1), "kn": (1, 1), "avx2": (8, 2), "vnni": (16, 4), "sdot": (4, 4)}
+
+
+def weight_shape(layout: str, n: int, k: int) -> tuple[int, ...]:
+    if layout == "nk":
+        return (n, k)
+    if layout == "kn":
+        return (k, n)
+    nb, kb = LAYOUTS[layout]
+    return (n // nb, k // kb, nb, kb)
+
+
+def pack_weight(wq: np.ndarray, layout: str) -> np.ndarray:
+    """``wq[N, K]`` (int8) in ``layout``: ``[N/nb, K/kb, nb, kb]`` for the blocked ones."""
+    if layout == "nk":
+        return np.ascontiguousarray(wq)
+    if layout == "kn":
+        return np.ascontiguousarray(wq.T)
+    n, k = wq.shape
+    nb, kb = LAYOUTS[layout]
+    return np.ascontiguousarray(wq.reshape(n // nb, nb, k // kb, kb).transpose(0, 2, 1, 3))
+
+
+def layout_fits(layout: str, n: int, k: int) -> bool:
+    nb, kb = LAYOUTS[layout]
+    return n % nb == 0 and k % kb == 0
+
+
+def _w_at(w, layout: str, n, k):
+    if layout == "nk":
+        return w[n, k]
+    if layout == "kn":
+        return w[k, n]
+    nb, kb = LAYOUTS[layout]
+    return w[n // nb, k // kb, n % nb, k % kb]
+
+
+# ---------------------------------------------------------------------------------------------
+# epilogue expressions
+# ---------------------------------------------------------------------------------------------
+_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+              -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+             -1.42647390514189e-02)
+
+
+def fast_erf(x):
+    """Rational erf approximation (Eigen's ``generic_fast_erf_float``, |err| < 2e-7) that vectorizes;
+    ``tirx.erf`` becomes a scalar libm call per element."""
+    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    x = tirx.max(tirx.min(x, f(4.0)), f(-4.0))
+    x2 = x * x
+    p = x2 * f(_ERF_ALPHA[0]) + f(_ERF_ALPHA[1])
+    for a in _ERF_ALPHA[2:]:
+        p = x2 * p + f(a)
+    p = x * p
+    q = x2 * f(_ERF_BETA[0]) + f(_ERF_BETA[1])
+    for b in _ERF_BETA[2:]:
+        q = x2 * q + f(b)
+    return p / q
+
+
+def activation(x, act: str | None):
+    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    if act is None:
+        return x
+    if act == "relu":
+        return tirx.max(x, f(0.0))
+    if act == "gelu":
+        return x * (f(0.5) + fast_erf(x * f(math.sqrt(0.5))) * f(0.5))
+    if act == "gelu_tanh":
+        inner = f(math.sqrt(2.0 / math.pi)) * x * (f(1.0) + f(0.044715) * x * x)
+        return f(0.5) * x * (f(1.0) + tirx.tanh(inner))
+    raise ValueError(act)
+
+
+def _requant_expr(v, mult, shift, epi: Epilogue):
+    """``v`` int32 (acc + bias) → int8/uint8 with the fixed-point multiplier (round half away)."""
+    i64 = lambda e: e.astype("int64")  # noqa: E731
+    p = i64(v) * i64(mult)
+    s = i64(shift)
+    one = tirx.const(1, "int64")
+    r = (p + (one << (s - one)) - tirx.Select(p < tirx.const(0, "int64"), one, tirx.const(0, "int64"))) >> s
+    lo, hi = epi.qrange
+    r = r + tirx.const(epi.out_zp, "int64")
+    r = tirx.max(tirx.min(r, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+    return r.astype(epi.out_dtype)
+
+
+def _float_requant_expr(y, epi: Epilogue, inv_scale=None):
+    lo, hi = epi.qrange
+    if inv_scale is None:
+        inv_scale = tirx.const(np.float32(1.0) / np.float32(epi.out_scale), "float32")
+    q = tirx.round(y * inv_scale) + tirx.const(float(epi.out_zp), "float32")
+    q = tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
+    return q.astype(epi.out_dtype)
+
+
+def epilogue_inputs(epi: Epilogue, n: int) -> list:
+    """The per-channel parameter placeholders an epilogue reads (after A, W, bias)."""
+    if epi.kind == "requant":
+        return [te.placeholder(_s((n,)), "int32", "mult"), te.placeholder(_s((n,)), "int32", "shift")]
+    if epi.kind == "float_requant":  # dequant scale, and 1/s_y per channel (smoothing makes it vary)
+        return [te.placeholder(_s((n,)), "float32", "scale"), te.placeholder(_s((n,)), "float32", "inv_out")]
+    return [te.placeholder(_s((n,)), "float32", "scale")]
+
+
+def _apply_epilogue(acc_plus_bias, params, j, epi: Epilogue):
+    if epi.kind == "requant":
+        return _requant_expr(acc_plus_bias, params[0][j], params[1][j], epi)
+    y = activation(acc_plus_bias.astype("float32") * params[0][j], epi.act)
+    if epi.kind == "float":
+        return y
+    return _float_requant_expr(y, epi, params[1][j])
+
+
+# ---------------------------------------------------------------------------------------------
+# computes (shapes in int64, as Relax's own legalized functions, so FuseTIR can merge them)
+# ---------------------------------------------------------------------------------------------
+def _s(shape) -> tuple:
+    return tuple(tirx.IntImm("int64", int(v)) for v in shape)
+
+
+def _r(extent: int, name: str):
+    return te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", int(extent))), name)
+
+def dense_func(m: int, k: int, n: int, a_dtype: str, layout: str, epi: Epilogue) -> tirx.PrimFunc:
+    """``(A, W, bias, *epilogue params, out)`` PrimFunc; blocks ``acc`` (reduction) and ``out``."""
+    a = te.placeholder(_s((m, k)), a_dtype, "A")
+    w = te.placeholder(_s(weight_shape(layout, n, k)), "int8", "W")
+    bias = te.placeholder(_s((n,)), "int32", "bias")
+    params = epilogue_inputs(epi, n)
+    r = _r(k, "k")
+    acc = te.compute(_s((m, n)), lambda i, j: te.sum(a[i, r].astype("int32") * _w_at(w, layout, j, r).astype("int32"),
+                                                  axis=r), name="acc")
+    out = te.compute(_s((m, n)), lambda i, j: _apply_epilogue(acc[i, j] + bias[j], params, j, epi), name="out")
+    return te.create_prim_func([a, w, bias, *params, out])
+
+
+def batch_matmul_func(batch: tuple[int, ...], m: int, k: int, n: int, a_dtype: str, b_dtype: str,
+                      scale: float, epi: Epilogue | None = None) -> tirx.PrimFunc:
+    """``A[*batch, M, K] x B[*batch, K, N]`` → int32 → ``float32 * scale`` (``float``), or requantized
+    for the next quantized op (``float_requant``)."""
+    epi = epi or Epilogue()
+    nb = len(batch)
+    a = te.placeholder(_s((*batch, m, k)), a_dtype, "A")
+    b = te.placeholder(_s((*batch, k, n)), b_dtype, "B")
+    r = _r(k, "k")
+
+    def acc_f(*idx):
+        bi, i, j = idx[:nb], idx[nb], idx[nb + 1]
+        return te.sum(a[(*bi, i, r)].astype("int32") * b[(*bi, r, j)].astype("int32"), axis=r)
+
+    acc = te.compute(_s((*batch, m, n)), acc_f, name="acc")
+    def out_f(*idx):
+        y = acc[idx].astype("float32") * tirx.const(scale, "float32")
+        return y if epi.kind == "float" else _float_requant_expr(y, epi)
+
+    out = te.compute(_s((*batch, m, n)), out_f, name="out")
+    return te.create_prim_func([a, b, out])
+
+
+def conv2d_func(x_shape, w_shape, strides, padding, dilation, a_dtype: str, epi: Epilogue,
+                pad_value: int = 0) -> tirx.PrimFunc:
+    """NCHW x OIHW (int8) → int32 + bias[O] → epilogue (channel axis 1). ``padding`` is
+    ``(top, left, bottom, right)``; padded positions hold ``pad_value`` (the activation zero point)."""
+    nbt, c, h, wd = x_shape
+    o, _, kh, kw = w_shape
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    dh, dw = dilation
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    x = te.placeholder(_s(x_shape), a_dtype, "A")
+    w = te.placeholder(_s(w_shape), "int8", "W")
+    bias = te.placeholder(_s((o,)), "int32", "bias")
+    params = epilogue_inputs(epi, o)
+    if any(padding):
+        xp = te.compute(
+            _s((nbt, c, h + pt + pb, wd + pl + pr)),
+            lambda b, ci, y, z: tirx.if_then_else(
+                tirx.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), x[b, ci, y - pt, z - pl],
+                tirx.const(pad_value, a_dtype)),
+            name="pad")
+    else:
+        xp = x
+    rc, ry, rx = _r(c, "rc"), _r(kh, "ry"), _r(kw, "rx")
+    acc = te.compute(
+        _s((nbt, o, oh, ow)),
+        lambda b, f, y, z: te.sum(xp[b, rc, y * sh + ry * dh, z * sw + rx * dw].astype("int32")
+                                  * w[f, rc, ry, rx].astype("int32"), axis=[rc, ry, rx]),
+        name="acc")
+    out = te.compute(_s((nbt, o, oh, ow)), lambda b, f, y, z: _apply_epilogue(acc[b, f, y, z] + bias[f], params, f, epi),
+                     name="out")
+    return te.create_prim_func([x, w, bias, *params, out])
+
+
+def quantize_func(shape, scale: float, zp: int, dtype: str, bits: int = 8, per_channel: bool = False
+                  ) -> tirx.PrimFunc:
+    """float32 → int8/uint8: ``clip(round_half_even(x / scale) + zp)`` at ``bits`` (``R.quantize``
+    semantics, with the clip range of ``bits``). ``per_channel``: a second input ``f[C]`` (last axis)
+    and ``round(x * f[c])`` instead — smoothed activations, ``f = 1 / (s_c * scale)``."""
+    from .qmath import qrange
+
+    lo, hi = qrange(dtype, bits)
+    x = te.placeholder(_s(shape), "float32", "x")
+    fch = te.placeholder(_s((shape[-1],)), "float32", "f") if per_channel else None
+
+    def f(*idx):
+        v = x[idx] * fch[idx[-1]] if per_channel else x[idx] / tirx.const(scale, "float32")
+        q = tirx.round(v) + tirx.const(float(zp), "float32")
+        return tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32")).astype(dtype)
+
+    y = te.compute(_s(shape), f, name="quantize")
+    return te.create_prim_func([x, fch, y] if per_channel else [x, y])
+
+
+def dequantize_func(shape, scale: float, zp: int, dtype: str) -> tirx.PrimFunc:
+    x = te.placeholder(_s(shape), dtype, "q")
+    y = te.compute(_s(shape), lambda *i: tirx.const(scale, "float32")
+                   * (x[i].astype("int32") - tirx.const(zp, "int32")).astype("float32"), name="dequantize")
+    return te.create_prim_func([x, y])
+
+
+# ---------------------------------------------------------------------------------------------
+# providers
+# ---------------------------------------------------------------------------------------------
+class KernelProvider:
+    """Generic provider: plain ``[N, K]`` weights, no schedule of its own (default rules apply).
+
+    ``act_dtypes``: storage types the dense kernels accept for activations, preferred first.
+    """
+
+    name = "generic"
+    act_dtypes: tuple[str, ...] = ("int8", "uint8")
+
+    def __init__(self, target=None):
+        self.target = target
+
+    def dense_layout(self, m: int, k: int, n: int) -> str:
+        return "nk"
+
+    def schedule_dense(self, func: tirx.PrimFunc, layout: str, m: int, k: int, n: int) -> tirx.PrimFunc | None:
+        return None
+
+    def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+        return None
+
+    def describe(self) -> str:
+        return "generic int8 kernels (default schedules)"
+
+
+def get_provider(target) -> KernelProvider:
+    """The int8 kernel provider for a :class:`~hwcomp.target.Target` (by its ``int8_dot``)."""
+    if target is None:
+        return KernelProvider()
+    kind = target.tvm.get("kind")
+    if kind == "cuda":
+        from hwcomp.schedules.cuda.int8 import CudaInt8Provider
+
+        return CudaInt8Provider(target)
+    if target.arch == "x86_64":
+        from hwcomp.schedules.x86.int8 import X86Int8Provider
+
+        return X86Int8Provider(target)
+    if target.arch == "aarch64":
+        from hwcomp.schedules.arm.int8 import ArmInt8Provider
+
+        return ArmInt8Provider(target)
+    return KernelProvider(target)
+
+
+def scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+def tvm_const(arr: np.ndarray):
+    from tvm import relax
+
+    return relax.const(np.ascontiguousarray(arr))
+
+
+__all__ = ["Epilogue", "KernelProvider", "batch_matmul_func", "conv2d_func", "dense_func", "dequantize_func",
+           "get_provider", "pack_weight", "quantize_func", "weight_shape"]
+
+
+def register_intrin(name: str, desc, impl) -> str:
+    """Register a tensor intrinsic under hwcomp's own name (idempotent; TVM's are left alone)."""
+    from tvm.s_tir import TensorIntrin
+
+    try:
+        TensorIntrin.get(name)
+    except Exception:  # noqa: BLE001 - TVM raises a plain error for unknown names
+        TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _divisor(n: int, prefs: tuple[int, ...]) -> int:
+    return next((p for p in prefs if p <= n and n % p == 0), 1)
+
+
+def schedule_blocked_dense(func: tirx.PrimFunc, nb: int, kb: int, intrin: str, mr_prefs=(4, 3, 2, 1),
+                           nrv_prefs=(3, 2, 1), out_lanes: int | None = None) -> tirx.PrimFunc:
+    """Register-tile ``dense_func`` (blocked weight layout ``[N/nb, K/kb, nb, kb]``) and tensorize
+    the ``nb x kb`` inner product with ``intrin``.
+
+    Loop nest: ``parallel(N panels x M tiles) / K/kb / mr rows (unrolled) / nrv vectors (unrolled) /
+    intrin``; the int32 accumulator tile lives in registers (local scope) and the epilogue runs on
+    it before the store, so the int32 result never reaches memory.
+    """
+    from tvm import s_tir
+
+    m, n = (int(v) for v in func.params[-1].shape)
+    mr = _divisor(m, mr_prefs)
+    nrv = _divisor(n // nb, nrv_prefs)
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    i, j, k = sch.get_loops(acc)
+    jo, jv, jl = sch.split(j, [None, nrv, nb])
+    io, ii = sch.split(i, [None, mr])
+    ko, ki = sch.split(k, [None, kb])
+    sch.reorder(jo, io, ko, ii, jv, jl, ki)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, io)
+    o_i, o_j = sch.get_loops(out)[-2:]
+    lanes = out_lanes or nb
+    if (nrv * nb) % lanes == 0:
+        _, o_v = sch.split(o_j, [None, lanes])
+        sch.vectorize(o_v)
+    par = sch.fuse(jo, io)
+    sch.parallel(par)
+    init = sch.decompose_reduction(acc, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(ii)
+    sch.unroll(jv)
+    sch.tensorize(jl, intrin)
+    return scheduled(sch.mod["main"])

@@ -1,0 +1,176 @@
+"""Int8Quantizer: the three passes (annotate, calibrate, realize) sharing one state."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..target import get_target
+from .annotate import annotate, weight_name_table
+from .calibrate import HostModel, calibrate, input_specs, load_calibration
+from .config import QuantConfig
+from .fidelity import FidelityReport, compare_outputs, fallback, layer_errors, worst_first
+from .kernels import get_provider
+from .realize import Realizer
+from .smooth import smoothed_minmax, smoothing_factors
+
+
+class Int8Quantizer:
+    """State shared by the passes; ``summary()`` reports what they did."""
+
+    def __init__(self, target="host", config: QuantConfig | None = None, calib_data=None, *, params=None,
+                 progress: bool = True, log=None):
+        self.target = get_target(target)
+        self.config = config or QuantConfig()
+        self.calib_data = calib_data
+        self.names = weight_name_table(params)
+        self.progress = progress
+        self.log = log or (lambda s: None)
+        self.provider = get_provider(self.target)
+        self.annotation = None
+        self.calibration = None
+        self.realizer = None
+        self.fidelity: FidelityReport | None = None
+        self.timings: dict[str, float] = {}
+        self._annotated = None
+        self._host_model = None
+        self._heldout: list = []
+        self._samples: list = []
+        self.smooth: dict = {}
+        self.ranges: dict = {}
+
+    # ---- passes --------------------------------------------------------------------------------
+    def annotate_pass(self, mod):
+        t = time.perf_counter()
+        out, self.annotation = annotate(mod, self.config, self.names)
+        self._annotated = out
+        self.timings["annotate_s"] = time.perf_counter() - t
+        self.log("quantize: " + self.annotation.summary())
+        return out
+
+    def calibrate_pass(self, mod):
+        t = time.perf_counter()
+        if self.annotation is None:
+            mod = self.annotate_pass(mod)
+        samples = load_calibration(self.calib_data, input_specs(mod), self.config.max_calib_samples)
+        heldout = []
+        if self.config.fidelity_target is not None:
+            n_hold = min(self.config.heldout, len(samples) - 1)
+            if n_hold > 0:
+                samples, heldout = samples[:-n_hold], samples[-n_hold:]
+            else:
+                heldout = samples[-1:]  # a single sample: measure on it (stated in the report)
+        self._heldout = heldout
+        self._samples = samples
+        self._host_model = HostModel(mod)
+        self.calibration = calibrate(mod, self.config, samples, self.annotation.keys.keys(),
+                                     progress=self.progress, model=self._host_model)
+        self.ranges = {k: o.range() for k, o in self.calibration.observers.items()}
+        if self.config.smooth is not None:
+            obs = self.calibration.observers
+            self.smooth = smoothing_factors(mod, self.config, obs, self.names, float(self.config.smooth))
+            if self.smooth and self.config.calib_method == "minmax":
+                for k, sv in self.smooth.items():
+                    self.ranges[k] = smoothed_minmax(obs[k], sv)
+            elif self.smooth:  # histogram methods: observe the smoothed tensors in a second run
+                second = calibrate(mod, self.config, samples, self.smooth.keys(), keep=0, progress=self.progress,
+                                   model=self._host_model, divide=self.smooth)
+                for k in self.smooth:
+                    self.ranges[k] = second.observers[k].range()
+        self.timings["calibrate_s"] = time.perf_counter() - t
+        self.log(f"quantize: calibrated {len(self.annotation.keys)} activation tensors on {len(samples)} "
+                 f"sample(s) ({self.config.calib_method})")
+        return mod
+
+    def realize_pass(self, mod):
+        t = time.perf_counter()
+        if self.calibration is None:
+            mod = self.calibrate_pass(mod)
+        ranges = self.ranges
+        force: list[str] = []
+        if self.config.fidelity_target is not None:
+            force = self._fallback(mod, ranges)
+        self.realizer = Realizer(self.config, self.provider, ranges, names=self.names, force_float=force,
+                                 smooth=self.smooth)
+        out = self.realizer(mod)
+        if self.fidelity is None:  # per-layer report only (the model-level one needs held-out inputs)
+            rows = layer_errors(mod, self.realizer, self.calibration.kept[:1])
+            self.fidelity = FidelityReport(None, rows, [], None, None, [])
+        self.timings["realize_s"] = time.perf_counter() - t
+        n_q = sum(1 for r in self.realizer.report if r["status"] == "int8")
+        self.log(f"quantize: {n_q} layers int8 ({self.provider.describe()}), "
+                 f"{len(self.realizer.report) - n_q} fp32")
+        if self.fidelity is not None:
+            self.log(self.fidelity.format())
+        return out
+
+    def passes(self) -> list:
+        def annotate_int8(mod):
+            return self.annotate_pass(mod)
+
+        def calibrate_int8(mod):
+            return self.calibrate_pass(mod)
+
+        def realize_int8(mod):
+            return self.realize_pass(mod)
+
+        return [annotate_int8, calibrate_int8, realize_int8]
+
+    # ---- fidelity ------------------------------------------------------------------------------
+    def _fallback(self, mod, ranges) -> list[str]:
+        host_provider = get_provider(get_target("host"))
+        heldout = self._heldout
+        ref = [self._host_model.run(s) for s in heldout]
+        probe = Realizer(self.config, host_provider, ranges, names=self.names, smooth=self.smooth)
+        probe(mod)
+        rows = layer_errors(mod, probe, self.calibration.kept)
+        ranking = worst_first(rows)
+
+        def evaluate(force):
+            r = Realizer(self.config, host_provider, ranges, names=self.names, force_float=force, smooth=self.smooth)
+            m = HostModel(r(mod))
+            res = compare_outputs(ref, [m.run(s) for s in heldout])
+            self.log(f"quantize: fidelity with {len(force)} layer(s) in fp32: cosine {res['cosine']:.6f}")
+            return res
+
+        force, res, history = fallback(evaluate, ranking, float(self.config.fidelity_target))
+        self.fidelity = FidelityReport(res, rows, force, self.config.fidelity_target,
+                                       res["cosine"] >= self.config.fidelity_target, history)
+        return force
+
+    def report_fidelity(self, mod_realized, inputs: list[list[np.ndarray]] | None = None) -> FidelityReport:
+        """Model and per-layer fidelity of a realized module on ``inputs`` (default: held-out set)."""
+        inputs = inputs or self._heldout or self.calibration_samples()[-1:]
+        ref = [self._host_model.run(s) for s in inputs]
+        host_mod = mod_realized
+        if self.target.name != "host" and not self.target.runs_here():
+            host_mod = Realizer(self.config, get_provider(get_target("host")), self.ranges, names=self.names,
+                                force_float=self.fidelity.fp32_layers if self.fidelity else (),
+                                smooth=self.smooth)(self._annotated)
+        m = HostModel(host_mod)
+        res = compare_outputs(ref, [m.run(s) for s in inputs])
+        rows = layer_errors(self._annotated, self.realizer, self.calibration.kept)
+        fp32 = self.fidelity.fp32_layers if self.fidelity else []
+        tgt = self.config.fidelity_target
+        self.fidelity = FidelityReport(res, rows, fp32, tgt, None if tgt is None else res["cosine"] >= tgt,
+                                       self.fidelity.history if self.fidelity else [])
+        return self.fidelity
+
+    def calibration_samples(self):
+        return load_calibration(self.calib_data, input_specs(self._annotated), self.config.max_calib_samples)
+
+    def summary(self) -> dict:
+        out = {"quantize": "int8", "target_kernels": self.provider.describe(),
+               "config": {"bits": self.config.bits, "per_channel": self.config.per_channel,
+                          "activations": self.config.activations, "calib_method": self.config.calib_method,
+                          "skip": list(self.config.skip), "fidelity_target": self.config.fidelity_target},
+               "timings": self.timings}
+        if self.calibration is not None:
+            out["calibration_samples"] = self.calibration.num_samples
+            out["smoothed_tensors"] = len(self.smooth)
+        if self.realizer is not None:
+            out["layers"] = self.realizer.report
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity.to_dict()
+        return out

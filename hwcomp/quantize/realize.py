@@ -1,0 +1,489 @@
+"""Realize: rewrite the annotated fp32 module into integer kernels.
+
+For every quantized layer (see ``annotate``) with calibrated activation ranges:
+
+* weights: symmetric int8, one scale per output channel (``QuantConfig.per_channel``), packed in
+  the target provider's layout (``[N/8, K/2, 8, 2]`` AVX2, ``[N/16, K/4, 16, 4]`` VNNI,
+  ``[N/4, K/4, 4, 4]`` sdot/NEON, ``[N, K]`` generic/CUDA);
+* activations: per-tensor; int8 with zero point 0 (symmetric), uint8 with zero point 0 when the
+  calibrated range is non-negative and the kernel takes uint8, int8 with a zero point (affine;
+  folded into the bias), or uint8 = int8 codes + 128 for kernels that only take uint8 (VNNI);
+* ``int8 x int8 -> int32`` accumulation, int32 bias ``round(b / (s_x s_w)) - zp_x sum_k Wq``;
+* the epilogue (bias add, ReLU, GELU, found after the op through reshapes) runs inside the kernel:
+  - the result goes on as **int8** when every consumer of the layer's output (through reshape,
+    permute_dims, expand/squeeze, same-shape broadcast, max-pool, multiply by a positive scalar)
+    is itself a quantized op wanting the same parameters: ``requant`` (integer fixed-point
+    multiplier, no float; ReLU is a clamp) or ``float_requant`` (GELU between the two);
+  - otherwise it is dequantized in the kernel (``float32 = (acc + bias) * s_x s_w[n]``, then the
+    activation) for the float consumers.
+
+Activations entering a quantized op from a float producer are quantized once per tensor
+(``clip(round_half_even(x / s) + zp)``) and shared by every consumer. The module that comes out
+has no observation points left; dead float code is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import qmath
+from .annotate import Layer, find_layers, fingerprint
+from .config import QuantConfig
+from .graph import Graph, is_observe, observe_key, op_name, static_shape
+from .kernels import (Epilogue, KernelProvider, batch_matmul_func, conv2d_func, dense_func, dequantize_func,
+                      pack_weight, quantize_func)
+
+_SKIP = object()
+ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QParams:
+    scale: float
+    zp: int
+    dtype: str  # int8 | uint8
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zp, "dtype": self.dtype}
+
+
+@dataclasses.dataclass
+class Plan:
+    """A dense/conv layer and the epilogue ops fused into it."""
+
+    layer: Layer
+    chain: list  # vars after the op that the kernel absorbs (bias add, reshapes, activation)
+    end: relax.Var
+    bias: np.ndarray | None
+    act: str | None
+
+
+class Realizer:
+    """``IRModule -> IRModule`` (the annotated module → integer kernels), see the module docstring.
+
+    ``ranges``: activation range ``(lo, hi)`` per observation key (from calibration);
+    ``fixed``: :class:`QParams` per key given by the model itself (ONNX QDQ); ``given_weights``:
+    weight fingerprint → ``(Wq, scales)`` given by the model; ``force_float``: layer ids or names
+    left in fp32 (the fidelity fallback). ``smooth``: per-channel smoothing factors ``s[K]`` by
+    key (``smooth.py``): the activation is quantized as ``x / s`` and the weights of its dense
+    consumers become ``W * s``; ``ranges`` of those keys are the smoothed ones.
+    """
+
+    def __init__(self, config: QuantConfig, provider: KernelProvider | None = None, ranges: dict | None = None,
+                 fixed: dict | None = None, given_weights: dict | None = None, names: dict | None = None,
+                 force_float=(), smooth: dict | None = None):
+        self.config = config
+        self.provider = provider or KernelProvider()
+        self.ranges = ranges or {}
+        self.fixed = fixed or {}
+        self.given_weights = given_weights or {}
+        self.names = names or {}
+        self.force_float = set(force_float)
+        self.smooth = smooth or {}
+        self.chain_smoothed = True
+        self.report: list[dict] = []
+        self.layer_params: dict[str, dict] = {}
+
+    # ---- activation parameters ---------------------------------------------------------------
+    def act_params(self, key: str, kind: str) -> QParams | None:
+        bits = self.config.bits
+        half = 1 << (bits - 1)
+        dts = ("int8", "uint8") if kind == "batch_matmul" else self.provider.act_dtypes
+        if key in self.fixed:
+            p = self.fixed[key]
+            if kind == "batch_matmul":
+                if p.dtype == "int8" and p.zp == 0 or p.dtype == "uint8" and p.zp == 0:
+                    return p
+                if p.dtype == "uint8" and p.zp == half:
+                    return QParams(p.scale, 0, "int8")
+                return None
+            if p.dtype in dts:
+                return p
+            return QParams(p.scale, p.zp + half, "uint8") if p.dtype == "int8" else QParams(p.scale, p.zp - half, "int8")
+        if key not in self.ranges:
+            return None
+        lo, hi = (float(v) for v in self.ranges[key])
+        amax = max(abs(lo), abs(hi), 1e-8)
+        if lo >= 0 and self.config.unsigned_nonneg and "uint8" in dts:
+            return QParams(max(hi, 1e-8) / ((1 << bits) - 1), 0, "uint8")
+        if kind == "batch_matmul" or self.config.activations == "symmetric":
+            s = amax / (half - 1)
+            return QParams(s, 0, "int8") if "int8" in dts else QParams(s, half, "uint8")
+        s, zp, _ = qmath.activation_params(lo, hi, "affine", bits)
+        return QParams(s, zp, "int8") if "int8" in dts else QParams(s, zp + half, "uint8")
+
+    # ---- analysis ----------------------------------------------------------------------------
+    def _plan_epilogue(self, g: Graph, layer: Layer, used_keys=frozenset()) -> Plan:
+        chain, cur, bias, act = [], layer.var, None, None
+        out_shape = static_shape(layer.var)
+        n_axis = -1 if layer.kind == "dense" else 1
+        n = out_shape[n_axis]
+
+        def skip_markers(v):
+            # an observation point with one user inside the chain (QDQ models have them between the
+            # op and its activation) is an identity: absorb it
+            while True:
+                u = g.single_user(v)
+                if u is None or not is_observe(g.value(u)) or g.single_user(u) is None:
+                    return v
+                if observe_key(g.value(u)) in used_keys:  # a quantized op reads it: keep it
+                    return v
+                nxt_u = g.single_user(u)
+                if op_name(g.value(nxt_u)) not in ("relax.add", "relax.reshape", *ACT_OPS):
+                    return v
+                chain.append(u)
+                v = u
+
+        cur = skip_markers(cur)
+        nxt = g.single_user(cur)
+        if nxt is not None and op_name(g.value(nxt)) == "relax.add":
+            val = g.value(nxt)
+            other = val.args[1] if val.args[0].same_as(cur) else val.args[0]
+            c = g.const_value(other)
+            if c is not None and c.size == n and static_shape(nxt) == out_shape:
+                ok = (c.ndim >= 1 and c.shape[-1] == n) if layer.kind == "dense" else (
+                    c.ndim >= 3 and c.shape[-3] == n and c.shape[-1] == 1 and c.shape[-2] == 1)
+                if ok and c.dtype == np.float32:
+                    bias = c.reshape(n)
+                    chain.append(nxt)
+                    cur = skip_markers(nxt)
+        # reshapes, then one activation
+        probe, reshapes = cur, []
+        while True:
+            u = g.single_user(probe)
+            if u is not None and op_name(g.value(u)) == "relax.reshape":
+                reshapes.append(u)
+                probe = u
+                continue
+            break
+        u = g.single_user(probe)
+        if u is not None and op_name(g.value(u)) in ACT_OPS and (layer.kind == "dense" or not reshapes):
+            act = ACT_OPS[op_name(g.value(u))]
+            chain += reshapes + [u]
+            cur = u
+        return Plan(layer, chain, cur, bias, act)
+
+    def _int8_consumers(self, g: Graph, var, layer_by_var: dict) -> list | None:
+        """Quantized consumers ``(layer, operand index)`` of ``var``, or None if a float one exists."""
+        found = []
+        for u in g.users.get(var, []):
+            if u is None:
+                return None
+            layer = layer_by_var.get(u)
+            if layer is not None:
+                idx = [i for i, o in enumerate(layer.operands) if o.same_as(var)]
+                if not idx:
+                    return None
+                found += [(layer, i) for i in idx]
+                continue
+            st = g.layout_step(u)
+            if st is None or not st[0].same_as(var):
+                return None
+            sub = self._int8_consumers(g, u, layer_by_var)
+            if sub is None:
+                return None
+            found += sub
+        return found
+
+    # ---- rewrite -----------------------------------------------------------------------------
+    def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
+        cfg = self.config
+        func = mod["main"]
+        g = Graph(func)
+        layers = find_layers(func, cfg, self.names)
+        self.report = []
+        quantized: list[Layer] = []
+        for layer in layers:
+            if not layer.skipped and (layer.id in self.force_float or any(n in self.force_float for n in layer.names)):
+                layer.skipped, layer.reason = True, "fidelity fallback"
+            if not layer.skipped:
+                layer.keys = [g.trace(o)[3] for o in layer.operands]
+                if any(k is None for k in layer.keys):
+                    layer.skipped, layer.reason = True, "not observed"
+                else:
+                    params = [self.act_params(k, layer.kind) for k in layer.keys]
+                    if any(p is None for p in params):
+                        layer.skipped, layer.reason = True, "activation parameters unusable for this kernel"
+            if not layer.skipped:
+                quantized.append(layer)
+        layer_by_var = {layer.var: layer for layer in quantized}
+        plans = {}
+        used_keys = {k for layer in quantized for k in layer.keys}
+        for layer in quantized:
+            if layer.kind in ("dense", "conv2d"):
+                plans[layer.id] = self._plan_epilogue(g, layer, used_keys)
+            else:
+                plans[layer.id] = Plan(layer, [], layer.var, None, None)
+        # which outputs stay int8
+        out_q: dict[str, tuple[str, QParams]] = {}
+        for layer in quantized:
+            plan = plans[layer.id]
+            if plan.act not in (None, "relu", "gelu", "gelu_tanh"):
+                continue
+            m = g.single_user(plan.end)
+            if m is None or not is_observe(g.value(m)):
+                continue
+            cons = self._int8_consumers(g, m, layer_by_var)
+            if not cons:
+                continue
+            key = observe_key(g.value(m))
+            if key in self.smooth and (layer.kind != "dense" or not self.chain_smoothed):
+                continue
+            ps = {self.act_params(key, c.kind) for c, _ in cons}
+            if len(ps) == 1 and None not in ps:
+                out_q[layer.id] = (key, ps.pop())
+
+        chain_skip = {v for p in plans.values() for v in p.chain if not v.same_as(p.end)}
+        by_var = {layer.var: layer for layer in quantized}
+        final: dict = {}
+        int8_out: dict = {}
+        qcache: dict = {}
+
+        def qroot(bb, key, root_old, vmap, p: QParams):
+            hit = int8_out.get(key)
+            if hit is not None and hit[1] == p:
+                return hit[0]
+            ck = (key, p)
+            if ck not in qcache:
+                x = vmap.get(root_old, root_old)
+                shape = static_shape(root_old)
+                sm = self.smooth.get(key)
+                gv = _add_func(bb, quantize_func(shape, p.scale, p.zp, p.dtype, cfg.bits, per_channel=sm is not None),
+                               "q_quantize")
+                args = [x] if sm is None else [x, relax.const((1.0 / (sm.astype(np.float64) * p.scale)).astype(np.float32))]
+                qcache[ck] = bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, p.dtype)), name_hint=f"q_{key}")
+            return qcache[ck]
+
+        ocache: dict = {}
+
+        def qoperand(bb, operand, vmap, p: QParams):
+            ck = (operand, p)
+            if ck in ocache:
+                return ocache[ck]
+            root, steps, factor, key = g.trace(operand)
+            cur = qroot(bb, key, root, vmap, p)
+            for st in steps:
+                if isinstance(st, relax.TupleGetItem):
+                    continue
+                if op_name(st) == "relax.multiply":
+                    continue
+                from .graph import substitute
+
+                args = [cur] + [substitute(a, vmap) for a in st.args[1:]]
+                cur = bb.emit(relax.Call(st.op, args, st.attrs, st.ty_args))
+            ocache[ck] = (cur, QParams(p.scale * factor, p.zp, p.dtype))
+            return ocache[ck]
+
+        def emit_dense(bb, layer: Layer, vmap):
+            plan = plans[layer.id]
+            x_old = layer.operands[0]
+            p_in = self.act_params(layer.keys[0], "dense")
+            xq, px = qoperand(bb, x_old, vmap, p_in)
+            shp = static_shape(x_old)
+            m, k = int(np.prod(shp[:-1])), shp[-1]
+            if len(shp) != 2:
+                xq = bb.emit(relax.op.reshape(xq, (m, k)))
+            wq, s_w = self._weights(layer)
+            n = wq.shape[0]
+            epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
+            bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+            layout = self.provider.dense_layout(m, k, n)
+            func, layout = self._dense_kernel(m, k, n, px.dtype, layout, epi)
+            gv = _add_func(bb, func, f"q_{layer.id}")
+            args = [xq, relax.const(pack_weight(wq, layout)), relax.const(bias)] + [relax.const(a) for a in eparams]
+            out = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), epi.out_dtype)),
+                          name_hint=f"{layer.id}_out")
+            end_shape = static_shape(plan.end)
+            if end_shape != (m, n):
+                out = bb.emit(relax.op.reshape(out, end_shape))
+            self._record(layer, plan, px, s_w, epi, layout, extra)
+            return self._finish(bb, layer, plan, out, epi)
+
+        def emit_conv(bb, layer: Layer, vmap):
+            plan = plans[layer.id]
+            x_old = layer.operands[0]
+            p_in = self.act_params(layer.keys[0], "conv2d")
+            xq, px = qoperand(bb, x_old, vmap, p_in)
+            at = g.value(layer.var).attrs
+            wq, s_w = self._weights(layer)
+            o = wq.shape[0]
+            epi, eparams, extra = self._epilogue(layer, plan, px, s_w, o, out_q.get(layer.id))
+            bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+            f = conv2d_func(static_shape(x_old), wq.shape, [int(v) for v in at.strides], [int(v) for v in at.padding],
+                            [int(v) for v in at.dilation], px.dtype, epi, pad_value=px.zp)
+            gv = _add_func(bb, f, f"q_{layer.id}")
+            args = [xq, relax.const(wq), relax.const(bias)] + [relax.const(a) for a in eparams]
+            oshape = static_shape(layer.var)
+            out = bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)),
+                          name_hint=f"{layer.id}_out")
+            end_shape = static_shape(plan.end)
+            if end_shape != oshape:
+                out = bb.emit(relax.op.reshape(out, end_shape))
+            self._record(layer, plan, px, s_w, epi, "oihw", extra)
+            return self._finish(bb, layer, plan, out, epi)
+
+        def emit_bmm(bb, layer: Layer, vmap):
+            a_old, b_old = layer.operands
+            pa = self.act_params(layer.keys[0], "batch_matmul")
+            pb = self.act_params(layer.keys[1], "batch_matmul")
+            aq, pa = qoperand(bb, a_old, vmap, pa)
+            bq, pb = qoperand(bb, b_old, vmap, pb)
+            sa, sb = static_shape(a_old), static_shape(b_old)
+            batch, m, k, n = sa[:-2], sa[-2], sa[-1], sb[-1]
+            scale = pa.scale * pb.scale
+            oq = out_q.get(layer.id)
+            epi = Epilogue() if oq is None else Epilogue("float_requant", None, oq[1].dtype, oq[1].scale, oq[1].zp,
+                                                         cfg.bits)
+            f = batch_matmul_func(tuple(batch), m, k, n, pa.dtype, pb.dtype, scale, epi)
+            f = self.provider.schedule_batch_matmul(f) or f
+            gv = _add_func(bb, f, f"q_{layer.id}")
+            out = bb.emit(relax.call_tir(gv, [aq, bq], relax.TensorType((*batch, m, n), epi.out_dtype)),
+                          name_hint=f"{layer.id}_out")
+            plan = plans[layer.id]
+            self.layer_params[layer.id] = {"inputs": [pa, pb], "epilogue": epi, "plan": plan}
+            self.report.append({"layer": layer.id, "names": list(layer.names), "kind": layer.kind, "status": "int8",
+                                "inputs": [pa.to_dict(), pb.to_dict()], "output": epi.out_dtype})
+            return self._finish(bb, layer, plan, out, epi)
+
+        def on_binding(bb, b, value, vmap):
+            var = b.var
+            if var in by_var:
+                layer = by_var[var]
+                res = {"dense": emit_dense, "conv2d": emit_conv, "batch_matmul": emit_bmm}[layer.kind](bb, layer, vmap)
+                if layer.id in out_q:
+                    int8_out[out_q[layer.id][0]] = (res[1], out_q[layer.id][1])
+                final[plans[layer.id].end] = res[0]
+                return res[0] if plans[layer.id].end.same_as(var) else _SKIP
+            if var in chain_skip:
+                return _SKIP
+            if var in final:
+                return final[var]
+            if is_observe(value):
+                return value.args[1]
+            return None
+
+        for layer in layers:
+            if layer.skipped:
+                self.report.append({"layer": layer.id, "names": list(layer.names), "kind": layer.kind,
+                                    "status": "fp32", "reason": layer.reason})
+        out = _rebuild_with_skip(mod, on_binding)
+        out = relax.transform.DeadCodeElimination(["main"])(out)
+        self.layers = layers
+        return out
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _weights(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        sm = self.smooth.get(layer.keys[0]) if layer.kind == "dense" and layer.keys else None
+        if sm is not None:
+            w = layer.weight.astype(np.float64) * sm.astype(np.float64)[None, :]
+            return qmath.quantize_weight(w.astype(np.float32), self.config.bits, self.config.per_channel)
+        given = self.given_weights.get(layer.id)
+        if given is None and layer.stored is not None and self.given_weights:
+            given = self.given_weights.get(fingerprint(layer.stored))
+        if given is not None:
+            wq, s, axis = given  # codes in the stored constant's orientation, scales along `axis`
+            if layer.kind == "dense" and layer.stored.shape != layer.weight.shape:
+                wq, axis = wq.T, 1 - axis  # stored [K, N]
+            n = layer.weight.shape[0]
+            s = np.asarray(s, np.float32).reshape(-1)
+            if s.size == 1:
+                s = np.full(n, s[0], np.float32)
+            elif axis != 0 or s.size != n:
+                return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
+            return np.ascontiguousarray(wq.astype(np.int8)), s
+        return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
+
+    def _epilogue(self, layer, plan: Plan, px: QParams, s_w, n, oq):
+        cfg = self.config
+        deq = (np.float64(px.scale) * s_w.astype(np.float64)).astype(np.float32)
+        if oq is None:
+            return Epilogue("float", plan.act), [deq], None
+        key, po = oq
+        s_out = np.float64(po.scale) * self.smooth.get(key, np.ones(n)).astype(np.float64)  # per channel
+        if plan.act in (None, "relu"):
+            mult, shift = qmath.fixed_point(np.float64(px.scale) * s_w.astype(np.float64) / s_out)
+            return Epilogue("requant", plan.act, po.dtype, po.scale, po.zp, cfg.bits), [mult, shift], po
+        return (Epilogue("float_requant", plan.act, po.dtype, po.scale, po.zp, cfg.bits),
+                [deq, (1.0 / s_out).astype(np.float32)], po)
+
+    def _dense_kernel(self, m, k, n, a_dtype, layout, epi):
+        func = dense_func(m, k, n, a_dtype, layout, epi)
+        try:
+            sch = self.provider.schedule_dense(func, layout, m, k, n)
+        except Exception:  # noqa: BLE001 - a schedule that does not apply: use the plain layout
+            sch = None
+            layout = "nk"
+            func = dense_func(m, k, n, a_dtype, layout, epi)
+        if sch is not None:
+            return sch.with_attr("op_pattern", 8), layout
+        if layout != "nk" and layout != "kn":
+            layout = "nk"
+            func = dense_func(m, k, n, a_dtype, layout, epi)
+        return func, layout
+
+    def _record(self, layer, plan, px, s_w, epi, layout, extra):
+        self.layer_params[layer.id] = {"inputs": [px], "s_w": s_w, "epilogue": epi, "plan": plan, "layout": layout,
+                                       "smooth": self.smooth.get(layer.keys[0]) if layer.kind == "dense" else None}
+        self.report.append({
+            "layer": layer.id, "names": list(layer.names), "kind": layer.kind, "status": "int8",
+            "inputs": [px.to_dict()], "weight_scale_range": [float(s_w.min()), float(s_w.max())],
+            "epilogue": {"kind": epi.kind, "act": epi.act, "bias": plan.bias is not None},
+            "output": epi.out_dtype, "layout": layout,
+            "kernel": self.provider.name if layout not in ("nk", "oihw") else "default schedule"})
+
+    def _finish(self, bb, layer, plan, out, epi):
+        """``(value for the chain's end var, int8 output or None)``."""
+        if epi.kind == "float":
+            return out, None
+        shape = static_shape(plan.end)
+        gv = _add_func(bb, dequantize_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype), "q_dequantize")
+        deq = bb.emit(relax.call_tir(gv, [out], relax.TensorType(shape, "float32")))
+        return deq, out
+
+
+def _add_func(bb, func, name):
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return bb.add_func(func, name)
+
+
+def _rebuild_with_skip(mod, on_binding):
+    """``graph.rebuild`` where ``on_binding`` may return ``_SKIP`` to drop a binding."""
+    import contextlib
+
+    from .graph import substitute
+
+    func = mod["main"]
+    bb = relax.BlockBuilder()
+    vmap: dict = {}
+    outvars: dict = {}
+    attrs = dict(func.attrs) if func.attrs else None
+    with bb.function("main", list(func.params), attrs=attrs, pure=func.is_pure):
+        for blk in func.body.blocks:
+            dataflow = isinstance(blk, relax.DataflowBlock)
+            with bb.dataflow() if dataflow else contextlib.nullcontext():
+                for b in blk.bindings:
+                    value = substitute(b.value, vmap)
+                    if isinstance(b, relax.MatchCast):
+                        vmap[b.var] = outvars[b.var] = bb.match_cast(value, b.ty)
+                        continue
+                    res = on_binding(bb, b, value, vmap)
+                    if res is _SKIP:
+                        continue
+                    res = value if res is None else res
+                    if dataflow and not isinstance(b.var, relax.DataflowVar):
+                        new = bb.emit_output(res, name_hint=b.var.name)
+                    else:
+                        new = bb.emit(res, name_hint=b.var.name)
+                    vmap[b.var] = outvars[b.var] = new
+        bb.emit_func_output(substitute(func.body.body, {**vmap, **outvars}))
+    out = bb.get()
+    for gv, f in mod.functions_items():
+        if gv.name_hint != "main":
+            out[gv] = f
+    return tvm.IRModule(dict(out.functions_items()), attrs=mod.attrs)
+

@@ -1,0 +1,241 @@
+"""``hwcomp tune`` and ``hwcomp db``: argument parsing only; the work is in :mod:`.tuner` / :mod:`.database`.
+
+Wire into ``hwcomp/cli.py``::
+
+    s = sub.add_parser("tune", help="auto-tune a model's kernels for a target")
+    add_tune_arguments(s); s.set_defaults(func=run_tune)
+    s = sub.add_parser("db", help="inspect, check, export, import and merge tuning databases")
+    add_db_arguments(s); s.set_defaults(func=run_db)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from ..errors import HwcompError
+
+
+def _print(s: str) -> None:
+    print(s, flush=True)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``90``, ``90s``, ``30m``, ``1h30m``, ``2h`` → seconds."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise HwcompError(f"bad duration {text!r}: use e.g. 90s, 30m, 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a torch.export program (.pt2) or an ONNX model (.onnx)")
+    p.add_argument("-t", "--target", default="host", help="target name (see `hwcomp targets`) or .toml path")
+    p.add_argument("--trials", type=int, default=64,
+                   help="MetaSchedule measurements for the whole model, counting records already in the database "
+                        "(re-running continues up to this total; default 64)")
+    p.add_argument("--time-budget", help="stop between rounds before this much time has passed (e.g. 30m, 1h)")
+    p.add_argument("--db", help="database directory (default: ~/.cache/hwcomp/tuning/<target>)")
+    p.add_argument("--method", choices=("metaschedule", "knobs", "both"), default="metaschedule",
+                   help="MetaSchedule's search (XGBoost cost model), hwcomp's kernel knobs, or both (default: metaschedule)")
+    p.add_argument("--trials-per-round", type=int, default=16, help="candidates measured per round (default 16)")
+    p.add_argument("--max-trials-per-task", type=int, help="cap per task (default: --trials)")
+    p.add_argument("--knob-trials", type=int, default=24, help="knob sets measured per task with --method knobs/both")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered at this RPC tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under")
+    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x32x32",
+                   help="static shape of an input (needed for dynamic ONNX inputs)")
+    p.add_argument("--sparsity", type=float, help="tune the model as compiled with this weight sparsity")
+    p.add_argument("--block", help="sparse block RxC (default: the target's)")
+    p.add_argument("--sparse-threshold", type=float, help="rewrite layers at least this sparse (default 0.7)")
+    p.add_argument("--seed", type=int, help="random seed of the search")
+    p.add_argument("--population", type=int, help="evolutionary search population (default 512; smaller is faster)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not time hwcomp's untuned schedule of each task (by default a MetaSchedule record is "
+                        "only served where it beats it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", help="also write the summary as JSON to this file")
+
+
+def _passes(args, target) -> list:
+    sparsity = getattr(args, "sparsity", None)
+    if sparsity is None and getattr(args, "sparse_threshold", None) is None:
+        return []
+    try:
+        from ..passes.dense_to_bsr import sparse_passes
+    except ImportError:
+        raise HwcompError("block-sparse compression is not available in this build") from None
+    block = None
+    if args.block:
+        try:
+            block = tuple(int(v) for v in args.block.lower().split("x"))
+        except ValueError:
+            raise HwcompError(f"bad block {args.block!r}: expected RxC, e.g. 16x1") from None
+    return list(sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7))
+
+
+def run_tune(args) -> int:
+    from ..frontend import parse_input_shapes
+    from ..target import get_target
+    from .tuner import tune
+
+    target = get_target(args.target)
+    result = tune(
+        args.model, target, trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
+        passes=_passes(args, target), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
+        input_shapes=parse_input_shapes(args.input_shape), method=args.method,
+        trials_per_round=args.trials_per_round, max_trials_per_task=args.max_trials_per_task,
+        knob_trials=args.knob_trials, seed=args.seed, population=args.population, progress=not args.no_progress,
+        baseline=not args.no_baseline,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        _print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- hwcomp db
+
+
+def add_db_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="db_command", required=True)
+
+    s = sub.add_parser("show", help="workloads, records and best times of a database")
+    _where(s)
+
+    s = sub.add_parser("check", help="validate a database: skip and report bad or foreign lines (originals kept as .bak)")
+    _where(s)
+    s.add_argument("--dry-run", action="store_true", help="report only, rewrite nothing")
+
+    s = sub.add_parser("export", help="write a validated copy (directory or .tar.gz)")
+    _where(s)
+    s.add_argument("-o", "--output", required=True, help="output directory or .tar.gz")
+    s.add_argument("--top-k", type=int, help="keep only the best K records per workload")
+
+    s = sub.add_parser("import", help="add the records of a database (directory or .tar.gz) to a target's database")
+    s.add_argument("source")
+    _where(s)
+    s.add_argument("--force", action="store_true", help="also take records measured for another target signature")
+    s.add_argument("--no-retarget", action="store_true", help="keep the records' own target")
+    s.add_argument("--top-k", type=int, help="only the best K records per workload")
+
+    s = sub.add_parser("merge", help="merge several databases into one directory")
+    s.add_argument("sources", nargs="+")
+    s.add_argument("-o", "--output", required=True, help="destination directory")
+    s.add_argument("-t", "--target", help="target the merged database is for (default: the first source's)")
+
+
+def _where(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-t", "--target", default="host", help="target whose database to use (default host)")
+    s.add_argument("--db", help="database directory (default: the target's user database)")
+
+
+def _db_dir(args, for_reading: bool = True) -> tuple[Path, object]:
+    from ..target import get_target
+    from .database import default_database_dir, user_database_dir
+
+    target = get_target(args.target)
+    if args.db:
+        return Path(args.db), target
+    d = default_database_dir(target) if for_reading else user_database_dir(target)
+    if d is None:
+        raise HwcompError(f"no tuning database for {target.name} (run `hwcomp tune` first, or give --db)")
+    return d, target
+
+
+def run_db(args) -> int:
+    import warnings
+
+    from . import database as dbm
+
+    cmd = args.db_command
+    if cmd == "merge":
+        from ..target import get_target
+
+        target = get_target(args.target) if args.target else None
+        for rep in dbm.merge_databases(args.sources, args.output, target):
+            _print(rep.summary())
+        return 0
+    if cmd == "import":
+        dest, target = _db_dir(args, for_reading=False)
+        rep = dbm.import_database(args.source, dest, target, retarget=not args.no_retarget, force=args.force,
+                                  top_k=args.top_k)
+        _print(rep.summary())
+        return 0
+    directory, target = _db_dir(args)
+    if not directory.is_dir():
+        raise HwcompError(f"no tuning database at {directory}")
+    if cmd == "check":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dbm.TuningDatabaseWarning)
+            rep = dbm.validate_database(directory, target if not args.db else None, rewrite=not args.dry_run)
+        for issue in rep.issues:
+            _print(f"skipped {directory / issue.file}:{issue.line}: {issue.reason}")
+        _print(rep.summary())
+        return 0 if rep.ok else 1
+    if cmd == "export":
+        out = dbm.export_database(directory, args.output, top_k=args.top_k)
+        _print(f"exported {directory} → {out}")
+        return 0
+    if cmd == "show":
+        return _show(directory, target)
+    raise HwcompError(f"unknown db command {cmd!r}")
+
+
+def _show(directory: Path, target) -> int:
+    import json as _json
+
+    from . import database as dbm
+    from .knobs import best_knobs
+
+    meta = dbm.read_meta(directory) or {}
+    stats = dbm.workload_stats(directory)
+    names = {}
+    for line in (directory / dbm.KNOBS).read_text().splitlines() if (directory / dbm.KNOBS).is_file() else []:
+        try:
+            o = _json.loads(line)
+            names[o["workload"]] = o.get("task", "")
+        except (ValueError, KeyError):
+            pass
+    _print(f"database  {directory}")
+    _print(f"target    {meta.get('target', '?')} ({meta.get('signature', '?')})")
+    _print(f"{len(stats)} workloads with MetaSchedule records, {sum(s.trials for s in stats.values())} records")
+    for key, st in sorted(stats.items(), key=lambda kv: -(kv[1].best_secs or 0)):
+        best = f"{st.best_secs * 1e6:10.1f} us" if st.best_secs else "         - "
+        _print(f"  {key:>20}  {st.trials:5d} trials ({st.failed} failed)  best {best}  {names.get(key, '')}")
+    knobs = best_knobs(directory)
+    if knobs:
+        _print(f"{len(knobs)} workloads with tuned hwcomp knobs")
+        for key, e in knobs.items():
+            _print(f"  {key:>20}  {e.secs * 1e6:10.1f} us  {e.knobs}  {e.task}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m hwcomp.tune.cli tune|db ...``) until the main CLI wires these in."""
+    p = argparse.ArgumentParser(prog="hwcomp")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("tune")
+    add_tune_arguments(s)
+    s.set_defaults(func=run_tune)
+    s = sub.add_parser("db")
+    add_db_arguments(s)
+    s.set_defaults(func=run_db)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except HwcompError as e:
+        print(f"hwcomp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Tuning hwcomp's own kernels: a small cost-model-guided search over their knobs.
+
+MetaSchedule searches a generic space (thousands of candidates to converge). hwcomp's
+:class:`~hwcomp.schedules.cpu.rules.TiledReduction` has four knobs (register tile rows ``mr``,
+column vectors ``nr_vectors``, reduction block ``kc``, loop order ``panel_outer``); a few dozen
+measured points are enough to find a good setting. The search measures the default knobs and a
+random handful first, then repeatedly fits an XGBoost regressor on (knob features → log time) and
+measures the candidates it predicts fastest (plus one random, to keep exploring). Knob sets that
+produce the same schedule are measured once.
+
+Measurements are appended to ``hwcomp_knobs.json`` in the database directory as they are taken (one
+JSON object per line: ``workload`` structural hash, ``task``, ``kernel``, ``knobs``, ``run_secs``,
+``signature``), so an interrupted search resumes where it stopped. :func:`stored_knob_rules` gives
+``hwcomp.build.schedule`` a rule that applies the best stored knobs to the matching PrimFuncs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..target import Target
+from .database import FAILED_SECS, KNOBS, target_signature
+from .tasks import Task, workload_key
+
+KERNEL = "tiled_reduction"
+
+#: The TiledReduction knob space (160 points; many collapse to the same schedule for a given shape).
+SPACE = {
+    "mr": (1, 2, 4, 6, 8),
+    "nr_vectors": (1, 2, 3, 4),
+    "kc": (0, 64, 128, 256),
+    "panel_outer": (True, False),
+}
+
+
+def _knob_types():
+    from hwcomp.schedules.cpu import TileKnobs
+
+    return TileKnobs
+
+
+def knob_space() -> list:
+    TileKnobs = _knob_types()
+    return [TileKnobs(*v) for v in itertools.product(*SPACE.values())]
+
+
+def knobs_to_dict(knobs) -> dict:
+    return dataclasses.asdict(knobs)
+
+
+def knobs_str(knobs) -> str:
+    return ",".join(f"{k}={v}" for k, v in knobs_to_dict(knobs).items())
+
+
+def knobs_from_dict(d: dict):
+    TileKnobs = _knob_types()
+    fields = {f.name for f in dataclasses.fields(TileKnobs)}
+    if set(d) - fields:
+        raise ValueError(f"unknown knobs {sorted(set(d) - fields)}")
+    return TileKnobs(**d)
+
+
+def _features(knobs, lanes: int) -> list[float]:
+    nr = knobs.nr_vectors * lanes
+    return [math.log2(knobs.mr), knobs.nr_vectors, math.log2(knobs.kc) if knobs.kc else 0.0,
+            float(knobs.panel_outer), knobs.mr * knobs.nr_vectors, math.log2(knobs.mr * nr),
+            (knobs.kc or 1024) * nr * 4 / 32768]
+
+
+def schedule_with(func, knobs, target: Target):
+    """TiledReduction's schedule of ``func`` with ``knobs`` (None when the rule does not apply)."""
+    from hwcomp.schedules.cpu import TiledReduction
+
+    return TiledReduction(target.vector_bits, knobs).apply(func, target.tvm_target(), False)
+
+
+# ----------------------------------------------------------------------------- stored knobs
+
+
+@dataclasses.dataclass
+class KnobEntry:
+    workload: str
+    kernel: str
+    knobs: object
+    secs: float | None
+    task: str = ""
+
+
+def read_knob_entries(directory: str | Path, target: Target | None = None) -> list[KnobEntry]:
+    """Every measured knob set in ``directory``'s ``hwcomp_knobs.json`` (bad lines skipped silently:
+    :func:`~hwcomp.tune.database.validate_database` reports them)."""
+    path = Path(directory) / KNOBS
+    if not path.is_file():
+        return []
+    want = target_signature(target) if target is not None else None
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+            if want is not None and obj.get("signature") not in (None, want):
+                continue
+            if obj.get("kernel") != KERNEL:
+                continue
+            secs = obj.get("run_secs")
+            mean = sum(secs) / len(secs) if secs and min(secs) < FAILED_SECS else None
+            out.append(KnobEntry(str(obj["workload"]), obj["kernel"], knobs_from_dict(obj["knobs"]), mean,
+                                 obj.get("task", "")))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def best_knobs(directory: str | Path, target: Target | None = None) -> dict[str, KnobEntry]:
+    """The fastest measured knob set per workload."""
+    best: dict[str, KnobEntry] = {}
+    for e in read_knob_entries(directory, target):
+        if e.secs is not None and (e.workload not in best or e.secs < best[e.workload].secs):
+            best[e.workload] = e
+    return best
+
+
+def stored_knob_rules(database: str | Path | None, target: Target) -> list:
+    """dlight rules for ``hwcomp.build.schedule``: tuned knobs for the workloads that have them.
+
+    Empty when there is no database or it stores no knobs. Put them before the default rules: a
+    function without stored knobs falls through to the default ``TiledReduction``.
+    """
+    if database is None or target.is_gpu:
+        return []
+    table = {k: e.knobs for k, e in best_knobs(database, target).items()}
+    return [StoredKnobs(target.vector_bits, table)] if table else []
+
+
+def _stored_knobs_rule_class():
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    class _StoredKnobs(ScheduleRule):
+        """TiledReduction with the knobs tuned for this exact workload (structural hash)."""
+
+        def __init__(self, vector_bits: int, table: dict):
+            self.vector_bits = vector_bits
+            self.table = table
+
+        def is_target_available(self, target) -> bool:
+            return target.kind.name == "llvm"
+
+        def apply(self, func, target, tunable):
+            import tvm
+
+            if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            knobs = self.table.get(workload_key(func))
+            if knobs is None:
+                return None
+            from hwcomp.schedules.cpu import TiledReduction
+
+            return TiledReduction(self.vector_bits, knobs).apply(func, target, tunable)
+
+    return _StoredKnobs
+
+
+def StoredKnobs(vector_bits: int, table: dict):  # noqa: N802 - a class in disguise (lazy TVM import)
+    return _stored_knobs_rule_class()(vector_bits, table)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclasses.dataclass
+class KnobResult:
+    task: str
+    workload: str
+    trials: int = 0  # measured in this run
+    previous: int = 0  # measured before (resumed)
+    best_secs: float | None = None
+    best_knobs: object | None = None
+    default_secs: float | None = None
+    applicable: bool = True
+
+
+def _append(path: Path, obj: dict) -> None:
+    line = json.dumps(obj, separators=(",", ":")) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def measure(mods: list, target: Target, builder, runner) -> list[tuple[list[float] | None, str | None]]:
+    """Build and time scheduled single-function modules with MetaSchedule's builder and runner."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tvm_target = target.tvm_target()
+    built = builder.build([ms.builder.BuilderInput(m, tvm_target) for m in mods])
+    inputs, where = [], []
+    results: list[tuple[list[float] | None, str | None]] = [(None, None)] * len(mods)
+    device = "cuda" if target.is_gpu else "cpu"
+    for i, (m, b) in enumerate(zip(mods, built)):
+        if b.error_msg:
+            results[i] = (None, "build: " + str(b.error_msg).strip().splitlines()[-1][:200])
+            continue
+        args = ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True)
+        inputs.append(ms.runner.RunnerInput(b.artifact_path, device, args))
+        where.append(i)
+    futures = runner.run(inputs) if inputs else []
+    for i, fut in zip(where, futures):
+        r = fut.result()
+        if r.error_msg:
+            results[i] = (None, "run: " + str(r.error_msg).strip().splitlines()[-1][:200])
+        else:
+            results[i] = ([float(s) for s in r.run_secs], None)
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    for b in built:
+        if b.artifact_path:
+            try:
+                remove_build_dir(b.artifact_path)
+            except OSError:
+                pass
+    return results
+
+
+def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, trials: int = 24, batch: int = 6,
+               seed: int = 0, deadline: float | None = None,
+               on_batch: Callable[[KnobResult, int], None] | None = None) -> KnobResult:
+    """Search TiledReduction's knobs for one task; append every measurement to ``hwcomp_knobs.json``.
+
+    Resumes: knob sets already measured for this workload are not measured again and count
+    towards ``trials``. ``deadline`` (``time.monotonic()`` value): stop between batches.
+    """
+    import numpy as np
+    import tvm_ffi
+
+    res = KnobResult(task.name, task.key)
+    func = task.func
+    default = _knob_types()()
+    # Distinct schedules only: many knob sets collapse for a given shape (divisors, kc ≥ K, ...).
+    by_schedule: dict[int, object] = {}
+    cands: list = []
+    mods: dict = {}
+    for k in [default, *knob_space()]:
+        sch = schedule_with(func, k, target)
+        if sch is None:
+            if k is default:
+                res.applicable = False
+                return res
+            continue
+        h = tvm_ffi.structural_hash(sch.mod)
+        if h in by_schedule:
+            continue
+        by_schedule[h] = k
+        cands.append(k)
+        mods[k] = sch.mod
+    path = directory / KNOBS
+    sig = target_signature(target)
+    measured: dict = {}
+    for e in read_knob_entries(directory, target):
+        if e.workload == task.key and e.knobs in mods:
+            measured[e.knobs] = e.secs
+    res.previous = len(measured)
+    for k, s in measured.items():
+        if s is not None and (res.best_secs is None or s < res.best_secs):
+            res.best_secs, res.best_knobs = s, k
+    res.default_secs = measured.get(default)
+    budget = min(trials, len(cands)) - len(measured)
+    rng = random.Random(seed)
+    lanes = max(target.vector_bits // 32, 1)
+    while budget > 0 and (deadline is None or time.monotonic() < deadline):
+        todo = [k for k in cands if k not in measured]
+        if not todo:
+            break
+        n = min(batch, budget, len(todo))
+        if default not in measured:
+            pick = [default] + rng.sample([k for k in todo if k != default], min(n - 1, len(todo) - 1))
+        elif len([s for s in measured.values() if s is not None]) < 4:
+            pick = rng.sample(todo, n)
+        else:
+            pick = _predict_best(measured, todo, lanes, n - 1, seed + len(measured))
+            rest = [k for k in todo if k not in pick]
+            pick += rng.sample(rest, min(1, len(rest)))
+        results = measure([mods[k] for k in pick], target, builder, runner)
+        for k, (secs, err) in zip(pick, results):
+            mean = sum(secs) / len(secs) if secs else None
+            measured[k] = mean
+            _append(path, {"workload": task.key, "task": task.name, "kernel": KERNEL, "knobs": knobs_to_dict(k),
+                           "run_secs": secs, "error": err, "signature": sig,
+                           "time": datetime.datetime.now().isoformat(timespec="seconds")})
+            res.trials += 1
+            if k == default:
+                res.default_secs = mean
+            if mean is not None and (res.best_secs is None or mean < res.best_secs):
+                res.best_secs, res.best_knobs = mean, k
+        budget -= len(pick)
+        if on_batch:
+            on_batch(res, len(pick))
+    del np
+    return res
+
+
+def measure_defaults(tasks: list[Task], target: Target, directory: Path, builder, runner) -> dict[str, float | None]:
+    """Time hwcomp's untuned schedule (default knobs) of each task, in one batch; store it as a knob entry.
+
+    This is what compile would use without the database: :func:`~hwcomp.tune.tuner.tune` keeps a
+    MetaSchedule record only where it beats this baseline. Tasks already measured are skipped.
+    """
+    default = _knob_types()()
+    known = {e.workload: e.secs for e in read_knob_entries(directory, target) if e.knobs == default}
+    out: dict[str, float | None] = {k: v for k, v in known.items() if k in {t.key for t in tasks}}
+    todo, mods = [], []
+    for t in tasks:
+        if t.key in known:
+            continue
+        sch = schedule_with(t.func, default, target)
+        if sch is not None:
+            todo.append(t)
+            mods.append(sch.mod)
+    if not mods:
+        return out
+    sig = target_signature(target)
+    for t, (secs, err) in zip(todo, measure(mods, target, builder, runner)):
+        mean = sum(secs) / len(secs) if secs else None
+        out[t.key] = mean
+        _append(directory / KNOBS, {"workload": t.key, "task": t.name, "kernel": KERNEL,
+                                    "knobs": knobs_to_dict(default), "run_secs": secs, "error": err,
+                                    "signature": sig, "time": datetime.datetime.now().isoformat(timespec="seconds")})
+    return out
+
+
+def _predict_best(measured: dict, todo: list, lanes: int, n: int, seed: int) -> list:
+    """The ``n`` unmeasured knob sets an XGBoost regressor on the measured ones predicts fastest."""
+    import numpy as np
+    import xgboost as xgb
+
+    pts = [(k, s) for k, s in measured.items() if s is not None]
+    x = np.array([_features(k, lanes) for k, _ in pts])
+    y = np.log(np.array([s for _, s in pts]))
+    model = xgb.XGBRegressor(n_estimators=60, max_depth=3, learning_rate=0.3, subsample=1.0, random_state=seed,
+                             n_jobs=1, verbosity=0)
+    model.fit(x, y)
+    pred = model.predict(np.array([_features(k, lanes) for k in todo]))
+    order = np.argsort(pred)
+    return [todo[i] for i in order[:max(n, 0)]]

@@ -1,0 +1,504 @@
+"""``hwcomp tune``: MetaSchedule with the XGBoost cost model over a model's tasks, resumable.
+
+* Tasks are the fused PrimFuncs of the model *as it will be compiled* (after the compression passes,
+  weight folding and legalization under the target: :mod:`hwcomp.tune.tasks`).
+* Records go to the target's database directory as they are measured (MetaSchedule appends one line
+  per candidate after every batch), so killing the tuner loses at most the batch in flight.
+* Running the same command again continues: the records already in the database count against the
+  trial budget (per workload and in total), and MetaSchedule's evolutionary search starts from the
+  best of them.
+* ``time_budget_s`` is checked between rounds (a round = one batch of one task): tuning stops
+  before a round that would likely overrun it.
+* ``method="knobs"`` tunes hwcomp's own TiledReduction kernel instead (a few dozen measurements per
+  task, :mod:`hwcomp.tune.knobs`); ``"both"`` runs it first, then MetaSchedule, and keeps whichever
+  schedule measured faster for each task.
+* With ``rpc_tracker``/``rpc_key`` candidates are built here and timed on the devices registered at
+  the tracker under that key, one at a time per device, in parallel across devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import HwcompError
+from ..target import Target, get_target
+from .database import (
+    ValidationReport,
+    open_database,
+    seed_from_shipped,
+    user_database_dir,
+    validate_database,
+    workload_stats,
+    write_meta,
+)
+from .tasks import Task, extract_tasks, lower_for_tuning, tune_contexts
+
+METHODS = ("metaschedule", "knobs", "both")
+
+
+@dataclasses.dataclass
+class TaskReport:
+    """Per-task outcome. Times in seconds; ``share``: of the estimated end-to-end time."""
+
+    name: str
+    key: str
+    weight: float
+    flop: float
+    trials_before: int = 0
+    trials_new: int = 0
+    ms_best: float | None = None
+    knob_trials: int = 0
+    knob_best: float | None = None
+    knob_default: float | None = None
+    knob_record: bool = False  # the database's best record is hwcomp's knob schedule
+    share: float | None = None
+
+    @property
+    def trials(self) -> int:
+        return self.trials_before + self.trials_new + self.knob_trials
+
+    @property
+    def best(self) -> float | None:
+        """The time of what compile will use: the database's best record, else the stored knobs."""
+        return self.ms_best if self.ms_best is not None else self.knob_best
+
+    @property
+    def source(self) -> str:
+        if self.best is None:
+            return "-"
+        return "knobs" if self.ms_best is None or self.knob_record else "metaschedule"
+
+    @property
+    def gflops(self) -> float | None:
+        return self.flop / self.best / 1e9 if self.best else None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(trials=self.trials, best=self.best, source=self.source, gflops=self.gflops)
+        return d
+
+
+@dataclasses.dataclass
+class TuneResult:
+    target: str
+    db_dir: Path
+    method: str
+    tasks: list[TaskReport]
+    trials_new: int
+    elapsed_s: float
+    stopped: str  # "done", "trial budget reached", "time budget", "interrupted", "nothing to tune"
+    fleet: str = "this machine"
+    validation: ValidationReport | None = None
+
+    @property
+    def estimated_latency_s(self) -> float | None:
+        known = [t for t in self.tasks if t.best is not None]
+        return sum(t.weight * t.best for t in known) if known else None
+
+    def table(self) -> str:
+        rows = [("task", "weight", "trials", "best (us)", "GFLOP/s", "share", "from")]
+        for t in sorted(self.tasks, key=lambda t: -(t.weight * (t.best or 0))):
+            rows.append((t.name[:40], f"{t.weight:g}", str(t.trials),
+                         f"{t.best * 1e6:.1f}" if t.best else "-",
+                         f"{t.gflops:.1f}" if t.gflops else "-",
+                         f"{t.share * 100:.1f}%" if t.share is not None else "-", t.source))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.rjust(w) if 0 < i < 6 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        est = self.estimated_latency_s
+        lines.append("-" * len(lines[0]))
+        missing = sum(t.best is None for t in self.tasks)
+        lines.append(f"estimated end-to-end: {est * 1e3:.3f} ms" if est is not None else "estimated end-to-end: -")
+        if missing:
+            lines[-1] += f" (+ {missing} task(s) not measured)"
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "db_dir": str(self.db_dir), "method": self.method,
+                "trials_new": self.trials_new, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
+                "fleet": self.fleet, "estimated_latency_s": self.estimated_latency_s,
+                "tasks": [t.to_dict() for t in self.tasks]}
+
+
+def _fmt_us(secs: float | None) -> str:
+    return "-" if secs is None else f"{secs * 1e6:.0f}us" if secs < 1e-2 else f"{secs * 1e3:.1f}ms"
+
+
+class _Progress:
+    """The tqdm bar and the per-round bookkeeping shared by the MetaSchedule callback and the knob search."""
+
+    def __init__(self, tasks: list[TaskReport], total: int, show: bool, deadline: float | None, desc: str):
+        from tqdm import tqdm
+
+        self.tasks = tasks
+        self.deadline = deadline
+        self.last = time.monotonic()
+        self.rounds: list[float] = []  # durations of the rounds so far
+        self.done: set[int] = set()
+        self.stopped_by_budget = False
+        self.bar = tqdm(total=max(total, 0), unit="trial", desc=desc, disable=not show, dynamic_ncols=True,
+                        leave=True)
+
+    def e2e(self) -> str:
+        known = [t for t in self.tasks if t.best is not None]
+        if not known:
+            return "-"
+        s = f"{sum(t.weight * t.best for t in known) * 1e3:.3f}ms"
+        return s if len(known) == len(self.tasks) else f"{s} ({len(known)}/{len(self.tasks)} tasks)"
+
+    def step(self, task: TaskReport, n: int) -> None:
+        now = time.monotonic()
+        self.rounds.append(now - self.last)
+        self.last = now
+        self.bar.update(n)
+        self.bar.set_postfix_str(f"tasks done {len(self.done)}/{len(self.tasks)} | {task.name[:28]} best "
+                                 f"{_fmt_us(task.best)} | e2e≈{self.e2e()}", refresh=True)
+
+    def out_of_time(self) -> bool:
+        """True when the next round would likely end after the deadline."""
+        if self.deadline is None:
+            return False
+        # Rounds of different tasks differ a lot (a tiny task vs a big matmul): the longest recent
+        # one is the estimate, so the budget is rarely overrun.
+        if time.monotonic() + max(self.rounds[-4:], default=0.0) > self.deadline:
+            self.stopped_by_budget = True
+            return True
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _ms_callback(progress: _Progress, ms_index: list[int]):
+    """Progress only: a measure callback must not terminate tasks (MetaSchedule's schedulers may
+    already have picked them); stopping is :func:`_ms_scheduler`'s job."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Callback(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            rep = progress.tasks[ms_index[task_id]]
+            for b, r in zip(builder_results, runner_results):
+                rep.trials_new += 1
+                if b.error_msg is None and r.error_msg is None and r.run_secs:
+                    secs = [float(s) for s in r.run_secs]
+                    mean = sum(secs) / len(secs)
+                    if rep.ms_best is None or mean < rep.ms_best:
+                        rep.ms_best = mean
+            progress.step(rep, len(measure_candidates))
+
+    return _Callback()
+
+
+def _ms_scheduler(progress: _Progress, ms_index: list[int], caps: list[int], seed: int | None,
+                  alpha: float = 0.2, window: int = 3):
+    """MetaSchedule's gradient-based task scheduler, with hwcomp's stopping rules.
+
+    Same policy as ``GradientBased`` (each task once, then the task with the largest expected gain
+    ``weight · (α·recent improvement + (1-α)·best/rounds)``), but it joins the round in flight before
+    choosing, so that between two rounds it can stop at a per-task trial cap that counts the records
+    already in the database, and return "no more tasks" when the time budget would be exceeded.
+    """
+    import random
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+
+    @derived_object
+    class _Scheduler(PyTaskScheduler):
+        def __init__(self):
+            super().__init__()
+            self.last: int | None = None
+            self.visited: set[int] = set()
+            self.history: dict[int, list[float]] = {}
+            self.rng = random.Random(seed)
+
+        def next_task_id(self) -> int:
+            outer = self._outer()
+            tasks = outer.tasks_
+            if self.last is not None and not tasks[self.last].is_terminated:
+                _ffi_api.TaskSchedulerJoinRunningTask(outer, self.last)  # runs the measure callbacks
+                rep = progress.tasks[ms_index[self.last]]
+                if rep.ms_best is not None:
+                    self.history.setdefault(self.last, []).append(rep.ms_best)
+                if rep.trials_before + rep.trials_new >= caps[self.last]:
+                    _ffi_api.TaskSchedulerTerminateTask(outer, self.last)
+            for i, t in enumerate(tasks):
+                if t.is_terminated:
+                    progress.done.add(ms_index[i])
+            alive = [i for i, t in enumerate(tasks) if not t.is_terminated]
+            if not alive or progress.out_of_time():
+                self.last = None
+                return -1  # MetaSchedule terminates what is left
+            fresh = [i for i in alive if i not in self.visited]
+            if fresh:
+                choice = fresh[0]
+            else:
+                grads = []
+                for i in alive:
+                    h = self.history.get(i, [])
+                    if not h:
+                        grads.append(-1e9)
+                        continue
+                    best, n = h[-1], len(h)
+                    g1 = (h[-1 - window] - best) / window if n >= 1 + window else 0.0
+                    grads.append((alpha * g1 + (1 - alpha) * best / n) * float(tasks[i].task_weight))
+                top = max(grads)
+                choice = (alive[grads.index(top)] if top != min(grads)
+                          else alive[self.rng.randrange(len(alive))])
+            self.visited.add(choice)
+            self.last = choice
+            return choice
+
+    return _Scheduler()
+
+
+def tune(
+    model,
+    target: str | Target = "host",
+    trials: int = 64,
+    time_budget_s: float | None = None,
+    db_dir: str | Path | None = None,
+    passes: Sequence[Callable] = (),
+    rpc_tracker: str | tuple[str, int] | None = None,
+    rpc_key: str | None = None,
+    log: Callable[[str], None] | None = print,
+    *,
+    example_inputs=None,
+    input_shapes: dict | None = None,
+    method: str = "metaschedule",
+    trials_per_round: int = 16,
+    max_trials_per_task: int | None = None,
+    knob_trials: int = 24,
+    task_names: Sequence[str] | None = None,
+    cost_model: str = "xgb",
+    population: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    seed_from_shipped_records: bool = True,
+    baseline: bool = True,
+    builder_timeout_s: float = 120.0,
+    runner_timeout_s: float = 60.0,
+) -> TuneResult:
+    """Tune ``model`` for ``target``; records go to ``db_dir`` (default: the user's database of the target).
+
+    ``trials``: MetaSchedule measurements for the whole model, records already in the database
+    included (re-running continues up to this total). ``max_trials_per_task`` (default ``trials``):
+    the same per workload. ``time_budget_s``: stop between rounds so as not to exceed it.
+    ``passes``: the compression passes compile will run (tasks must match what is compiled).
+    ``task_names``: tune only tasks whose name contains one of these strings (others are reported).
+    ``cost_model``: ``"xgb"`` (MetaSchedule's XGBoost model) or ``"random"`` (no model: a baseline).
+    ``baseline``: also time hwcomp's untuned schedule of each tuned task and store it as the task's
+    record when MetaSchedule did not beat it (compile then never gets slower than untuned).
+    See the module docstring for ``method`` and the RPC fleet. Returns a :class:`TuneResult`
+    (``result.table()`` is the summary printed at the end).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from .knobs import tune_knobs
+    from .workers import lean_workers, make_builder, make_runner, resolve_fleet, target_intrinsics
+
+    log = log or (lambda s: None)
+    if method not in METHODS:
+        raise HwcompError(f"unknown tuning method {method!r}; use one of {', '.join(METHODS)}")
+    if cost_model not in ("xgb", "random"):
+        raise HwcompError(f"unknown cost model {cost_model!r}; use xgb or random")
+    if trials < 0:
+        raise HwcompError("trials must be ≥ 0")
+    t_start = time.monotonic()
+    deadline = t_start + time_budget_s if time_budget_s else None
+    target = get_target(target)
+    if target.is_gpu:
+        raise HwcompError("hwcomp tune supports CPU targets (llvm) for now")
+    db = Path(db_dir) if db_dir else user_database_dir(target)
+    db.mkdir(parents=True, exist_ok=True)
+    write_meta(db, target)
+    if seed_from_shipped_records and db_dir is None:
+        seed_from_shipped(db, target, log)
+    validation = validate_database(db, target)
+    if validation.issues:
+        log(f"database check: {validation.summary()}")
+    fleet = resolve_fleet(rpc_tracker, rpc_key)
+
+    lowered = lower_for_tuning(model, target, passes, example_inputs, input_shapes)
+    tasks = extract_tasks(lowered, target)
+    selected = [i for i, t in enumerate(tasks) if not task_names or any(n in t.name for n in task_names)]
+    stats = workload_stats(validation.usable_dir)
+    reports = []
+    for t in tasks:
+        st = stats.get(t.key)
+        reports.append(TaskReport(t.name, t.key, t.weight, t.flop, trials_before=st.trials if st else 0,
+                                  ms_best=st.best_secs if st else None))
+    from .knobs import best_knobs
+
+    stored_knobs = best_knobs(db, target)
+    for r in reports:
+        if r.key in stored_knobs:
+            r.knob_best = stored_knobs[r.key].secs
+    what = Path(model).name if isinstance(model, (str, Path)) else type(model).__name__
+    log(f"tuning {len(selected)} of {len(tasks)} task(s) of {what} for {target.name} ({method}); "
+        f"database {db}; measuring on {fleet.describe()}")
+    result = TuneResult(target.name, db, method, reports, 0, 0.0, "done", fleet.describe(), validation)
+    if not selected:
+        result.stopped = "nothing to tune"
+        _finish(result, t_start, log)
+        return result
+
+    cross = target.cross_compiler if target.arch != _machine() else None
+    log_dir = tempfile.mkdtemp(prefix="hwcomp-tune-logs-")
+    try:
+        with lean_workers(), target_intrinsics(target):
+            builder = make_builder(cross, builder_timeout_s)
+            runner = make_runner(fleet, runner_timeout_s)
+
+            if method in ("knobs", "both"):
+                _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, knob_trials, deadline,
+                                  progress, tune_knobs, result)
+
+            if method in ("metaschedule", "both") and result.stopped != "time budget":
+                _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
+                               trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
+                               cost_model)
+            if method in ("metaschedule", "both") and baseline:
+                # The untuned schedule compile would otherwise use: a record must beat it to be served.
+                from .knobs import measure_defaults
+
+                tuned = [tasks[i] for i in selected if reports[i].ms_best is not None]
+                for key, secs in measure_defaults(tuned, target, db, builder, runner).items():
+                    rep = next(r for r in reports if r.key == key)
+                    rep.knob_default = secs
+                    if secs is not None and (rep.knob_best is None or secs < rep.knob_best):
+                        rep.knob_best = secs
+    except KeyboardInterrupt:
+        result.stopped = "interrupted"
+        log("interrupted: every record measured so far is in the database; run the same command to continue")
+
+    if method == "both" or baseline:
+        _keep_faster_knobs(tasks, reports, target, db, log)
+    log(f"tuning logs: {log_dir}")
+    _finish(result, t_start, log)
+    return result
+
+
+def _machine() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, knob_trials, deadline, progress,
+                      tune_knobs, result) -> None:
+    order = sorted(selected, key=lambda i: -(tasks[i].flop * tasks[i].weight))
+    bar = _Progress(reports, knob_trials * len(order), progress, deadline, "knobs")
+    try:
+        for i in order:
+            if bar.out_of_time():
+                result.stopped = "time budget"
+                break
+            rep = reports[i]
+
+            def on_batch(kr, n, rep=rep):
+                rep.knob_best = kr.best_secs
+                bar.step(rep, n)
+
+            kr = tune_knobs(tasks[i], target, db, builder, runner, trials=knob_trials, deadline=deadline,
+                            on_batch=on_batch)
+            if not kr.applicable:
+                bar.bar.total = max(bar.bar.total - knob_trials, 0)
+                continue
+            rep.knob_trials = kr.previous + kr.trials
+            rep.knob_best = kr.best_secs
+            rep.knob_default = kr.default_secs
+            result.trials_new += kr.trials
+            bar.done.add(i)
+    finally:
+        bar.close()
+
+
+def _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
+                   trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
+                   cost_model_kind="xgb") -> None:
+    cap = max_trials_per_task or trials
+    done_before = sum(min(reports[i].trials_before, cap) for i in selected)
+    remaining = trials - done_before
+    # Heaviest first: the first round of each task runs in this order, so a short time budget still
+    # reaches the tasks that matter.
+    todo = sorted((i for i in selected if reports[i].trials_before < cap), key=lambda i: -tasks[i].flop * tasks[i].weight)
+    if remaining <= 0 or not todo:
+        log(f"already tuned: {done_before} trials in the database for these tasks (asked for {trials}); "
+            "ask for more --trials to continue")
+        if result.stopped == "done":
+            result.stopped = "trial budget reached"
+        return
+    if done_before:
+        log(f"resuming: {done_before} trials already in the database, {remaining} to go")
+    sub = [tasks[i] for i in todo]
+    ctxs = tune_contexts(sub, target, log_dir, population=population, seed=seed)
+    caps = [cap for _ in todo]
+    database = open_database(db, target, validate=False)
+    # MetaSchedule's default waits for 100 measurements before the model predicts anything (it is
+    # made for thousands of trials); hwcomp's budgets are small, so the model starts after one round.
+    cost_model = (ms.cost_model.XGBModel(num_warmup_samples=max(8, min(trials_per_round, 32)), num_tuning_cores=1)
+                  if cost_model_kind == "xgb" else ms.cost_model.RandomModel(seed=seed))
+    bar = _Progress(reports, remaining, progress, deadline, "tuning")
+    n_before = sum(r.trials_new for r in reports)
+    try:
+        ms.tune_tasks(
+            tasks=ctxs, task_weights=[tasks[i].weight for i in todo], work_dir=log_dir,
+            max_trials_global=remaining, max_trials_per_task=cap, num_trials_per_iter=trials_per_round,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _ms_callback(bar, todo)],
+            task_scheduler=_ms_scheduler(bar, todo, caps, seed),
+        )
+    finally:
+        bar.close()
+        result.trials_new += sum(r.trials_new for r in reports) - n_before
+    if bar.stopped_by_budget:
+        result.stopped = "time budget"
+    elif sum(min(reports[i].trials_before + reports[i].trials_new, cap) for i in selected) >= trials:
+        result.stopped = "trial budget reached"
+
+
+def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Target, db: Path, log) -> None:
+    """Where hwcomp's knobs beat MetaSchedule's best, add the knob schedule as a MetaSchedule record
+    (so the database, which compile applies first, serves the faster one)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .knobs import best_knobs, knobs_str, schedule_with
+
+    table = best_knobs(db, target)
+    database = None
+    for t, r in zip(tasks, reports):
+        e = table.get(t.key)
+        if e is None or e.secs is None or (r.ms_best is not None and r.ms_best <= e.secs):
+            continue
+        sch = schedule_with(t.func, e.knobs, target)
+        if sch is None:
+            continue
+        if database is None:
+            database = open_database(db, target, validate=False)
+        import tvm
+
+        workload = database.commit_workload(t.mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, workload, [tvm.tirx.FloatImm("float32", e.secs)], target.tvm_target(),
+            ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+        log(f"{t.name}: hwcomp's schedule ({_fmt_us(e.secs)}, knobs {knobs_str(e.knobs)}) beats MetaSchedule's "
+            f"({_fmt_us(r.ms_best)}); stored as the task's record")
+        r.ms_best, r.knob_record = e.secs, True
+
+
+def _finish(result: TuneResult, t_start: float, log) -> None:
+    result.elapsed_s = time.monotonic() - t_start
+    est = result.estimated_latency_s
+    for t in result.tasks:
+        t.share = (t.weight * t.best / est) if (est and t.best is not None) else None
+    log(result.table())
+    log(f"{result.trials_new} new trial(s) in {result.elapsed_s:.0f} s ({result.stopped}); records in {result.db_dir}")
