@@ -56,6 +56,13 @@ def _compile_options(args, target):
             raise HwcompError("block-sparse compression is not available in this build") from None
         passes += sparse_passes(target, sparsity, _parse_block(args.block), args.sparse_threshold or 0.7)
         summary["sparse"] = {"sparsity": sparsity, "block": args.block, "threshold": args.sparse_threshold}
+    if getattr(args, "quantize", None):
+        from .quantize import QuantConfig, quantize_passes
+
+        config = QuantConfig(skip=args.skip or (), calib_method=args.calib_method,
+                             fidelity_target=args.fidelity_target)
+        passes += quantize_passes(target, config, args.calib, log=_print)
+        summary["quantize"] = {"bits": 8, "calib_method": args.calib_method, "skip": args.skip}
     return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None)
 
 
@@ -228,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sparsity", type=float, help="prune matmul/linear weights to this sparsity")
     s.add_argument("--block", help="sparse block RxC (default: the target's)")
     s.add_argument("--sparse-threshold", type=float, help="rewrite layers at least this sparse (default 0.7)")
+    s.add_argument("--quantize", choices=["int8"], help="post-training int8 quantization")
+    s.add_argument("--calib", help="calibration inputs (.npz, arrays named after the inputs, samples on axis 0)")
+    s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    s.add_argument("--skip", help="comma-separated layer names or globs left in fp32")
+    s.add_argument("--fidelity-target", type=float, help="leave the worst layers in fp32 until this cosine is met")
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("run", help="run an artifact on this machine")
@@ -266,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prune_arguments(s)
     s.set_defaults(func=run_prune)
+
+    from .tune.cli import add_db_arguments, add_tune_arguments, run_db, run_tune
+
+    s = sub.add_parser("tune", help="auto-tune a model's kernels for a target (MetaSchedule + XGBoost)")
+    add_tune_arguments(s)
+    s.set_defaults(func=run_tune)
+
+    s = sub.add_parser("db", help="export, import or merge tuning databases")
+    add_db_arguments(s)
+    s.set_defaults(func=run_db)
 
     s = sub.add_parser("optimize", help="search per-layer sparsity/precision with the target in the loop")
     s.add_argument("model", help="file.py:factory returning (nn.Module, example_inputs)")

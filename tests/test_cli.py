@@ -142,3 +142,18 @@ def test_targets_lists_all(capsys):
     for name in ("host", "x86-avx2", "x86-avx512", "x86-avx512-vnni", "rpi4", "rpi5", "jetson-orin-cpu",
                  "graviton3", "jetson-orin", "a100", "h100"):
         assert f"\n{name} " in "\n" + out
+
+
+def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path):
+    """--quantize int8 --calib and --sparsity wire the passes; fidelity vs the float model is stated."""
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((6, 3, 32)).astype("float32"))
+    out = tmp_path / "q"
+    assert main(["compile", str(pt2_model[0]), "-o", str(out), "--quantize", "int8",
+                 "--calib", str(tmp_path / "calib.npz")]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["fidelity"]["min_cosine"] > 0.99 and m["compression"]["quantize"]["bits"] == 8
+    out = tmp_path / "s"
+    assert main(["compile", str(pt2_model[0]), "-o", str(out), "--sparsity", "0.5", "--block", "4x1",
+                 "--sparse-threshold", "0.4"]) == 0
+    names = [p["name"] for p in json.loads((out / "manifest.json").read_text())["compression"]["passes"]]
+    assert names == ["PruneWeights", "DenseToBSR"]
