@@ -44,6 +44,7 @@ class _Folder(PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="FoldWeightLayout")
 def FoldWeightLayout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (pass naming as in TVM)
     """Fold ``permute_dims``/``reshape``/``astype`` of constants into new constants."""
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)  # never mutate the caller's module
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             mod[gv] = _Folder().visit_expr(func)
