@@ -14,16 +14,6 @@ def _print(s: str) -> None:
     print(s, flush=True)
 
 
-def _parse_block(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        r, c = (int(v) for v in text.lower().split("x"))
-        return r, c
-    except ValueError:
-        raise HwcompError(f"bad block {text!r}: expected RxC, e.g. 16x1") from None
-
-
 def cmd_targets(args) -> int:
     from .target import get_target, target_names
 
@@ -50,11 +40,13 @@ def _compile_options(args, target):
     summary: dict = {}
     sparsity = getattr(args, "sparsity", None)
     if sparsity is not None or getattr(args, "sparse_threshold", None) is not None:
+        from .passes.dense_to_bsr import parse_block, sparse_passes
+
         try:
-            from .passes.dense_to_bsr import sparse_passes
-        except ImportError:
-            raise HwcompError("block-sparse compression is not available in this build") from None
-        passes += sparse_passes(target, sparsity, _parse_block(args.block), args.sparse_threshold or 0.7)
+            block = parse_block(args.block) if args.block else None
+        except ValueError as e:
+            raise HwcompError(str(e)) from None
+        passes += sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7)
         summary["sparse"] = {"sparsity": sparsity, "block": args.block, "threshold": args.sparse_threshold}
     if getattr(args, "quantize", None):
         from .quantize import QuantConfig, quantize_passes

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 from ..errors import HwcompError
@@ -69,16 +68,12 @@ def _passes(args, target) -> list:
     sparsity = getattr(args, "sparsity", None)
     if sparsity is None and getattr(args, "sparse_threshold", None) is None:
         return []
+    from ..passes.dense_to_bsr import parse_block, sparse_passes
+
     try:
-        from ..passes.dense_to_bsr import sparse_passes
-    except ImportError:
-        raise HwcompError("block-sparse compression is not available in this build") from None
-    block = None
-    if args.block:
-        try:
-            block = tuple(int(v) for v in args.block.lower().split("x"))
-        except ValueError:
-            raise HwcompError(f"bad block {args.block!r}: expected RxC, e.g. 16x1") from None
+        block = parse_block(args.block) if args.block else None
+    except ValueError as e:
+        raise HwcompError(str(e)) from None
     return list(sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7))
 
 
@@ -218,24 +213,3 @@ def _show(directory: Path, target) -> int:
             _print(f"  {key:>20}  {e.secs * 1e6:10.1f} us  {e.knobs}  {e.task}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m hwcomp.tune.cli tune|db ...``) until the main CLI wires these in."""
-    p = argparse.ArgumentParser(prog="hwcomp")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("tune")
-    add_tune_arguments(s)
-    s.set_defaults(func=run_tune)
-    s = sub.add_parser("db")
-    add_db_arguments(s)
-    s.set_defaults(func=run_db)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except HwcompError as e:
-        print(f"hwcomp: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
