@@ -58,7 +58,7 @@ def _complete_lines(path: Path) -> list[str]:
 def tuned_db(model_pt2, tmp_path_factory):
     """Tune in a subprocess, SIGKILL it after the first records, then resume with the same request."""
     db = tmp_path_factory.mktemp("tuned") / "db"
-    cmd = [sys.executable, "-m", "hwcomp.tune.cli", "tune", str(model_pt2), "--trials", str(TRIALS),
+    cmd = [sys.executable, "-m", "hwcomp.cli", "tune", str(model_pt2), "--trials", str(TRIALS),
            "--trials-per-round", "2", "--population", str(POP), "--db", str(db), "--no-progress", "--seed", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     records = db / dbm.RECORDS
@@ -69,7 +69,10 @@ def tuned_db(model_pt2, tmp_path_factory):
             assert time.monotonic() < deadline, "no records after 240 s"
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the tuner and its build/run workers
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the tuner and its build/run workers
+        except ProcessLookupError:  # already exited; the assertion above says why
+            pass
         proc.wait()
     before = _complete_lines(records)
     assert 2 <= len(before) < TRIALS
