@@ -16,7 +16,8 @@ import numpy as np
 
 from ..target import Target, get_target
 from .policy_io import policy_table, save_policy
-from .profile import LinearLayer, find_linear_layers, layer_option_passes, profile_layers, prune_linear_
+from .profile import (LinearLayer, find_linear_layers, layer_grams, layer_option_passes, profile_layers,
+                      prune_linear_)
 from .search import LayerProfile, Policy, pareto_front, search
 from .space import Option, option_space
 
@@ -44,19 +45,24 @@ def _cos(a, b) -> float:
 
 
 def compile_policy(model, example_inputs, target: str | Target, choices: dict[str, Option], calib, out_dir=None,
-                   log: Callable[[str], None] | None = None):
-    """Compile ``model`` with each Linear given its option (layers not named stay fp32)."""
+                   log: Callable[[str], None] | None = None, refit: bool = True):
+    """Compile ``model`` with each Linear given its option (layers not named stay fp32).
+
+    ``refit``: sparse layers are re-fit by least squares on ``calib`` (inputs of the fp32 model), when
+    calibration data are given."""
     import torch
 
     from ..api import CompileOptions
     from ..api import compile as hw_compile
 
     target = get_target(target)
-    model = copy.deepcopy(model)
+    original, model = model, copy.deepcopy(model)
     mods = dict(model.named_modules())
     sparse = {n: o for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")}
-    for name, opt in sparse.items():
-        prune_linear_(mods[name], opt)
+    names = list(sparse)
+    grams = layer_grams(original, names, calib) if refit and calib else ((n, None) for n in names)
+    for name, gram in grams:
+        prune_linear_(mods[name], sparse[name], gram)
     int8 = [n for n, o in choices.items() if o.kind in ("int8", "sparse_int8")]
     passes = []
     if sparse:

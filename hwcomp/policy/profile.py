@@ -90,15 +90,46 @@ def layer_option_passes(target: Target, option: Option, calib: list[list[np.ndar
     return passes
 
 
-def prune_linear_(linear, option: Option) -> None:
-    """Block-prune one ``nn.Linear`` in place to ``option.sparsity`` (block = out rows × in cols)."""
+def prune_linear_(linear, option: Option, gram=None) -> None:
+    """Block-prune one ``nn.Linear`` in place to ``option.sparsity`` (block = out rows × in cols).
+
+    With ``gram`` (the layer's calibration input Gram matrix, :func:`layer_grams`) the mask is
+    input-weighted and the surviving weights are re-fit by least squares; without, plain L1 magnitude.
+    """
     import torch
 
     from ..kernels.bsr import apply_block_mask, block_scores, prune_mask_from_scores
 
+    if gram is not None:
+        from ..compress.block_refit import block_prune_refit_
+
+        block_prune_refit_(linear, option.sparsity, option.block, gram)
+        return
     w = linear.weight.detach().numpy()
     keep = prune_mask_from_scores(block_scores(w, option.block, "l1"), option.sparsity)
     linear.weight.data = torch.from_numpy(np.ascontiguousarray(apply_block_mask(w, keep, option.block)))
+
+
+def layer_grams(model, names: list[str], samples, max_bytes: int = 1 << 29):
+    """Yield ``(name, input Gram)`` for each named Linear in order, on the model as it is now.
+
+    Grams are collected for as many layers per calibration pass as fit in ``max_bytes`` (BERT-base's
+    3072-wide inputs take 75 MB each), so the calibration set runs a few times, not once per layer.
+    """
+    from ..compress.block_refit import input_grams
+
+    mods = dict(model.named_modules())
+    chunk: list[str] = []
+    size = 0
+    for i, name in enumerate(names):
+        chunk.append(name)
+        size += 8 * (mods[name].in_features + 1) ** 2
+        nxt = names[i + 1] if i + 1 < len(names) else None
+        if nxt is None or size + 8 * (mods[nxt].in_features + 1) ** 2 > max_bytes:
+            grams = input_grams({n: mods[n] for n in chunk}, lambda: _outputs(model, samples))
+            for n in chunk:
+                yield n, grams.pop(n)
+            chunk, size = [], 0
 
 
 def measure_option_latency(target: Target, layer: LinearLayer, option: Option, cache: dict, cache_file: Path,
@@ -161,14 +192,16 @@ def model_error(model, samples, reference: list[np.ndarray]) -> float:
     return 1.0 - float(np.mean([_cosine(o, r) for o, r in zip(outs, reference)]))
 
 
-def apply_option_(model, layer_name: str, option: Option, act_absmax: dict[str, float]) -> list:
-    """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove."""
+def apply_option_(model, layer_name: str, option: Option, act_absmax: dict[str, float], gram=None) -> list:
+    """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove.
+
+    ``gram``: the layer's input Gram matrix, to prune with re-fit exactly as :func:`compile_policy` will."""
     import torch
 
     lin = dict(model.named_modules())[layer_name]
     hooks = []
     if option.kind in ("sparse", "sparse_int8"):
-        prune_linear_(lin, option)
+        prune_linear_(lin, option, gram)
     if option.kind in ("int8", "sparse_int8"):
         lin.weight.data = _fake_int8_weight(lin.weight.data)
         scale = max(act_absmax.get(layer_name, 1.0), 1e-12) / 127.0
@@ -197,8 +230,10 @@ def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, fl
 
 
 def profile_layers(model, layers: list[LinearLayer], options: list[Option], samples, target: Target,
-                   log: Callable[[str], None] = print) -> list[LayerProfile]:
-    """Latency (measured on ``target``) and sensitivity (simulated) of every layer × option."""
+                   log: Callable[[str], None] = print, refit: bool = True) -> list[LayerProfile]:
+    """Latency (measured on ``target``) and sensitivity (simulated) of every layer × option.
+
+    ``refit``: sparse options prune with a least-squares re-fit on ``samples`` (as compiled)."""
     from tqdm import tqdm
 
     reference = _outputs(model, samples)
@@ -215,7 +250,10 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
         for s in shapes))
     profiles = []
     mods = dict(model.named_modules())
+    sparse = any(o.kind in ("sparse", "sparse_int8") for o in options)
+    grams = layer_grams(model, [l.name for l in layers], samples) if sparse and refit else None
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
+        gram = next(grams)[1] if grams is not None else None
         costs = []
         for opt in options:
             if opt.kind == "dense":
@@ -223,12 +261,14 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
             else:
                 # In place and restored: a deep copy per trial would copy BERT-base 180 times.
                 lin = mods[layer.name]
-                saved = lin.weight.data.clone()
-                hooks = apply_option_(model, layer.name, opt, absmax)
+                saved = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
+                hooks = apply_option_(model, layer.name, opt, absmax, gram)
                 try:
                     err = max(0.0, model_error(model, samples, reference))
                 finally:
-                    lin.weight.data = saved
+                    lin.weight.data = saved[0]
+                    if saved[1] is not None:
+                        lin.bias.data = saved[1]
                     for h in hooks:
                         h.remove()
             costs.append(OptionCost(opt, latency[layer.shape, opt], err))
