@@ -41,15 +41,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwcomp.compress.criteria import weight_scores  # noqa: E402
-from hwcomp.compress.deep_compression import deep_compression_size, share_weights  # noqa: E402
-from hwcomp.compress.distill import DistillConfig, Distiller  # noqa: E402
-from hwcomp.compress.finetune import FinetuneConfig, finetune, recalibrate_batchnorm, supervised  # noqa: E402
-from hwcomp.compress.low_rank import LowRankConfig, low_rank_model  # noqa: E402
-from hwcomp.compress.prune import PruneConfig, apply_masks, compute_masks  # noqa: E402
-from hwcomp.compress.reconstruct import ObsConfig, obs_prune_units  # noqa: E402
-from hwcomp.compress.size import count_parameters  # noqa: E402
-from hwcomp.compress.structured import (  # noqa: E402
+from hwcomp.compress.criteria import weight_scores
+from hwcomp.compress.deep_compression import deep_compression_size, share_weights
+from hwcomp.compress.distill import DistillConfig, Distiller
+from hwcomp.compress.finetune import (
+    FinetuneConfig,
+    finetune,
+    recalibrate_batchnorm,
+    supervised,
+)
+from hwcomp.compress.low_rank import LowRankConfig, low_rank_model
+from hwcomp.compress.prune import PruneConfig, apply_masks, compute_masks
+from hwcomp.compress.reconstruct import ObsConfig, obs_prune_units
+from hwcomp.compress.size import count_parameters
+from hwcomp.compress.structured import (
     bert_ffn_groups,
     prune_units,
     sequential_groups,
@@ -195,6 +200,7 @@ def run_digits(quick: bool) -> dict:
     extras["structured_50pct_channels"] = {
         "params": count_parameters(small), "dense_params": count_parameters(dense),
         "oneshot_acc": struct_oneshot, "distilled_acc": accuracy(small, x_te, y_te)}
+    extras["compiled_80pct_block16x1_finetuned"] = compiled_digits(key_model, x_tr, x_te, y_te)
     # Deep Compression size of the key configuration (+ 5-bit weight sharing of every Linear/Conv weight).
     key = key_model
     dc = deep_compression_size(key, bits=5, index_bits=4)
@@ -203,6 +209,33 @@ def run_digits(quick: bool) -> dict:
         "dense_bytes": dc.dense_bytes, "compressed_bytes": dc.compressed_bytes, "ratio": dc.ratio,
         "acc_after_weight_sharing": accuracy(key, x_te, y_te)}
     return {"dense_acc": dense_acc, "runs": [r.__dict__ for r in runs], **extras}
+
+
+def compiled_digits(model: nn.Module, x_tr, x_te, y_te) -> dict:
+    """The pruned, fine-tuned CNN compiled by hwcomp for this CPU: test accuracy of the compiled
+    artifacts — fp32 (pruned Linear as a BSR kernel), int8 (dense int8 convs and linears, weights
+    as pruned), and both (BSR fp32 where pruned, int8 elsewhere). The whole test set is one batch."""
+    import hwcomp
+    from hwcomp.passes.dense_to_bsr import sparse_passes
+    from hwcomp.quantize import QuantConfig, quantize_passes
+
+    model = copy.deepcopy(model).eval()
+    n = len(x_te)
+    calib = [[x_tr[i:i + n].numpy()] for i in range(0, len(x_tr) - n + 1, n)]
+    variants = {
+        "fp32+bsr": lambda: sparse_passes("host", None, (16, 1), threshold=0.7),
+        "int8": lambda: quantize_passes("host", QuantConfig(), calib, progress=False),
+        "bsr+int8": lambda: sparse_passes("host", None, (16, 1), threshold=0.7)
+        + quantize_passes("host", QuantConfig(), calib, progress=False),
+    }
+    out = {"torch_fp32": accuracy(model, x_te, y_te)}
+    for name, passes in variants.items():
+        art = hwcomp.compile(model, "host", None, example_inputs=(x_te,),
+                             options=hwcomp.CompileOptions(passes=passes(), verify=False))
+        logits = art.run([x_te.numpy()])[0]
+        out[name] = 100.0 * float((logits.argmax(1) == y_te.numpy()).mean())
+        print(f"  compiled {name:<9} test accuracy {out[name]:6.2f} %", flush=True)
+    return out
 
 
 # --- MiniLM --------------------------------------------------------------------------------------------
@@ -321,6 +354,19 @@ def latency_ms(model: nn.Module, inputs: dict, reps: int) -> float:
     return statistics.median(times)
 
 
+def hwcomp_latency_ms(models: dict[str, nn.Module], inputs: dict, reps: int) -> dict[str, float]:
+    """Each encoder compiled by hwcomp for this CPU (default schedules), timed side by side."""
+    import hwcomp
+    from hwcomp.models import HFEncoder
+    from hwcomp.runtime.measure import time_vm
+
+    args = (inputs["input_ids"], inputs["attention_mask"])
+    arts = {name: hwcomp.compile(HFEncoder(m).eval(), "host", None, example_inputs=args,
+                                 options=hwcomp.CompileOptions(verify=False)) for name, m in models.items()}
+    return {name: time_vm(a.vm(), a.device(), a.device_args([x.numpy() for x in args]), number=3,
+                          repeat=reps).median for name, a in arts.items()}
+
+
 def distill_minilm(student: nn.Module, teacher: nn.Module, train: list[dict], val: list[dict], epochs: int,
                    lr: float = 2e-5) -> dict:
     """Distill the pooled embedding (cosine) and every layer's hidden states (MSE) into ``student``;
@@ -429,7 +475,8 @@ def run_minilm(quick: bool) -> dict:
     reps = 5 if quick else 15
     out["latency_ms"] = {name: latency_ms(m, lat_in, reps) for name, m in
                          (("dense", teacher), ("ffn30", student), ("lowrank", lowrank), ("dense_again", teacher))}
-    stage("latency measured")
+    out["hwcomp_latency_ms"] = hwcomp_latency_ms({"dense": teacher, "ffn30": student, "lowrank": lowrank}, lat_in, reps)
+    stage("latency measured (PyTorch and hwcomp-compiled)")
     return out
 
 
@@ -494,6 +541,9 @@ def main() -> int:
     s = digits["structured_50pct_channels"]
     print(f"structured: 50 % channels of the inner layers removed ({s['dense_params']:,} -> {s['params']:,} params): "
           f"one-shot {s['oneshot_acc']:.2f}, distilled {s['distilled_acc']:.2f}")
+    c = digits["compiled_80pct_block16x1_finetuned"]
+    print("compiled by hwcomp (80 % block 16x1, fine-tuned; test accuracy %): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
     d = digits["deep_compression_80pct_block16x1_5bit"]
     print(f"deep compression (80 % block 16x1 + 5-bit k-means + Huffman): {d['dense_bytes']:,} -> "
           f"{d['compressed_bytes']:,} bytes ({d['ratio']:.1f}x), accuracy {d['acc_after_weight_sharing']:.2f}")
@@ -523,6 +573,10 @@ def main() -> int:
               f"(intermediate 1536 -> {f['intermediate']}), low-rank {lr_['params'] / 1e6:.2f}M")
         print(f"PyTorch latency (batch 1, seq 128, 1 thread, median): dense {lat['dense']:.1f} ms "
               f"(again {lat['dense_again']:.1f}), FFN-30 % {lat['ffn30']:.1f} ms, low-rank {lat['lowrank']:.1f} ms")
+        hl = m["hwcomp_latency_ms"]
+        print(f"hwcomp-compiled latency (batch 1, seq 128, median): dense {hl['dense']:.1f} ms, FFN-30 % "
+              f"{hl['ffn30']:.1f} ms ({hl['dense'] / hl['ffn30']:.2f}x), low-rank {hl['lowrank']:.1f} ms "
+              f"({hl['dense'] / hl['lowrank']:.2f}x)")
 
     key = next(r for r in runs if (r["criterion"], r["granularity"], r["sparsity"], r["mode"]) == KEY_CONFIG)
     drop = digits["dense_acc"] - key["accuracy"]

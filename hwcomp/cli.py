@@ -38,16 +38,10 @@ def _compile_options(args, target):
 
     passes = []
     summary: dict = {}
-    sparsity = getattr(args, "sparsity", None)
-    if sparsity is not None or getattr(args, "sparse_threshold", None) is not None:
-        from .passes.dense_to_bsr import parse_block, sparse_passes
-
-        try:
-            block = parse_block(args.block) if args.block else None
-        except ValueError as e:
-            raise HwcompError(str(e)) from None
-        passes += sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7)
-        summary["sparse"] = {"sparsity": sparsity, "block": args.block, "threshold": args.sparse_threshold}
+    sparse = sparse_passes_from_args(args, target)
+    if sparse:
+        passes += sparse
+        summary["sparse"] = {"sparsity": args.sparsity, "block": args.block, "threshold": args.sparse_threshold}
     if getattr(args, "quantize", None):
         from .quantize import QuantConfig, quantize_passes
 
@@ -56,6 +50,24 @@ def _compile_options(args, target):
         passes += quantize_passes(target, config, args.calib, log=_print)
         summary["quantize"] = {"bits": 8, "calib_method": args.calib_method, "skip": args.skip}
     return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None)
+
+
+def sparse_passes_from_args(args, target, tune: bool = False) -> list:
+    """``--sparsity/--block/--sparse-threshold`` → the sparse passes (none when neither is given).
+
+    BSR choices are read from (and, with ``tune``, measured over the whole knob space into) the
+    tuning database ``--db``, or the target's own."""
+    sparsity = getattr(args, "sparsity", None)
+    if sparsity is None and getattr(args, "sparse_threshold", None) is None:
+        return []
+    from .passes.dense_to_bsr import parse_block, sparse_passes
+
+    try:
+        block = parse_block(args.block) if args.block else None
+    except ValueError as e:
+        raise HwcompError(str(e)) from None
+    return list(sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7, tune=tune,
+                              cache_dir=getattr(args, "db", None), log=_print if tune else None))
 
 
 def cmd_compile(args) -> int:

@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,8 +47,9 @@ from .prune_weights import PruneWeights
 BSR_EFFICIENCY = 0.5
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hwcomp" / "sparse_choices"
+#: The BSR choices (dense vs BSR timings and the best kernel knobs per shape) sit in the tuning
+#: database directory beside MetaSchedule's records, so ``hwcomp tune`` and compile share them.
+BSR_CHOICES = "hwcomp_bsr.json"
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -195,8 +197,20 @@ class ChoiceCache:
 
     def load(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            text = self.path.read_text()
+        except OSError:
+            return {}
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return data
+        except ValueError as e:
+            # Keep the damaged file for inspection; re-measure instead of trusting or overwriting it.
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, aside)
+            warnings.warn(f"{self.path}: corrupt BSR choices file ({e}); moved to {aside}, re-measuring",
+                          stacklevel=2)
             return {}
 
     def get(self, key: str) -> dict | None:
@@ -458,8 +472,8 @@ class DenseToBSR:
     target that runs here, BSR is used only when measured at least this much faster than dense.
     ``measure``: None = measure when the target runs here; False = threshold only. When measuring,
     the four likeliest kernel knob sets are timed per shape and the fastest is kept; ``tune=True``
-    times the whole candidate list. ``cache_dir``: where the timings are kept (default
-    ``~/.cache/hwcomp/sparse_choices``). After a call, :attr:`report` holds the decisions.
+    times the whole candidate list. ``cache_dir``: the tuning database directory the timings are kept
+    in (default: the target's, ``~/.cache/hwcomp/tuning/<target>``; file ``hwcomp_bsr.json``). After a call, :attr:`report` holds the decisions.
     """
 
     __name__ = "DenseToBSR"
@@ -473,7 +487,11 @@ class DenseToBSR:
         self.min_gain = float(min_gain)
         self.measure = self.target.runs_here() if measure is None else bool(measure and self.target.runs_here())
         self.tune = tune
-        self.cache = ChoiceCache(Path(cache_dir or default_cache_dir()) / f"{self.target.name}.json")
+        if cache_dir is None:
+            from hwcomp.tune.database import user_database_dir
+
+            cache_dir = user_database_dir(self.target)
+        self.cache = ChoiceCache(Path(cache_dir) / BSR_CHOICES)
         self.log = log or (lambda s: None)
         self.report = SparseReport(self.target.name, self.threshold)
 

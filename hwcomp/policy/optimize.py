@@ -16,8 +16,14 @@ import numpy as np
 
 from ..target import Target, get_target
 from .policy_io import policy_table, save_policy
-from .profile import (LinearLayer, find_linear_layers, layer_grams, layer_option_passes, profile_layers,
-                      prune_linear_)
+from .profile import (
+    LinearLayer,
+    find_linear_layers,
+    layer_grams,
+    layer_option_passes,
+    profile_layers,
+    prune_linear_,
+)
 from .search import LayerProfile, Policy, pareto_front, search
 from .space import Option, option_space
 

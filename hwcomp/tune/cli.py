@@ -64,20 +64,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the summary as JSON to this file")
 
 
-def _passes(args, target) -> list:
-    sparsity = getattr(args, "sparsity", None)
-    if sparsity is None and getattr(args, "sparse_threshold", None) is None:
-        return []
-    from ..passes.dense_to_bsr import parse_block, sparse_passes
-
-    try:
-        block = parse_block(args.block) if args.block else None
-    except ValueError as e:
-        raise HwcompError(str(e)) from None
-    return list(sparse_passes(target, sparsity, block, args.sparse_threshold or 0.7))
-
-
 def run_tune(args) -> int:
+    from ..cli import sparse_passes_from_args
     from ..frontend import parse_input_shapes
     from ..target import get_target
     from .tuner import tune
@@ -85,7 +73,7 @@ def run_tune(args) -> int:
     target = get_target(args.target)
     result = tune(
         args.model, target, trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
-        passes=_passes(args, target), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
+        passes=sparse_passes_from_args(args, target, tune=True), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
         input_shapes=parse_input_shapes(args.input_shape), method=args.method,
         trials_per_round=args.trials_per_round, max_trials_per_task=args.max_trials_per_task,
         knob_trials=args.knob_trials, seed=args.seed, population=args.population, progress=not args.no_progress,

@@ -14,7 +14,7 @@ from tvm import relax
 from hwcomp.build import bind_weights, compile_module, finalize_weights, schedule
 from hwcomp.frontend import load_model
 from hwcomp.kernels.bsr import block_density, block_prune
-from hwcomp.passes.dense_to_bsr import DenseToBSR, parse_block, sparse_passes
+from hwcomp.passes.dense_to_bsr import BSR_CHOICES, DenseToBSR, parse_block, sparse_passes
 from hwcomp.passes.prune_weights import PruneWeights
 
 
@@ -135,7 +135,7 @@ def test_measured_choice_is_cached(bound, host, tmp_path, monkeypatch):
     p(mod)
     measured = [d for d in p.report.layers if d.basis == "measured"]
     assert len(measured) == 3 and all(d.dense_ms > 0 and d.bsr_ms > 0 and d.chosen == "bsr" for d in measured)
-    cache = json.loads((tmp_path / "host.json").read_text())
+    cache = json.loads((tmp_path / BSR_CHOICES).read_text())
     assert any(k.startswith("dense:") for k in cache) and any(k.startswith("bsr:") for k in cache)
 
     import hwcomp.passes.dense_to_bsr as d2b
@@ -148,6 +148,14 @@ def test_measured_choice_is_cached(bound, host, tmp_path, monkeypatch):
     p2 = DenseToBSR(host, block=BLOCK, min_gain=1e9, cache_dir=tmp_path)  # impossible gain: all dense
     assert p2(mod) is mod
     assert [d.chosen for d in p2.report.layers] == ["dense"] * 5
+
+    # A damaged choices file is reported and set aside (not overwritten), and the shapes re-measured.
+    (tmp_path / BSR_CHOICES).write_text('{"dense:1x2x3": {"ms": 1.0')
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="corrupt BSR choices"):
+        DenseToBSR(host, block=BLOCK, min_gain=0.0, cache_dir=tmp_path)(mod)
+    assert (tmp_path / (BSR_CHOICES + ".corrupt")).read_text() == '{"dense:1x2x3": {"ms": 1.0'
+    assert any(k.startswith("bsr:") for k in json.loads((tmp_path / BSR_CHOICES).read_text()))
 
 
 def test_cross_target_uses_threshold(bound, tmp_path):
@@ -234,3 +242,25 @@ def test_compile_end_to_end_matches_pruned_torch(host, tmp_path):
     assert fid["max_abs_err"] < 1e-4, fid
     w = model[0].weight.detach().numpy()
     assert 1 - block_density(w, block) == pytest.approx(0.85, abs=0.01)
+
+
+def test_tune_flags_measure_every_knob_set_into_the_named_database(bound, host, tmp_path):
+    """``hwcomp tune --sparse-threshold 0.7 --db D``: BSR kernels tuned over the whole knob space, kept in D."""
+    import argparse
+
+    from hwcomp.cli import sparse_passes_from_args
+    from hwcomp.schedules.x86.bsr import BSRKnobs
+
+    _, mod = bound
+    args = argparse.Namespace(sparsity=None, block="8x1", sparse_threshold=0.7, db=str(tmp_path))
+    (d2b,) = sparse_passes_from_args(args, host, tune=True)
+    d2b(mod)
+    choices = json.loads((tmp_path / BSR_CHOICES).read_text())
+    tuned = [v for k, v in choices.items() if k.startswith("bsr:")]
+    assert len(tuned) == 3 and all(v["tuned"] for v in tuned)
+    assert all(BSRKnobs(**v["knobs"]).to_dict() == v["knobs"] for v in tuned)
+    # compile with the same --db (no tune) serves the tuned knobs without measuring again
+    plain = sparse_passes_from_args(args, host)[0]
+    plain(mod)
+    assert [d.bsr_ms for d in plain.report.layers if d.chosen == "bsr"] == \
+        [d.bsr_ms for d in d2b.report.layers if d.chosen == "bsr"]
