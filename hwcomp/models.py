@@ -55,6 +55,16 @@ class HFEncoder(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+class SentenceEncoder(HFEncoder):
+    """An encoder whose output is the mean-pooled sentence embedding over the unmasked tokens (what
+    sentence-transformers' all-MiniLM-L6-v2 hands its users; the padding positions do not count)."""
+
+    def forward(self, input_ids, attention_mask):
+        h = super().forward(input_ids, attention_mask)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 def tiny_bert(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 1000, seed: int = 0) -> nn.Module:
     """A randomly initialised BERT from a transformers config (no download)."""
     import transformers

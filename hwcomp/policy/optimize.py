@@ -18,11 +18,14 @@ from ..target import Target, get_target
 from .policy_io import policy_table, save_policy
 from .profile import (
     LinearLayer,
+    activation_ranges,
     find_linear_layers,
     layer_grams,
     layer_option_passes,
+    model_outputs,
     profile_layers,
     prune_linear_,
+    simulate_error,
 )
 from .search import LayerProfile, Policy, pareto_front, search
 from .space import Option, option_space
@@ -144,27 +147,61 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     if match_baseline is not None:
         fidelity_target = next(m.cosine for m in measured if m.name == match_baseline)
         log(f"fidelity target: {fidelity_target:.5f} (measured cosine of {match_baseline})")
-    policy = search(profiles, latency_budget_ms=latency_budget_ms, fidelity_target=fidelity_target,
-                    fixed_ms=fixed_ms)
+    policy, error_scale = checked_search(model, profiles, calib, layers, latency_budget_ms=latency_budget_ms,
+                                         fidelity_target=fidelity_target, fixed_ms=fixed_ms, log=log)
     front = pareto_front(profiles, fixed_ms=fixed_ms)
     art = compile_policy(model, example_inputs, target, policy.choices, calib, out_dir / "artifact")
     chosen = measure(art, model, heldout, "searched policy")
     policy.measured_latency_ms, policy.measured_cosine = chosen.latency_ms, chosen.cosine
     save_policy(policy, out_dir / "policy.json", target.name, profiles)
     log(policy_table(policy, profiles))
-    plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}")
+    plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}",
+                error_scale=error_scale)
     return OptimizeResult(policy, profiles, front, measured, chosen, art.path)
 
 
-def plot_pareto(front: list[Policy], points: list[Measured], path: Path, title: str = "") -> None:
+def checked_search(model, profiles: list[LayerProfile], calib, layers: list[LinearLayer], *,
+                   latency_budget_ms: float | None, fidelity_target: float | None, fixed_ms: float,
+                   max_rounds: int = 8, log: Callable[[str], None] = print) -> tuple[Policy, float]:
+    """Search, then check the policy by simulating all its layers at once in PyTorch.
+
+    Per-layer errors do not simply add up (errors compound through the layers), so with a fidelity
+    target the additive model's budget is tightened until the simulated policy meets the target:
+    each round scales it by how far the additive prediction undershot the simulation. Returns the
+    policy and the final error scale (simulated / additive error; the Pareto plot uses it).
+    """
+    reference = model_outputs(model, calib)
+    absmax = activation_ranges(model, calib, layers)
+    scale = 1.0
+    policy = None
+    for rnd in range(max_rounds):
+        if fidelity_target is not None:
+            target = 1.0 - (1.0 - fidelity_target) / scale
+            policy = search(profiles, fidelity_target=target, fixed_ms=fixed_ms)
+        else:
+            policy = search(profiles, latency_budget_ms=latency_budget_ms, fidelity_target=None, fixed_ms=fixed_ms)
+        sim = simulate_error(model, policy.choices, calib, reference, absmax)
+        log(f"search round {rnd + 1}: predicted cosine {policy.predicted_cosine:.5f} (additive), simulated "
+            f"{1 - sim:.5f}, predicted {policy.predicted_latency_ms:.2f} ms")
+        policy.simulated_cosine = 1.0 - sim
+        if policy.predicted_error > 0:
+            scale = max(scale, sim / policy.predicted_error)
+        if fidelity_target is None or 1.0 - sim >= fidelity_target or policy.predicted_error == 0:
+            break
+        scale *= 1.1  # a margin so the next round does not land just short again
+    return policy, scale
+
+
+def plot_pareto(front: list[Policy], points: list[Measured], path: Path, title: str = "",
+                error_scale: float = 1.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([p.predicted_latency_ms for p in front], [p.predicted_cosine for p in front], "-", color="0.6",
-            label="predicted Pareto front")
+    ax.plot([p.predicted_latency_ms for p in front], [1 - error_scale * p.predicted_error for p in front], "-",
+            color="0.6", label="predicted Pareto front" + (f" (errors x{error_scale:.2f})" if error_scale != 1 else ""))
     for m in points:
         ax.scatter([m.latency_ms], [m.cosine], s=60 if m.name == "searched policy" else 35,
                    marker="*" if m.name == "searched policy" else "o", label=f"{m.name} (measured)", zorder=3)

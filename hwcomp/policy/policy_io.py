@@ -15,6 +15,7 @@ def save_policy(policy: Policy, path: str | Path, target: str, profiles: list[La
     data = {
         "format": FORMAT, "target": target,
         "predicted": {"latency_ms": policy.predicted_latency_ms, "cosine": policy.predicted_cosine},
+        "simulated": {"cosine": policy.simulated_cosine},
         "measured": {"latency_ms": policy.measured_latency_ms, "cosine": policy.measured_cosine},
         "layers": {name: opt.to_dict() for name, opt in policy.choices.items()},
     }
@@ -31,6 +32,7 @@ def load_policy(path: str | Path) -> Policy:
                  data["predicted"]["latency_ms"], 1.0 - data["predicted"]["cosine"])
     pol.measured_latency_ms = data["measured"]["latency_ms"]
     pol.measured_cosine = data["measured"]["cosine"]
+    pol.simulated_cosine = data.get("simulated", {}).get("cosine")
     return pol
 
 
@@ -43,7 +45,8 @@ def policy_table(policy: Policy, profiles: list[LayerProfile]) -> str:
                      f"{p.dense().latency_ms:.3f}", f"{c.error:.2e}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    lines.append(f"predicted: {policy.predicted_latency_ms:.3f} ms, cosine {policy.predicted_cosine:.5f}"
+    lines.append(f"predicted: {policy.predicted_latency_ms:.3f} ms, cosine {policy.predicted_cosine:.5f} (additive)"
+                 + (f", {policy.simulated_cosine:.5f} (simulated)" if policy.simulated_cosine is not None else "")
                  + (f"; measured: {policy.measured_latency_ms:.3f} ms, cosine {policy.measured_cosine:.5f}"
                     if policy.measured_latency_ms is not None else ""))
     return "\n".join(lines)

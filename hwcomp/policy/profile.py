@@ -126,7 +126,7 @@ def layer_grams(model, names: list[str], samples, max_bytes: int = 1 << 29):
         size += 8 * (mods[name].in_features + 1) ** 2
         nxt = names[i + 1] if i + 1 < len(names) else None
         if nxt is None or size + 8 * (mods[nxt].in_features + 1) ** 2 > max_bytes:
-            grams = input_grams({n: mods[n] for n in chunk}, lambda: _outputs(model, samples))
+            grams = input_grams({n: mods[n] for n in chunk}, lambda: model_outputs(model, samples))
             for n in chunk:
                 yield n, grams.pop(n)
             chunk, size = [], 0
@@ -168,7 +168,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def _outputs(model, samples) -> list[np.ndarray]:
+def model_outputs(model, samples) -> list[np.ndarray]:
+    """The model's (first) output on each sample, as NumPy."""
     import torch
 
     outs = []
@@ -188,7 +189,7 @@ def _fake_int8_weight(w):
 
 def model_error(model, samples, reference: list[np.ndarray]) -> float:
     """1 − the mean cosine of the model's outputs against the reference outputs."""
-    outs = _outputs(model, samples)
+    outs = model_outputs(model, samples)
     return 1.0 - float(np.mean([_cosine(o, r) for o, r in zip(outs, reference)]))
 
 
@@ -223,10 +224,24 @@ def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, fl
         lambda m, a, n=l.name: absmax.__setitem__(n, max(absmax.get(n, 0.0), float(a[0].abs().max()))))
         for l in layers]
     with torch.no_grad():
-        _outputs(model, samples)
+        model_outputs(model, samples)
     for h in hooks:
         h.remove()
     return absmax
+
+
+def simulate_error(model, choices: dict[str, Option], samples, reference: list[np.ndarray],
+                   act_absmax: dict[str, float], refit: bool = True) -> float:
+    """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once)."""
+    import copy
+
+    sim = copy.deepcopy(model)
+    sparse = [n for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")]
+    grams = dict(layer_grams(model, sparse, samples)) if sparse and refit else {}
+    for name, opt in choices.items():
+        if opt.kind != "dense":
+            apply_option_(sim, name, opt, act_absmax, grams.pop(name, None))
+    return max(0.0, model_error(sim, samples, reference))
 
 
 def profile_layers(model, layers: list[LinearLayer], options: list[Option], samples, target: Target,
@@ -236,7 +251,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
     ``refit``: sparse options prune with a least-squares re-fit on ``samples`` (as compiled)."""
     from tqdm import tqdm
 
-    reference = _outputs(model, samples)
+    reference = model_outputs(model, samples)
     absmax = activation_ranges(model, samples, layers)
     cache_file = _cache_path(target)
     cache = _load_cache(cache_file)

@@ -39,6 +39,7 @@ class Policy:
     predicted_error: float
     measured_latency_ms: float | None = None
     measured_cosine: float | None = None
+    simulated_cosine: float | None = None  # every layer at once, in PyTorch on the calibration inputs
 
     @property
     def predicted_cosine(self) -> float:
