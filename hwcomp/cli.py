@@ -39,14 +39,20 @@ def _compile_options(args, target):
     passes = []
     summary: dict = {}
     sparse = sparse_passes_from_args(args, target)
+    quantize = getattr(args, "quantize", None)
     if sparse:
-        passes += sparse
+        # With --quantize the pruned layers become int8 BSR kernels inside the quantizer: only
+        # the pruning pass (if any) runs here, not the fp32 BSR rewrite.
+        passes += [p for p in sparse if type(p).__name__ != "DenseToBSR"] if quantize else sparse
         summary["sparse"] = {"sparsity": args.sparsity, "block": args.block, "threshold": args.sparse_threshold}
-    if getattr(args, "quantize", None):
+    if quantize:
+        from .passes.dense_to_bsr import parse_block
         from .quantize import QuantConfig, quantize_passes
 
         config = QuantConfig(skip=args.skip or (), calib_method=args.calib_method,
-                             fidelity_target=args.fidelity_target)
+                             fidelity_target=args.fidelity_target,
+                             sparse_threshold=(args.sparse_threshold or 0.7) if sparse else None,
+                             sparse_block=parse_block(args.block) if sparse and args.block else None)
         passes += quantize_passes(target, config, args.calib, log=_print)
         summary["quantize"] = {"bits": 8, "calib_method": args.calib_method, "skip": args.skip}
     return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import hwcomp
 from hwcomp.cli import main
 from hwcomp.models import MLP
+from hwcomp.quantize.qmath import cosine
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +159,15 @@ def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path):
                  "--sparse-threshold", "0.4"]) == 0
     names = [p["name"] for p in json.loads((out / "manifest.json").read_text())["compression"]["passes"]]
     assert names == ["PruneWeights", "DenseToBSR"]
+    # both: the pruned layers become int8 BSR kernels inside the quantizer
+    out = tmp_path / "sq"
+    assert main(["compile", str(pt2_model[0]), "-o", str(out), "--sparsity", "0.8", "--block", "8x1",
+                 "--quantize", "int8", "--calib", str(tmp_path / "calib.npz")]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in m["compression"]["passes"]][0] == "PruneWeights"
+    assert "DenseToBSR" not in [p["name"] for p in m["compression"]["passes"]]
+    assert main(["compile", str(pt2_model[0]), "-o", str(tmp_path / "s8"), "--sparsity", "0.8", "--block", "8x1"]) == 0
+    x = np.random.default_rng(1).standard_normal((3, 32)).astype("float32")
+    sq, s8 = hwcomp.load(out).run([x])[0], hwcomp.load(tmp_path / "s8").run([x])[0]
+    assert cosine(sq, s8) > 0.999  # int8 BSR vs fp32 BSR of the same pruned model
+    assert sum(w.nbytes for w in hwcomp.load(out).weights() if w.dtype == np.int8) > 0

@@ -39,6 +39,9 @@ class QuantConfig:
     per-layer report is made (each layer alone on the first calibration sample).
     ``max_calib_samples``: cap on the calibration samples used.
     ``smooth``: SmoothQuant migration strength alpha for dense inputs (``smooth.py``), ``None`` off.
+    ``sparse_threshold``: dense layers whose weights are at least this block-sparse (fraction of
+    all-zero ``sparse_block`` tiles; default block: the target's) run the int8 BSR kernel —
+    sparse + int8 in one kernel (CPU targets); ``None`` off.
     """
 
     bits: int = 8
@@ -54,6 +57,8 @@ class QuantConfig:
     heldout: int = 2
     max_calib_samples: int | None = None
     smooth: float | None = 0.7
+    sparse_threshold: float | None = None
+    sparse_block: tuple[int, int] | None = None
 
     def __post_init__(self):
         if isinstance(self.skip, str):
@@ -73,6 +78,8 @@ class QuantConfig:
             raise HwcompError(f"QuantConfig.quantize: unknown op kinds {sorted(bad)}")
         if self.smooth is not None and not 0.0 <= float(self.smooth) <= 1.0:
             raise HwcompError(f"QuantConfig.smooth (alpha) must be in [0, 1] or None, got {self.smooth}")
+        if self.sparse_threshold is not None and not 0.0 < float(self.sparse_threshold) < 1.0:
+            raise HwcompError(f"QuantConfig.sparse_threshold must be in (0, 1), got {self.sparse_threshold}")
         if self.fidelity_target is not None and not 0.0 < float(self.fidelity_target) <= 1.0:
             raise HwcompError(f"fidelity target is a cosine in (0, 1], got {self.fidelity_target}")
 

@@ -313,6 +313,18 @@ class KernelProvider:
     def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
 
+    def sparse_dense_func(self, m: int, k: int, n: int, block: tuple[int, int], x_dtype: str,
+                          act: str | None) -> tirx.PrimFunc | None:
+        """The int8 BSR kernel ``(xq, data, indices, indptr, bias_i32, deq, y_f32)`` on CPU targets
+        (``schedules/x86/bsr.py``'s generator, also AArch64's); None where there is none."""
+        t = self.target
+        if t is None or t.is_gpu or act not in (None, "relu", "gelu"):
+            return None
+        from hwcomp.schedules.x86.bsr import cpu_bsr_kernel, default_knobs
+
+        return cpu_bsr_kernel(m, k, n, block, default_knobs(t.vector_bits, block, m), t.num_cores, t.vector_bits,
+                              activation=act or "none", x_dtype=x_dtype)
+
     def describe(self) -> str:
         return "generic int8 kernels (default schedules)"
 

@@ -218,10 +218,13 @@ class Realizer:
                 plans[layer.id] = self._plan_epilogue(g, layer, used_keys)
             else:
                 plans[layer.id] = Plan(layer, [], layer.var, None, None)
-        # which outputs stay int8
+        sparse = self._sparse_layers(quantized, plans)
+        # which outputs stay int8 (not those of int8 BSR layers: that kernel dequantizes)
         out_q: dict[str, tuple[str, QParams]] = {}
         for layer in quantized:
             plan = plans[layer.id]
+            if layer.id in sparse:
+                continue
             if plan.act not in (None, "relu", "gelu", "gelu_tanh"):
                 continue
             m = g.single_user(plan.end)
@@ -291,6 +294,22 @@ class Realizer:
             n = wq.shape[0]
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
             bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+            if layer.id in sparse:
+                from ..kernels.bsr import pack_bsr
+
+                block = sparse[layer.id]
+                func = self.provider.sparse_dense_func(m, k, n, block, px.dtype, plan.act)
+                gv = _add_func(bb, func, f"q_{layer.id}_bsr")
+                w = pack_bsr(wq, block)
+                args = [xq, relax.const(w.data), relax.const(w.indices), relax.const(w.indptr), relax.const(bias),
+                        relax.const(eparams[0])]
+                out = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")),
+                              name_hint=f"{layer.id}_out")
+                if static_shape(plan.end) != (m, n):
+                    out = bb.emit(relax.op.reshape(out, static_shape(plan.end)))
+                self._record(layer, plan, px, s_w, epi, f"bsr{block[0]}x{block[1]}", extra)
+                self.report[-1].update(kernel=f"int8 bsr {block[0]}x{block[1]}", density=w.density)
+                return self._finish(bb, layer, plan, out, epi)
             layout = self.provider.dense_layout(m, k, n)
             func, layout = self._dense_kernel(m, k, n, px.dtype, layout, epi)
             gv = _add_func(bb, func, f"q_{layer.id}")
@@ -396,6 +415,26 @@ class Realizer:
                 return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
             return np.ascontiguousarray(wq.astype(np.int8)), s
         return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
+
+    def _sparse_layers(self, quantized: list[Layer], plans: dict) -> dict[str, tuple[int, int]]:
+        """Dense layers that run the int8 BSR kernel (``QuantConfig.sparse_threshold``): id → block."""
+        cfg = self.config
+        target = self.provider.target
+        if cfg.sparse_threshold is None or target is None:
+            return {}
+        from ..kernels.bsr import block_density
+
+        block = tuple(cfg.sparse_block or target.sparse_block)
+        out = {}
+        for layer in quantized:
+            if layer.kind != "dense" or plans[layer.id].act not in (None, "relu", "gelu"):
+                continue
+            w = np.asarray(layer.weight)
+            if 1.0 - block_density(w.reshape(w.shape[0], -1), block) >= cfg.sparse_threshold:
+                out[layer.id] = block
+        if out and self.provider.sparse_dense_func(8, 8, 8, block, self.provider.act_dtypes[0], None) is None:
+            return {}  # no int8 BSR kernel for this target: the int8 dense kernels take these layers
+        return out
 
     def _epilogue(self, layer, plan: Plan, px: QParams, s_w, n, oq):
         cfg = self.config

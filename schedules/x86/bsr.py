@@ -148,8 +148,15 @@ def cpu_bsr_source(
     activation: str = "none",
     dtype: str = "float32",
     name: str = "bsr_matmul",
+    x_dtype: str | None = None,
 ) -> str:
-    """TVMScript source of the CPU kernel ``name(x, data, indices, indptr, [bias], y)``."""
+    """TVMScript source of the CPU kernel ``name(x, data, indices, indptr, [bias], y)``.
+
+    With ``x_dtype`` (``int8``/``uint8``) it is the quantized kernel
+    ``name(xq, data_i8, indices, indptr, bias_i32, deq, y)``: ``int8 × int8 → int32`` accumulation in
+    the same register tiles, and ``y = act((acc + bias) · deq[n])`` in float32 (``deq`` = the
+    activation scale × the weight scale of each output; ``bias`` holds the folded zero point).
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     r, c = block
@@ -165,13 +172,18 @@ def cpu_bsr_source(
     rpt = knobs.rows_per_task or -(-nbr_full // max(num_cores, 1))
     rpt = _largest_divisor_at_most(nbr_full, rpt) if nbr_full else 1
     n_tasks = nbr_full // rpt if nbr_full else 0
-    zero = _f(dtype, 0.0)
+    quant = x_dtype is not None
+    acc_dtype, w_dtype, in_dtype = ("int32", "int8", x_dtype) if quant else (dtype, dtype, dtype)
+    out_dtype = "float32" if quant else dtype
+    zero = "T.int32(0)" if quant else _f(dtype, 0.0)
     lanes = max(vector_bits // 32, 1)
     acc_shape = f"({r}, {mt})" if by_m else f"({mt}, {r})"
 
     def x_at(row: str, col: str) -> str:
         v = f"xT[{col}, {row}]" if knobs.x_transposed or by_m else f"x[{row}, {col}]"
         # Blocks of the last block column may reach past K: those x entries are padding, read as 0.
+        if quant:
+            v = f'T.Cast("int32", {v})'
         return f"T.if_then_else({col} < {k}, {v}, {zero})" if k_ragged else v
 
     def vec_loop(var: str, extent: int) -> tuple[list[str], str]:
@@ -210,8 +222,9 @@ def cpu_bsr_source(
         if c > 1:
             lines.append(" " * ind2 + f"for j in T.unroll({c}):")
             ind2 += 4
+        w_at = f'T.Cast("int32", data[b, {jj}, {{i}}])' if quant else f"data[b, {jj}, {{i}}]"
         lines += nest(ind2, lambda mi, i: f"{acc_at(mi, i)} = {acc_at(mi, i)} + "
-                      f"{x_at(f'{m0} + {mi}', col)} * data[b, {jj}, {i}]", rows)
+                      f"{x_at(f'{m0} + {mi}', col)} * {w_at.format(i=i)}", rows)
 
         if by_m:
             # Vectors along M would be scattered over rows of y: store them contiguously into the
@@ -219,10 +232,16 @@ def cpu_bsr_source(
             return lines + nest(ind, lambda mi, i: f"yT[{br} * {r} + {i}, {m0} + {mi}] = {acc_at(mi, i)}", rows)
 
         def store(mi: str, i: str) -> str:
-            val = epilogue_expr(acc_at(mi, i) + (f" + bias[{br} * {r} + {i}]" if bias else ""), activation, dtype)
+            val = finish(acc_at(mi, i), f"{br} * {r} + {i}")
             return f"y[{m0} + {mi}, {br} * {r} + {i}] = {val}"
 
         return lines + nest(ind, store, rows, store_n=stored)
+
+    def finish(v: str, col: str) -> str:
+        """The epilogue of one accumulator value ``v`` of output column ``col``."""
+        if quant:
+            return epilogue_expr(f'T.Cast("float32", {v} + bias[{col}]) * deq[{col}]', activation, "float32")
+        return epilogue_expr(v + (f" + bias[{col}]" if bias else ""), activation, dtype)
 
     def row_tiles(ind: str, br: str, stored: int) -> list[str]:
         p = " " * ind
@@ -234,21 +253,24 @@ def cpu_bsr_source(
             lines += tile(ind, br, str(m_tiles * mt), m_tail, stored)
         return lines
 
-    bias_arg = f'bias: T.Buffer(({n},), "{dtype}"), ' if bias else ""
+    if quant:
+        bias_arg = f'bias: T.Buffer(({n},), "int32"), deq: T.Buffer(({n},), "float32"), '
+    else:
+        bias_arg = f'bias: T.Buffer(({n},), "{dtype}"), ' if bias else ""
     body = [
         "@T.prim_func",
-        (f'def {name}(x: T.Buffer(({m}, {k}), "{dtype}"), data_h: T.handle, indices_h: T.handle, '
-         f'indptr: T.Buffer(({nbr + 1},), "int32"), {bias_arg}y: T.Buffer(({m}, {n}), "{dtype}")):'),
+        (f'def {name}(x: T.Buffer(({m}, {k}), "{in_dtype}"), data_h: T.handle, indices_h: T.handle, '
+         f'indptr: T.Buffer(({nbr + 1},), "int32"), {bias_arg}y: T.Buffer(({m}, {n}), "{out_dtype}")):'),
         '    T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})',
         "    nnzb = T.int32()",
-        f'    data = T.match_buffer(data_h, (nnzb, {c}, {r}), "{dtype}")',
+        f'    data = T.match_buffer(data_h, (nnzb, {c}, {r}), "{w_dtype}")',
         '    indices = T.match_buffer(indices_h, (nnzb,), "int32")',
     ]
     if by_m:
-        body.append(f'    yT = T.alloc_buffer(({nbr * r}, {m}), "{dtype}")')
+        body.append(f'    yT = T.alloc_buffer(({nbr * r}, {m}), "{acc_dtype}")')
     if knobs.x_transposed or by_m:
         body += [
-            f'    xT = T.alloc_buffer(({k}, {m}), "{dtype}")',
+            f'    xT = T.alloc_buffer(({k}, {m}), "{in_dtype}")',
             f"    for kk in T.parallel({k}):",
             f"        for mm in range({m}):",
             "            xT[kk, mm] = x[mm, kk]",
@@ -256,7 +278,7 @@ def cpu_bsr_source(
     if n_tasks:
         body += [
             f"    for task in T.parallel({n_tasks}):",
-            f'        acc = T.alloc_buffer({acc_shape}, "{dtype}", scope="local")',
+            f'        acc = T.alloc_buffer({acc_shape}, "{acc_dtype}", scope="local")',
         ]
         if knobs.m_outer and rpt > 1:
             # x tile outer: each M tile runs over all block rows of the task.
@@ -274,14 +296,14 @@ def cpu_bsr_source(
         # The last block row is cut by N: accumulate full vectors, store only the existing outputs.
         body += [
             "    for _t in range(1):",
-            f'        acc = T.alloc_buffer({acc_shape}, "{dtype}", scope="local")',
+            f'        acc = T.alloc_buffer({acc_shape}, "{acc_dtype}", scope="local")',
         ]
         body += row_tiles(8, str(nbr_full), n_tail)
     if by_m:
         # yT[N, M] -> y[M, N] with the epilogue: lane-wide column strips keep the yT reads on a few
         # cache lines while the stores to y are contiguous vectors.
         def out(nn: str) -> str:
-            return epilogue_expr(f"yT[{nn}, mm]" + (f" + bias[{nn}]" if bias else ""), activation, dtype)
+            return finish(f"yT[{nn}, mm]", nn)
 
         strips, rest = divmod(n, lanes)
         if strips:
@@ -305,17 +327,19 @@ def cpu_bsr_kernel(
     bias: bool = False,
     activation: str = "none",
     dtype: str = "float32",
+    x_dtype: str | None = None,
 ):
     """The scheduled ``tvm.tirx.PrimFunc`` for one shape (see :func:`cpu_bsr_source`)."""
     import tvm
 
     knobs = knobs or default_knobs(vector_bits, block, m)
-    src = cpu_bsr_source(m, k, n, block, knobs, num_cores, vector_bits, bias, activation, dtype)
+    src = cpu_bsr_source(m, k, n, block, knobs, num_cores, vector_bits, bias, activation, dtype, x_dtype=x_dtype)
     return tvm.script.from_source(src)
 
 
 def bsr_kernel(target, m: int, k: int, n: int, block: tuple[int, int], knobs: BSRKnobs | None = None,
-               bias: bool = False, activation: str = "none", dtype: str = "float32"):
-    """x86 kernel for an hwcomp :class:`~hwcomp.target.Target` (vector width from its description)."""
+               bias: bool = False, activation: str = "none", dtype: str = "float32", x_dtype: str | None = None):
+    """x86 kernel for an hwcomp :class:`~hwcomp.target.Target` (vector width from its description);
+    ``x_dtype`` makes it the int8 kernel (see :func:`cpu_bsr_source`)."""
     return cpu_bsr_kernel(m, k, n, block, knobs or default_knobs(target.vector_bits, block, m),
-                          target.num_cores, target.vector_bits, bias, activation, dtype)
+                          target.num_cores, target.vector_bits, bias, activation, dtype, x_dtype)

@@ -110,6 +110,28 @@ def test_x86_kernel_matches_dense(case, host):
     np.testing.assert_allclose(_run_cpu(func, host, args), _ref(x, w, b, act == "relu"), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}->{c[2]}_{c[3][0]}x{c[3][1]}")
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_x86_int8_kernel_is_exact(case, x_dtype, host):
+    """int8 BSR: integer accumulation is exact, so the result equals (x·Wᵀ + bias)·deq to float32 rounding."""
+    from hwcomp.schedules.x86.bsr import BSRKnobs, bsr_kernel
+
+    m, k, n, block, density, knobs, _, act = case
+    rng = _rng(hash(case[:3]) % 1000 + 7)
+    mask = random_block_sparse(n, k, block, density, rng) != 0
+    w = (rng.integers(-127, 128, (n, k)) * mask).astype("int8")
+    bsr = pack_bsr(w, block)
+    lo, hi = (0, 256) if x_dtype == "uint8" else (-128, 128)
+    x = rng.integers(lo, hi, (m, k)).astype(x_dtype)
+    bias = rng.integers(-5000, 5000, n).astype("int32")
+    deq = rng.uniform(1e-4, 1e-3, n).astype("float32")
+    func = bsr_kernel(host, m, k, n, block, BSRKnobs(**knobs) if knobs else None, activation=act, x_dtype=x_dtype)
+    out = _run_cpu(func, host, [x, bsr.data, bsr.indices, bsr.indptr, bias, deq, np.zeros((m, n), "float32")])
+    acc = x.astype(np.int64) @ w.T.astype(np.int64) + bias
+    ref = acc.astype(np.float32) * deq
+    np.testing.assert_allclose(out, np.maximum(ref, 0) if act == "relu" else ref, rtol=1e-6, atol=1e-6)
+
+
 def test_x86_knob_candidates_all_correct(host):
     from hwcomp.schedules.x86.bsr import bsr_kernel, knob_candidates
 
