@@ -72,19 +72,24 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
     grams = layer_grams(original, names, calib) if refit and calib else ((n, None) for n in names)
     for name, gram in grams:
         prune_linear_(mods[name], sparse[name], gram)
-    int8 = [n for n, o in choices.items() if o.kind in ("int8", "sparse_int8")]
     passes = []
-    if sparse:
-        lowest = min(o.sparsity for o in sparse.values())
-        block = next(iter(sparse.values())).block
-        passes += layer_option_passes(target, Option("sparse", lowest, block), None)
+    int8 = [n for n, o in choices.items() if o.kind in ("int8", "sparse_int8")]
     if int8:
         from ..quantize import QuantConfig, quantize_passes
 
-        # Quantize only the Linear layers the policy names int8; everything else stays fp32.
+        # Quantize only the Linear layers the policy names int8; everything else stays fp32. The
+        # sparse ones among them become int8 BSR kernels inside the quantizer.
         all_linear = [n for n, m in mods.items() if isinstance(m, torch.nn.Linear)]
         skip = tuple(n for n in all_linear if n not in int8)
-        passes += quantize_passes(target, QuantConfig(skip=skip, quantize=("dense",)), calib, progress=False)
+        sq = [o for o in choices.values() if o.kind == "sparse_int8"]
+        config = QuantConfig(skip=skip, quantize=("dense",),
+                             sparse_threshold=max(0.01, min(o.sparsity for o in sq) - 0.01) if sq else None,
+                             sparse_block=sq[0].block if sq else None)
+        passes += quantize_passes(target, config, calib, progress=False)
+    fp32_sparse = [o for o in choices.values() if o.kind == "sparse"]
+    if fp32_sparse:  # after the quantizer: the fp32 sparse layers it skipped become fp32 BSR kernels
+        lowest = min(o.sparsity for o in fp32_sparse)
+        passes += layer_option_passes(target, Option("sparse", lowest, fp32_sparse[0].block), None)
     return hw_compile(model, target, out_dir, example_inputs=example_inputs,
                       options=CompileOptions(passes=passes, verify=False), log=log)
 
@@ -108,6 +113,7 @@ def measure(art, model, heldout, name: str, repeat: int = 10) -> Measured:
 def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
              latency_budget_ms: float | None = None, fidelity_target: float | None = None,
              out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
+             sparse_int8: bool = False,
              baselines: bool = True, match_baseline: str | None = None,
              log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
@@ -127,7 +133,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     n_held = max(1, len(samples) // 4)
     calib, heldout = samples[:-n_held] or samples, samples[-n_held:]
     layers: list[LinearLayer] = find_linear_layers(model, example_inputs)
-    options = option_space(target.sparse_block, sparsities, int8=int8)
+    options = option_space(target.sparse_block, sparsities, int8=int8, sparse_int8=sparse_int8 and int8)
     log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
     profiles = profile_layers(model, layers, options, calib, target, log=log)
 

@@ -76,18 +76,19 @@ def _load_cache(path: Path) -> dict:
 def layer_option_passes(target: Target, option: Option, calib: list[list[np.ndarray]] | None,
                         skip: tuple[str, ...] = ()) -> list[Callable]:
     """Compile passes that realize ``option`` on a model whose weights are already pruned."""
-    passes: list[Callable] = []
-    if option.kind in ("sparse", "sparse_int8"):
+    if option.kind == "sparse":
         from ..passes.dense_to_bsr import DenseToBSR
 
         # The weights were pruned to the level; convert whatever reached it, without re-timing.
-        passes.append(DenseToBSR(target, threshold=max(0.0, option.sparsity - 0.01), block=option.block,
-                                 measure=False))
+        return [DenseToBSR(target, threshold=max(0.0, option.sparsity - 0.01), block=option.block, measure=False)]
     if option.kind in ("int8", "sparse_int8"):
         from ..quantize import QuantConfig, quantize_passes
 
-        passes += quantize_passes(target, QuantConfig(skip=skip), calib, progress=False)
-    return passes
+        sparse = option.kind == "sparse_int8"
+        config = QuantConfig(skip=skip, sparse_threshold=max(0.01, option.sparsity - 0.01) if sparse else None,
+                             sparse_block=option.block if sparse else None)
+        return quantize_passes(target, config, calib, progress=False)
+    return []
 
 
 def prune_linear_(linear, option: Option, gram=None) -> None:

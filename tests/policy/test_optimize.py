@@ -72,3 +72,25 @@ def test_policy_file_and_plot_written(result):
     assert again.choices == res.policy.choices
     assert again.measured_cosine == pytest.approx(res.chosen.cosine)
     assert (out / "pareto.png").stat().st_size > 1000 and (out / "artifact" / "manifest.json").is_file()
+
+
+def test_mixed_policy_compiles_each_layer_as_chosen(tmp_path):
+    """sparse+int8, int8 and fp32 sparse in one model: compiled output agrees with the PyTorch simulation."""
+    from hwcomp.policy.profile import activation_ranges, find_linear_layers, model_outputs, simulate_error
+    from hwcomp.policy.space import Option
+
+    model = _planted()
+    rng = np.random.default_rng(1)
+    samples = [[rng.standard_normal((32, 128)).astype("float32")] for _ in range(6)]
+    choices = {"a": Option("sparse_int8", 0.9, (8, 1)), "b": Option("int8"), "c": Option("sparse", 0.9, (8, 1))}
+    art = compile_policy(model, (torch.from_numpy(samples[0][0]),), "host", choices, samples[:4], tmp_path / "mixed")
+    nbytes = {}
+    for w in art.weights():
+        nbytes[w.dtype.name] = nbytes.get(w.dtype.name, 0) + w.nbytes
+    assert nbytes["float32"] < 0.3 * 128 * 512 * 4  # c as fp32 BSR (dense would be 262 kB)
+    assert 512 * 512 <= nbytes["int8"] < 512 * 512 + 0.3 * 128 * 512  # b dense int8, a as int8 BSR
+    layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
+    sim = 1 - simulate_error(model, choices, samples[4:], model_outputs(model, samples[4:]),
+                             activation_ranges(model, samples[:4], layers))
+    got = measure(art, model, samples[4:], "mixed")
+    assert got.cosine > 0.99 and abs(got.cosine - sim) < 5e-3, (got.cosine, sim)
