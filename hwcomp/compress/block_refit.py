@@ -52,11 +52,12 @@ def input_gram(linear: nn.Linear, run: Callable[[], object]) -> Tensor:
 
 
 def block_prune_refit_(linear: nn.Linear, sparsity: float, block: tuple[int, int], gram: Tensor,
-                       damp: float = 1e-2) -> np.ndarray:
+                       damp: float = 0.1) -> np.ndarray:
     """Prune ``linear`` in place to ``sparsity`` in ``block`` (out rows × in cols) blocks and re-fit.
 
     ``gram`` is :func:`input_gram` of this layer; ``damp`` is the ridge relative to the mean of its
-    diagonal (keeps the fit near the original weights where the calibration data say little).
+    diagonal (keeps the fit near the original weights where the calibration data say little; 0.1
+    generalized best to held-out sentences on all-MiniLM-L6-v2 among 0.01, 0.1 and 1).
     Returns the kept-block mask (block rows × block cols).
     """
     w = linear.weight.detach().double()

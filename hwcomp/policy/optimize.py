@@ -118,8 +118,8 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
              log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
 
-    ``samples``: calibration inputs (lists of arrays in input order); the last quarter is held out
-    to measure the compiled models. Writes ``policy.json``/``policy.txt``, the artifact and
+    ``samples``: calibration inputs (lists of arrays in input order), split by :func:`split_samples`
+    into fit / validate / held out. Writes ``policy.json``/``policy.txt``, the artifact and
     ``pareto.png`` under ``out_dir``. ``match_baseline`` (e.g. ``"uniform int8"``): instead of a
     number, the fidelity target is that baseline's measured cosine — the fastest policy at least as
     faithful as the uniform choice.
@@ -130,12 +130,13 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
                          "(measure over RPC is not wired into optimize yet)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_held = max(1, len(samples) // 4)
-    calib, heldout = samples[:-n_held] or samples, samples[-n_held:]
+    calib, val, heldout = split_samples(samples)
     layers: list[LinearLayer] = find_linear_layers(model, example_inputs)
     options = option_space(target.sparse_block, sparsities, int8=int8, sparse_int8=sparse_int8 and int8)
     log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
-    profiles = profile_layers(model, layers, options, calib, target, log=log)
+    log(f"samples: {len(calib)} fit (re-fit, int8 ranges), {len(val)} validate (sensitivity, simulation), "
+        f"{len(heldout)} held out (compiled measurement)")
+    profiles = profile_layers(model, layers, options, val, target, log=log, fit_samples=calib)
 
     measured: list[Measured] = []
     dense_art = compile_policy(model, example_inputs, target, {}, calib)
@@ -153,7 +154,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     if match_baseline is not None:
         fidelity_target = next(m.cosine for m in measured if m.name == match_baseline)
         log(f"fidelity target: {fidelity_target:.5f} (measured cosine of {match_baseline})")
-    policy, error_scale = checked_search(model, profiles, calib, layers, latency_budget_ms=latency_budget_ms,
+    policy, error_scale = checked_search(model, profiles, calib, val, layers, latency_budget_ms=latency_budget_ms,
                                          fidelity_target=fidelity_target, fixed_ms=fixed_ms, log=log)
     front = pareto_front(profiles, fixed_ms=fixed_ms)
     art = compile_policy(model, example_inputs, target, policy.choices, calib, out_dir / "artifact")
@@ -166,17 +167,29 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     return OptimizeResult(policy, profiles, front, measured, chosen, art.path)
 
 
-def checked_search(model, profiles: list[LayerProfile], calib, layers: list[LinearLayer], *,
+def split_samples(samples: list) -> tuple[list, list, list]:
+    """``(fit, validate, held out)``: the last quarter is held out for the compiled measurement; of
+    the rest, the last third validates (sensitivity, simulation) what the first part fits (re-fit,
+    int8 calibration). With very few samples the parts overlap rather than go empty."""
+    n_held = max(1, len(samples) // 4)
+    rest, heldout = samples[:-n_held] or samples, samples[-n_held:]
+    n_val = max(1, len(rest) // 3)
+    fit, val = rest[:-n_val] or rest, rest[-n_val:]
+    return fit, val, heldout
+
+
+def checked_search(model, profiles: list[LayerProfile], calib, val, layers: list[LinearLayer], *,
                    latency_budget_ms: float | None, fidelity_target: float | None, fixed_ms: float,
                    max_rounds: int = 8, log: Callable[[str], None] = print) -> tuple[Policy, float]:
-    """Search, then check the policy by simulating all its layers at once in PyTorch.
+    """Search, then check the policy by simulating all its layers at once in PyTorch on ``val``
+    (re-fit and int8 ranges from ``calib``).
 
     Per-layer errors do not simply add up (errors compound through the layers), so with a fidelity
     target the additive model's budget is tightened until the simulated policy meets the target:
     each round scales it by how far the additive prediction undershot the simulation. Returns the
     policy and the final error scale (simulated / additive error; the Pareto plot uses it).
     """
-    reference = model_outputs(model, calib)
+    reference = model_outputs(model, val)
     absmax = activation_ranges(model, calib, layers)
     scale = 1.0
     policy = None
@@ -186,7 +199,7 @@ def checked_search(model, profiles: list[LayerProfile], calib, layers: list[Line
             policy = search(profiles, fidelity_target=target, fixed_ms=fixed_ms)
         else:
             policy = search(profiles, latency_budget_ms=latency_budget_ms, fidelity_target=None, fixed_ms=fixed_ms)
-        sim = simulate_error(model, policy.choices, calib, reference, absmax)
+        sim = simulate_error(model, policy.choices, val, reference, absmax, fit_samples=calib)
         log(f"search round {rnd + 1}: predicted cosine {policy.predicted_cosine:.5f} (additive), simulated "
             f"{1 - sim:.5f}, predicted {policy.predicted_latency_ms:.2f} ms")
         policy.simulated_cosine = 1.0 - sim

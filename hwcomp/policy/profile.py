@@ -169,15 +169,31 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def model_outputs(model, samples) -> list[np.ndarray]:
-    """The model's (first) output on each sample, as NumPy."""
+def model_outputs(model, samples, chunk: int = 16) -> list[np.ndarray]:
+    """The model's (first) output on each sample, as NumPy.
+
+    Samples are run ``chunk`` at a time, concatenated on axis 0 (one larger batch runs much faster
+    than many small ones); a model whose output does not keep axis 0 as the batch runs one by one.
+    """
     import torch
 
-    outs = []
+    def run(inputs):
+        y = model(*inputs)
+        return (y[0] if isinstance(y, (tuple, list)) else y).numpy()
+
+    outs: list[np.ndarray] = []
     with torch.no_grad():
-        for s in samples:
-            y = model(*[torch.from_numpy(a) for a in s])
-            outs.append((y[0] if isinstance(y, (tuple, list)) else y).numpy())
+        for i in range(0, len(samples), chunk):
+            group = samples[i:i + chunk]
+            sizes = [s[0].shape[0] if s[0].ndim else 0 for s in group]
+            same = all(len(s) == len(group[0]) and all(a.shape[1:] == b.shape[1:] for a, b in zip(s, group[0]))
+                       for s in group)
+            if len(group) > 1 and same and all(sizes):
+                y = run([torch.from_numpy(np.concatenate([s[j] for s in group])) for j in range(len(group[0]))])
+                if y.ndim and y.shape[0] == sum(sizes):
+                    outs += np.split(y, np.cumsum(sizes)[:-1])
+                    continue
+            outs += [run([torch.from_numpy(a) for a in s]) for s in group]
     return outs
 
 
@@ -232,13 +248,14 @@ def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, fl
 
 
 def simulate_error(model, choices: dict[str, Option], samples, reference: list[np.ndarray],
-                   act_absmax: dict[str, float], refit: bool = True) -> float:
-    """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once)."""
+                   act_absmax: dict[str, float], refit: bool = True, fit_samples=None) -> float:
+    """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once);
+    sparse layers re-fit on ``fit_samples`` (default ``samples``)."""
     import copy
 
     sim = copy.deepcopy(model)
     sparse = [n for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")]
-    grams = dict(layer_grams(model, sparse, samples)) if sparse and refit else {}
+    grams = dict(layer_grams(model, sparse, fit_samples or samples)) if sparse and refit else {}
     for name, opt in choices.items():
         if opt.kind != "dense":
             apply_option_(sim, name, opt, act_absmax, grams.pop(name, None))
@@ -246,14 +263,17 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
 
 
 def profile_layers(model, layers: list[LinearLayer], options: list[Option], samples, target: Target,
-                   log: Callable[[str], None] = print, refit: bool = True) -> list[LayerProfile]:
+                   log: Callable[[str], None] = print, refit: bool = True, fit_samples=None) -> list[LayerProfile]:
     """Latency (measured on ``target``) and sensitivity (simulated) of every layer × option.
 
-    ``refit``: sparse options prune with a least-squares re-fit on ``samples`` (as compiled)."""
+    Sensitivity is the error on ``samples``; the re-fit of sparse options (``refit``) and the int8
+    activation ranges come from ``fit_samples`` (default: ``samples``) — keep them apart, or the
+    re-fit's overfitting to its own data reads as fidelity."""
     from tqdm import tqdm
 
+    fit_samples = fit_samples or samples
     reference = model_outputs(model, samples)
-    absmax = activation_ranges(model, samples, layers)
+    absmax = activation_ranges(model, fit_samples, layers)
     cache_file = _cache_path(target)
     cache = _load_cache(cache_file)
     shapes = sorted({l.shape for l in layers})
@@ -267,7 +287,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
     profiles = []
     mods = dict(model.named_modules())
     sparse = any(o.kind in ("sparse", "sparse_int8") for o in options)
-    grams = layer_grams(model, [l.name for l in layers], samples) if sparse and refit else None
+    grams = layer_grams(model, [l.name for l in layers], fit_samples) if sparse and refit else None
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
         gram = next(grams)[1] if grams is not None else None
         costs = []

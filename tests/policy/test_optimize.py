@@ -91,6 +91,6 @@ def test_mixed_policy_compiles_each_layer_as_chosen(tmp_path):
     assert 512 * 512 <= nbytes["int8"] < 512 * 512 + 0.3 * 128 * 512  # b dense int8, a as int8 BSR
     layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
     sim = 1 - simulate_error(model, choices, samples[4:], model_outputs(model, samples[4:]),
-                             activation_ranges(model, samples[:4], layers))
+                             activation_ranges(model, samples[:4], layers), fit_samples=samples[:4])
     got = measure(art, model, samples[4:], "mixed")
     assert got.cosine > 0.99 and abs(got.cosine - sim) < 5e-3, (got.cosine, sim)
