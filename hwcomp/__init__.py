@@ -7,7 +7,15 @@ The top-level names load lazily so that runtime-only uses (a board, ``hwcomp boa
 pay for importing the compiler and PyTorch.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TVM's CPU thread pool assumes two hyperthreads per core and starts half as many workers as there
+# are CPUs (1 on a 2-core machine without SMT). hwcomp runs its kernels on every CPU the process may
+# use unless the user says otherwise; the pool reads this when it first starts.
+if hasattr(_os, "sched_getaffinity"):
+    _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 
 _LAZY = {
     "compile": "api", "load": "api", "CompileOptions": "api",
