@@ -142,7 +142,10 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     from ..api import compile as hw_compile
     from ..runtime.measure import time_vm
 
-    key = f"{layer.rows}x{layer.k}x{layer.n}:{option.label}"
+    import os
+
+    # The thread count is part of the key: a timing taken with another pool size does not apply.
+    key = f"{layer.rows}x{layer.k}x{layer.n}:{option.label}@{os.environ.get('TVM_NUM_THREADS', 'default')}t"
     if key in cache:
         return cache[key]
     torch.manual_seed(0)
