@@ -94,3 +94,31 @@ def test_mixed_policy_compiles_each_layer_as_chosen(tmp_path):
                              activation_ranges(model, samples[:4], layers), fit_samples=samples[:4])
     got = measure(art, model, samples[4:], "mixed")
     assert got.cosine > 0.99 and abs(got.cosine - sim) < 5e-3, (got.cosine, sim)
+
+
+FACTORY = '''
+import torch
+
+def make():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    with torch.no_grad():
+        keep = torch.rand(256 // 8, 64) < 0.05  # the first layer is already 95% block-sparse
+        m[0].weight.mul_(keep.repeat_interleave(8, 0).float())
+    return m, torch.randn(16, 64)
+'''
+
+
+def test_optimize_cli_writes_policy_artifact_and_plot(tmp_path, capsys):
+    from hwcomp.cli import main
+
+    (tmp_path / "f.py").write_text(FACTORY)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 16, 64)).astype("float32"))
+    out = tmp_path / "opt"
+    assert main(["optimize", f"{tmp_path / 'f.py'}:make", "--fidelity-target", "0.995", "--calib",
+                 str(tmp_path / "calib.npz"), "-o", str(out), "--sparsities", "0.9", "--no-int8"]) == 0
+    pol = load_policy(out / "policy.json")
+    assert pol.choices["0"].label == "bsr90%-8x1" and pol.choices["2"].label == "fp32"
+    assert pol.measured_cosine >= 0.995
+    assert (out / "pareto.png").is_file() and (out / "artifact" / "manifest.json").is_file()
+    assert "searched policy" in capsys.readouterr().out
