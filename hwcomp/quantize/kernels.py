@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 ACTS = (None, "relu", "gelu", "gelu_tanh")
 
@@ -114,7 +115,7 @@ _ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03
 def fast_erf(x):
     """Rational erf approximation (Eigen's ``generic_fast_erf_float``, |err| < 2e-7) that vectorizes;
     ``tirx.erf`` becomes a scalar libm call per element."""
-    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    f = lambda v: tirx.const(v, "float32")
     x = tirx.max(tirx.min(x, f(4.0)), f(-4.0))
     x2 = x * x
     p = x2 * f(_ERF_ALPHA[0]) + f(_ERF_ALPHA[1])
@@ -128,7 +129,7 @@ def fast_erf(x):
 
 
 def activation(x, act: str | None):
-    f = lambda v: tirx.const(v, "float32")  # noqa: E731
+    f = lambda v: tirx.const(v, "float32")
     if act is None:
         return x
     if act == "relu":
@@ -143,7 +144,7 @@ def activation(x, act: str | None):
 
 def _requant_expr(v, mult, shift, epi: Epilogue):
     """``v`` int32 (acc + bias) → int8/uint8 with the fixed-point multiplier (round half away)."""
-    i64 = lambda e: e.astype("int64")  # noqa: E731
+    i64 = lambda e: e.astype("int64")
     p = i64(v) * i64(mult)
     s = i64(shift)
     one = tirx.const(1, "int64")
@@ -361,6 +362,25 @@ def tvm_const(arr: np.ndarray):
 
 __all__ = ["Epilogue", "KernelProvider", "batch_matmul_func", "conv2d_func", "dense_func", "dequantize_func",
            "get_provider", "pack_weight", "quantize_func", "weight_shape"]
+
+
+def cpu_dot_desc(a_dtype: str, lanes: int, k: int):
+    """The description every CPU int8 dot instruction matches: ``C[i] += sum_k A[k] · B[i, k]`` for
+    ``lanes`` int32 outputs over ``k`` bytes of A (AVX2 ``vpmaddwd`` 8×2, VNNI 16×4, ``sdot`` 4×4)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((k,), a_dtype, offset_factor=1), B: T.Buffer((lanes, k), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+            T.writes(C[0:lanes])
+            for i in T.serial(lanes):
+                for r in T.serial(k):
+                    with T.sblock("update"):
+                        vi, vr = T.axis.remap("SR", [i, r])
+                        C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
+
+    return desc
 
 
 def register_intrin(name: str, desc, impl) -> str:

@@ -16,23 +16,16 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from hwcomp.quantize.kernels import KernelProvider, layout_fits, register_intrin, schedule_blocked_dense
+from hwcomp.quantize.kernels import (
+    KernelProvider,
+    cpu_dot_desc,
+    layout_fits,
+    register_intrin,
+    schedule_blocked_dense,
+)
 
 SDOT = "hwcomp_arm_sdot_s8s8s32_4x4"
 NEON = "hwcomp_arm_neon_s8s8s32_4x4"
-
-
-@T.prim_func(s_tir=True)
-def _desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "int8", offset_factor=1),
-          C: T.Buffer((4,), "int32", offset_factor=1, scope="local")):
-    with T.sblock("root"):
-        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-        T.writes(C[0:4])
-        for i in T.serial(4):
-            for k in T.serial(4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -70,8 +63,9 @@ def _neon_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4), "
 
 
 def register_intrinsics() -> None:
-    register_intrin(SDOT, _desc, _sdot_impl)
-    register_intrin(NEON, _desc, _neon_impl)
+    desc = cpu_dot_desc("int8", 4, 4)
+    register_intrin(SDOT, desc, _sdot_impl)
+    register_intrin(NEON, desc, _neon_impl)
 
 
 class ArmInt8Provider(KernelProvider):

@@ -173,6 +173,8 @@ def cpu_bsr_source(
     rpt = _largest_divisor_at_most(nbr_full, rpt) if nbr_full else 1
     n_tasks = nbr_full // rpt if nbr_full else 0
     quant = x_dtype is not None
+    # Bytes are widened to int32 and multiplied there. (int16 products, exact for u8 · s8, measured
+    # no faster on AVX2: 2.76 vs 2.79 ms at 128x384->1536, 50%; 0.60 vs 0.52 ms at 1536->384, 90%.)
     acc_dtype, w_dtype, in_dtype = ("int32", "int8", x_dtype) if quant else (dtype, dtype, dtype)
     out_dtype = "float32" if quant else dtype
     zero = "T.int32(0)" if quant else _f(dtype, 0.0)
@@ -222,9 +224,11 @@ def cpu_bsr_source(
         if c > 1:
             lines.append(" " * ind2 + f"for j in T.unroll({c}):")
             ind2 += 4
-        w_at = f'T.Cast("int32", data[b, {jj}, {{i}}])' if quant else f"data[b, {jj}, {{i}}]"
-        lines += nest(ind2, lambda mi, i: f"{acc_at(mi, i)} = {acc_at(mi, i)} + "
-                      f"{x_at(f'{m0} + {mi}', col)} * {w_at.format(i=i)}", rows)
+        def update(mi: str, i: str) -> str:
+            w = f'T.Cast("int32", data[b, {jj}, {i}])' if quant else f"data[b, {jj}, {i}]"
+            return f"{acc_at(mi, i)} = {acc_at(mi, i)} + {x_at(f'{m0} + {mi}', col)} * {w}"
+
+        lines += nest(ind2, update, rows)
 
         if by_m:
             # Vectors along M would be scattered over rows of y: store them contiguously into the

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from hwcomp.quantize.kernels import KernelProvider, layout_fits, register_intrin, schedule_blocked_dense
+from hwcomp.quantize.kernels import (
+    KernelProvider,
+    cpu_dot_desc,
+    layout_fits,
+    register_intrin,
+    schedule_blocked_dense,
+)
 
 AVX2_S8 = "hwcomp_x86_avx2_s8s8s32_8x2"
 AVX2_U8 = "hwcomp_x86_avx2_u8s8s32_8x2"
@@ -30,17 +36,7 @@ VNNI_U8 = "hwcomp_x86_vnni_u8s8s32_16x4"
 
 
 def _avx2_intrin(a_dtype: str):
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((2,), a_dtype, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(8):
-                for k in T.serial(2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    desc = cpu_dot_desc(a_dtype, 8, 2)
 
     @T.prim_func(s_tir=True)
     def impl(A: T.Buffer((2,), a_dtype, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
@@ -55,19 +51,6 @@ def _avx2_intrin(a_dtype: str):
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
 
     return desc, impl
-
-
-@T.prim_func(s_tir=True)
-def _vnni_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-               C: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(16):
-            for k in T.serial(4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -86,7 +69,7 @@ def _vnni_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4),
 def register_intrinsics() -> None:
     register_intrin(AVX2_S8, *_avx2_intrin("int8"))
     register_intrin(AVX2_U8, *_avx2_intrin("uint8"))
-    register_intrin(VNNI_U8, _vnni_desc, _vnni_impl)
+    register_intrin(VNNI_U8, cpu_dot_desc("uint8", 16, 4), _vnni_impl)
 
 
 class X86Int8Provider(KernelProvider):

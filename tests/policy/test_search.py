@@ -64,3 +64,25 @@ def test_policy_file_round_trips(tmp_path):
     again = load_policy(tmp_path / "p.json")
     assert again.choices == pol.choices and again.measured_cosine == 0.992
     assert "predicted" in (tmp_path / "p.txt").read_text()
+
+
+def test_latency_model_recovers_fixed_part_and_per_kind_scales():
+    from hwcomp.policy.calibrate import fit_latency_model, lone_sum
+
+    sp50 = Option("sparse", 0.5, (8, 1))
+    profiles = [LayerProfile(f"l{i}", (128, 64, 64), [
+        OptionCost(DENSE, 1.0 + i, 0.0), OptionCost(INT8, 0.9 + i, 1e-3), OptionCost(sp50, 0.6 + 0.5 * i, 2e-3),
+        OptionCost(SP90, 0.2 + 0.1 * i, 5e-3)]) for i in range(4)]
+    fixed, scale = 7.0, {"dense": 1.6, "int8": 1.2, "sparse": 1.3}
+    measured = {o: fixed + scale[o.kind] * lone_sum(profiles, o) for o in (DENSE, INT8, sp50, SP90)}
+    fit = fit_latency_model(profiles, measured)
+    assert fit.fixed_ms == pytest.approx(fixed)
+    for kind in scale:
+        assert fit.scale[kind] == pytest.approx(scale[kind])
+    scaled = fit.apply(profiles)
+    # a mixed policy predicted with the fitted model: fixed + Σ scale[kind] · lone latency
+    mixed = {"l0": DENSE, "l1": INT8, "l2": sp50, "l3": SP90}
+    got = fit.fixed_ms + sum(next(c.latency_ms for c in p.costs if c.option == mixed[p.name]) for p in scaled)
+    want = fixed + sum(scale[mixed[p.name].kind] * next(c.latency_ms for c in p.costs if c.option == mixed[p.name])
+                       for p in profiles)
+    assert got == pytest.approx(want)
