@@ -4,8 +4,9 @@ Latency is measured on the target with hwcomp's real kernels: one single-layer m
 ``(rows, in, out)`` shape and option, compiled like the full model and timed with TVM's time
 evaluator; results are cached as JSON lines beside the tuning database. Sensitivity is the output
 error (1 − cosine against fp32 on the calibration inputs) when that layer alone takes the option,
-simulated on the PyTorch model: block pruning exactly as the BSR pass will see it, int8 as
-per-channel symmetric weights and per-tensor symmetric activations (the realized scheme).
+simulated on the PyTorch model: block pruning (with the least-squares re-fit) exactly as compiled,
+int8 as the realized scheme of ``QuantConfig()`` (SmoothQuant where the input has outlier channels,
+per-channel weights, per-tensor affine activations).
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ def model_outputs(model, samples, chunk: int = 16) -> list[np.ndarray]:
 
 
 def _fake_int8_weight(w):
+    """Per-output-channel symmetric int8, as the realized kernels store weights."""
     import torch
 
     scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
@@ -213,45 +215,79 @@ def model_error(model, samples, reference: list[np.ndarray]) -> float:
     return 1.0 - float(np.mean([_cosine(o, r) for o, r in zip(outs, reference)]))
 
 
-def apply_option_(model, layer_name: str, option: Option, act_absmax: dict[str, float], gram=None) -> list:
+def _smoothing(ch_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float, min_ratio: float = 4.0) -> np.ndarray:
+    """SmoothQuant factors as ``hwcomp.quantize.smooth`` computes them (only with outlier channels)."""
+    s = np.ones_like(ch_absmax, dtype=np.float64)
+    med = float(np.median(ch_absmax))
+    if med <= 0 or float(ch_absmax.max()) / med < min_ratio:
+        return s
+    good = (ch_absmax > 0) & (w_absmax > 0)
+    s[good] = ch_absmax[good] ** alpha / w_absmax[good] ** (1.0 - alpha)
+    return np.clip(s, 1e-5, 1e5)
+
+
+def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None) -> list:
     """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove.
 
-    ``gram``: the layer's input Gram matrix, to prune with re-fit exactly as :func:`compile_policy` will."""
+    int8 follows the realized scheme of ``QuantConfig()``: SmoothQuant (alpha 0.7) where the input
+    has outlier channels, weights per output channel, the smoothed input per tensor, affine (uint8
+    when non-negative). ``ranges``: :func:`activation_ranges`. ``gram``: the layer's input Gram
+    matrix, to prune with re-fit exactly as :func:`compile_policy` will."""
     import torch
+
+    from ..quantize import QuantConfig
+    from ..quantize.qmath import activation_params
 
     lin = dict(model.named_modules())[layer_name]
     hooks = []
     if option.kind in ("sparse", "sparse_int8"):
         prune_linear_(lin, option, gram)
     if option.kind in ("int8", "sparse_int8"):
-        lin.weight.data = _fake_int8_weight(lin.weight.data)
-        scale = max(act_absmax.get(layer_name, 1.0), 1e-12) / 127.0
+        cfg = QuantConfig()
+        lo_c, hi_c = ranges[layer_name]
+        w = lin.weight.data.double()
+        s = np.ones(w.shape[1])
+        if cfg.smooth is not None:
+            s = _smoothing(np.maximum(np.abs(lo_c), np.abs(hi_c)), w.abs().amax(0).numpy(), cfg.smooth)
+        lo, hi = float(np.min(lo_c / s)), float(np.max(hi_c / s))
+        scale, zp, dtype = activation_params(lo, hi, cfg.activations, cfg.bits, unsigned=cfg.unsigned_nonneg)
+        qmin, qmax = (0, 255) if dtype == "uint8" else (-128, 127)
+        st = torch.from_numpy(s)
+        lin.weight.data = (_fake_int8_weight(w * st) / st).to(lin.weight.dtype)
 
-        def quant_input(m, args, scale=scale):
-            return (torch.round(args[0] / scale).clamp(-127, 127) * scale,) + tuple(args[1:])
+        def quant_input(m, args, st=st.float()):
+            xs = args[0] / st
+            q = torch.clamp(torch.round(xs / scale) + zp, qmin, qmax)
+            return ((q - zp) * scale * st,) + tuple(args[1:])
 
         hooks.append(lin.register_forward_pre_hook(quant_input))
     return hooks
 
 
-def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, float]:
-    """Max |input| of each layer over the calibration samples (the min-max observer)."""
+def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-input-channel ``(min, max)`` of each layer's input over the samples (min-max observer)."""
     import torch
 
-    absmax: dict[str, float] = {}
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def observe(name, x):
+        x = x.detach().reshape(-1, x.shape[-1])
+        lo, hi = x.amin(0).double().numpy(), x.amax(0).double().numpy()
+        if name in ranges:
+            lo, hi = np.minimum(ranges[name][0], lo), np.maximum(ranges[name][1], hi)
+        ranges[name] = (lo, hi)
+
     mods = dict(model.named_modules())
-    hooks = [mods[l.name].register_forward_pre_hook(
-        lambda m, a, n=l.name: absmax.__setitem__(n, max(absmax.get(n, 0.0), float(a[0].abs().max()))))
-        for l in layers]
+    hooks = [mods[l.name].register_forward_pre_hook(lambda m, a, n=l.name: observe(n, a[0])) for l in layers]
     with torch.no_grad():
         model_outputs(model, samples)
     for h in hooks:
         h.remove()
-    return absmax
+    return ranges
 
 
 def simulate_error(model, choices: dict[str, Option], samples, reference: list[np.ndarray],
-                   act_absmax: dict[str, float], refit: bool = True, fit_samples=None) -> float:
+                   ranges: dict, refit: bool = True, fit_samples=None) -> float:
     """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once);
     sparse layers re-fit on ``fit_samples`` (default ``samples``)."""
     import copy
@@ -261,7 +297,7 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
     grams = dict(layer_grams(model, sparse, fit_samples or samples)) if sparse and refit else {}
     for name, opt in choices.items():
         if opt.kind != "dense":
-            apply_option_(sim, name, opt, act_absmax, grams.pop(name, None))
+            apply_option_(sim, name, opt, ranges, grams.pop(name, None))
     return max(0.0, model_error(sim, samples, reference))
 
 
