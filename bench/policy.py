@@ -32,6 +32,7 @@ from hwcomp.policy.optimize import (
     measure,
     optimize,
     plot_pareto,
+    retime,
     split_samples,
 )
 
@@ -107,9 +108,11 @@ def main() -> None:
                                     fidelity_target=cos, fixed_ms=res.fixed_ms, log=lambda s: None)
             art = compile_policy(model, example, "host", pol.choices, fit)
             extra.append(measure(art, model, held, f"policy at cosine >= {cos}"))
+            res.artifacts[extra[-1].name] = art
             print(f"  {extra[-1].name}: {extra[-1].latency_ms:.2f} ms, cosine {extra[-1].cosine:.5f} (held out); "
                   f"{sum(o.kind != 'dense' for o in pol.choices.values())} layers compressed: {pol.label_counts()}",
                   flush=True)
+        retime([*res.baselines, res.chosen, *extra], res.artifacts, held[0])  # all side by side
         plot_pareto(res.front, [*res.baselines, res.chosen, *extra], RESULTS / f"policy_{name}.png",
                     title=f"{name} on this CPU (measured points: held-out inputs)", error_scale=res.error_scale)
         int8 = next(m for m in res.baselines if m.name == "uniform int8")

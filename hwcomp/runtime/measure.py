@@ -42,6 +42,28 @@ def time_vm(vm, dev, args, number: int = 10, repeat: int = 10, min_repeat_ms: in
     return LatencyStats([float(r) * 1e3 for r in res.results], number)
 
 
+def time_round_robin(calls: list, number: int = 3, rounds: int = 10, pause_s: float = 0.2) -> list[LatencyStats]:
+    """Time several variants side by side: every round times each once (mean of ``number`` calls).
+
+    ``calls``: zero-argument callables. Drift on a shared machine (other load, frequency, the
+    previous variant's spinning thread pool, which the pause lets park) then hits all variants alike,
+    which timing them one after another does not.
+    """
+    import time
+
+    for fn in calls:
+        fn()
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, fn in enumerate(calls):
+            time.sleep(pause_s)
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[i].append((time.perf_counter() - t0) / number * 1e3)
+    return [LatencyStats(s, number) for s in samples]
+
+
 def time_callable(fn, number: int = 10, repeat: int = 10, warmup: int = 3) -> LatencyStats:
     """Time a Python callable (PyTorch, ONNX Runtime) the same way: ``repeat`` means of ``number``."""
     import time
