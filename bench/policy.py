@@ -99,7 +99,7 @@ def main() -> None:
         out = Path(f"/tmp/hwcomp-policy-{name}")
         print(f"[{name}] profiling, searching, compiling, measuring ...", flush=True)
         res = optimize(model, example, "host", samples, match_baseline="uniform int8", out_dir=out,
-                       sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True)
+                       sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,))
         # The same profiles searched at looser fidelity targets: what the front offers below int8's.
         extra = []
         fit, val, held = split_samples(samples)

@@ -66,6 +66,12 @@ def compile(  # noqa: A001 - the verb users expect
 
     mod = bind_weights(imported.mod, imported.params)
     for p in options.passes:
+        # Passes that match layers by parameter name (the quantizer's skip list) learn the names
+        # here: the module they see has the weights bound as anonymous constants.
+        hook = getattr(p, "use_weight_names", None)
+        if hook is not None:
+            hook(imported.params)
+    for p in options.passes:
         mod = p(mod)
     mod, weights = finalize_weights(mod)
 

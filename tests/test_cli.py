@@ -154,6 +154,11 @@ def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path):
                  "--calib", str(tmp_path / "calib.npz")]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["fidelity"]["min_cosine"] > 0.99 and m["compression"]["quantize"]["bits"] == 8
+    # --skip names a module of the PyTorch model: that layer stays fp32
+    assert main(["compile", str(pt2_model[0]), "-o", str(tmp_path / "qs"), "--quantize", "int8",
+                 "--calib", str(tmp_path / "calib.npz"), "--skip", "net.0"]) == 0
+    n_int8 = [sum(w.dtype == np.int8 for w in hwcomp.load(d).weights()) for d in (out, tmp_path / "qs")]
+    assert n_int8[1] == n_int8[0] - 1
     out = tmp_path / "s"
     assert main(["compile", str(pt2_model[0]), "-o", str(out), "--sparsity", "0.5", "--block", "4x1",
                  "--sparse-threshold", "0.4"]) == 0

@@ -18,8 +18,10 @@ from ..target import Target, get_target
 from .calibrate import fit_latency_model
 from .policy_io import policy_table, save_policy
 from .profile import (
+    NEEDS_GRAM,
     LinearLayer,
     activation_ranges,
+    factorize_low_rank,
     find_linear_layers,
     layer_grams,
     layer_option_passes,
@@ -72,11 +74,16 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
     target = get_target(target)
     original, model = model, copy.deepcopy(model)
     mods = dict(model.named_modules())
-    sparse = {n: o for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")}
-    names = list(sparse)
+    fitted = {n: o for n, o in choices.items() if o.kind in NEEDS_GRAM}
+    names = list(fitted)
     grams = layer_grams(original, names, calib) if refit and calib else ((n, None) for n in names)
     for name, gram in grams:
-        prune_linear_(mods[name], sparse[name], gram)
+        if fitted[name].kind == "low_rank":  # the Linear becomes two (left in fp32)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr,
+                    factorize_low_rank(mods[name], fitted[name], gram))
+        else:
+            prune_linear_(mods[name], fitted[name], gram)
     passes = []
     int8 = [n for n, o in choices.items() if o.kind in ("int8", "sparse_int8")]
     if int8:
@@ -84,7 +91,7 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
 
         # Quantize only the Linear layers the policy names int8; everything else stays fp32. The
         # sparse ones among them become int8 BSR kernels inside the quantizer.
-        all_linear = [n for n, m in mods.items() if isinstance(m, torch.nn.Linear)]
+        all_linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]  # after factorizing
         skip = tuple(n for n in all_linear if n not in int8)
         sq = [o for o in choices.values() if o.kind == "sparse_int8"]
         config = QuantConfig(skip=skip, quantize=("dense",),
@@ -132,7 +139,7 @@ def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], ro
 def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
              latency_budget_ms: float | None = None, fidelity_target: float | None = None,
              out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
-             sparse_int8: bool = False,
+             sparse_int8: bool = False, ranks=(),
              baselines: bool = True, match_baseline: str | None = None,
              log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
@@ -153,7 +160,8 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     out_dir.mkdir(parents=True, exist_ok=True)
     calib, val, heldout = split_samples(samples)
     layers: list[LinearLayer] = find_linear_layers(model, example_inputs)
-    options = option_space(target.sparse_block, sparsities, int8=int8, sparse_int8=sparse_int8 and int8)
+    options = option_space(target.sparse_block, sparsities, int8=int8, sparse_int8=sparse_int8 and int8,
+                           ranks=ranks)
     log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
     log(f"samples: {len(calib)} fit (re-fit, int8 ranges), {len(val)} validate (sensitivity, simulation), "
         f"{len(heldout)} held out (compiled measurement)")

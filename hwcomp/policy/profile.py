@@ -23,6 +23,10 @@ from .search import LayerProfile, OptionCost
 from .space import Option
 
 
+#: Options fitted to the calibration inputs: the re-fit of pruning, the data-aware low-rank SVD.
+NEEDS_GRAM = ("sparse", "sparse_int8", "low_rank")
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearLayer:
     name: str  # the torch module path, e.g. model.encoder.layer.0.attention.self.query
@@ -153,6 +157,10 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     lin = torch.nn.Linear(layer.k, layer.n).eval()
     if option.kind in ("sparse", "sparse_int8"):
         prune_linear_(lin, option)
+    if option.kind == "low_rank":
+        from ..compress.low_rank import factorize_linear
+
+        lin = factorize_linear(lin, option.rank_for(layer.k, layer.n)).eval()
     x = torch.randn(layer.rows, layer.k)
     calib = [[torch.randn(layer.rows, layer.k).numpy()] for _ in range(4)]
     art = hw_compile(lin, target, None, example_inputs=(x,),
@@ -242,6 +250,10 @@ def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=Non
     hooks = []
     if option.kind in ("sparse", "sparse_int8"):
         prune_linear_(lin, option, gram)
+    if option.kind == "low_rank":
+        # The product of the two factors: the factorized layer's output, up to float rounding.
+        seq = factorize_low_rank(lin, option, gram)
+        lin.weight.data = (seq[1].weight.data @ seq[0].weight.data).to(lin.weight.dtype)
     if option.kind in ("int8", "sparse_int8"):
         cfg = QuantConfig()
         lo_c, hi_c = ranges[layer_name]
@@ -262,6 +274,16 @@ def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=Non
 
         hooks.append(lin.register_forward_pre_hook(quant_input))
     return hooks
+
+
+def factorize_low_rank(linear, option: Option, gram=None):
+    """``linear`` as two Linears of ``option``'s rank; data-aware (output error on the calibration
+    inputs) with the layer's input ``gram`` from :func:`layer_grams`."""
+    from ..compress.low_rank import factorize_linear
+
+    k = linear.in_features
+    return factorize_linear(linear, option.rank_for(k, linear.out_features),
+                            None if gram is None else gram[:k, :k])
 
 
 def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -293,7 +315,7 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
     import copy
 
     sim = copy.deepcopy(model)
-    sparse = [n for n, o in choices.items() if o.kind in ("sparse", "sparse_int8")]
+    sparse = [n for n, o in choices.items() if o.kind in NEEDS_GRAM]
     grams = dict(layer_grams(model, sparse, fit_samples or samples)) if sparse and refit else {}
     for name, opt in choices.items():
         if opt.kind != "dense":
@@ -325,7 +347,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
         for s in shapes))
     profiles = []
     mods = dict(model.named_modules())
-    sparse = any(o.kind in ("sparse", "sparse_int8") for o in options)
+    sparse = any(o.kind in NEEDS_GRAM for o in options)
     grams = layer_grams(model, [l.name for l in layers], fit_samples) if sparse and refit else None
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
         gram = next(grams)[1] if grams is not None else None

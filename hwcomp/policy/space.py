@@ -1,5 +1,6 @@
 """What one layer may become: dense fp32, int8, block-sparse at a level and block shape, sparse+int8,
-or low rank."""
+or low rank (``rank``: the percentage of the layer's full rank ``min(in, out)`` kept, so one option
+applies to every shape)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ class Option:
         if self.kind == "int8":
             return "int8"
         if self.kind == "low_rank":
-            return f"rank{self.rank}"
+            return f"rank{self.rank}%"
         sp = f"bsr{round(self.sparsity * 100)}%-{self.block[0]}x{self.block[1]}"
         return sp + ("+int8" if self.kind == "sparse_int8" else "")
+
+    def rank_for(self, k: int, n: int) -> int:
+        """The rank this option gives a ``k → n`` layer."""
+        return max(1, round(self.rank / 100 * min(k, n)))
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "sparsity": self.sparsity, "block": list(self.block), "rank": self.rank}
@@ -39,13 +44,14 @@ class Option:
 
 
 def option_space(block: tuple[int, int], sparsities=(0.5, 0.7, 0.8, 0.9), int8: bool = True,
-                 sparse_int8: bool = False) -> list[Option]:
+                 sparse_int8: bool = False, ranks=()) -> list[Option]:
     """The options a target offers: dense, int8 (when it has an int8 path), sparsity levels at the
-    target's preferred block, and sparse+int8 where available."""
+    target's preferred block, sparse+int8 where available, and low rank at ``ranks`` (percent)."""
     opts = [Option("dense")]
     if int8:
         opts.append(Option("int8"))
     opts += [Option("sparse", s, tuple(block)) for s in sparsities]
     if sparse_int8:
         opts += [Option("sparse_int8", s, tuple(block)) for s in sparsities]
+    opts += [Option("low_rank", rank=int(r)) for r in ranks]
     return opts

@@ -40,6 +40,12 @@ class Int8Quantizer:
         self.smooth: dict = {}
         self.ranges: dict = {}
 
+    def use_weight_names(self, params: dict | None) -> None:
+        """Name layers after the model's parameters (``hwcomp.compile`` calls this with the imported
+        model's; ``params=`` at construction does the same)."""
+        if not self.names and params:
+            self.names = weight_name_table(params)
+
     # ---- passes --------------------------------------------------------------------------------
     def annotate_pass(self, mod):
         t = time.perf_counter()
@@ -115,6 +121,8 @@ class Int8Quantizer:
         def realize_int8(mod):
             return self.realize_pass(mod)
 
+        for p in (annotate_int8, calibrate_int8, realize_int8):
+            p.use_weight_names = self.use_weight_names  # see hwcomp.compile
         return [annotate_int8, calibrate_int8, realize_int8]
 
     # ---- fidelity ------------------------------------------------------------------------------

@@ -122,3 +122,26 @@ def test_optimize_cli_writes_policy_artifact_and_plot(tmp_path, capsys):
     assert pol.measured_cosine >= 0.995
     assert (out / "pareto.png").is_file() and (out / "artifact" / "manifest.json").is_file()
     assert "searched policy" in capsys.readouterr().out
+
+
+def test_low_rank_option_compiles_as_two_layers_and_matches_simulation(tmp_path):
+    """A layer that is exactly rank 12: the 25 % low-rank option (rank 32) loses nothing, compiled or simulated."""
+    from hwcomp.policy.profile import activation_ranges, find_linear_layers, model_outputs, simulate_error
+    from hwcomp.policy.space import Option
+
+    model = _planted()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        model.b.weight.copy_(torch.randn(512, 12, generator=g) @ torch.randn(12, 512, generator=g) * 0.02)
+    rng = np.random.default_rng(2)
+    samples = [[rng.standard_normal((32, 128)).astype("float32")] for _ in range(6)]
+    choices = {"b": Option("low_rank", rank=25), "c": Option("int8")}
+    assert choices["b"].rank_for(512, 512) == 128 and choices["b"].label == "rank25%"
+    art = compile_policy(model, (torch.from_numpy(samples[0][0]),), "host", choices, samples[:4], tmp_path / "lr")
+    shapes = sorted(tuple(w.shape) for w in art.weights() if w.ndim == 2 and w.dtype == np.float32)
+    assert (128, 512) in shapes or (512, 128) in shapes  # b factorized into 512 -> 128 -> 512
+    layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
+    sim = 1 - simulate_error(model, choices, samples[4:], model_outputs(model, samples[4:]),
+                             activation_ranges(model, samples[:4], layers), fit_samples=samples[:4])
+    got = measure(art, model, samples[4:], "low rank")
+    assert got.cosine > 0.999 and abs(got.cosine - sim) < 1e-3, (got.cosine, sim)
