@@ -3,7 +3,7 @@
 For all-MiniLM-L6-v2 (real weights; 48 template sentences and the 16 hand-written ones below,
 shuffled: 32 fit, 16 validate, 16 held out) and BERT-base (random init, random tokens), seq 128,
 batch 1:
-profile every Linear × {fp32, int8, block-sparse levels} (latency measured with hwcomp's kernels on
+profile every Linear × {fp32, int8, block-sparse 30-90 %, sparse+int8, rank-25 % low rank} (latency measured with hwcomp's kernels on
 this CPU, sensitivity simulated on calibration inputs), search the fastest policy at least as
 faithful as uniform int8, compile and measure it against dense fp32, uniform int8 and uniform
 90%- and 30%-sparse. Fidelity is the cosine of the mean-pooled sentence embedding (the model's output here)

@@ -116,7 +116,8 @@ def test_optimize_cli_writes_policy_artifact_and_plot(tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 16, 64)).astype("float32"))
     out = tmp_path / "opt"
     assert main(["optimize", f"{tmp_path / 'f.py'}:make", "--fidelity-target", "0.995", "--calib",
-                 str(tmp_path / "calib.npz"), "-o", str(out), "--sparsities", "0.9", "--no-int8"]) == 0
+                 str(tmp_path / "calib.npz"), "-o", str(out), "--sparsities", "0.9", "--no-int8",
+                 "--ranks", "25"]) == 0
     pol = load_policy(out / "policy.json")
     assert pol.choices["0"].label == "bsr90%-8x1" and pol.choices["2"].label == "fp32"
     assert pol.measured_cosine >= 0.995
