@@ -358,16 +358,14 @@ def hwcomp_latency_ms(models: dict[str, nn.Module], inputs: dict, reps: int) -> 
     """Each encoder compiled by hwcomp for this CPU (default schedules), timed round-robin."""
     import hwcomp
     from hwcomp.models import HFEncoder
-    from hwcomp.runtime.measure import time_round_robin
+    from hwcomp.runtime.measure import prepared_call, time_round_robin
 
     args = (inputs["input_ids"], inputs["attention_mask"])
     calls = []
     for m in models.values():
         art = hwcomp.compile(HFEncoder(m).eval(), "host", None, example_inputs=args,
                              options=hwcomp.CompileOptions(verify=False))
-        vm = art.vm()
-        vm.set_input("main", *art.device_args([x.numpy() for x in args]))
-        calls.append(lambda vm=vm, art=art: vm.invoke_stateful("main"))
+        calls.append(prepared_call(art.vm(), art.device(), art.device_args([x.numpy() for x in args])))
     stats = time_round_robin(calls, number=3, rounds=reps)
     return {name: st.median for name, st in zip(models, stats)}
 

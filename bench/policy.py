@@ -102,9 +102,9 @@ def main() -> None:
                        sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,))
         # The same profiles searched at looser fidelity targets: what the front offers below int8's.
         extra = []
-        fit, val, held = split_samples(samples)
+        fit, _, held = split_samples(samples)
         for cos in args.extra_targets:
-            pol, _ = checked_search(model, res.profiles, fit, val, res.layers, latency_budget_ms=None,
+            pol, _ = checked_search(model, res.profiles, res.simulation, latency_budget_ms=None,
                                     fidelity_target=cos, fixed_ms=res.fixed_ms, log=lambda s: None)
             art = compile_policy(model, example, "host", pol.choices, fit)
             extra.append(measure(art, model, held, f"policy at cosine >= {cos}"))

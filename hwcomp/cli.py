@@ -43,7 +43,9 @@ def _compile_options(args, target):
     if sparse:
         # With --quantize the pruned layers become int8 BSR kernels inside the quantizer: only
         # the pruning pass (if any) runs here, not the fp32 BSR rewrite.
-        passes += [p for p in sparse if type(p).__name__ != "DenseToBSR"] if quantize else sparse
+        from .passes.dense_to_bsr import DenseToBSR
+
+        passes += [p for p in sparse if not isinstance(p, DenseToBSR)] if quantize else sparse
         summary["sparse"] = {"sparsity": args.sparsity, "block": args.block, "threshold": args.sparse_threshold}
     if quantize:
         from .passes.dense_to_bsr import parse_block

@@ -20,15 +20,13 @@ from .policy_io import policy_table, save_policy
 from .profile import (
     NEEDS_GRAM,
     LinearLayer,
-    activation_ranges,
+    Simulation,
     factorize_low_rank,
     find_linear_layers,
     layer_grams,
     layer_option_passes,
-    model_outputs,
     profile_layers,
     prune_linear_,
-    simulate_error,
 )
 from .search import LayerProfile, Policy, pareto_front, search
 from .space import Option, option_space
@@ -53,6 +51,7 @@ class OptimizeResult:
     layers: list[LinearLayer] = dataclasses.field(default_factory=list)
     error_scale: float = 1.0  # simulated / additive error of the chosen policy (the plot's front uses it)
     artifacts: dict = dataclasses.field(default_factory=dict)  # by Measured.name
+    simulation: Simulation | None = None  # what the search checked policies with
 
 
 def _cos(a, b) -> float:
@@ -125,13 +124,10 @@ def measure(art, model, heldout, name: str, repeat: int = 10) -> Measured:
 def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], rounds: int = 10) -> None:
     """Re-time the points' artifacts round-robin (``time_round_robin``) and update their latency:
     variants compiled and timed minutes apart on a shared machine drift by several percent."""
-    from ..runtime.measure import time_round_robin
+    from ..runtime.measure import prepared_call, time_round_robin
 
-    calls = []
-    for m in points:
-        vm = artifacts[m.name].vm()
-        vm.set_input("main", *artifacts[m.name].device_args(sample))
-        calls.append(lambda vm=vm: vm.invoke_stateful("main"))
+    arts = [artifacts[m.name] for m in points]
+    calls = [prepared_call(a.vm(), a.device(), a.device_args(sample)) for a in arts]
     for m, stats in zip(points, time_round_robin(calls, rounds=rounds)):
         m.latency_ms = stats.median
 
@@ -165,7 +161,8 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
     log(f"samples: {len(calib)} fit (re-fit, int8 ranges), {len(val)} validate (sensitivity, simulation), "
         f"{len(heldout)} held out (compiled measurement)")
-    profiles = profile_layers(model, layers, options, val, target, log=log, fit_samples=calib)
+    sim = Simulation.collect(model, calib, val, layers)
+    profiles = profile_layers(model, layers, options, sim, target, log=log)
 
     # Uniform policies measured whole: the baselines, and the points the latency model is fitted to.
     block = tuple(target.sparse_block)
@@ -194,12 +191,10 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
         # Judge "as faithful as the baseline" with the search's own estimator (the simulation on the
         # validation samples); both are then measured on the same held-out inputs.
         opt = uniform[match_baseline]
-        reference = model_outputs(model, val)
-        fidelity_target = 1.0 - simulate_error(model, {l.name: opt for l in layers}, val, reference,
-                                               activation_ranges(model, calib, layers), fit_samples=calib)
+        fidelity_target = 1.0 - sim.error(model, {l.name: opt for l in layers})
         log(f"fidelity target: {fidelity_target:.5f} (simulated cosine of {match_baseline} on the validation "
             f"samples; {next(m.cosine for m in measured if m.name == match_baseline):.5f} measured held out)")
-    policy, error_scale = checked_search(model, profiles, calib, val, layers, latency_budget_ms=latency_budget_ms,
+    policy, error_scale = checked_search(model, profiles, sim, latency_budget_ms=latency_budget_ms,
                                          fidelity_target=fidelity_target, fixed_ms=fixed_ms, log=log)
     front = pareto_front(profiles, fixed_ms=fixed_ms)
     art = compile_policy(model, example_inputs, target, policy.choices, calib, out_dir / "artifact")
@@ -212,7 +207,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     log(policy_table(policy, profiles))
     plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}",
                 error_scale=error_scale)
-    return OptimizeResult(policy, profiles, front, measured, chosen, art.path, fixed_ms, layers, error_scale, arts)
+    return OptimizeResult(policy, profiles, front, measured, chosen, art.path, fixed_ms, layers, error_scale, arts, sim)
 
 
 def split_samples(samples: list) -> tuple[list, list, list]:
@@ -226,19 +221,16 @@ def split_samples(samples: list) -> tuple[list, list, list]:
     return fit, val, heldout
 
 
-def checked_search(model, profiles: list[LayerProfile], calib, val, layers: list[LinearLayer], *,
+def checked_search(model, profiles: list[LayerProfile], sim: Simulation, *,
                    latency_budget_ms: float | None, fidelity_target: float | None, fixed_ms: float,
                    max_rounds: int = 8, log: Callable[[str], None] = print) -> tuple[Policy, float]:
-    """Search, then check the policy by simulating all its layers at once in PyTorch on ``val``
-    (re-fit and int8 ranges from ``calib``).
+    """Search, then check the policy by simulating all its layers at once in PyTorch (``sim``).
 
     Per-layer errors do not simply add up (errors compound through the layers), so with a fidelity
     target the additive model's budget is tightened until the simulated policy meets the target:
     each round scales it by how far the additive prediction undershot the simulation. Returns the
     policy and the final error scale (simulated / additive error; the Pareto plot uses it).
     """
-    reference = model_outputs(model, val)
-    absmax = activation_ranges(model, calib, layers)
     scale = 1.0
     policy = None
     for rnd in range(max_rounds):
@@ -247,13 +239,13 @@ def checked_search(model, profiles: list[LayerProfile], calib, val, layers: list
             policy = search(profiles, fidelity_target=target, fixed_ms=fixed_ms)
         else:
             policy = search(profiles, latency_budget_ms=latency_budget_ms, fidelity_target=None, fixed_ms=fixed_ms)
-        sim = simulate_error(model, policy.choices, val, reference, absmax, fit_samples=calib)
+        err = sim.error(model, policy.choices)
         log(f"search round {rnd + 1}: predicted cosine {policy.predicted_cosine:.5f} (additive), simulated "
-            f"{1 - sim:.5f}, predicted {policy.predicted_latency_ms:.2f} ms")
-        policy.simulated_cosine = 1.0 - sim
+            f"{1 - err:.5f}, predicted {policy.predicted_latency_ms:.2f} ms")
+        policy.simulated_cosine = 1.0 - err
         if policy.predicted_error > 0:
-            scale = max(scale, sim / policy.predicted_error)
-        if fidelity_target is None or 1.0 - sim >= fidelity_target or policy.predicted_error == 0:
+            scale = max(scale, err / policy.predicted_error)
+        if fidelity_target is None or 1.0 - err >= fidelity_target or policy.predicted_error == 0:
             break
         scale *= 1.1  # a margin so the next round does not land just short again
     return policy, scale

@@ -323,18 +323,34 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
     return max(0.0, model_error(sim, samples, reference))
 
 
-def profile_layers(model, layers: list[LinearLayer], options: list[Option], samples, target: Target,
-                   log: Callable[[str], None] = print, refit: bool = True, fit_samples=None) -> list[LayerProfile]:
-    """Latency (measured on ``target``) and sensitivity (simulated) of every layer × option.
+@dataclasses.dataclass
+class Simulation:
+    """What every PyTorch simulation of a policy shares, collected once: the validation inputs and
+    the fp32 model's outputs on them, and the fit inputs with the int8 input ranges observed on them
+    (re-fit and ranges come from ``fit``, errors are measured on ``val`` — kept apart, or the
+    re-fit's overfitting to its own data reads as fidelity)."""
 
-    Sensitivity is the error on ``samples``; the re-fit of sparse options (``refit``) and the int8
-    activation ranges come from ``fit_samples`` (default: ``samples``) — keep them apart, or the
-    re-fit's overfitting to its own data reads as fidelity."""
+    fit: list
+    val: list
+    reference: list[np.ndarray]
+    ranges: dict
+
+    @classmethod
+    def collect(cls, model, fit, val, layers: list[LinearLayer]) -> Simulation:
+        return cls(fit, val, model_outputs(model, val), activation_ranges(model, fit, layers))
+
+    def error(self, model, choices: dict[str, Option], refit: bool = True) -> float:
+        """1 − cosine of ``model`` with every layer of ``choices`` at once, on ``val``."""
+        return simulate_error(model, choices, self.val, self.reference, self.ranges, refit, fit_samples=self.fit)
+
+
+def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim: Simulation, target: Target,
+                   log: Callable[[str], None] = print, refit: bool = True) -> list[LayerProfile]:
+    """Latency (measured on ``target``) and sensitivity (simulated, ``sim``) of every layer × option.
+
+    ``refit``: sparse options prune with the least-squares re-fit (as compiled)."""
     from tqdm import tqdm
 
-    fit_samples = fit_samples or samples
-    reference = model_outputs(model, samples)
-    absmax = activation_ranges(model, fit_samples, layers)
     cache_file = _cache_path(target)
     cache = _load_cache(cache_file)
     shapes = sorted({l.shape for l in layers})
@@ -348,7 +364,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
     profiles = []
     mods = dict(model.named_modules())
     sparse = any(o.kind in NEEDS_GRAM for o in options)
-    grams = layer_grams(model, [l.name for l in layers], fit_samples) if sparse and refit else None
+    grams = layer_grams(model, [l.name for l in layers], sim.fit) if sparse and refit else None
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
         gram = next(grams)[1] if grams is not None else None
         costs = []
@@ -359,9 +375,9 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], samp
                 # In place and restored: a deep copy per trial would copy BERT-base 180 times.
                 lin = mods[layer.name]
                 saved = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
-                hooks = apply_option_(model, layer.name, opt, absmax, gram)
+                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram)
                 try:
-                    err = max(0.0, model_error(model, samples, reference))
+                    err = max(0.0, model_error(model, sim.val, sim.reference))
                 finally:
                     lin.weight.data = saved[0]
                     if saved[1] is not None:

@@ -314,12 +314,16 @@ class KernelProvider:
     def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
 
+    def has_sparse_dense(self, act: str | None) -> bool:
+        """Whether :meth:`sparse_dense_func` has a kernel for this target and fused activation."""
+        return self.target is not None and not self.target.is_gpu and act in (None, "relu", "gelu")
+
     def sparse_dense_func(self, m: int, k: int, n: int, block: tuple[int, int], x_dtype: str,
                           act: str | None) -> tirx.PrimFunc | None:
         """The int8 BSR kernel ``(xq, data, indices, indptr, bias_i32, deq, y_f32)`` on CPU targets
         (``schedules/x86/bsr.py``'s generator, also AArch64's); None where there is none."""
         t = self.target
-        if t is None or t.is_gpu or act not in (None, "relu", "gelu"):
+        if not self.has_sparse_dense(act):
             return None
         from hwcomp.schedules.x86.bsr import cpu_bsr_kernel, default_knobs
 

@@ -427,13 +427,12 @@ class Realizer:
         block = tuple(cfg.sparse_block or target.sparse_block)
         out = {}
         for layer in quantized:
-            if layer.kind != "dense" or plans[layer.id].act not in (None, "relu", "gelu"):
+            # Without an int8 BSR kernel for the target (or the fused activation), int8 dense takes it.
+            if layer.kind != "dense" or not self.provider.has_sparse_dense(plans[layer.id].act):
                 continue
             w = np.asarray(layer.weight)
             if 1.0 - block_density(w.reshape(w.shape[0], -1), block) >= cfg.sparse_threshold:
                 out[layer.id] = block
-        if out and self.provider.sparse_dense_func(8, 8, 8, block, self.provider.act_dtypes[0], None) is None:
-            return {}  # no int8 BSR kernel for this target: the int8 dense kernels take these layers
         return out
 
     def _epilogue(self, layer, plan: Plan, px: QParams, s_w, n, oq):

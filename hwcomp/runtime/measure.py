@@ -42,6 +42,18 @@ def time_vm(vm, dev, args, number: int = 10, repeat: int = 10, min_repeat_ms: in
     return LatencyStats([float(r) * 1e3 for r in res.results], number)
 
 
+def prepared_call(vm, dev, args):
+    """A zero-argument call of ``vm["main"]`` on ``args``, argument conversion done once (the call
+    :func:`time_vm` times); for :func:`time_round_robin`."""
+    vm.set_input("main", *args)
+
+    def call():
+        vm.invoke_stateful("main")
+        dev.sync()
+
+    return call
+
+
 def time_round_robin(calls: list, number: int = 3, rounds: int = 10, pause_s: float = 0.2) -> list[LatencyStats]:
     """Time several variants side by side: every round times each once (mean of ``number`` calls).
 
