@@ -52,27 +52,27 @@ def activation_params(lo: float, hi: float, mode: str, bits: int = 8, unsigned: 
     return scale, zp, "int8"
 
 
+def _along(scale, zp, ndim: int, axis: int | None):
+    """``scale`` (float32) and ``zp`` (int32), per-channel ones shaped to broadcast along ``axis``."""
+    scale, zp = np.asarray(scale, np.float32), np.asarray(zp, np.int32)
+    if axis is not None and scale.ndim == 1:
+        shape = [1] * ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return scale, zp
+
+
 def quantize(x: np.ndarray, scale, zp, dtype: str = "int8", bits: int = 8, axis: int | None = None) -> np.ndarray:
     """``clip(round_half_even(x / scale) + zp)`` in float32 arithmetic, as ``R.quantize`` does."""
     x = np.asarray(x, np.float32)
-    scale = np.asarray(scale, np.float32)
-    zp = np.asarray(zp, np.int32)
-    if axis is not None and scale.ndim == 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    scale, zp = _along(scale, zp, x.ndim, axis)
     lo, hi = qrange(dtype, bits)
     q = np.round(x / scale) + zp
     return np.clip(q, lo, hi).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale, zp=0, axis: int | None = None) -> np.ndarray:
-    scale = np.asarray(scale, np.float32)
-    zp = np.asarray(zp, np.int32)
-    if axis is not None and scale.ndim == 1:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    scale, zp = _along(scale, zp, q.ndim, axis)
     return (scale * (q.astype(np.int32) - zp).astype(np.float32)).astype(np.float32)
 
 

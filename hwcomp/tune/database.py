@@ -325,6 +325,15 @@ def _hash_str(mod) -> str:
     return str(tvm_ffi.structural_hash(mod) & _MASK64)
 
 
+def _check_run_secs(secs: Any) -> None:
+    if secs is not None and not (isinstance(secs, list) and all(isinstance(s, (int, float)) for s in secs)):
+        raise ValueError("run_secs is not a list of numbers")
+
+
+def _bad_line_reason(e: ValueError) -> str:
+    return "truncated or invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+
+
 def _scan(directory: Path, want: str | None, deep: bool = True) -> _Content:
     """Parse and check every line; return the valid content and the issues."""
     from tvm.s_tir import meta_schedule as ms
@@ -354,7 +363,7 @@ def _scan(directory: Path, want: str | None, deep: bool = True) -> _Content:
             if not (isinstance(obj, list) and len(obj) == 2 and all(isinstance(v, str) for v in obj)):
                 raise ValueError("not a [hash, module] workload entry")
         except ValueError as e:
-            reason = "truncated or invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+            reason = _bad_line_reason(e)
             issues.append(Issue(*where, reason))
             changed.add(WORKLOADS)
             continue
@@ -413,10 +422,9 @@ def _scan(directory: Path, want: str | None, deep: bool = True) -> _Content:
             if not isinstance(idx, int) or isinstance(idx, bool):
                 raise ValueError(f"workload index {idx!r} is not an integer")
             secs = obj[1][1]
-            if secs is not None and not (isinstance(secs, list) and all(isinstance(s, (int, float)) for s in secs)):
-                raise ValueError("run_secs is not a list of numbers")
+            _check_run_secs(secs)
         except ValueError as e:
-            reason = "truncated or invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+            reason = _bad_line_reason(e)
             issues.append(Issue(*where, reason))
             changed.add(RECORDS)
             continue
@@ -475,10 +483,9 @@ def _scan(directory: Path, want: str | None, deep: bool = True) -> _Content:
                     and isinstance(obj.get("kernel"), str)):
                 raise ValueError("not a knob entry (needs workload, kernel, knobs)")
             secs = obj.get("run_secs")
-            if secs is not None and not (isinstance(secs, list) and all(isinstance(s, (int, float)) for s in secs)):
-                raise ValueError("run_secs is not a list of numbers")
+            _check_run_secs(secs)
         except ValueError as e:
-            reason = "truncated or invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+            reason = _bad_line_reason(e)
             issues.append(Issue(*where, reason))
             changed.add(KNOBS)
             continue
