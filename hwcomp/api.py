@@ -26,6 +26,8 @@ class CompileOptions:
     ``passes``: compression passes (``IRModule -> IRModule``) run on the module with weights bound
     as constants, in order. ``database``: a tuning database directory (default: the target's own
     under ``~/.cache/hwcomp/tuning/<target>`` and the shipped records, when present).
+    ``fast_math``: on CPU targets, GELU/softmax/exp/erf/tanh use polynomial approximations that
+    vectorize (absolute error ~1e-7) instead of libm's scalar functions.
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)
@@ -33,6 +35,7 @@ class CompileOptions:
     use_default_database: bool = True
     verify: bool = True
     compression_summary: dict | None = None
+    fast_math: bool = True
 
 
 def _default_database(target: Target) -> Path | None:
@@ -78,7 +81,7 @@ def compile(  # noqa: A001 - the verb users expect
     database = options.database
     if database is None and options.use_default_database:
         database = _default_database(target)
-    mod = schedule(mod, target, database)
+    mod = schedule(mod, target, database, options.fast_math)
     executable = compile_module(mod, target)
     log(f"built for {target.name} in {time.perf_counter() - t0:.1f} s"
         + (f" (tuning database {database})" if database else ""))

@@ -1,7 +1,7 @@
 """Lower, schedule and build a Relax module for a :class:`~hwcomp.target.Target`.
 
 Order: bind weights → compression passes (the caller's) → fold weight layouts → lift weights back
-to parameters → legalize + fuse (applying a tuning database when one is given) → default schedules
+to parameters → fast math (CPU) → legalize + fuse (applying a tuning database when one is given) → default schedules
 for whatever the database does not cover → ``tvm.compile``.
 """
 
@@ -16,7 +16,7 @@ from tvm import relax
 
 from . import cuda
 from .errors import HwcompError
-from .passes import FoldWeightLayout, lift_constants
+from .passes import FastMath, FoldWeightLayout, lift_constants
 from .target import Target
 
 
@@ -39,14 +39,23 @@ def _database(database: str | Path | None, target: Target | None = None):
     return open_database(database, target)
 
 
-def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = None) -> tvm.IRModule:
-    """Legalize, fuse and schedule every PrimFunc (tuned records first, default rules after)."""
+def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRModule:
+    """Decompose, (on CPUs) approximate transcendental ops, legalize and fuse: the PrimFuncs that
+    get scheduled, tuned and built. Call inside ``target.tvm_target()``."""
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    if fast_math and not target.is_gpu:
+        mod = FastMath()(mod)
+    return relax.get_pipeline("zero")(mod)
+
+
+def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = None,
+             fast_math: bool = True) -> tvm.IRModule:
+    """Lower, fuse and schedule every PrimFunc (tuned records first, default rules after)."""
     from tvm.s_tir import dlight as dl
 
     tvm_target = target.tvm_target()
     with tvm_target, _database(database, target):
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+        mod = lower(mod, target, fast_math)
         if not target.is_gpu:
             from hwcomp.schedules.cpu import default_rules
 

@@ -57,7 +57,7 @@ def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), exa
     import tvm
     from tvm import relax
 
-    from ..build import bind_weights, finalize_weights
+    from ..build import bind_weights, finalize_weights, lower
     from ..frontend import ImportedModel, load_model
 
     if isinstance(model, tvm.IRModule):
@@ -73,9 +73,7 @@ def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), exa
     if not any(isinstance(f, relax.Function) for f in mod.functions.values()):
         return mod  # TIR only: already lowered
     with target.tvm_target():
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = relax.get_pipeline("zero")(mod)
-    return mod
+        return lower(mod, target)
 
 
 def extract_tasks(lowered, target: Target) -> list[Task]:
