@@ -1,13 +1,13 @@
 """Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
 
-from .rules import Injective, TiledReduction, TileKnobs, schedule_injective
+from .rules import Injective, RowReduction, TiledReduction, TileKnobs, schedule_injective
 
 
 def default_rules(vector_bits: int, knobs: TileKnobs | None = None) -> list:
     """The rule list applied, in order, to every PrimFunc a tuning database does not cover."""
     from tvm.s_tir import dlight as dl
 
-    return [TiledReduction(vector_bits, knobs), dl.cpu.Reduction(), Injective(vector_bits)]
+    return [TiledReduction(vector_bits, knobs), RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["Injective", "TiledReduction", "TileKnobs", "default_rules", "schedule_injective"]
+__all__ = ["Injective", "RowReduction", "TiledReduction", "TileKnobs", "default_rules", "schedule_injective"]

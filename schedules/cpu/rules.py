@@ -256,3 +256,96 @@ class Injective(ScheduleRule):
         except s_tir.ScheduleError:
             return None
         return sch
+
+
+class RowReduction(ScheduleRule):
+    """Row-wise reductions with elementwise stages (softmax, layer norm, RMS norm).
+
+    Like dlight's CPU ``Reduction`` (rows in parallel, every stage computed per row, elementwise
+    stages vectorized), but each reduction over a row is vectorized too: it is split into
+    ``lanes`` partial accumulators (``rfactor``, done before the stages are moved under the row
+    loop, where rfactor is still allowed) that live in registers and are combined once per row.
+    A serial float max/sum chain is bound by the add latency (BERT-base's layer norm: 0.15 ms →
+    0.03 ms per call).
+    """
+
+    def __init__(self, vector_bits: int):
+        self.vector_bits = vector_bits
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._apply(func)
+        except (s_tir.ScheduleError, ValueError, IndexError):
+            return None
+
+    def _apply(self, func):
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) < 2 or not infos[-1].is_injective():
+            return None
+        if all(bi.is_injective() for bi in infos):
+            return None
+        kinds = [bi.dom_kind() for bi in infos]
+        # Every stage is "rows then (spatial or reduction) columns", with the same row count.
+        n_rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
+        if n_rows == 0 or any(k[0] != "S" for k in kinds):
+            return None
+        for bi in infos:
+            if not bi.is_injective() and not bi.dom_kind().endswith("R"):
+                return None
+        blocks = [bi.block_rv for bi in infos]
+        # Two vectors per step: fast_exp's polynomial is one long dependency chain, and two
+        # independent vectors per iteration measured 1.3x faster on softmax than one.
+        lanes = 2 * _lanes(self.vector_bits, sch.get(blocks[-1]).writes[0].source.dtype.bits)
+
+        ordered, rf_blocks = [], []
+        for bi, block in zip(infos, blocks):
+            if bi.is_injective():
+                ordered.append(block)
+                continue
+            r = sch.get_loops(block)[-1]
+            ext = _const_int(sch.get(r).extent)
+            if ext is None or ext < 2 * lanes or ext % lanes:
+                ordered.append(block)
+                continue
+            _, rl = sch.split(r, [None, lanes])
+            rf = sch.rfactor(rl, factor_axis=len(sch.get(block).writes[0].region))
+            sch.set_scope(rf, 0, "local")
+            ordered += [rf, block]
+            rf_blocks.append(rf)
+
+        last = ordered[-1]
+        loops = sch.get_loops(last)
+        rows = sch.fuse(*loops[:n_rows]) if n_rows > 1 else loops[0]
+        sch.parallel(rows)
+        for b in reversed(ordered[:-1]):
+            sch.compute_at(b, rows, preserve_unit_loops=True)
+        for b in ordered:
+            inner = sch.get_loops(b)[-1]
+            if sch.get(inner).same_as(sch.get(rows)):
+                continue
+            it = {iv.iter_type for iv in sch.get(b).iter_vars}
+            ext = _const_int(sch.get(inner).extent)
+            if tirx.IterVar.CommReduce in it:
+                # the rfactor block (its lane loop comes first under the row loop): move the lane
+                # loop innermost and vectorize it
+                bl = sch.get_loops(b)
+                below = bl[[sch.get(lp).same_as(sch.get(rows)) for lp in bl].index(True) + 1:]
+                if len(below) >= 2 and _const_int(sch.get(below[0]).extent) == lanes and b in rf_blocks:
+                    sch.reorder(*below[1:], below[0])
+                    sch.vectorize(below[0])
+                    sch.decompose_reduction(b, below[1])
+                continue
+            if ext is not None and ext > lanes and ext % lanes == 0:
+                _, v = sch.split(inner, [None, lanes])
+                sch.vectorize(v)
+            elif ext is not None and 1 < ext <= lanes:
+                sch.vectorize(inner)
+        return sch
