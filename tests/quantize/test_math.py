@@ -184,10 +184,15 @@ def test_conv2d_requant_bit_exact(host):
     np.testing.assert_array_equal(got, ref)
 
 
-def test_batch_matmul_exact(host):
-    a = RNG.integers(0, 256, (3, 6, 20)).astype(np.uint8)
-    b = RNG.integers(-128, 128, (3, 20, 9)).astype(np.int8)
-    func = K.batch_matmul_func((3,), 6, 20, 9, "uint8", "int8", 0.00125)
+@pytest.mark.parametrize("k,acc", [(20, "float32"), (514, "float32"), (515, "int32")])
+def test_batch_matmul_exact(host, k, acc):
+    """Bit-exact at both sides of the float32-accumulation limit (K * 255 * 128 < 2^24), with the
+    first row at the extreme (255 x -128 all along K: the largest possible sum)."""
+    a = RNG.integers(0, 256, (3, 6, k)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (3, k, 9)).astype(np.int8)
+    a[:, 0, :], b[:, :, 0] = 255, -128
+    func = K.batch_matmul_func((3,), 6, k, 9, "uint8", "int8", 0.00125)
+    assert f'T.Cast("{acc}", A[' in func.script(), f"expected {acc} accumulation"
     got, _ = _run(func, [a, b], (3, 6, 9), "float32", host)
     np.testing.assert_array_equal(got, np.matmul(a.astype(np.int32), b.astype(np.int32)).astype(np.float32)
                                   * np.float32(0.00125))
