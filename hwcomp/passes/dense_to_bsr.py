@@ -39,6 +39,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.kernels.bsr import BSRMatrix, block_density, pack_bsr
 from hwcomp.target import Target, get_target
+from hwcomp.tune.database import BSR_CHOICES
 
 from .prune_weights import PruneWeights
 
@@ -49,7 +50,6 @@ BSR_EFFICIENCY = 0.5
 
 #: The BSR choices (dense vs BSR timings and the best kernel knobs per shape) sit in the tuning
 #: database directory beside MetaSchedule's records, so ``hwcomp tune`` and compile share them.
-BSR_CHOICES = "hwcomp_bsr.json"
 
 
 # ---- report ----------------------------------------------------------------------------------

@@ -61,9 +61,9 @@ def find_linear_layers(model, example_inputs, min_elements: int = 1024) -> list[
 
 
 def _cache_path(target: Target) -> Path:
-    from ..tune.database import user_database_dir
+    from ..tune.database import POLICY_LATENCY, user_database_dir
 
-    return user_database_dir(target) / "policy_latency.json"
+    return user_database_dir(target) / POLICY_LATENCY
 
 
 def _load_cache(path: Path) -> dict:

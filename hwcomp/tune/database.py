@@ -43,6 +43,11 @@ from ..target import Target
 WORKLOADS, RECORDS = "database_workload.json", "database_tuning_record.json"
 KNOBS, META = "hwcomp_knobs.json", "hwcomp_db.json"
 DATA_FILES = (WORKLOADS, RECORDS, KNOBS)
+# Latencies measured on the target that are not MetaSchedule records, kept beside them: the BSR
+# pass's dense-vs-sparse choices (one JSON object) and the policy search's per-layer option
+# latencies (JSON lines). Export, import and merge carry them; the destination's entry wins.
+BSR_CHOICES, POLICY_LATENCY = "hwcomp_bsr.json", "policy_latency.json"
+MEASUREMENT_FILES = (BSR_CHOICES, POLICY_LATENCY)
 FAILED_SECS = 1e9  # MetaSchedule stores 1e10 s for candidates that failed to build or run
 
 
@@ -690,13 +695,14 @@ class ImportReport:
     workloads_added: int = 0
     records_added: int = 0
     knobs_added: int = 0
+    measurements_added: int = 0
     duplicates: int = 0
     foreign: int = 0
     skipped_bad: int = 0
 
     def summary(self) -> str:
         s = (f"{self.source} → {self.destination}: +{self.records_added} records, +{self.workloads_added} workloads, "
-             f"+{self.knobs_added} knob entries")
+             f"+{self.knobs_added} knob entries, +{self.measurements_added} measured latencies")
         extras = [f"{self.duplicates} already present"] if self.duplicates else []
         if self.foreign:
             extras.append(f"{self.foreign} for another target skipped")
@@ -795,16 +801,67 @@ def import_database(source: str | Path, destination: str | Path, target: Any = N
                 continue
             present_knobs.add(key)
             new_knobs.append(json.dumps(obj, separators=(",", ":")))
+        same_target = force or dest_sig is None or database_signature(src_dir) in (None, dest_sig)
+        measured = {name: _read_measurements(src_dir / name, report) for name in MEASUREMENT_FILES} \
+            if same_target else {}
+        if not same_target:
+            report.foreign += sum(len(_read_measurements(src_dir / n, report)) for n in MEASUREMENT_FILES)
     with _locked(destination):
         for name, lines in ((WORKLOADS, new_wl), (RECORDS, new_rec), (KNOBS, new_knobs)):
             if lines:
                 with open(destination / name, "a") as f:
                     f.write(_lines_text(lines))
+        for name, entries in measured.items():
+            report.measurements_added += _merge_measurements(destination / name, entries, report)
     report.workloads_added, report.records_added, report.knobs_added = len(new_wl), len(new_rec), len(new_knobs)
     if dest_sig and not (destination / META).exists() and dest_tvm:
         _atomic_write(destination / META, json.dumps({"format": 1, "signature": dest_sig, "tvm": dest_tvm},
                                                      indent=2) + "\n")
     return report
+
+
+def _read_measurements(path: Path, report: ImportReport | None = None) -> dict[str, Any]:
+    """``key → entry`` of a measurement file (a JSON object, or JSON lines with a ``key``); a
+    damaged file or line is counted in ``report.skipped_bad`` and left out."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    if path.name == BSR_CHOICES:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return data
+        except ValueError as e:
+            warnings.warn(f"{path}: corrupt measurement file ({e}); not imported", TuningDatabaseWarning,
+                          stacklevel=3)
+            if report is not None:
+                report.skipped_bad += 1
+            return {}
+    out = {}
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+            out[str(obj["key"])] = obj
+        except (ValueError, KeyError, TypeError):
+            if line.strip() and report is not None:
+                report.skipped_bad += 1
+    return out
+
+
+def _merge_measurements(path: Path, entries: dict[str, Any], report: ImportReport) -> int:
+    """Add the ``entries`` whose key ``path`` lacks; returns how many were added."""
+    have = _read_measurements(path)
+    new = {k: v for k, v in entries.items() if k not in have}
+    report.duplicates += len(entries) - len(new)
+    if not new:
+        return 0
+    if path.name == BSR_CHOICES:
+        _atomic_write(path, json.dumps({**have, **new}, indent=1, sort_keys=True) + "\n")
+    else:
+        with open(path, "a") as f:
+            f.write(_lines_text([json.dumps(v, separators=(",", ":")) for v in new.values()]))
+    return len(new)
 
 
 def _knob_key(text: str) -> str:
@@ -843,12 +900,12 @@ def export_database(source: str | Path, output: str | Path, *, top_k: int | None
             output.parent.mkdir(parents=True, exist_ok=True)
             with tarfile.open(output, "w:gz") as tar:
                 for p in sorted(out_dir.iterdir()):
-                    if p.name in (*DATA_FILES, META):
+                    if p.name in (*DATA_FILES, *MEASUREMENT_FILES, META):
                         tar.add(p, arcname=f"records/{p.name}")
         else:
             output.mkdir(parents=True, exist_ok=True)
             for p in out_dir.iterdir():
-                if p.name in (*DATA_FILES, META):
+                if p.name in (*DATA_FILES, *MEASUREMENT_FILES, META):
                     shutil.copyfile(p, output / p.name)
     return output
 

@@ -165,6 +165,42 @@ def test_export_import_merge_and_retarget(tmp_path, host_db, host):
     assert stats[workload_key(mods[0])].best_secs == pytest.approx(1e-5, rel=1e-3)
 
 
+def test_measured_latencies_travel_with_the_records(tmp_path, host_db, host):
+    """BSR choices and policy latencies are exported, imported and merged; the destination's entry
+    wins a conflict, a corrupt source file is reported and skipped, another target's are foreign."""
+    d, _ = host_db
+    (d / dbm.BSR_CHOICES).write_text(json.dumps({"dense:8x64x32": {"ms": 0.5}, "bsr:8x64x32:8x1:d0.10": {"ms": 0.1}}))
+    (d / dbm.POLICY_LATENCY).write_text('{"key": "a", "ms": 1.0}\n{"key": "b", "ms": 2.0}\n{"key": "c", "ms"\n')
+    out = dbm.export_database(d, tmp_path / "all.tar.gz")
+    with tarfile.open(out) as tar:
+        names = {m.name for m in tar.getmembers()}
+    assert {f"records/{dbm.BSR_CHOICES}", f"records/{dbm.POLICY_LATENCY}"} <= names
+
+    assert dbm.import_database(out, tmp_path / "fresh", host).measurements_added == 4  # the torn line dropped
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / dbm.BSR_CHOICES).write_text(json.dumps({"dense:8x64x32": {"ms": 0.7}}))
+    rep = dbm.import_database(d, dest, host)
+    assert rep.measurements_added == 3 and rep.skipped_bad == 1  # the torn policy line
+    assert json.loads((dest / dbm.BSR_CHOICES).read_text()) == {
+        "dense:8x64x32": {"ms": 0.7}, "bsr:8x64x32:8x1:d0.10": {"ms": 0.1}}
+    assert [json.loads(t)["key"] for t in _lines(dest / dbm.POLICY_LATENCY)] == ["a", "b"]
+    assert dbm.import_database(out, dest, host).measurements_added == 0
+
+    (d / dbm.BSR_CHOICES).write_text("{torn")
+    with pytest.warns(dbm.TuningDatabaseWarning, match="corrupt measurement file"):
+        rep = dbm.import_database(d, dest, host)
+    assert rep.skipped_bad >= 1 and "bsr:8x64x32:8x1:d0.10" in json.loads((dest / dbm.BSR_CHOICES).read_text())
+
+    arm_dir = tmp_path / "arm"
+    _fill(arm_dir, get_target("rpi4"), shapes=((16, 32, 64),), per_workload=1)
+    (arm_dir / dbm.BSR_CHOICES).write_text(json.dumps({"dense:1x2x3": {"ms": 9.0}}))
+    rep = dbm.import_database(arm_dir, dest, host)
+    assert rep.measurements_added == 0 and rep.foreign >= 2
+    assert "dense:1x2x3" not in json.loads((dest / dbm.BSR_CHOICES).read_text())
+
+
 def test_host_compiles_with_compatible_shipped_records(tmp_path, monkeypatch, host):
     avx2 = get_target("x86-avx2")
     monkeypatch.setenv("HWCOMP_CACHE", str(tmp_path / "empty-cache"))
