@@ -15,7 +15,7 @@ of them alike; the median over rounds is reported. Every framework runs 2 thread
 would pick 1 here: ``TVM_NUM_THREADS`` is set).
 
 Also one 128x768x3072 int8 matmul through the hwcomp kernel in GOP/s, against an estimate of the
-machine's AVX2 int8 peak (see ``peak_estimate``).
+machine's int8 peak, measured in the same run (``bench/peak.py``).
 
     python bench/int8.py [--quick] [--rounds 7]
 
@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
+from peak import measure_peaks  # noqa: E402
 
 SENTENCES = [
     # calibration (14)
@@ -79,22 +80,6 @@ SENTENCES = [
 ]
 N_CALIB = 14
 SEQ = 128
-
-
-def peak_estimate(cores: int) -> dict:
-    """AVX2 int8 peak of this machine, stated as an assumption (no VNNI, no AVX-512).
-
-    AMD Zen 1 (family 23 model 1, EPYC 7001): 256-bit AVX2 ops run as two 128-bit halves and the
-    integer multiply-add ``vpmaddwd`` issues only on the FP0 pipe: one ymm instruction (16 int16
-    MACs) every 2 cycles = 8 MAC = 16 ops per cycle per core. The u8 x s8 ``vpmaddubsw`` path needs a
-    ``vpmaddwd`` by ones on the same pipe after each instruction: the same 16 ops/cycle. Clock:
-    2.0 GHz (the TSC/base clock under KVM; boost is not visible here). fp32 FMA peak is the same
-    16 flops/cycle/core (two 128-bit FMA pipes), so int8 buys memory bandwidth here, not compute.
-    """
-    ghz = 2.0
-    ops = 16
-    return {"cores": cores, "ghz_assumed": ghz, "int8_ops_per_cycle_per_core": ops,
-            "int8_peak_gops": cores * ghz * ops, "fp32_peak_gflops": cores * ghz * 16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,10 +289,23 @@ def bench_model(label, setup, args, workdir: Path) -> tuple[list[dict], dict]:
         row["latency_ms"] = float(np.median(v.samples))
         row["latency_ms_min"] = float(np.min(v.samples))
     base = {r["variant"]: r["latency_ms"] for r in rows}
+    gop = encoder_gop(model)
+    info["gop_per_inference"] = gop
     for row in rows:
         if "ort int8 per-tensor" in base:
             row["vs_ort_int8"] = row["latency_ms"] / base["ort int8 per-tensor"]
+        if row["variant"] not in sparse_names:  # dense work only: sparse rows skip 90% of it
+            row["gop_s"] = gop / row["latency_ms"] * 1e3
     return rows, info
+
+
+def encoder_gop(model) -> float:
+    """Multiply-add work of one BERT-style encoder pass at SEQ tokens, in GOP (2 ops per MAC):
+    the Linear layers and the two attention matmuls (embeddings, norms and softmax not counted)."""
+    c = model.model.config if hasattr(model, "model") else model.config
+    h, ff, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    macs = layers * (SEQ * (4 * h * h + 2 * h * ff) + 2 * SEQ * SEQ * h)
+    return 2 * macs / 1e9
 
 
 def bench_matmul(args) -> dict:
@@ -346,7 +344,7 @@ def bench_matmul(args) -> dict:
             torch.matmul(*tf)
         t_fp32.append((time.perf_counter() - t0) / (args.number * 3))
     ops = 2.0 * m * k * n
-    peak = peak_estimate(2)
+    peak = measure_peaks()
     gops = ops / float(np.median(t_int8)) / 1e9
     return {"shape": [m, k, n], "kernel": prov.describe(), "bit_exact": exact,
             "int8_ms": float(np.median(t_int8)) * 1e3, "int8_gops": gops,
@@ -385,8 +383,8 @@ def main() -> None:
 
     print_table(rows, ["model", "variant", "latency_ms", "vs_ort_int8", "cosine_mean", "cosine_min", "note"])
     print(f"\nint8 matmul 128x768x3072 ({mm['kernel']}): {mm['int8_ms']:.3f} ms = {mm['int8_gops']:.1f} GOP/s, "
-          f"{100 * mm['fraction_of_int8_peak']:.0f}% of the estimated {mm['peak']['int8_peak_gops']:.0f} GOP/s AVX2 "
-          f"int8 peak; torch fp32 {mm['torch_fp32_ms']:.3f} ms = {mm['torch_fp32_gflops']:.1f} GFLOP/s; "
+          f"{100 * mm['fraction_of_int8_peak']:.0f}% of the measured {mm['peak']['int8_peak_gops']:.0f} GOP/s AVX2 "
+          f"int8 peak (fp32 FMA peak {mm['peak']['fp32_fma_gflops']:.0f} GFLOP/s); torch fp32 {mm['torch_fp32_ms']:.3f} ms = {mm['torch_fp32_gflops']:.1f} GFLOP/s; "
           f"bit-exact {mm['bit_exact']}")
     goals = {}
     by = {(r["model"], r["variant"]): r for r in rows}
@@ -398,7 +396,16 @@ def main() -> None:
     if m8 and mo:
         goals["minilm_int8_cosine_ge_0.995"] = m8["cosine_mean"] >= 0.995
         goals["minilm_int8_faster_than_ort_int8"] = m8["latency_ms"] < mo["latency_ms"]
-    print("goals:", ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in goals.items()))
+    peak = mm["peak"]["int8_peak_gops"]
+    for key, r in ((("bert-base", "ort int8 per-tensor"), bo), (("bert-base", "hwcomp int8"), b8)):
+        if r and "gop_s" in r:
+            print(f"{key[0]} {key[1]}: {r['gop_s']:.1f} GOP/s = {100 * r['gop_s'] / peak:.0f}% of the int8 peak")
+    if bo and "gop_s" in bo:
+        need = bo["gop_s"] / 0.8
+        print(f"0.8x ONNX Runtime int8 on BERT-base needs {need:.1f} GOP/s = {100 * need / peak:.0f}% of the "
+              f"measured int8 peak")
+        goals["bert_base_0.8x_ort_int8_needs_fraction_of_peak"] = need / peak
+    print("goals:", ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in goals.items() if isinstance(v, bool)))
     threads = {"tvm": _tvm_threads(), "torch": torch.get_num_threads(), "onnxruntime": os.cpu_count()}
     print(f"threads: {threads} (TVM's runtime default on this 2-vCPU machine would be 1; TVM_NUM_THREADS set)")
     write_results("int8", {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

@@ -1,0 +1,52 @@
+"""Measured arithmetic peaks of this CPU: fp32 FMA and AVX2 int8 multiply-add, 1 and all threads.
+
+The roofline every other benchmark is read against: ``bench/peak.c`` runs register-only loops of
+``vfmadd`` (fp32), ``vpmaddwd`` (s16 pairs, hwcomp's exact AVX2 int8 path) and ``vpmaddubsw`` +
+``vpmaddwd`` (u8 x s8, the path ONNX Runtime's MLAS uses). ``int8_peak_gops`` is the faster of the two
+int8 sequences. Needs gcc with AVX2 (x86-64 only).
+
+    python bench/peak.py
+
+Writes bench/results/peak.json. Last line: ``int8_over_fp32_peak=<ratio>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_results  # noqa: E402
+
+SOURCE = Path(__file__).resolve().parent / "peak.c"
+
+
+def measure_peaks(threads: int | None = None, iterations: int = 50_000_000) -> dict:
+    """Run the peak loops with ``threads`` OpenMP threads (default: every CPU this process may use)."""
+    threads = threads or len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="hwcomp-peak-") as tmp:
+        exe = Path(tmp) / "peak"
+        subprocess.run(["gcc", "-O2", "-mavx2", "-mfma", "-fopenmp", str(SOURCE), "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe), str(iterations)], check=True, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout
+    res = json.loads(out)
+    res["int8_peak_gops"] = max(res["int8_vpmaddwd_gops"], res["int8_vpmaddubsw_gops"])
+    return res
+
+
+def main() -> None:
+    if platform.machine() != "x86_64":
+        sys.exit("bench/peak.py measures x86-64 AVX2 peaks")
+    rows = [measure_peaks(1), measure_peaks()]
+    print_table(rows, ["threads", "fp32_fma_gflops", "int8_vpmaddwd_gops", "int8_vpmaddubsw_gops", "int8_peak_gops"])
+    write_results("peak", {"cpu": platform.processor() or platform.machine(), "rows": rows})
+    print(f"int8_over_fp32_peak={rows[-1]['int8_peak_gops'] / rows[-1]['fp32_fma_gflops']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
