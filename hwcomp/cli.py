@@ -54,10 +54,12 @@ def _compile_options(args, target):
         config = QuantConfig(skip=args.skip or (), calib_method=args.calib_method,
                              fidelity_target=args.fidelity_target,
                              sparse_threshold=(args.sparse_threshold or 0.7) if sparse else None,
-                             sparse_block=parse_block(args.block) if sparse and args.block else None)
+                             sparse_block=parse_block(args.block) if sparse and args.block else None,
+                             reduce_range=False if getattr(args, "full_range_weights", False) else None)
         passes += quantize_passes(target, config, args.calib, log=_print)
         summary["quantize"] = {"bits": 8, "calib_method": args.calib_method, "skip": args.skip}
-    return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None)
+    return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None,
+                          fast_math=not getattr(args, "exact_math", False))
 
 
 def sparse_passes_from_args(args, target, tune: bool = False) -> list:
@@ -252,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
     s.add_argument("--skip", help="comma-separated layer names or globs left in fp32")
     s.add_argument("--fidelity-target", type=float, help="leave the worst layers in fp32 until this cosine is met")
+    s.add_argument("--full-range-weights", action="store_true",
+                   help="int8: keep 8-bit weights where the target's fastest kernel wants 7 (AVX2 without VNNI)")
+    s.add_argument("--exact-math", action="store_true",
+                   help="libm's exp/erf/tanh instead of the vectorized polynomial approximations (CPU)")
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("run", help="run an artifact on this machine")

@@ -159,6 +159,12 @@ def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path):
                  "--calib", str(tmp_path / "calib.npz"), "--skip", "net.0"]) == 0
     n_int8 = [sum(w.dtype == np.int8 for w in hwcomp.load(d).weights()) for d in (out, tmp_path / "qs")]
     assert n_int8[1] == n_int8[0] - 1
+    # AVX2 without VNNI: 7-bit weights (vpmaddubsw) unless --full-range-weights
+    assert main(["compile", str(pt2_model[0]), "-o", str(tmp_path / "qf"), "--quantize", "int8",
+                 "--calib", str(tmp_path / "calib.npz"), "--full-range-weights", "--exact-math"]) == 0
+    codes = [sorted(int(np.abs(w.astype(np.int16)).max()) for w in hwcomp.load(d).weights() if w.dtype == np.int8)
+             for d in (out, tmp_path / "qf")]
+    assert codes == [[63, 63, 127], [127, 127, 127]], codes  # the 64 -> 5 head fits no AVX2 layout
     out = tmp_path / "s"
     assert main(["compile", str(pt2_model[0]), "-o", str(out), "--sparsity", "0.5", "--block", "4x1",
                  "--sparse-threshold", "0.4"]) == 0

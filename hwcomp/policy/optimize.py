@@ -23,6 +23,7 @@ from .profile import (
     Simulation,
     factorize_low_rank,
     find_linear_layers,
+    int8_weight_bits,
     layer_grams,
     layer_option_passes,
     profile_layers,
@@ -161,7 +162,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     log(f"{len(layers)} linear layers, {len(options)} options each: {', '.join(o.label for o in options)}")
     log(f"samples: {len(calib)} fit (re-fit, int8 ranges), {len(val)} validate (sensitivity, simulation), "
         f"{len(heldout)} held out (compiled measurement)")
-    sim = Simulation.collect(model, calib, val, layers)
+    sim = Simulation.collect(model, calib, val, layers, int8_weight_bits(target))
     profiles = profile_layers(model, layers, options, sim, target, log=log)
 
     # Uniform policies measured whole: the baselines, and the points the latency model is fitted to.

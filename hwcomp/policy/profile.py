@@ -209,12 +209,20 @@ def model_outputs(model, samples, chunk: int = 16) -> list[np.ndarray]:
     return outs
 
 
-def _fake_int8_weight(w):
-    """Per-output-channel symmetric int8, as the realized kernels store weights."""
+def _fake_int8_weight(w, bits: int = 8):
+    """Per-output-channel symmetric ``bits``-wide codes, as the realized kernels store weights."""
     import torch
 
-    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-    return torch.round(w / scale).clamp(-127, 127) * scale
+    qmax = (1 << (bits - 1)) - 1
+    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / qmax
+    return torch.round(w / scale).clamp(-qmax, qmax) * scale
+
+
+def int8_weight_bits(target: Target) -> int:
+    """Width of dense int8 weights as realized for ``target`` (7 where ``reduce_range`` pays)."""
+    from ..quantize.kernels import get_provider
+
+    return 7 if get_provider(target).reduce_range_pays else 8
 
 
 def model_error(model, samples, reference: list[np.ndarray]) -> float:
@@ -234,13 +242,14 @@ def _smoothing(ch_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float, min_ra
     return np.clip(s, 1e-5, 1e5)
 
 
-def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None) -> list:
+def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None, weight_bits: int = 8) -> list:
     """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove.
 
     int8 follows the realized scheme of ``QuantConfig()``: SmoothQuant (alpha 0.7) where the input
     has outlier channels, weights per output channel, the smoothed input per tensor, affine (uint8
     when non-negative). ``ranges``: :func:`activation_ranges`. ``gram``: the layer's input Gram
-    matrix, to prune with re-fit exactly as :func:`compile_policy` will."""
+    matrix, to prune with re-fit exactly as :func:`compile_policy` will. ``weight_bits``: dense int8
+    weight width (:func:`int8_weight_bits`; sparse + int8 keeps 8)."""
     import torch
 
     from ..quantize import QuantConfig
@@ -265,7 +274,8 @@ def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=Non
         scale, zp, dtype = activation_params(lo, hi, cfg.activations, cfg.bits, unsigned=cfg.unsigned_nonneg)
         qmin, qmax = (0, 255) if dtype == "uint8" else (-128, 127)
         st = torch.from_numpy(s)
-        lin.weight.data = (_fake_int8_weight(w * st) / st).to(lin.weight.dtype)
+        bits = weight_bits if option.kind == "int8" else 8
+        lin.weight.data = (_fake_int8_weight(w * st, bits) / st).to(lin.weight.dtype)
 
         def quant_input(m, args, st=st.float()):
             xs = args[0] / st
@@ -309,7 +319,7 @@ def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, tu
 
 
 def simulate_error(model, choices: dict[str, Option], samples, reference: list[np.ndarray],
-                   ranges: dict, refit: bool = True, fit_samples=None) -> float:
+                   ranges: dict, refit: bool = True, fit_samples=None, weight_bits: int = 8) -> float:
     """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once);
     sparse layers re-fit on ``fit_samples`` (default ``samples``)."""
     import copy
@@ -319,7 +329,7 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
     grams = dict(layer_grams(model, sparse, fit_samples or samples)) if sparse and refit else {}
     for name, opt in choices.items():
         if opt.kind != "dense":
-            apply_option_(sim, name, opt, ranges, grams.pop(name, None))
+            apply_option_(sim, name, opt, ranges, grams.pop(name, None), weight_bits)
     return max(0.0, model_error(sim, samples, reference))
 
 
@@ -334,14 +344,16 @@ class Simulation:
     val: list
     reference: list[np.ndarray]
     ranges: dict
+    weight_bits: int = 8  # dense int8 weights on the target (int8_weight_bits)
 
     @classmethod
-    def collect(cls, model, fit, val, layers: list[LinearLayer]) -> Simulation:
-        return cls(fit, val, model_outputs(model, val), activation_ranges(model, fit, layers))
+    def collect(cls, model, fit, val, layers: list[LinearLayer], weight_bits: int = 8) -> Simulation:
+        return cls(fit, val, model_outputs(model, val), activation_ranges(model, fit, layers), weight_bits)
 
     def error(self, model, choices: dict[str, Option], refit: bool = True) -> float:
         """1 − cosine of ``model`` with every layer of ``choices`` at once, on ``val``."""
-        return simulate_error(model, choices, self.val, self.reference, self.ranges, refit, fit_samples=self.fit)
+        return simulate_error(model, choices, self.val, self.reference, self.ranges, refit, fit_samples=self.fit,
+                              weight_bits=self.weight_bits)
 
 
 def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim: Simulation, target: Target,
@@ -375,7 +387,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
                 # In place and restored: a deep copy per trial would copy BERT-base 180 times.
                 lin = mods[layer.name]
                 saved = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
-                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram)
+                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram, sim.weight_bits)
                 try:
                     err = max(0.0, model_error(model, sim.val, sim.reference))
                 finally:

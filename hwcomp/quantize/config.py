@@ -42,6 +42,9 @@ class QuantConfig:
     ``sparse_threshold``: dense layers whose weights are at least this block-sparse (fraction of
     all-zero ``sparse_block`` tiles; default block: the target's) run the int8 BSR kernel —
     sparse + int8 in one kernel (CPU targets); ``None`` off.
+    ``reduce_range``: dense weights one bit narrower (7 of 8) so AVX2's ``vpmaddubsw`` cannot
+    saturate; ``None``: where the target's fastest kernel needs it (x86 with AVX2 and no VNNI:
+    13 % faster per matmul), ``False``: always full-width weights.
     """
 
     bits: int = 8
@@ -59,6 +62,7 @@ class QuantConfig:
     smooth: float | None = 0.7
     sparse_threshold: float | None = None
     sparse_block: tuple[int, int] | None = None
+    reduce_range: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.skip, str):

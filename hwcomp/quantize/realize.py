@@ -87,6 +87,7 @@ class Realizer:
         self.chain_smoothed = True
         self.report: list[dict] = []
         self.layer_params: dict[str, dict] = {}
+        self.weight_bits: dict[str, int] = {}  # layers realized with narrower weights (reduce_range)
 
     # ---- activation parameters ---------------------------------------------------------------
     def act_params(self, key: str, kind: str) -> QParams | None:
@@ -290,6 +291,12 @@ class Realizer:
             m, k = int(np.prod(shp[:-1])), shp[-1]
             if len(shp) != 2:
                 xq = bb.emit(relax.op.reshape(xq, (m, k)))
+            # One bit narrower weights only where that selects a faster kernel for this shape.
+            reduce = cfg.reduce_range if cfg.reduce_range is not None else self.provider.reduce_range_pays
+            n_out = layer.weight.shape[0]
+            if reduce and layer.id not in sparse and cfg.bits > 2 and self.provider.dense_layout(
+                    m, k, n_out, 1 << (cfg.bits - 2)) != self.provider.dense_layout(m, k, n_out):
+                self.weight_bits[layer.id] = cfg.bits - 1
             wq, s_w = self._weights(layer)
             n = wq.shape[0]
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
@@ -310,7 +317,7 @@ class Realizer:
                 self._record(layer, plan, px, s_w, epi, f"bsr{block[0]}x{block[1]}", extra)
                 self.report[-1].update(kernel=f"int8 bsr {block[0]}x{block[1]}", density=w.density)
                 return self._finish(bb, layer, plan, out, epi)
-            layout = self.provider.dense_layout(m, k, n)
+            layout = self.provider.dense_layout(m, k, n, int(np.abs(wq.astype(np.int16)).max(initial=0)))
             func, layout = self._dense_kernel(m, k, n, px.dtype, layout, epi)
             gv = _add_func(bb, func, f"q_{layer.id}")
             args = [xq, relax.const(pack_weight(wq, layout)), relax.const(bias)] + [relax.const(a) for a in eparams]
@@ -396,10 +403,13 @@ class Realizer:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _weights(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+        """Weight codes and per-channel scales (as wide as realize chose for the layer, by default the
+        config's bits); pre-quantized weights (QDQ models) are taken as they are."""
+        bits = self.weight_bits.get(layer.id, self.config.bits)
         sm = self.smooth.get(layer.keys[0]) if layer.kind == "dense" and layer.keys else None
         if sm is not None:
             w = layer.weight.astype(np.float64) * sm.astype(np.float64)[None, :]
-            return qmath.quantize_weight(w.astype(np.float32), self.config.bits, self.config.per_channel)
+            return qmath.quantize_weight(w.astype(np.float32), bits, self.config.per_channel)
         given = self.given_weights.get(layer.id)
         if given is None and layer.stored is not None and self.given_weights:
             given = self.given_weights.get(fingerprint(layer.stored))
@@ -412,9 +422,9 @@ class Realizer:
             if s.size == 1:
                 s = np.full(n, s[0], np.float32)
             elif axis != 0 or s.size != n:
-                return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
+                return qmath.quantize_weight(layer.weight, bits, self.config.per_channel)
             return np.ascontiguousarray(wq.astype(np.int8)), s
-        return qmath.quantize_weight(layer.weight, self.config.bits, self.config.per_channel)
+        return qmath.quantize_weight(layer.weight, bits, self.config.per_channel)
 
     def _sparse_layers(self, quantized: list[Layer], plans: dict) -> dict[str, tuple[int, int]]:
         """Dense layers that run the int8 BSR kernel (``QuantConfig.sparse_threshold``): id → block."""
@@ -470,7 +480,7 @@ class Realizer:
             "layer": layer.id, "names": list(layer.names), "kind": layer.kind, "status": "int8",
             "inputs": [px.to_dict()], "weight_scale_range": [float(s_w.min()), float(s_w.max())],
             "epilogue": {"kind": epi.kind, "act": epi.act, "bias": plan.bias is not None},
-            "output": epi.out_dtype, "layout": layout,
+            "output": epi.out_dtype, "layout": layout, "weight_bits": self.weight_bits.get(layer.id, self.config.bits),
             "kernel": self.provider.name if layout not in ("nk", "oihw") else "default schedule"})
 
     def _finish(self, bb, layer, plan, out, epi):

@@ -79,7 +79,7 @@ class ArmInt8Provider(KernelProvider):
         self.name = "arm-sdot" if self.sdot else "arm-neon"
         register_intrinsics()
 
-    def dense_layout(self, m: int, k: int, n: int) -> str:
+    def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
         return "sdot" if layout_fits("sdot", n, k) else "nk"
 
     def schedule_dense(self, func, layout: str, m: int, k: int, n: int):

@@ -91,7 +91,7 @@ class CudaInt8Provider(KernelProvider):
     name = "cuda-dp4a"
     act_dtypes = ("int8", "uint8")
 
-    def dense_layout(self, m: int, k: int, n: int) -> str:
+    def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
         return "nk"
 
     def schedule_dense(self, func, layout: str, m: int, k: int, n: int):

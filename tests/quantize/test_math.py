@@ -131,6 +131,26 @@ def test_dense_requant_bit_exact(host, a_dtype, relu):
     assert "vpmaddwd" in asm and "vpdpbusd" not in asm
 
 
+def test_dense_u8s7_vpmaddubsw_bit_exact_at_the_saturation_edge(host):
+    """The 7-bit-weight AVX2 kernel: exact against int64 NumPy, including rows where every pair of
+    products is at the largest value ``vpmaddubsw`` must not saturate on (2 · 255 · 64 = 32640)."""
+    m, k, n = 12, 96, 48
+    a = RNG.integers(0, 256, (m, k)).astype(np.uint8)
+    w = RNG.integers(-64, 65, (n, k)).astype(np.int8)
+    a[0], w[0], w[1] = 255, 64, -64
+    bias = RNG.integers(-20000, 20000, n).astype(np.int32)
+    mult, shift = qmath.fixed_point(RNG.uniform(2e-6, 4e-5, n))
+    epi = K.Epilogue("requant", None, "int8")
+    prov = K.get_provider(host)
+    layout = prov.dense_layout(m, k, n, w_absmax=64)
+    assert layout == "avx2u8" and prov.dense_layout(m, k, n, w_absmax=65) == "avx2"
+    func = prov.schedule_dense(K.dense_func(m, k, n, "uint8", layout, epi), layout, m, k, n)
+    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "int8", host)
+    acc = a.astype(np.int64) @ w.astype(np.int64).T + bias
+    np.testing.assert_array_equal(got, qmath.requantize(acc, mult, shift, 0))
+    assert "vpmaddubsw" in ex.mod.inspect_source("asm")
+
+
 def test_dense_float_epilogue_exact_and_gelu_close(host):
     m, k, n = 8, 64, 40
     a = RNG.integers(-128, 128, (m, k)).astype(np.int8)
