@@ -22,6 +22,10 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 
+# Block annotation: a stage TiledReduction keeps instead of inlining into the reduction's loads.
+MATERIALIZE = "hwcomp.materialize"
+
+
 @dataclasses.dataclass(frozen=True)
 class TileKnobs:
     """Tunable knobs of :class:`TiledReduction` (the tuner searches these).
@@ -126,9 +130,11 @@ class TiledReduction(ScheduleRule):
         main = reductions[0]
 
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
-        # stage because an if_then_else in the innermost loop defeats vectorization.
+        # stage because an if_then_else in the innermost loop defeats vectorization, and so do
+        # stages their author marked ``hwcomp.materialize`` (an int8 -> float conversion done once).
         for b in blocks:
-            if b != main and _is_spatial(sch, b) and sch.get_consumers(b) and not _has_conditional(sch, b):
+            if b != main and _is_spatial(sch, b) and sch.get_consumers(b) and not _has_conditional(sch, b) \
+                    and MATERIALIZE not in sch.get(b).annotations:
                 try:
                     sch.compute_inline(b)
                 except s_tir.ScheduleError:
@@ -287,6 +293,14 @@ class RowReduction(ScheduleRule):
         from tvm.s_tir.dlight.analysis import normalize_prim_func
 
         sch = s_tir.Schedule(func)
+        # Elementwise stages with one consumer (mask, where, quantize after a softmax) fold into it:
+        # fewer row-sized temporaries. A stage read twice (softmax's exp) stays, or it is recomputed.
+        for block in sch.get_child_blocks(get_root_block(sch))[:-1]:
+            if _is_spatial(sch, block) and len(sch.get_consumers(block)) == 1:
+                try:
+                    sch.compute_inline(block)
+                except s_tir.ScheduleError:
+                    pass
         infos = normalize_prim_func(sch)
         if infos is None or len(infos) < 2 or not infos[-1].is_injective():
             return None
