@@ -39,7 +39,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.kernels.bsr import BSRMatrix, block_density, pack_bsr
 from hwcomp.target import Target, get_target
-from hwcomp.tune.database import BSR_CHOICES
+from hwcomp.tune.database import BSR_CHOICES, json_object
 
 from .prune_weights import PruneWeights
 
@@ -201,10 +201,7 @@ class ChoiceCache:
         except OSError:
             return {}
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            return data
+            return json_object(text)
         except ValueError as e:
             # Keep the damaged file for inspection; re-measure instead of trusting or overwriting it.
             aside = self.path.with_name(self.path.name + ".corrupt")

@@ -820,6 +820,14 @@ def import_database(source: str | Path, destination: str | Path, target: Any = N
     return report
 
 
+def json_object(text: str) -> dict:
+    """``text`` parsed as one JSON object; ValueError for anything else (torn, edited, a list)."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def _read_measurements(path: Path, report: ImportReport | None = None) -> dict[str, Any]:
     """``key → entry`` of a measurement file (a JSON object, or JSON lines with a ``key``); a
     damaged file or line is counted in ``report.skipped_bad`` and left out."""
@@ -828,10 +836,7 @@ def _read_measurements(path: Path, report: ImportReport | None = None) -> dict[s
     text = path.read_text()
     if path.name == BSR_CHOICES:
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            return data
+            return json_object(text)
         except ValueError as e:
             warnings.warn(f"{path}: corrupt measurement file ({e}); not imported", TuningDatabaseWarning,
                           stacklevel=3)

@@ -98,14 +98,14 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int
         sch.parallel(fused)
 
 
-class TiledReduction(ScheduleRule):
-    """Register-tiled schedule for one-reduction functions (matmul, batch matmul, conv)."""
+class _CPURule(ScheduleRule):
+    """A dlight rule for LLVM CPU targets: ``_apply`` returns a schedule, or None (or raises a
+    schedule error) where the function is not of its kind."""
 
-    def __init__(self, vector_bits: int, knobs: TileKnobs | None = None):
+    def __init__(self, vector_bits: int):
         # The vector width comes from hwcomp's target description: LLVM's own query reports 512
         # bits for AVX2-only x86 CPUs.
         self.vector_bits = vector_bits
-        self.knobs = knobs or TileKnobs()
 
     def is_target_available(self, target: Target) -> bool:
         return target.kind.name == "llvm"
@@ -117,6 +117,17 @@ class TiledReduction(ScheduleRule):
             return self._apply(func, target)
         except (s_tir.ScheduleError, ValueError, IndexError):
             return None
+
+    def _apply(self, func: tirx.PrimFunc, target: Target):
+        raise NotImplementedError
+
+
+class TiledReduction(_CPURule):
+    """Register-tiled schedule for one-reduction functions (matmul, batch matmul, conv)."""
+
+    def __init__(self, vector_bits: int, knobs: TileKnobs | None = None):
+        super().__init__(vector_bits)
+        self.knobs = knobs or TileKnobs()
 
     def _apply(self, func, target):
         knobs = self.knobs
@@ -235,18 +246,10 @@ class TiledReduction(ScheduleRule):
         return sch
 
 
-class Injective(ScheduleRule):
+class Injective(_CPURule):
     """Element-wise / layout functions: inline chains, then parallel + vectorize."""
 
-    def __init__(self, vector_bits: int):
-        self.vector_bits = vector_bits
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
+    def _apply(self, func, target):
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(get_root_block(sch))
         if not blocks or not all(_is_spatial(sch, b) for b in blocks):
@@ -256,15 +259,12 @@ class Injective(ScheduleRule):
                 sch.compute_inline(b)
             except s_tir.ScheduleError:
                 pass
-        try:
-            for b in sch.get_child_blocks(get_root_block(sch)):
-                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
-        except s_tir.ScheduleError:
-            return None
+        for b in sch.get_child_blocks(get_root_block(sch)):
+            schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
         return sch
 
 
-class RowReduction(ScheduleRule):
+class RowReduction(_CPURule):
     """Row-wise reductions with elementwise stages (softmax, layer norm, RMS norm).
 
     Like dlight's CPU ``Reduction`` (rows in parallel, every stage computed per row, elementwise
@@ -275,21 +275,7 @@ class RowReduction(ScheduleRule):
     0.03 ms per call).
     """
 
-    def __init__(self, vector_bits: int):
-        self.vector_bits = vector_bits
-
-    def is_target_available(self, target: Target) -> bool:
-        return target.kind.name == "llvm"
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._apply(func)
-        except (s_tir.ScheduleError, ValueError, IndexError):
-            return None
-
-    def _apply(self, func):
+    def _apply(self, func, target):
         from tvm.s_tir.dlight.analysis import normalize_prim_func
 
         sch = s_tir.Schedule(func)
