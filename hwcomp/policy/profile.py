@@ -12,6 +12,7 @@ per-channel weights, per-tensor affine activations).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,24 @@ def layer_grams(model, names: list[str], samples, max_bytes: int = 1 << 29):
             chunk, size = [], 0
 
 
+@functools.lru_cache(maxsize=1)
+def kernel_code_hash() -> str:
+    """A short hash of the code that generates, schedules and lowers kernels (``schedules/``,
+    ``hwcomp/{quantize,kernels,passes}``, ``build.py``)."""
+    import hashlib
+
+    import hwcomp
+    import hwcomp.schedules
+
+    pkg = Path(hwcomp.__file__).parent
+    h = hashlib.sha1()
+    for root in (Path(hwcomp.schedules.__file__).parent, pkg / "quantize", pkg / "kernels", pkg / "passes"):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.read_bytes())
+    h.update((pkg / "build.py").read_bytes())
+    return h.hexdigest()[:10]
+
+
 def measure_option_latency(target: Target, layer: LinearLayer, option: Option, cache: dict, cache_file: Path,
                            repeat: int = 10) -> float:
     """Median latency (ms) of one ``rows × k → n`` linear with ``option`` on ``target`` (cached)."""
@@ -149,8 +168,10 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
 
     import os
 
-    # The thread count is part of the key: a timing taken with another pool size does not apply.
-    key = f"{layer.rows}x{layer.k}x{layer.n}:{option.label}@{os.environ.get('TVM_NUM_THREADS', 'default')}t"
+    # The thread count and the kernel code are part of the key: a timing taken with another pool
+    # size, or of kernels since rewritten, does not apply.
+    key = (f"{layer.rows}x{layer.k}x{layer.n}:{option.label}@{os.environ.get('TVM_NUM_THREADS', 'default')}t"
+           f"#{kernel_code_hash()}")
     if key in cache:
         return cache[key]
     torch.manual_seed(0)
