@@ -8,7 +8,9 @@ latency``, plus a fixed part for everything that is not a Linear layer:
     model_ms(uniform policy of kind k) = fixed + scale[k] · Σ lone_ms(layer, option)
 
 Two uniform sparse models (two sparsity levels) give ``fixed`` and the sparse scale; the dense and
-uniform int8 models then give their scales. sparse+int8 takes the sparse scale.
+uniform int8 models then give their scales. sparse+int8 takes the sparse scale, and low rank the
+dense one (it compiles to two fp32 dense layers; unscaled, a lone low-rank layer's cache-warm
+latency would flatter it against in-model dense layers).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def fit_latency_model(profiles: list[LayerProfile], measured: dict[Option, float
     if fixed < 0 or a_sparse <= 0:  # noisy measurements: no fixed part, one scale through the points
         fixed = 0.0
         a_sparse = (measured[lo] + measured[hi]) / (s_lo + s_hi)
-    scale = {"sparse": a_sparse, "sparse_int8": a_sparse,
-             "dense": max(measured[dense] - fixed, 1e-9) / lone_sum(profiles, dense)}
+    dense_scale = max(measured[dense] - fixed, 1e-9) / lone_sum(profiles, dense)
+    scale = {"sparse": a_sparse, "sparse_int8": a_sparse, "dense": dense_scale, "low_rank": dense_scale}
     for o in measured:
         if o.kind == "int8":
             scale["int8"] = max(measured[o] - fixed, 1e-9) / lone_sum(profiles, o)

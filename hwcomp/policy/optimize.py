@@ -106,38 +106,45 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
                       options=CompileOptions(passes=passes, verify=False), log=log)
 
 
-def measure(art, model, heldout, name: str, repeat: int = 10) -> Measured:
-    """Latency (median, TVM time evaluator) and mean cosine against PyTorch fp32 on held-out inputs."""
+def measure(art, model, heldout, name: str, repeat: int = 10, device: str = "local") -> Measured:
+    """Latency (median, TVM time evaluator) and mean cosine against PyTorch fp32 on held-out inputs,
+    both on ``device`` (``local``, ``rpc://HOST:PORT`` or ``tracker://HOST:PORT/KEY``)."""
     import torch
 
-    from ..runtime.measure import time_vm
+    from ..runtime.session import DeviceModel
 
+    dm = DeviceModel(art, device)
     cosines = []
     for sample in heldout:
         with torch.no_grad():
             ref = model(*[torch.from_numpy(a) for a in sample])
         ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
-        cosines.append(_cos(art.run(sample)[0], ref))
-    ms = time_vm(art.vm(), art.device(), art.device_args(heldout[0]), number=3, repeat=repeat).median
+        cosines.append(_cos(dm.run(sample)[0], ref))
+    ms = dm.time(heldout[0], number=3, repeat=repeat).median
     return Measured(name, ms, float(np.mean(cosines)))
 
 
-def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], rounds: int = 10) -> None:
-    """Re-time the points' artifacts round-robin (``time_round_robin``) and update their latency:
-    variants compiled and timed minutes apart on a shared machine drift by several percent."""
-    from ..runtime.measure import prepared_call, time_round_robin
+def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], rounds: int = 10,
+           device: str = "local") -> None:
+    """Re-time the points' artifacts round-robin (``time_round_robin``) on ``device`` and update
+    their latency: variants compiled and timed minutes apart on a shared machine drift by several
+    percent."""
+    from ..runtime.measure import time_round_robin
+    from ..runtime.session import DeviceModel
 
-    arts = [artifacts[m.name] for m in points]
-    calls = [prepared_call(a.vm(), a.device(), a.device_args(sample)) for a in arts]
-    for m, stats in zip(points, time_round_robin(calls, rounds=rounds)):
-        m.latency_ms = stats.median
+    first = DeviceModel(artifacts[points[0].name], device)
+    models = [first] + [DeviceModel(artifacts[m.name], device, session=first.session) for m in points[1:]]
+    calls = [dm.prepared(sample) for dm in models]
+    with models[0].device_errors():
+        for m, stats in zip(points, time_round_robin(calls, rounds=rounds)):
+            m.latency_ms = stats.median
 
 
 def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
              latency_budget_ms: float | None = None, fidelity_target: float | None = None,
              out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
              sparse_int8: bool = False, ranks=(),
-             baselines: bool = True, match_baseline: str | None = None,
+             baselines: bool = True, match_baseline: str | None = None, device: str = "local",
              log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
 
@@ -147,12 +154,13 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     number, the fidelity target is that baseline's simulated cosine — the fastest policy at least as
     faithful as the uniform choice. With ``baselines``, the uniform policies (dense, int8, the
     highest and lowest sparsity) are compiled and measured, and the additive latency model is
-    fitted to them (:mod:`.calibrate`).
+    fitted to them (:mod:`.calibrate`). ``device``: where every latency and the compiled outputs are
+    measured — this machine, or the target over RPC (``rpc://HOST:PORT``, ``tracker://HOST:PORT/KEY``).
     """
     target = get_target(target)
-    if not target.runs_here():
-        raise ValueError(f"optimize measures on the target; {target.name} cannot run here "
-                         "(measure over RPC is not wired into optimize yet)")
+    if device == "local" and not target.runs_here():
+        raise ValueError(f"optimize measures on the target; {target.name} cannot run here: "
+                         "give a device (rpc://HOST:PORT or tracker://HOST:PORT/KEY)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     calib, val, heldout = split_samples(samples)
@@ -163,7 +171,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     log(f"samples: {len(calib)} fit (re-fit, int8 ranges), {len(val)} validate (sensitivity, simulation), "
         f"{len(heldout)} held out (compiled measurement)")
     sim = Simulation.collect(model, calib, val, layers, int8_weight_bits(target))
-    profiles = profile_layers(model, layers, options, sim, target, log=log)
+    profiles = profile_layers(model, layers, options, sim, target, log=log, device=device)
 
     # Uniform policies measured whole: the baselines, and the points the latency model is fitted to.
     block = tuple(target.sparse_block)
@@ -178,7 +186,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     for name, opt in uniform.items():
         choices = {} if opt.kind == "dense" else {l.name: opt for l in layers}
         arts[name] = compile_policy(model, example_inputs, target, choices, calib)
-        measured.append(measure(arts[name], model, heldout, name))
+        measured.append(measure(arts[name], model, heldout, name, device=device))
         log(f"{name}: {measured[-1].latency_ms:.2f} ms, cosine {measured[-1].cosine:.5f} (held out)")
     by_option = {uniform[m.name]: m.latency_ms for m in measured}
     if sum(o.kind == "sparse" for o in by_option) >= 2:
@@ -199,9 +207,9 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
                                          fidelity_target=fidelity_target, fixed_ms=fixed_ms, log=log)
     front = pareto_front(profiles, fixed_ms=fixed_ms)
     art = compile_policy(model, example_inputs, target, policy.choices, calib, out_dir / "artifact")
-    chosen = measure(art, model, heldout, "searched policy")
+    chosen = measure(art, model, heldout, "searched policy", device=device)
     arts[chosen.name] = art
-    retime([*measured, chosen], arts, heldout[0])
+    retime([*measured, chosen], arts, heldout[0], device=device)
     log("round-robin latency: " + ", ".join(f"{m.name} {m.latency_ms:.2f} ms" for m in [*measured, chosen]))
     policy.measured_latency_ms, policy.measured_cosine = chosen.latency_ms, chosen.cosine
     save_policy(policy, out_dir / "policy.json", target.name, profiles)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..target import Target
+from ..tune.database import POLICY_LATENCY
 from .search import LayerProfile, OptionCost
 from .space import Option
 
@@ -62,7 +63,7 @@ def find_linear_layers(model, example_inputs, min_elements: int = 1024) -> list[
 
 
 def _cache_path(target: Target) -> Path:
-    from ..tune.database import POLICY_LATENCY, user_database_dir
+    from ..tune.database import user_database_dir
 
     return user_database_dir(target) / POLICY_LATENCY
 
@@ -158,20 +159,21 @@ def kernel_code_hash() -> str:
 
 
 def measure_option_latency(target: Target, layer: LinearLayer, option: Option, cache: dict, cache_file: Path,
-                           repeat: int = 10) -> float:
-    """Median latency (ms) of one ``rows × k → n`` linear with ``option`` on ``target`` (cached)."""
+                           repeat: int = 10, device: str = "local") -> float:
+    """Median latency (ms) of one ``rows × k → n`` linear with ``option`` on ``target``, measured on
+    ``device`` (this machine or an RPC URL; cached)."""
+    import os
+
     import torch
 
     from ..api import CompileOptions
     from ..api import compile as hw_compile
-    from ..runtime.measure import time_vm
+    from ..runtime.session import DeviceModel
 
-    import os
-
-    # The thread count and the kernel code are part of the key: a timing taken with another pool
-    # size, or of kernels since rewritten, does not apply.
-    key = (f"{layer.rows}x{layer.k}x{layer.n}:{option.label}@{os.environ.get('TVM_NUM_THREADS', 'default')}t"
-           f"#{kernel_code_hash()}")
+    # The device, its thread count (here) and the kernel code are part of the key: a timing taken
+    # elsewhere, with another pool size, or of kernels since rewritten, does not apply.
+    where = f"{os.environ.get('TVM_NUM_THREADS', 'default')}t" if device == "local" else device
+    key = f"{layer.rows}x{layer.k}x{layer.n}:{option.label}@{where}#{kernel_code_hash()}"
     if key in cache:
         return cache[key]
     torch.manual_seed(0)
@@ -186,7 +188,7 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     calib = [[torch.randn(layer.rows, layer.k).numpy()] for _ in range(4)]
     art = hw_compile(lin, target, None, example_inputs=(x,),
                      options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False))
-    ms = time_vm(art.vm(), art.device(), art.device_args([x.numpy()]), number=5, repeat=repeat).median
+    ms = DeviceModel(art, device).time([x.numpy()], number=5, repeat=repeat).median
     cache[key] = ms
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     with open(cache_file, "a") as f:
@@ -378,8 +380,9 @@ class Simulation:
 
 
 def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim: Simulation, target: Target,
-                   log: Callable[[str], None] = print, refit: bool = True) -> list[LayerProfile]:
-    """Latency (measured on ``target``) and sensitivity (simulated, ``sim``) of every layer × option.
+                   log: Callable[[str], None] = print, refit: bool = True, device: str = "local") -> list[LayerProfile]:
+    """Latency (measured on ``target`` at ``device``) and sensitivity (simulated, ``sim``) of every
+    layer × option.
 
     ``refit``: sparse options prune with the least-squares re-fit (as compiled)."""
     from tqdm import tqdm
@@ -390,7 +393,8 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
     latency: dict = {}
     for shape in tqdm(shapes, desc="latency per shape", disable=None):
         for opt in options:
-            latency[shape, opt] = measure_option_latency(target, LinearLayer("", *shape), opt, cache, cache_file)
+            latency[shape, opt] = measure_option_latency(target, LinearLayer("", *shape), opt, cache, cache_file,
+                                                         device=device)
     log("latency per option (ms): " + "; ".join(
         f"{'x'.join(map(str, s))}: " + ", ".join(f"{o.label} {latency[s, o]:.3f}" for o in options)
         for s in shapes))

@@ -471,9 +471,16 @@ def check_library_arch(path: str | os.PathLike, expected: str | None = None) -> 
 
 
 def upload_library(session, path: str | os.PathLike, expected_arch: str | None = None):
-    """Check the library's architecture (when given), upload it and load it on the remote side."""
+    """Check the library's architecture (when given), upload it and load it on the remote side.
+
+    The remote file is named after the library's content: every artifact's library is called
+    ``model.so``, and overwriting a library the server has already loaded crashes it (it is mapped
+    into the server process), so two artifacts in one session need two names."""
+    import hashlib
+
     path = Path(path)
     if expected_arch is not None:
         check_library_arch(path, expected_arch)
-    session.upload(str(path))
-    return session.load_module(path.name)
+    remote = f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}{path.suffix}"
+    session.upload(str(path), remote)
+    return session.load_module(remote)

@@ -6,6 +6,7 @@ Runtime side only: imports ``tvm.runtime`` and ``tvm.rpc``, never the compiler.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..artifact import LIB, Artifact, compare, flatten_outputs
 from ..errors import HwcompError
-from .measure import LatencyStats, time_vm
+from .measure import LatencyStats, prepared_call, time_vm
 from .rpc import ArchMismatchError, DeviceURLError, connect, parse_device_url, upload_library
 
 
@@ -68,10 +69,10 @@ class BenchReport:
         return out
 
 
-def _expected_arch(url, config: BenchConfig) -> str | None:
+def _expected_arch(url, arch: str | None = None) -> str | None:
     """The device's CPU architecture: given, the board's, or the target whose RPC key is used."""
-    if config.arch:
-        return config.arch
+    if arch:
+        return arch
     if url.kind == "local":
         import platform
 
@@ -102,81 +103,119 @@ def _is_emulated(url) -> bool:
                                   or (url.kind == "tracker" and url.key == board.key))
 
 
+class DeviceModel:
+    """An artifact loaded on a device — ``local``, ``rpc://HOST:PORT`` or ``tracker://HOST:PORT/KEY``
+    — to run and time there. Construction connects, refuses a library of the wrong architecture
+    before uploading it, uploads, and puts the weights on the device (``load_s``). ``session``: an
+    open one to load into (another ``DeviceModel``'s): an RPC server serves one session at a time,
+    so models used side by side must share it."""
+
+    def __init__(self, artifact: Artifact, device: str = "local", session_timeout: float = 300.0,
+                 arch: str | None = None, session=None):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        try:
+            self.url = parse_device_url(device)
+        except DeviceURLError as e:
+            raise HwcompError(str(e)) from None
+        self.artifact, self.device = artifact, device
+        self.is_cuda = artifact.target["tvm"]["kind"] == "cuda"
+        expected = _expected_arch(self.url, arch)
+        if expected is not None and not self.is_cuda:
+            try:
+                from .rpc import check_library_arch
+
+                check_library_arch(artifact.path / LIB, expected)
+            except ArchMismatchError as e:
+                raise HwcompError(f"{e} (artifact target {artifact.target['name']!r})") from None
+        try:
+            session = session or connect(device, session_timeout=session_timeout)
+        except (ConnectionError, OSError) as e:
+            raise HwcompError(f"cannot reach device {device}: {e}") from None
+        t0 = time.perf_counter()
+        with self.device_errors():
+            if self.url.kind == "local":  # a LocalSession's devices carry the RPC mask: use plain ones
+                lib = tvm.runtime.load_module(str(artifact.path / LIB))
+                self.dev = tvm.cuda(0) if self.is_cuda else tvm.cpu(0)
+            else:
+                lib = upload_library(session, artifact.path / LIB)
+                self.dev = session.cuda(0) if self.is_cuda else session.cpu(0)
+            self.session = session
+            self.vm = VirtualMachine(lib, self.dev)
+            self.weights = [tvm.runtime.tensor(w, self.dev) for w in artifact.weights()]
+        self.load_s = time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def device_errors(self):
+        import tvm
+
+        try:
+            yield
+        except (tvm.error.RPCError, tvm.error.InternalError) as e:
+            if self.url.kind == "local":
+                raise
+            # TVM reports a dropped session as kShutdown/connection errors from the RPC endpoint.
+            raise HwcompError(f"device {self.device} failed or disappeared during measurement: "
+                              f"{str(e).strip().splitlines()[-1]}") from None
+        except (ConnectionError, TimeoutError, OSError) as e:
+            raise HwcompError(f"device {self.device} disappeared during measurement: {e}") from None
+
+    def args(self, inputs) -> list:
+        """Inputs (checked against the artifact's specs) and weights, on the device."""
+        import tvm
+
+        return [tvm.runtime.tensor(a, self.dev) for a in self.artifact.check_inputs(inputs)] + self.weights
+
+    def prepared(self, inputs):
+        """A zero-argument call on ``inputs`` set once (:func:`~.measure.prepared_call`)."""
+        with self.device_errors():
+            return prepared_call(self.vm, self.dev, self.args(inputs))
+
+    def run(self, inputs) -> list[np.ndarray]:
+        with self.device_errors():
+            return flatten_outputs(self.vm["main"](*self.args(inputs)))
+
+    def time(self, inputs, number: int = 5, repeat: int = 20, min_repeat_ms: int = 0,
+             cache_flush: bool = False) -> LatencyStats:
+        """Latency statistics on the device (TVM's time evaluator, on the device's clock)."""
+        with self.device_errors():
+            return time_vm(self.vm, self.dev, self.args(inputs), number=number, repeat=repeat,
+                           min_repeat_ms=min_repeat_ms, cache_flush=cache_flush)
+
+
 def bench(artifact: Artifact, config: BenchConfig | None = None, tolerance: float = 1e-3) -> BenchReport:
     """Upload (if remote), load, warm up, time and check ``artifact`` on ``config.device``."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
     config = config or BenchConfig()
-    try:
-        url = parse_device_url(config.device)
-    except DeviceURLError as e:
-        raise HwcompError(str(e)) from None
-    is_cuda = artifact.target["tvm"]["kind"] == "cuda"
-    arch = _expected_arch(url, config)
-    if arch is not None and not is_cuda:
-        # Refuse a wrong-architecture library before anything is uploaded.
-        try:
-            from .rpc import check_library_arch
-
-            check_library_arch(artifact.path / LIB, arch)
-        except ArchMismatchError as e:
-            raise HwcompError(f"{e} (artifact target {artifact.target['name']!r})") from None
-    try:
-        session = connect(config.device, session_timeout=config.session_timeout)
-    except (ConnectionError, OSError) as e:
-        raise HwcompError(f"cannot reach device {config.device}: {e}") from None
-
+    rss0 = _rss_mb() if config.device == "local" else None
+    dm = DeviceModel(artifact, config.device, config.session_timeout, config.arch)
     ref = artifact.reference()
     inputs = artifact.check_inputs(ref[0]) if ref else None
     if inputs is None:
         from ..frontend.model import TensorSpec, random_inputs
 
         inputs = random_inputs([TensorSpec.from_dict(s) for s in artifact.inputs])
-    rss0 = _rss_mb() if url.kind == "local" else None
-    try:
-        t0 = time.perf_counter()
-        if url.kind == "local":
-            lib = tvm.runtime.load_module(str(artifact.path / LIB))
-        else:
-            lib = upload_library(session, artifact.path / LIB)
-        if url.kind == "local":  # a LocalSession's devices carry the RPC mask: use plain ones
-            dev = tvm.cuda(0) if is_cuda else tvm.cpu(0)
-        else:
-            dev = session.cuda(0) if is_cuda else session.cpu(0)
-        vm = VirtualMachine(lib, dev)
-        weights = [tvm.runtime.tensor(w, dev) for w in artifact.weights()]
-        args = [tvm.runtime.tensor(a, dev) for a in inputs] + weights
-        load_s = time.perf_counter() - t0
-
-        vm.set_input("main", *args)
+    with dm.device_errors():
+        call = dm.prepared(inputs)
         t1 = time.perf_counter()
-        vm.invoke_stateful("main")
-        outputs = flatten_outputs(vm.get_outputs("main"))
+        call()
         first_ms = (time.perf_counter() - t1) * 1e3
+        outputs = flatten_outputs(dm.vm.get_outputs("main"))
         for _ in range(config.warmup):
-            vm.invoke_stateful("main")
-        stats: LatencyStats = time_vm(vm, dev, args, number=config.number, repeat=config.repeat,
-                                      min_repeat_ms=config.min_repeat_ms, cache_flush=config.cache_flush)
-    except (tvm.error.RPCError, tvm.error.InternalError) as e:
-        if url.kind == "local":
-            raise
-        # TVM reports a dropped session as kShutdown/connection errors from the RPC endpoint.
-        raise HwcompError(f"device {config.device} failed or disappeared during measurement: "
-                          f"{str(e).strip().splitlines()[-1]}") from None
-    except (ConnectionError, TimeoutError, OSError) as e:
-        raise HwcompError(f"device {config.device} disappeared during measurement: {e}") from None
+            call()
+    stats = dm.time(inputs, number=config.number, repeat=config.repeat, min_repeat_ms=config.min_repeat_ms,
+                    cache_flush=config.cache_flush)
 
     correctness = None
     if ref is not None:
-        correctness = compare([np.asarray(o) for o in outputs], ref[1])
+        correctness = compare(outputs, ref[1])
         correctness["tolerance"] = tolerance
         correctness["ok"] = bool(correctness["max_abs_err"] <= tolerance * max(
             1.0, max(float(np.max(np.abs(r))) for r in ref[1])))
     peak = (_rss_mb() - rss0) if rss0 is not None else None
     return BenchReport(
-        artifact=str(artifact.path), target=artifact.target["name"], device=str(url),
-        emulated=_is_emulated(url), load_s=load_s, first_run_ms=first_ms, latency_ms=stats.summary(),
+        artifact=str(artifact.path), target=artifact.target["name"], device=str(dm.url),
+        emulated=_is_emulated(dm.url), load_s=dm.load_s, first_run_ms=first_ms, latency_ms=stats.summary(),
         samples_ms=stats.samples_ms, correctness=correctness, peak_rss_mb=peak)
 
 

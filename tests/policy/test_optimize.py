@@ -152,3 +152,32 @@ def test_low_rank_option_compiles_as_two_layers_and_matches_simulation(tmp_path)
                              weight_bits=int8_weight_bits(get_target("host")))
     got = measure(art, model, samples[4:], "low rank")
     assert got.cosine > 0.999 and abs(got.cosine - sim) < 1e-3, (got.cosine, sim)
+
+
+def test_optimize_measures_on_an_rpc_device(tmp_path, monkeypatch):
+    """``device=rpc://…``: the lone-layer latencies, the baselines and the chosen policy are timed,
+    and the held-out outputs computed, on the RPC server (a local one here, driven as a board is)."""
+    from hwcomp.policy.profile import POLICY_LATENCY
+    from hwcomp.runtime.rpc import RPCServer
+    from hwcomp.runtime.session import DeviceModel
+
+    monkeypatch.setenv("HWCOMP_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real_init = DeviceModel.__init__
+
+    def spy(self, artifact, device="local", *a, **k):
+        seen.append(device)
+        real_init(self, artifact, device, *a, **k)
+
+    monkeypatch.setattr(DeviceModel, "__init__", spy)
+    model = _planted()
+    rng = np.random.default_rng(4)
+    samples = [[rng.standard_normal((32, 128)).astype("float32")] for _ in range(6)]
+    with RPCServer() as server:
+        res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.999,
+                       out_dir=tmp_path / "opt", sparsities=(0.9,), int8=False, baselines=False,
+                       device=server.url, log=lambda s: None)
+    assert seen and set(seen) == {server.url}
+    keys = next((tmp_path / "cache").rglob(POLICY_LATENCY)).read_text().splitlines()
+    assert len(keys) == 6 and all(server.url in k for k in keys)  # 3 layer shapes x {fp32, bsr90%}
+    assert res.chosen.cosine >= 0.999 and res.chosen.latency_ms > 0

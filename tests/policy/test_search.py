@@ -79,6 +79,7 @@ def test_latency_model_recovers_fixed_part_and_per_kind_scales():
     assert fit.fixed_ms == pytest.approx(fixed)
     for kind in scale:
         assert fit.scale[kind] == pytest.approx(scale[kind])
+    assert fit.scale["low_rank"] == fit.scale["dense"]  # two fp32 dense layers in the model
     scaled = fit.apply(profiles)
     # a mixed policy predicted with the fitted model: fixed + Σ scale[kind] · lone latency
     mixed = {"l0": DENSE, "l1": INT8, "l2": sp50, "l3": SP90}
