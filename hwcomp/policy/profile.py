@@ -181,9 +181,7 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     if option.kind in ("sparse", "sparse_int8"):
         prune_linear_(lin, option)
     if option.kind == "low_rank":
-        from ..compress.low_rank import factorize_linear
-
-        lin = factorize_linear(lin, option.rank_for(layer.k, layer.n)).eval()
+        lin = factorize_low_rank(lin, option).eval()
     x = torch.randn(layer.rows, layer.k)
     calib = [[torch.randn(layer.rows, layer.k).numpy()] for _ in range(4)]
     art = hw_compile(lin, target, None, example_inputs=(x,),
@@ -241,11 +239,17 @@ def _fake_int8_weight(w, bits: int = 8):
     return torch.round(w / scale).clamp(-qmax, qmax) * scale
 
 
-def int8_weight_bits(target: Target) -> int:
-    """Width of dense int8 weights as realized for ``target`` (7 where ``reduce_range`` pays)."""
+def full_width(k: int, n: int) -> int:
+    """8-bit weights whatever the shape (the default ``weight_bits`` of the simulation)."""
+    return 8
+
+
+def int8_weight_bits(target: Target) -> Callable[[int, int], int]:
+    """``(k, n) -> width`` of a ``k -> n`` dense layer's int8 weights as realized for ``target``
+    (the kernel provider's own choice: 7 where ``reduce_range`` selects a faster kernel)."""
     from ..quantize.kernels import get_provider
 
-    return 7 if get_provider(target).reduce_range_pays else 8
+    return get_provider(target).dense_weight_bits
 
 
 def model_error(model, samples, reference: list[np.ndarray]) -> float:
@@ -265,14 +269,15 @@ def _smoothing(ch_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float, min_ra
     return np.clip(s, 1e-5, 1e5)
 
 
-def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None, weight_bits: int = 8) -> list:
+def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None,
+                  weight_bits: Callable[[int, int], int] = full_width) -> list:
     """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove.
 
     int8 follows the realized scheme of ``QuantConfig()``: SmoothQuant (alpha 0.7) where the input
     has outlier channels, weights per output channel, the smoothed input per tensor, affine (uint8
     when non-negative). ``ranges``: :func:`activation_ranges`. ``gram``: the layer's input Gram
     matrix, to prune with re-fit exactly as :func:`compile_policy` will. ``weight_bits``: dense int8
-    weight width (:func:`int8_weight_bits`; sparse + int8 keeps 8)."""
+    weight width by shape (:func:`int8_weight_bits`; sparse + int8 keeps 8)."""
     import torch
 
     from ..quantize import QuantConfig
@@ -297,7 +302,7 @@ def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=Non
         scale, zp, dtype = activation_params(lo, hi, cfg.activations, cfg.bits, unsigned=cfg.unsigned_nonneg)
         qmin, qmax = (0, 255) if dtype == "uint8" else (-128, 127)
         st = torch.from_numpy(s)
-        bits = weight_bits if option.kind == "int8" else 8
+        bits = weight_bits(lin.in_features, lin.out_features) if option.kind == "int8" else 8
         lin.weight.data = (_fake_int8_weight(w * st, bits) / st).to(lin.weight.dtype)
 
         def quant_input(m, args, st=st.float()):
@@ -342,7 +347,8 @@ def activation_ranges(model, samples, layers: list[LinearLayer]) -> dict[str, tu
 
 
 def simulate_error(model, choices: dict[str, Option], samples, reference: list[np.ndarray],
-                   ranges: dict, refit: bool = True, fit_samples=None, weight_bits: int = 8) -> float:
+                   ranges: dict, refit: bool = True, fit_samples=None,
+                   weight_bits: Callable[[int, int], int] = full_width) -> float:
     """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once);
     sparse layers re-fit on ``fit_samples`` (default ``samples``)."""
     import copy
@@ -367,10 +373,11 @@ class Simulation:
     val: list
     reference: list[np.ndarray]
     ranges: dict
-    weight_bits: int = 8  # dense int8 weights on the target (int8_weight_bits)
+    weight_bits: Callable[[int, int], int] = full_width  # dense int8 weight width by shape (int8_weight_bits)
 
     @classmethod
-    def collect(cls, model, fit, val, layers: list[LinearLayer], weight_bits: int = 8) -> Simulation:
+    def collect(cls, model, fit, val, layers: list[LinearLayer],
+                weight_bits: Callable[[int, int], int] = full_width) -> Simulation:
         return cls(fit, val, model_outputs(model, val), activation_ranges(model, fit, layers), weight_bits)
 
     def error(self, model, choices: dict[str, Option], refit: bool = True) -> float:

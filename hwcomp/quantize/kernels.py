@@ -331,6 +331,15 @@ class KernelProvider:
         """Weight layout for an ``M x K x N`` dense whose weight codes are at most ``w_absmax``."""
         return "nk"
 
+    def dense_weight_bits(self, k: int, n: int, bits: int = 8, reduce_range: bool | None = None) -> int:
+        """Width of a ``K -> N`` dense layer's weight codes: one bit narrower than ``bits`` where
+        ``reduce_range`` (default: ``reduce_range_pays``) selects a faster kernel for the shape.
+        Weight layouts depend on the weight's shape only, so no row count is needed."""
+        reduce = self.reduce_range_pays if reduce_range is None else reduce_range
+        if reduce and bits > 2 and self.dense_layout(1, k, n, 1 << (bits - 2)) != self.dense_layout(1, k, n):
+            return bits - 1
+        return bits
+
     def schedule_dense(self, func: tirx.PrimFunc, layout: str, m: int, k: int, n: int) -> tirx.PrimFunc | None:
         return None
 

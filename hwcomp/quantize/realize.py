@@ -291,12 +291,10 @@ class Realizer:
             m, k = int(np.prod(shp[:-1])), shp[-1]
             if len(shp) != 2:
                 xq = bb.emit(relax.op.reshape(xq, (m, k)))
-            # One bit narrower weights only where that selects a faster kernel for this shape.
-            reduce = cfg.reduce_range if cfg.reduce_range is not None else self.provider.reduce_range_pays
-            n_out = layer.weight.shape[0]
-            if reduce and layer.id not in sparse and cfg.bits > 2 and self.provider.dense_layout(
-                    m, k, n_out, 1 << (cfg.bits - 2)) != self.provider.dense_layout(m, k, n_out):
-                self.weight_bits[layer.id] = cfg.bits - 1
+            if layer.id not in sparse:  # the int8 BSR kernel takes full-width weights
+                bits = self.provider.dense_weight_bits(k, layer.weight.shape[0], cfg.bits, cfg.reduce_range)
+                if bits != cfg.bits:
+                    self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
             n = wq.shape[0]
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))

@@ -18,7 +18,7 @@ import numpy as np
 from ..artifact import LIB, Artifact, compare, flatten_outputs
 from ..errors import HwcompError
 from .measure import LatencyStats, prepared_call, time_vm
-from .rpc import ArchMismatchError, DeviceURLError, connect, parse_device_url, upload_library
+from .rpc import ArchMismatchError, DeviceURLError, check_library_arch, connect, parse_device_url, upload_library
 
 
 @dataclasses.dataclass
@@ -124,8 +124,6 @@ class DeviceModel:
         expected = _expected_arch(self.url, arch)
         if expected is not None and not self.is_cuda:
             try:
-                from .rpc import check_library_arch
-
                 check_library_arch(artifact.path / LIB, expected)
             except ArchMismatchError as e:
                 raise HwcompError(f"{e} (artifact target {artifact.target['name']!r})") from None

@@ -32,6 +32,17 @@ def _planted():
     return m
 
 
+def _simulated_cosine(model, choices, samples) -> float:
+    """The PyTorch simulation of ``choices`` as optimize runs it: re-fit and int8 ranges on the first
+    four samples, cosine on the rest, weights as wide as the host's kernels take them."""
+    from hwcomp.policy.profile import Simulation, find_linear_layers, int8_weight_bits
+    from hwcomp.target import get_target
+
+    layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
+    sim = Simulation.collect(model, samples[:4], samples[4:], layers, int8_weight_bits(get_target("host")))
+    return 1 - sim.error(model, choices)
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     model = _planted()
@@ -76,9 +87,6 @@ def test_policy_file_and_plot_written(result):
 
 def test_mixed_policy_compiles_each_layer_as_chosen(tmp_path):
     """sparse+int8, int8 and fp32 sparse in one model: compiled output agrees with the PyTorch simulation."""
-    from hwcomp.policy.profile import (activation_ranges, find_linear_layers, int8_weight_bits, model_outputs,
-                                       simulate_error)
-    from hwcomp.target import get_target
     from hwcomp.policy.space import Option
 
     model = _planted()
@@ -91,10 +99,7 @@ def test_mixed_policy_compiles_each_layer_as_chosen(tmp_path):
         nbytes[w.dtype.name] = nbytes.get(w.dtype.name, 0) + w.nbytes
     assert nbytes["float32"] < 0.3 * 128 * 512 * 4  # c as fp32 BSR (dense would be 262 kB)
     assert 512 * 512 <= nbytes["int8"] < 512 * 512 + 0.3 * 128 * 512  # b dense int8, a as int8 BSR
-    layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
-    sim = 1 - simulate_error(model, choices, samples[4:], model_outputs(model, samples[4:]),
-                             activation_ranges(model, samples[:4], layers), fit_samples=samples[:4],
-                             weight_bits=int8_weight_bits(get_target("host")))
+    sim = _simulated_cosine(model, choices, samples)
     got = measure(art, model, samples[4:], "mixed")
     assert got.cosine > 0.99 and abs(got.cosine - sim) < 5e-3, (got.cosine, sim)
 
@@ -130,9 +135,6 @@ def test_optimize_cli_writes_policy_artifact_and_plot(tmp_path, capsys):
 
 def test_low_rank_option_compiles_as_two_layers_and_matches_simulation(tmp_path):
     """A layer that is exactly rank 12: the 25 % low-rank option (rank 32) loses nothing, compiled or simulated."""
-    from hwcomp.policy.profile import (activation_ranges, find_linear_layers, int8_weight_bits, model_outputs,
-                                       simulate_error)
-    from hwcomp.target import get_target
     from hwcomp.policy.space import Option
 
     model = _planted()
@@ -146,10 +148,7 @@ def test_low_rank_option_compiles_as_two_layers_and_matches_simulation(tmp_path)
     art = compile_policy(model, (torch.from_numpy(samples[0][0]),), "host", choices, samples[:4], tmp_path / "lr")
     shapes = sorted(tuple(w.shape) for w in art.weights() if w.ndim == 2 and w.dtype == np.float32)
     assert (128, 512) in shapes or (512, 128) in shapes  # b factorized into 512 -> 128 -> 512
-    layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
-    sim = 1 - simulate_error(model, choices, samples[4:], model_outputs(model, samples[4:]),
-                             activation_ranges(model, samples[:4], layers), fit_samples=samples[:4],
-                             weight_bits=int8_weight_bits(get_target("host")))
+    sim = _simulated_cosine(model, choices, samples)
     got = measure(art, model, samples[4:], "low rank")
     assert got.cosine > 0.999 and abs(got.cosine - sim) < 1e-3, (got.cosine, sim)
 
