@@ -3,10 +3,11 @@
 For all-MiniLM-L6-v2 (real weights; 48 template sentences and the 16 hand-written ones below,
 shuffled: 32 fit, 16 validate, 16 held out) and BERT-base (random init, random tokens), seq 128,
 batch 1:
-profile every Linear × {fp32, int8, block-sparse 30-90 %, sparse+int8, rank-25 % low rank} (latency measured with hwcomp's kernels on
-this CPU, sensitivity simulated on calibration inputs), search the fastest policy at least as
-faithful as uniform int8, compile and measure it against dense fp32, uniform int8 and uniform
-90%- and 30%-sparse. Fidelity is the cosine of the mean-pooled sentence embedding (the model's output here)
+profile every Linear × the model's option space (``SPACES``: fp32, int8, block-sparse levels,
+sparse+int8, rank-25 % low rank; latency measured with hwcomp's kernels on this CPU, sensitivity
+simulated on calibration inputs), search the fastest policy at least as faithful as uniform int8,
+compile and measure it against dense fp32, uniform int8 and uniform sparse at the highest and lowest
+level. MiniLM is also searched at the looser ``--extra-targets``. Fidelity is the cosine of the mean-pooled sentence embedding (the model's output here)
 against PyTorch fp32 on held-out sentences. Writes bench/results/policy.json and bench/results/policy_<model>.png.
 
 Last line: ``policy_minilm_speedup_over_uniform_int8_at_equal_fidelity=<x>`` (higher is better).
@@ -15,6 +16,8 @@ Last line: ``policy_minilm_speedup_over_uniform_int8_at_equal_fidelity=<x>`` (hi
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,6 +52,14 @@ SENTENCES = [
 
 
 COSINE_TIE = 2e-4
+
+#: The option space per model. BERT-base's is smaller: its sensitivity profile simulates every
+#: option on every one of 72 layers in PyTorch (each re-fit of a 3072-wide layer at 50 % takes ~14 s),
+#: and the full MiniLM space took over 45 minutes there.
+SPACES = {
+    "minilm": dict(sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,)),
+    "bert-base": dict(sparsities=(0.5, 0.9), sparse_int8=True, ranks=(25,)),
+}
 
 
 def minilm(seq: int, n_template: int = 48):
@@ -90,7 +101,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--samples", type=int, default=16, help="samples for BERT-base (fit / validate / held out)")
     p.add_argument("--extra-targets", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.995, 0.99],
-                   help="also search, compile and measure at these fidelity targets")
+                   help="MiniLM: also search, compile and measure at these fidelity targets")
     args = p.parse_args()
     rows, payload = [], {}
     for name in args.models.split(","):
@@ -98,12 +109,11 @@ def main() -> None:
         example = tuple(torch.from_numpy(a) for a in samples[0])
         out = Path(f"/tmp/hwcomp-policy-{name}")
         print(f"[{name}] profiling, searching, compiling, measuring ...", flush=True)
-        res = optimize(model, example, "host", samples, match_baseline="uniform int8", out_dir=out,
-                       sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,))
+        res = optimize(model, example, "host", samples, match_baseline="uniform int8", out_dir=out, **SPACES[name])
         # The same profiles searched at looser fidelity targets: what the front offers below int8's.
         extra = []
         fit, _, held = split_samples(samples)
-        for cos in args.extra_targets:
+        for cos in (args.extra_targets if name == "minilm" else []):
             pol, _ = checked_search(model, res.profiles, res.simulation, latency_budget_ms=None,
                                     fidelity_target=cos, fixed_ms=res.fixed_ms, log=lambda s: None)
             art = compile_policy(model, example, "host", pol.choices, fit)
@@ -123,10 +133,17 @@ def main() -> None:
             "policy": {k: v.label for k, v in res.policy.choices.items()},
             "predicted": {"latency_ms": res.policy.predicted_latency_ms, "cosine": res.policy.predicted_cosine},
             "measured": [r for r in rows if r["model"] == name],
+            "options": [o.label for o in res.profiles[0].costs] if res.profiles else [],
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "front": [{"latency_ms": f.predicted_latency_ms, "cosine": f.predicted_cosine} for f in res.front],
         }
     print_table(rows, ["model", "config", "latency_ms", "cosine", "speedup_vs_uniform_int8"])
-    write_results("policy", {"models": payload})
+    # Models run separately (``--models bert-base``) keep the other model's last results.
+    try:
+        previous = json.loads((RESULTS / "policy.json").read_text()).get("models", {})
+    except (OSError, ValueError):
+        previous = {}
+    write_results("policy", {"models": {**previous, **payload}})
     mini = [r for r in rows if r["model"] == "minilm"]
     if mini:
         pol = next(r for r in mini if r["config"] == "searched policy")

@@ -270,7 +270,7 @@ def _smoothing(ch_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float, min_ra
 
 
 def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None,
-                  weight_bits: Callable[[int, int], int] = full_width) -> list:
+                  weight_bits: Callable[[int, int], int] = full_width, pruned: dict | None = None) -> list:
     """Put ``option`` on one layer of ``model`` in place (PyTorch simulation); returns hooks to remove.
 
     int8 follows the realized scheme of ``QuantConfig()``: SmoothQuant (alpha 0.7) where the input
@@ -286,7 +286,15 @@ def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=Non
     lin = dict(model.named_modules())[layer_name]
     hooks = []
     if option.kind in ("sparse", "sparse_int8"):
-        prune_linear_(lin, option, gram)
+        key = (option.sparsity, option.block)
+        if pruned is not None and key in pruned:
+            lin.weight.data = pruned[key][0].clone()
+            if lin.bias is not None:
+                lin.bias.data = pruned[key][1].clone()
+        else:
+            prune_linear_(lin, option, gram)
+            if pruned is not None:
+                pruned[key] = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
     if option.kind == "low_rank":
         # The product of the two factors: the factorized layer's output, up to float rounding.
         seq = factorize_low_rank(lin, option, gram)
@@ -412,6 +420,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
         gram = next(grams)[1] if grams is not None else None
         costs = []
+        pruned: dict = {}
         for opt in options:
             if opt.kind == "dense":
                 err = 0.0
@@ -419,7 +428,7 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
                 # In place and restored: a deep copy per trial would copy BERT-base 180 times.
                 lin = mods[layer.name]
                 saved = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
-                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram, sim.weight_bits)
+                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram, sim.weight_bits, pruned)
                 try:
                     err = max(0.0, model_error(model, sim.val, sim.reference))
                 finally:
