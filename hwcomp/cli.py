@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-int8", action="store_true", help="do not offer int8")
     s.add_argument("--sparse-int8", action="store_true", help="also offer sparse + int8 (int8 BSR kernels)")
     s.add_argument("--ranks", default="", help="also offer low rank: percent of each layer's full rank kept (e.g. 25)")
+    s.add_argument("--widths", default="", help="also offer structured widths on FFN-like Linear pairs: percent of "
+                   "the hidden units kept (e.g. 75,50)")
     s.add_argument("--device", default="local",
                    help="where to measure: local, rpc://HOST:PORT or tracker://HOST:PORT/KEY (the target's board)")
     s.set_defaults(func=cmd_optimize)
@@ -343,7 +345,8 @@ def cmd_optimize(args) -> int:
                    latency_budget_ms=args.latency_budget, fidelity_target=args.fidelity_target,
                    out_dir=args.output, sparsities=tuple(float(v) for v in args.sparsities.split(",")),
                    int8=not args.no_int8, sparse_int8=args.sparse_int8,
-                   ranks=tuple(int(v) for v in args.ranks.split(",") if v), device=args.device, log=_print)
+                   ranks=tuple(int(v) for v in args.ranks.split(",") if v),
+                   widths=tuple(int(v) for v in args.widths.split(",") if v), device=args.device, log=_print)
     for m in [*res.baselines, res.chosen]:
         _print(f"{m.name:28s} {m.latency_ms:9.3f} ms   cosine {m.cosine:.5f}")
     _print(f"policy: {args.output}/policy.json (+ .txt), artifact: {res.artifact_path}, plot: {args.output}/pareto.png")

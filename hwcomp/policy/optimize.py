@@ -25,12 +25,14 @@ from .profile import (
     find_linear_layers,
     int8_weight_bits,
     layer_grams,
+    latency_table,
     layer_option_passes,
     profile_layers,
     prune_linear_,
 )
 from .search import LayerProfile, Policy, pareto_front, search
 from .space import Option, option_space
+from .widths import check_widths, merge_groups, narrow_, profile_widths, width_groups, width_options
 
 
 @dataclasses.dataclass
@@ -65,7 +67,8 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
     """Compile ``model`` with each Linear given its option (layers not named stay fp32).
 
     ``refit``: sparse layers are re-fit by least squares on ``calib`` (inputs of the fp32 model), when
-    calibration data are given."""
+    calibration data are given. Structured widths keep the units and re-fit the consumer on ``calib``
+    (without it: the units with the largest weights, no re-fit)."""
     import torch
 
     from ..api import CompileOptions
@@ -74,6 +77,13 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
     target = get_target(target)
     original, model = model, copy.deepcopy(model)
     mods = dict(model.named_modules())
+    narrowed = check_widths(original, choices)
+    if narrowed:  # structured widths: units chosen and the consumer re-fit on calibration inputs
+        consumers = [g.consumer for g in narrowed.values()]
+        consumer_grams = dict(layer_grams(original, consumers, calib)) if calib else {
+            c: torch.eye(mods[c].in_features + 1, dtype=torch.float64) for c in consumers}  # by weights alone
+        for g in narrowed.values():
+            narrow_(model, g, choices[g.producer].width, consumer_grams[g.consumer], shrink=True)
     fitted = {n: o for n, o in choices.items() if o.kind in NEEDS_GRAM}
     names = list(fitted)
     grams = layer_grams(original, names, calib) if refit and calib else ((n, None) for n in names)
@@ -143,7 +153,7 @@ def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], ro
 def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
              latency_budget_ms: float | None = None, fidelity_target: float | None = None,
              out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
-             sparse_int8: bool = False, ranks=(),
+             sparse_int8: bool = False, ranks=(), widths=(),
              baselines: bool = True, match_baseline: str | None = None, device: str = "local",
              log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
@@ -156,6 +166,8 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     highest and lowest sparsity) are compiled and measured, and the additive latency model is
     fitted to them (:mod:`.calibrate`). ``device``: where every latency and the compiled outputs are
     measured — this machine, or the target over RPC (``rpc://HOST:PORT``, ``tracker://HOST:PORT/KEY``).
+    ``widths``: structured widths (percent of units kept) offered to every width group
+    (:mod:`.widths`: transformer FFNs, Linear pairs of an ``nn.Sequential``), fp32 and int8.
     """
     target = get_target(target)
     if device == "local" and not target.runs_here():
@@ -172,6 +184,13 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
         f"{len(heldout)} held out (compiled measurement)")
     sim = Simulation.collect(model, calib, val, layers, int8_weight_bits(target))
     profiles = profile_layers(model, layers, options, sim, target, log=log, device=device)
+    groups = width_groups(model, [l.name for l in layers]) if widths else []
+    width_costs = {}
+    if groups:
+        log(f"{len(groups)} width groups, widths {', '.join(f'{w}%' for w in widths)}")
+        grams = dict(layer_grams(model, [g.consumer for g in groups], calib))
+        width_costs = profile_widths(model, groups, layers, width_options(widths, int8), sim, target, grams,
+                                     latency_table(target, device), log=log)
 
     # Uniform policies measured whole: the baselines, and the points the latency model is fitted to.
     block = tuple(target.sparse_block)
@@ -193,8 +212,11 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
         model_fit = fit_latency_model(profiles, by_option)
         log(f"latency model: {model_fit.describe()}")
         profiles, fixed_ms = model_fit.apply(profiles), model_fit.fixed_ms
+        scale = lambda kind: model_fit.scale.get(kind, 1.0)  # noqa: E731
     else:  # one point only: lone-layer latencies as they are, the rest of the model fixed
         fixed_ms = max(0.0, measured[0].latency_ms - sum(p.dense().latency_ms for p in profiles))
+        scale = lambda kind: 1.0  # noqa: E731
+    profiles = merge_groups(profiles, groups, width_costs, scale)  # a width group is one knapsack item
 
     if match_baseline is not None:
         # Judge "as faithful as the baseline" with the search's own estimator (the simulation on the

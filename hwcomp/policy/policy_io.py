@@ -39,9 +39,9 @@ def load_policy(path: str | Path) -> Policy:
 def policy_table(policy: Policy, profiles: list[LayerProfile]) -> str:
     rows = [("layer", "shape", "choice", "latency ms", "dense ms", "error (1-cos)")]
     for p in profiles:
-        opt = policy.choices[p.name]
-        c = next(c for c in p.costs if c.option == opt)
-        rows.append((p.name, "x".join(map(str, p.shape)), opt.label, f"{c.latency_ms:.3f}",
+        c = p.cost_of(policy.choices)
+        label = " + ".join(o.label for o in p.choices_of(c).values())
+        rows.append((p.name, "x".join(map(str, p.shape)), label, f"{c.latency_ms:.3f}",
                      f"{p.dense().latency_ms:.3f}", f"{c.error:.2e}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]

@@ -194,6 +194,14 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     return ms
 
 
+def latency_table(target: Target, device: str = "local") -> Callable[[tuple[int, int, int], Option], float]:
+    """``(rows, k, n), option -> ms``: :func:`measure_option_latency` with the database's cache."""
+    cache_file = _cache_path(target)
+    cache = _load_cache(cache_file)
+    return lambda shape, opt: measure_option_latency(target, LinearLayer("", *shape), opt, cache, cache_file,
+                                                     device=device)
+
+
 # ---- sensitivity ----------------------------------------------------------------------------------
 
 
@@ -358,15 +366,22 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
                    ranges: dict, refit: bool = True, fit_samples=None,
                    weight_bits: Callable[[int, int], int] = full_width) -> float:
     """1 − cosine of the whole policy, simulated in PyTorch on ``samples`` (every layer at once);
-    sparse layers re-fit on ``fit_samples`` (default ``samples``)."""
+    sparse layers re-fit, and structured widths chosen and re-fit, on ``fit_samples`` (default
+    ``samples``)."""
     import copy
 
+    from .widths import check_widths, narrow_
+
     sim = copy.deepcopy(model)
-    sparse = [n for n, o in choices.items() if o.kind in NEEDS_GRAM]
-    grams = dict(layer_grams(model, sparse, fit_samples or samples)) if sparse and refit else {}
+    narrowed = check_widths(model, choices)
+    sparse = [n for n, o in choices.items() if o.kind in NEEDS_GRAM] if refit else []
+    names = sparse + [g.consumer for g in narrowed.values()]
+    grams = dict(layer_grams(model, names, fit_samples or samples)) if names else {}
+    for g in narrowed.values():
+        narrow_(sim, g, choices[g.producer].width, grams[g.consumer], shrink=False)
     for name, opt in choices.items():
         if opt.kind != "dense":
-            apply_option_(sim, name, opt, ranges, grams.pop(name, None), weight_bits)
+            apply_option_(sim, name, opt, ranges, grams.get(name) if name in sparse else None, weight_bits)
     return max(0.0, model_error(sim, samples, reference))
 
 
@@ -402,14 +417,12 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
     ``refit``: sparse options prune with the least-squares re-fit (as compiled)."""
     from tqdm import tqdm
 
-    cache_file = _cache_path(target)
-    cache = _load_cache(cache_file)
+    latency_of = latency_table(target, device)
     shapes = sorted({l.shape for l in layers})
     latency: dict = {}
     for shape in tqdm(shapes, desc="latency per shape", disable=None):
         for opt in options:
-            latency[shape, opt] = measure_option_latency(target, LinearLayer("", *shape), opt, cache, cache_file,
-                                                         device=device)
+            latency[shape, opt] = latency_of(shape, opt)
     log("latency per option (ms): " + "; ".join(
         f"{'x'.join(map(str, s))}: " + ", ".join(f"{o.label} {latency[s, o]:.3f}" for o in options)
         for s in shapes))

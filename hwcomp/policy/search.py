@@ -17,19 +17,37 @@ from .space import Option
 
 @dataclasses.dataclass(frozen=True)
 class OptionCost:
-    option: Option
+    option: Option | tuple[Option, ...]  # a tuple, one per member, for a profile of several layers
     latency_ms: float
     error: float  # 1 − cosine of the model output when only this layer uses this option
 
 
 @dataclasses.dataclass
 class LayerProfile:
+    """The options of one knapsack item: a layer, or several layers chosen together (``members``: a
+    structured-width group, whose producer's width changes its consumer's shape)."""
+
     name: str
     shape: tuple[int, ...]
     costs: list[OptionCost]
+    members: tuple[str, ...] = ()
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.members or (self.name,)
+
+    def choices_of(self, cost: OptionCost) -> dict[str, Option]:
+        """The option each layer takes under ``cost``."""
+        opts = cost.option if isinstance(cost.option, tuple) else (cost.option,)
+        return dict(zip(self.layer_names, opts))
+
+    def cost_of(self, choices: dict[str, Option]) -> OptionCost:
+        """The cost whose options are those ``choices`` give this item's layers."""
+        want = tuple(choices[n] for n in self.layer_names)
+        return next(c for c in self.costs if tuple(self.choices_of(c).values()) == want)
 
     def dense(self) -> OptionCost:
-        return next(c for c in self.costs if c.option.kind == "dense")
+        return self.cost_of({n: Option("dense") for n in self.layer_names})
 
 
 @dataclasses.dataclass
@@ -88,8 +106,10 @@ def _backtrack(profiles, best, picks, step, end: int) -> list[int]:
 
 def _policy(profiles, idx, fixed_ms) -> Policy:
     chosen = [p.costs[i] for p, i in zip(profiles, idx)]
-    return Policy({p.name: c.option for p, c in zip(profiles, chosen)},
-                  fixed_ms + sum(c.latency_ms for c in chosen), sum(c.error for c in chosen))
+    choices: dict[str, Option] = {}
+    for p, c in zip(profiles, chosen):
+        choices.update(p.choices_of(c))
+    return Policy(choices, fixed_ms + sum(c.latency_ms for c in chosen), sum(c.error for c in chosen))
 
 
 def search(profiles: list[LayerProfile], *, latency_budget_ms: float | None = None,

@@ -1,6 +1,8 @@
 """What one layer may become: dense fp32, int8, block-sparse at a level and block shape, sparse+int8,
 or low rank (``rank``: the percentage of the layer's full rank ``min(in, out)`` kept, so one option
-applies to every shape)."""
+applies to every shape); and, on a layer whose outputs feed one other Linear through channel-wise
+ops (a transformer FFN), a structured width (``width``: the percentage of its output units kept,
+fp32 or int8; see :mod:`.widths`)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,18 @@ class Option:
     sparsity: float = 0.0
     block: tuple[int, int] = (1, 1)
     rank: int = 0
+    width: int = 100  # percent of the output units kept (a structured width; dense and int8 only)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown option kind {self.kind!r}; one of {KINDS}")
+        if not 0 < self.width <= 100 or (self.width < 100 and self.kind not in ("dense", "int8")):
+            raise ValueError(f"width {self.width}% is for dense or int8 layers (0 < width <= 100), not {self.kind}")
 
     @property
     def label(self) -> str:
+        if self.width < 100:
+            return f"{'fp32' if self.kind == 'dense' else 'int8'} w{self.width}%"
         if self.kind == "dense":
             return "fp32"
         if self.kind == "int8":
@@ -36,11 +43,13 @@ class Option:
         return max(1, round(self.rank / 100 * min(k, n)))
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "sparsity": self.sparsity, "block": list(self.block), "rank": self.rank}
+        return {"kind": self.kind, "sparsity": self.sparsity, "block": list(self.block), "rank": self.rank,
+                "width": self.width}
 
     @classmethod
     def from_dict(cls, d: dict) -> Option:
-        return cls(d["kind"], float(d.get("sparsity", 0.0)), tuple(d.get("block", (1, 1))), int(d.get("rank", 0)))
+        return cls(d["kind"], float(d.get("sparsity", 0.0)), tuple(d.get("block", (1, 1))), int(d.get("rank", 0)),
+                   int(d.get("width", 100)))
 
 
 def option_space(block: tuple[int, int], sparsities=(0.5, 0.7, 0.8, 0.9), int8: bool = True,
