@@ -11,7 +11,6 @@ Last line: ``e2e_bert_base_fp32_hwcomp_over_ort=<ratio>`` (lower is better).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from . import __version__
 from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare, save_arrays, write_manifest

@@ -1,7 +1,6 @@
 """End-to-end compile → run for the host CPU, against PyTorch (tolerances stated per test)."""
 
 import numpy as np
-import pytest
 import torch
 
 import hwcomp

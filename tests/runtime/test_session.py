@@ -7,7 +7,6 @@ import tarfile
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
