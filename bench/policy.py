@@ -4,8 +4,8 @@ For all-MiniLM-L6-v2 (real weights; 48 template sentences and the 16 hand-writte
 shuffled: 32 fit, 16 validate, 16 held out) and BERT-base (random init, random tokens), seq 128,
 batch 1:
 profile every Linear × the model's option space (``SPACES``: fp32, int8, block-sparse levels,
-sparse+int8, rank-25 % low rank; latency measured with hwcomp's kernels on this CPU, sensitivity
-simulated on calibration inputs), search the fastest policy at least as faithful as uniform int8,
+sparse+int8, rank-25 % low rank, and for MiniLM FFN widths 90/75/50 %; latency measured with
+hwcomp's kernels on this CPU, sensitivity simulated on calibration inputs), search the fastest policy at least as faithful as uniform int8,
 compile and measure it against dense fp32, uniform int8 and uniform sparse at the highest and lowest
 level. MiniLM is also searched at the looser ``--extra-targets``. Fidelity is the cosine of the mean-pooled sentence embedding (the model's output here)
 against PyTorch fp32 on held-out sentences. Writes bench/results/policy.json and bench/results/policy_<model>.png.
@@ -57,7 +57,7 @@ COSINE_TIE = 2e-4
 #: option on every one of 72 layers in PyTorch (each re-fit of a 3072-wide layer at 50 % takes ~14 s),
 #: and the full MiniLM space took over 45 minutes there.
 SPACES = {
-    "minilm": dict(sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,)),
+    "minilm": dict(sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,), widths=(90, 75, 50)),
     "bert-base": dict(sparsities=(0.5, 0.9), sparse_int8=True, ranks=(25,)),
 }
 

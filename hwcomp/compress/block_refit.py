@@ -60,37 +60,20 @@ def block_prune_refit_(linear: nn.Linear, sparsity: float, block: tuple[int, int
     generalized best to held-out sentences on all-MiniLM-L6-v2 among 0.01, 0.1 and 1).
     Returns the kept-block mask (block rows × block cols).
     """
-    n, k = linear.weight.shape
-    feature_norm = torch.sqrt(torch.diag(gram)[:k]).numpy()
-    w = linear.weight.detach().double().numpy()
-    keep = prune_mask_from_scores(block_scores(w * feature_norm[None, :], block, "l1"), sparsity)
-    r, c = block
-    groups = []
-    for g in range(keep.shape[0]):
-        cols = (np.nonzero(keep[g])[0][:, None] * c + np.arange(c)[None, :]).ravel()
-        groups.append((slice(g * r, min((g + 1) * r, n)), cols[cols < k]))
-    _refit_(linear, groups, gram, damp)
-    return keep
-
-
-def refit_columns_(linear: nn.Linear, cols: np.ndarray, gram: Tensor, damp: float = 0.1) -> None:
-    """Keep only the input columns ``cols`` of ``linear`` (the others become zero), every output
-    re-fit by least squares on them (``gram``: :func:`input_gram`) — a structured-width consumer
-    absorbing what its removed inputs carried."""
-    _refit_(linear, [(slice(0, linear.out_features), np.asarray(cols))], gram, damp)
-
-
-def _refit_(linear: nn.Linear, groups: list[tuple[slice, np.ndarray]], gram: Tensor, damp: float) -> None:
-    """For each ``(rows, kept columns)``: the least-squares weights of those rows on those columns
-    (and the bias), every other weight zero; in place."""
     w = linear.weight.detach().double()
     n, k = w.shape
     has_bias = linear.bias is not None
     h = gram if has_bias else gram[:k, :k]
     h = h + damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    feature_norm = torch.sqrt(torch.diag(gram)[:k]).numpy()
+    keep = prune_mask_from_scores(block_scores(w.numpy() * feature_norm[None, :], block, "l1"), sparsity)
     w_aug = torch.cat([w, linear.bias.detach().double()[:, None]], 1) if has_bias else w
     new = torch.zeros_like(w_aug)
-    for rows, cols in groups:
+    r, c = block
+    for g in range(keep.shape[0]):
+        rows = slice(g * r, min((g + 1) * r, n))
+        cols = (np.nonzero(keep[g])[0][:, None] * c + np.arange(c)[None, :]).ravel()
+        cols = cols[cols < k]
         if has_bias:
             cols = np.append(cols, k)
         if cols.size == 0:
@@ -103,3 +86,4 @@ def _refit_(linear: nn.Linear, groups: list[tuple[slice, np.ndarray]], gram: Ten
         linear.weight.copy_(new[:, :k].to(linear.weight.dtype))
         if has_bias:
             linear.bias.copy_(new[:, k].to(linear.bias.dtype))
+    return keep

@@ -5,9 +5,9 @@ channel-wise ops only (a transformer FFN's ``intermediate.dense → GELU → out
 Linears of an ``nn.Sequential``). Keeping ``width`` % of the units shrinks both matmuls: the
 producer to ``k → width·n`` and the consumer to ``width·n → n'``, with no sparse kernel needed.
 
-Which units: the largest *output energy* ``‖W_c[:, u]‖² · E[h_u²]`` (the consumer's column norm
-times the unit's mean square activation, from the consumer's input Gram matrix). The consumer is
-then re-fit by least squares on the kept units (:func:`~hwcomp.compress.block_refit.refit_columns_`),
+Which units: those greedy Optimal Brain Surgeon removes at least cost to the consumer's output on
+the calibration inputs, the consumer's remaining weights and bias updated to compensate
+(:func:`~hwcomp.compress.reconstruct.obs_remove`, the structured pruning of ``hwcomp.compress``),
 so it absorbs what the removed units carried, as the block re-fit does for block sparsity.
 
 In the policy search a group is one knapsack item (:func:`merge_groups`): every pair of the two
@@ -69,29 +69,34 @@ def kept_count(units: int, width: int) -> int:
     return min(units, -(-keep // ROUND_UNITS) * ROUND_UNITS)
 
 
-def kept_units(consumer, gram, width: int):
-    """Sorted indices of the units kept: the largest output energy (column norm² × mean square input)."""
-    import torch
-
-    k = consumer.in_features
-    energy = consumer.weight.detach().double().pow(2).sum(0) * torch.diag(gram)[:k].clamp(min=0)
-    return torch.argsort(energy, descending=True, stable=True)[:kept_count(k, width)].sort().values
-
-
 def narrow_(model, group: WidthGroup, width: int, gram, shrink: bool) -> None:
-    """Keep ``width`` % of ``group``'s units in place, the consumer re-fit on them (``gram``: the
-    consumer's input Gram, :func:`~hwcomp.policy.profile.layer_grams` of the fp32 model).
+    """Keep ``width`` % of ``group``'s units in place (``gram``: the consumer's input Gram,
+    :func:`~hwcomp.policy.profile.layer_grams` of the fp32 model): the units greedy OBS removes at
+    least cost, the consumer's other weights and bias compensating (:func:`~hwcomp.compress.
+    reconstruct.obs_remove`).
 
     ``shrink``: physically remove the other units (what is compiled); otherwise only zero the
     consumer's columns for them (the same outputs, full-size tensors: the in-place simulation)."""
-    from ..compress.block_refit import refit_columns_
+    import torch
+
+    from ..compress.reconstruct import obs_remove
     from ..compress.structured import ChannelGroup, shrink_group
 
     consumer = model.get_submodule(group.consumer)
-    keep = kept_units(consumer, gram, width)
-    refit_columns_(consumer, keep.numpy(), gram)
-    if shrink:
-        shrink_group(model, ChannelGroup(group.producer, (group.consumer,)), keep)
+    n = consumer.in_features
+    keep, w, b = obs_remove(consumer.weight, consumer.bias, gram, n - kept_count(n, width))
+    with torch.no_grad():
+        if shrink:
+            shrink_group(model, ChannelGroup(group.producer, (group.consumer,)), keep)
+            consumer.weight.copy_(w.to(consumer.weight.dtype))
+        else:
+            full = torch.zeros_like(consumer.weight)
+            full[:, keep] = w.to(full.dtype)
+            consumer.weight.copy_(full)
+        if consumer.bias is None:
+            consumer.bias = torch.nn.Parameter(b.to(consumer.weight.dtype))
+        else:
+            consumer.bias.copy_(b.to(consumer.bias.dtype))
 
 
 def width_options(widths, int8: bool) -> list[Option]:
