@@ -60,6 +60,8 @@ SPACES = {
     "minilm": dict(sparsities=(0.3, 0.5, 0.7, 0.9), sparse_int8=True, ranks=(25,), widths=(90, 75, 50)),
     "bert-base": dict(sparsities=(0.5, 0.9), sparse_int8=True, ranks=(25,)),
 }
+SPACES["bert-tiny"] = {**SPACES["bert-base"], "widths": (75, 50)}  # a quick check of every code path
+EXTRA_TARGETS = ("minilm", "bert-tiny")  # models also searched at --extra-targets
 
 
 def minilm(seq: int, n_template: int = 48):
@@ -85,11 +87,14 @@ def minilm(seq: int, n_template: int = 48):
     return model, samples
 
 
-def bert_base(seq: int, n: int):
+def bert_base(seq: int, n: int, tiny: bool = False):
+    """BERT-base (random init, random tokens); ``tiny``: 2 layers of width 128, to check this script in minutes."""
     import transformers
 
     torch.manual_seed(0)
-    model = SentenceEncoder(transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()).eval()
+    cfg = transformers.BertConfig(**(dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=512) if tiny else {}))
+    model = SentenceEncoder(transformers.BertModel(cfg, add_pooling_layer=False).eval()).eval()
     rng = np.random.default_rng(0)
     samples = [[rng.integers(1000, 29000, (1, seq)).astype("int64"), np.ones((1, seq), "int64")] for _ in range(n)]
     return model, samples
@@ -97,7 +102,7 @@ def bert_base(seq: int, n: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="minilm,bert-base")
+    p.add_argument("--models", default="minilm,bert-base", help="minilm, bert-base, bert-tiny (a quick check)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--samples", type=int, default=16, help="samples for BERT-base (fit / validate / held out)")
     p.add_argument("--extra-targets", type=lambda v: [float(x) for x in v.split(",") if x], default=[0.995, 0.99],
@@ -105,7 +110,9 @@ def main() -> None:
     args = p.parse_args()
     rows, payload = [], {}
     for name in args.models.split(","):
-        model, samples = minilm(args.seq) if name == "minilm" else bert_base(args.seq, args.samples)
+        if name not in SPACES:
+            p.error(f"unknown model {name!r}; one of {', '.join(SPACES)}")
+        model, samples = minilm(args.seq) if name == "minilm" else bert_base(args.seq, args.samples, name == "bert-tiny")
         example = tuple(torch.from_numpy(a) for a in samples[0])
         out = Path(f"/tmp/hwcomp-policy-{name}")
         print(f"[{name}] profiling, searching, compiling, measuring ...", flush=True)
@@ -113,7 +120,7 @@ def main() -> None:
         # The same profiles searched at looser fidelity targets: what the front offers below int8's.
         extra = []
         fit, _, held = split_samples(samples)
-        for cos in (args.extra_targets if name == "minilm" else []):
+        for cos in (args.extra_targets if name in EXTRA_TARGETS else []):
             pol, _ = checked_search(model, res.profiles, res.simulation, latency_budget_ms=None,
                                     fidelity_target=cos, fixed_ms=res.fixed_ms, log=lambda s: None)
             art = compile_policy(model, example, "host", pol.choices, fit)
@@ -133,17 +140,19 @@ def main() -> None:
             "policy": {k: v.label for k, v in res.policy.choices.items()},
             "predicted": {"latency_ms": res.policy.predicted_latency_ms, "cosine": res.policy.predicted_cosine},
             "measured": [r for r in rows if r["model"] == name],
-            "options": [o.label for o in res.profiles[0].costs] if res.profiles else [],
+            "policy_counts": res.policy.label_counts(),
+            "space": SPACES[name],
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "front": [{"latency_ms": f.predicted_latency_ms, "cosine": f.predicted_cosine} for f in res.front],
         }
+        # Written after each model (a later failure loses nothing); models run separately
+        # (``--models bert-base``) keep the other model's last results.
+        try:
+            previous = json.loads((RESULTS / "policy.json").read_text()).get("models", {})
+        except (OSError, ValueError):
+            previous = {}
+        write_results("policy", {"models": {**previous, name: payload[name]}})
     print_table(rows, ["model", "config", "latency_ms", "cosine", "speedup_vs_uniform_int8"])
-    # Models run separately (``--models bert-base``) keep the other model's last results.
-    try:
-        previous = json.loads((RESULTS / "policy.json").read_text()).get("models", {})
-    except (OSError, ValueError):
-        previous = {}
-    write_results("policy", {"models": {**previous, **payload}})
     mini = [r for r in rows if r["model"] == "minilm"]
     if mini:
         pol = next(r for r in mini if r["config"] == "searched policy")
