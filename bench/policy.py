@@ -129,11 +129,14 @@ def main() -> None:
             print(f"  {extra[-1].name}: {extra[-1].latency_ms:.2f} ms, cosine {extra[-1].cosine:.5f} (held out); "
                   f"{sum(o.kind != 'dense' for o in pol.choices.values())} layers compressed: {pol.label_counts()}",
                   flush=True)
-        retime([*res.baselines, res.chosen, *extra], res.artifacts, held[0])  # all side by side
-        plot_pareto(res.front, [*res.baselines, res.chosen, *extra], RESULTS / f"policy_{name}.png",
+        points = [*res.baselines, res.chosen, *extra]
+        if res.rejected is not None:  # the search's own policy, measured slower than a baseline: shown too
+            points.append(res.rejected)
+        retime(points, res.artifacts, held[0])  # all side by side
+        plot_pareto(res.front, points, RESULTS / f"policy_{name}.png",
                     title=f"{name} on this CPU (measured points: held-out inputs)", error_scale=res.error_scale)
         int8 = next(m for m in res.baselines if m.name == "uniform int8")
-        for m in [*res.baselines, res.chosen, *extra]:
+        for m in points:
             rows.append({"model": name, "config": m.name, "latency_ms": m.latency_ms, "cosine": m.cosine,
                          "speedup_vs_uniform_int8": int8.latency_ms / m.latency_ms})
         payload[name] = {

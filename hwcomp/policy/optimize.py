@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Artifact
 from ..target import Target, get_target
 from .calibrate import fit_latency_model
 from .policy_io import policy_table, save_policy
@@ -30,7 +32,7 @@ from .profile import (
     profile_layers,
     prune_linear_,
 )
-from .search import LayerProfile, Policy, pareto_front, search
+from .search import LayerProfile, Policy, pareto_front, policy_for, search
 from .space import Option, option_space
 from .widths import check_widths, merge_groups, narrow_, profile_widths, width_groups, width_options
 
@@ -55,6 +57,7 @@ class OptimizeResult:
     error_scale: float = 1.0  # simulated / additive error of the chosen policy (the plot's front uses it)
     artifacts: dict = dataclasses.field(default_factory=dict)  # by Measured.name
     simulation: Simulation | None = None  # what the search checked policies with
+    rejected: Measured | None = None  # the search's own policy, when a faster measured baseline replaced it
 
 
 def _cos(a, b) -> float:
@@ -189,7 +192,7 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     if groups:
         log(f"{len(groups)} width groups, widths {', '.join(f'{w}%' for w in widths)}")
         grams = dict(layer_grams(model, [g.consumer for g in groups], calib))
-        width_costs = profile_widths(model, groups, layers, width_options(widths, int8), sim, target, grams,
+        width_costs = profile_widths(model, groups, layers, width_options(widths, int8), sim, grams,
                                      latency_table(target, device), log=log)
 
     # Uniform policies measured whole: the baselines, and the points the latency model is fitted to.
@@ -233,12 +236,34 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
     arts[chosen.name] = art
     retime([*measured, chosen], arts, heldout[0], device=device)
     log("round-robin latency: " + ", ".join(f"{m.name} {m.latency_ms:.2f} ms" for m in [*measured, chosen]))
+    rejected = None
+    if fidelity_target is not None:
+        # The search trusts an additive latency model; mixed policies pay conversions between fp32 and
+        # int8 layers that uniform ones share or skip. A measured uniform policy that meets the target
+        # by construction (dense, or the matched baseline) and runs faster is the better answer.
+        feasible = [m for m in measured if m.name in ("dense fp32", match_baseline) and m.latency_ms < chosen.latency_ms]
+        if feasible:
+            best = min(feasible, key=lambda m: m.latency_ms)
+            log(f"the searched policy measured {chosen.latency_ms:.2f} ms (predicted {policy.predicted_latency_ms:.2f}), "
+                f"slower than {best.name} ({best.latency_ms:.2f} ms), which meets the target too: taking {best.name}")
+            rejected = dataclasses.replace(chosen, name="searched policy (measured slower, rejected)")
+            policy = policy_for(profiles, {l.name: uniform[best.name] for l in layers}, fixed_ms)
+            policy.simulated_cosine = fidelity_target if best.name == match_baseline else 1.0
+            # Its artifact is kept beside (artifact-rejected/) for comparison.
+            shutil.rmtree(out_dir / "artifact-rejected", ignore_errors=True)
+            shutil.move(out_dir / "artifact", out_dir / "artifact-rejected")
+            arts[rejected.name] = Artifact.load(out_dir / "artifact-rejected")
+            shutil.copytree(arts[best.name].path, out_dir / "artifact")
+            art = Artifact.load(out_dir / "artifact")
+            chosen = Measured("searched policy", best.latency_ms, best.cosine)
+            arts[chosen.name] = art
     policy.measured_latency_ms, policy.measured_cosine = chosen.latency_ms, chosen.cosine
     save_policy(policy, out_dir / "policy.json", target.name, profiles)
     log(policy_table(policy, profiles))
-    plot_pareto(front, measured + [chosen], out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}",
+    plot_pareto(front, measured + [chosen] + ([rejected] if rejected else []), out_dir / "pareto.png", title=f"{type(model).__name__} on {target.name}",
                 error_scale=error_scale)
-    return OptimizeResult(policy, profiles, front, measured, chosen, art.path, fixed_ms, layers, error_scale, arts, sim)
+    return OptimizeResult(policy, profiles, front, measured, chosen, art.path, fixed_ms, layers, error_scale, arts, sim,
+                          rejected)
 
 
 def split_samples(samples: list) -> tuple[list, list, list]:

@@ -112,6 +112,12 @@ def _policy(profiles, idx, fixed_ms) -> Policy:
     return Policy(choices, fixed_ms + sum(c.latency_ms for c in chosen), sum(c.error for c in chosen))
 
 
+def policy_for(profiles: list[LayerProfile], choices: dict[str, Option], fixed_ms: float = 0.0) -> Policy:
+    """The predicted latency and error of given ``choices`` (every profiled layer named)."""
+    costs = [p.cost_of(choices) for p in profiles]
+    return Policy(dict(choices), fixed_ms + sum(c.latency_ms for c in costs), sum(c.error for c in costs))
+
+
 def search(profiles: list[LayerProfile], *, latency_budget_ms: float | None = None,
            fidelity_target: float | None = None, fixed_ms: float = 0.0, buckets: int = 2000) -> Policy:
     """The fastest policy whose predicted cosine ≥ ``fidelity_target``, or the most faithful one

@@ -105,7 +105,7 @@ def width_options(widths, int8: bool) -> list[Option]:
     return [Option(kind, width=int(w)) for w in widths for kind in kinds]
 
 
-def profile_widths(model, groups: list[WidthGroup], layers, options: list[Option], sim, target,
+def profile_widths(model, groups: list[WidthGroup], layers, options: list[Option], sim,
                    grams: dict, latency_of: Callable, log: Callable[[str], None] = print) -> dict:
     """Lone latency (producer + consumer, shrunken shapes) and simulated error of every group ×
     width option. ``grams``: the consumers' input Grams; ``latency_of(shape, option)``: measured ms.

@@ -180,3 +180,34 @@ def test_optimize_measures_on_an_rpc_device(tmp_path, monkeypatch):
     keys = next((tmp_path / "cache").rglob(POLICY_LATENCY)).read_text().splitlines()
     assert len(keys) == 6 and all(server.url in k for k in keys)  # 3 layer shapes x {fp32, bsr90%}
     assert res.chosen.cosine >= 0.999 and res.chosen.latency_ms > 0
+
+
+def test_policy_measured_slower_than_a_feasible_baseline_gives_way_to_it(tmp_path, monkeypatch):
+    """A planted latency cache says a full-rank factorization (twice the work, no error) is nearly free:
+    the search takes it, the measurement shows it slower than dense, and dense — which meets any
+    fidelity target — is returned instead, the rejected policy kept beside it."""
+    import json
+    import os
+
+    from hwcomp.artifact import Artifact
+    from hwcomp.policy.profile import POLICY_LATENCY, kernel_code_hash
+
+    monkeypatch.setenv("HWCOMP_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "tuning" / "host" / POLICY_LATENCY
+    cache.parent.mkdir(parents=True)
+    key = f"64x512x512:rank100%@{os.environ.get('TVM_NUM_THREADS', 'default')}t#{kernel_code_hash()}"
+    cache.write_text(json.dumps({"key": key, "ms": 1e-4}) + "\n")
+    torch.manual_seed(0)
+    lin = [torch.nn.Linear(512, 512) for _ in range(3)]
+    model = torch.nn.Sequential(lin[0], torch.nn.ReLU(), lin[1], torch.nn.ReLU(), lin[2]).eval()
+    rng = np.random.default_rng(5)
+    samples = [[rng.standard_normal((64, 512)).astype("float32")] for _ in range(6)]
+    res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.999,
+                   out_dir=tmp_path / "opt", sparsities=(), int8=False, ranks=(100,), baselines=False,
+                   log=lambda s: None)
+    assert res.rejected is not None and res.rejected.latency_ms > res.chosen.latency_ms
+    assert {o.label for o in res.policy.choices.values()} == {"fp32"}
+    assert load_policy(tmp_path / "opt" / "policy.json").choices == res.policy.choices
+    kept = Artifact.load(tmp_path / "opt" / "artifact")
+    assert sum(w.ndim == 2 for w in kept.weights()) == 3  # the dense model, not the six factors
+    assert sum(w.ndim == 2 for w in Artifact.load(tmp_path / "opt" / "artifact-rejected").weights()) == 6
