@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import tarfile
 import tempfile
@@ -27,6 +28,41 @@ from .errors import ArtifactError, InputError
 
 FORMAT = "hwcomp-artifact/1"
 LIB, WEIGHTS, REFERENCE, MANIFEST = "model.so", "weights.npz", "reference.npz", "manifest.json"
+
+
+#: The path and the (device, inode) of every shared library this process has loaded → its sha256.
+#: The dynamic loader keeps a library for the life of the process and hands it back for any later
+#: dlopen of the same path or the same file identity — even after the file was deleted and a new one
+#: took its path or its inode number (an artifact rebuilt in place): the old code would then run
+#: with the new weights.
+_LOADED: dict[object, str] = {}
+
+
+def load_shared_library(path: Path, digest: str):
+    """``tvm.runtime.load_module(path)``, through a copy named by ``digest`` when this process already
+    loaded a different library from that path or with the file identity ``path`` has now."""
+    import shutil
+
+    import tvm
+
+    def keys(p: Path) -> tuple:
+        st = p.stat()
+        return str(p.resolve()), (st.st_dev, st.st_ino)
+
+    if any(_LOADED.get(k, digest) != digest for k in keys(path)):
+        from .tune.database import cache_root
+
+        copy = cache_root() / "libs" / f"{digest[:20]}.so"
+        if not copy.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            tmp = copy.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, copy)
+        path = copy
+    module = tvm.runtime.load_module(str(path))
+    for k in keys(path):
+        _LOADED[k] = digest
+    return module
 
 
 def sha256(path: Path) -> str:
@@ -214,6 +250,10 @@ class Artifact:
 
         return tvm.cuda(0) if self.target["tvm"]["kind"] == "cuda" else tvm.cpu(0)
 
+    def load_library(self):
+        """``model.so`` as a TVM module (see :func:`load_shared_library`)."""
+        return load_shared_library(self.path / LIB, self.manifest.get("files", {}).get(LIB) or sha256(self.path / LIB))
+
     def vm(self):
         """The Relax VM on this machine (loaded once)."""
         if self._vm is None:
@@ -223,7 +263,7 @@ class Artifact:
             import tvm
             from tvm.runtime.vm import VirtualMachine
 
-            lib = tvm.runtime.load_module(str(self.path / LIB))
+            lib = self.load_library()
             dev = self.device()
             self._vm = VirtualMachine(lib, dev)
             self._dev_weights = [tvm.runtime.tensor(w, dev) for w in self.weights()]

@@ -57,6 +57,21 @@ def test_artifact_reload_and_archive(tmp_path):
     assert set(m["files"]) == {"model.so", "weights.npz", "reference.npz"}
 
 
+def test_artifact_rebuilt_in_place_runs_its_own_code(tmp_path):
+    """A model.so replaced at a path this process loaded before (the dynamic loader would hand back the
+    old library, by path or by a reused inode) still runs the new model."""
+    import shutil
+
+    x = torch.randn(4, 16)
+    first = torch.nn.Sequential(torch.nn.Linear(16, 32)).eval()
+    second = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    assert hwcomp.compile(first, "host", tmp_path / "a", example_inputs=(x,)).run([x.numpy()])[0].shape == (4, 32)
+    shutil.rmtree(tmp_path / "a")
+    art = hwcomp.compile(second, "host", tmp_path / "a", example_inputs=(x,))
+    _check_against_torch(art, second, (x,), rtol=1e-5, atol=1e-6)
+    _check_against_torch(hwcomp.load(tmp_path / "a"), second, (x,), rtol=1e-5, atol=1e-6)
+
+
 def test_default_schedules_cover_matmul_and_conv(host):
     """Every heavy PrimFunc gets a schedule from the default rules (none left as scalar loops)."""
     import tvm

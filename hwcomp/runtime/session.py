@@ -134,7 +134,7 @@ class DeviceModel:
         t0 = time.perf_counter()
         with self.device_errors():
             if self.url.kind == "local":  # a LocalSession's devices carry the RPC mask: use plain ones
-                lib = tvm.runtime.load_module(str(artifact.path / LIB))
+                lib = artifact.load_library()
                 self.dev = tvm.cuda(0) if self.is_cuda else tvm.cpu(0)
             else:
                 lib = upload_library(session, artifact.path / LIB)

@@ -58,12 +58,13 @@ class TuningDatabaseWarning(UserWarning):
 # ----------------------------------------------------------------------------- locations
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """hwcomp's cache directory: ``$HWCOMP_CACHE``, else ``~/.cache/hwcomp``."""
     return Path(os.environ.get("HWCOMP_CACHE", Path.home() / ".cache" / "hwcomp"))
 
 
 def user_database_dir(target: Target) -> Path:
-    return _cache_root() / "tuning" / target.name
+    return cache_root() / "tuning" / target.name
 
 
 def shipped_database_dir(target: Target) -> Path | None:
@@ -280,7 +281,7 @@ def _read_lines(path: Path) -> tuple[list[str], bool]:
 
 def _stamp_path(directory: Path) -> Path:
     key = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]
-    return _cache_root() / "db-checked" / f"{key}.json"
+    return cache_root() / "db-checked" / f"{key}.json"
 
 
 def _prefix_digest(path: Path, nbytes: int) -> str | None:
@@ -607,7 +608,7 @@ def validate_database(directory: str | Path, target: Any = None, *, deep: bool =
             return report
         texts = {WORKLOADS: content.workload_lines, RECORDS: content.record_lines, KNOBS: content.knob_lines}
         if content.changed and not _writable(directory):
-            copy = _cache_root() / "db-cleaned" / hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]
+            copy = cache_root() / "db-cleaned" / hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]
             copy.mkdir(parents=True, exist_ok=True)
             for name, lines in texts.items():
                 _atomic_write(copy / name, _lines_text(lines))
