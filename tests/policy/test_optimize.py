@@ -1,11 +1,13 @@
 """hwcomp optimize end to end on a small model: real kernels, real measurements."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from hwcomp.policy import search
-from hwcomp.policy.optimize import compile_policy, measure, optimize
+from hwcomp.policy.optimize import compile_policy, measure, optimize, retime
 from hwcomp.policy.policy_io import load_policy
 
 
@@ -74,7 +76,11 @@ def test_measured_latency_within_budget(result):
 
     art = compile_policy(model, (torch.from_numpy(samples[0][0]),), get_target("host"), pol.choices, None)
     got = measure(art, model, samples[-1:], "budget")
-    assert got.latency_ms <= budget * 1.25  # 25% margin: a shared 2-core machine is noisy
+    # Judged against dense timed round-robin beside it, not minutes earlier: a sub-millisecond model
+    # on a shared 2-core machine drifts by more than the margin between the two.
+    pair = [dataclasses.replace(dense), got]
+    retime(pair, {"dense fp32": res.artifacts["dense fp32"], "budget": art}, samples[-1])
+    assert pair[1].latency_ms <= 0.6 * 1.25 * pair[0].latency_ms, pair  # 25% margin for noise
 
 
 def test_policy_file_and_plot_written(result):
