@@ -9,8 +9,8 @@ there is counted as budget + 1).
 
     python bench/tuning.py [--trials 64] [--per-round 16] [--quick] [--target host]
 
-Default budget: 64 trials per shape per method (384 measured candidates in all; about 35–45 min on
-2 shared cores of a Zen 1 EPYC). ``--quick``: 32 trials, 8 per round (about half).
+Default budget: 64 trials per shape per method (384 measured candidates in all; about 10 min on
+2 cores of a Zen 1 EPYC with TVM's runtime on both). ``--quick``: 32 trials, 8 per round (about half).
 Writes ``bench/results/tuning.json`` and ``bench/results/tuning.png``. Last line:
 ``tuning_trials_to_90pct_xgb_over_random=<geometric mean over shapes of xgb/random>`` (< 1: XGBoost
 needs fewer trials).
