@@ -247,9 +247,11 @@ def optimize(model, example_inputs, target: str | Target, samples: list[list[np.
             log(f"the searched policy measured {chosen.latency_ms:.2f} ms (predicted {policy.predicted_latency_ms:.2f}), "
                 f"slower than {best.name} ({best.latency_ms:.2f} ms), which meets the target too: taking {best.name}")
             rejected = dataclasses.replace(chosen, name="searched policy (measured slower, rejected)")
+            policy.measured_latency_ms, policy.measured_cosine = chosen.latency_ms, chosen.cosine
+            save_policy(policy, out_dir / "policy-rejected.json", target.name, profiles)
             policy = policy_for(profiles, {l.name: uniform[best.name] for l in layers}, fixed_ms)
             policy.simulated_cosine = fidelity_target if best.name == match_baseline else 1.0
-            # Its artifact is kept beside (artifact-rejected/) for comparison.
+            # Its artifact is kept beside (artifact-rejected/, policy-rejected.json) for comparison.
             shutil.rmtree(out_dir / "artifact-rejected", ignore_errors=True)
             shutil.move(out_dir / "artifact", out_dir / "artifact-rejected")
             arts[rejected.name] = Artifact.load(out_dir / "artifact-rejected")

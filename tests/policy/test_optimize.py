@@ -214,6 +214,7 @@ def test_policy_measured_slower_than_a_feasible_baseline_gives_way_to_it(tmp_pat
     assert res.rejected is not None and res.rejected.latency_ms > res.chosen.latency_ms
     assert {o.label for o in res.policy.choices.values()} == {"fp32"}
     assert load_policy(tmp_path / "opt" / "policy.json").choices == res.policy.choices
+    assert {o.label for o in load_policy(tmp_path / "opt" / "policy-rejected.json").choices.values()} == {"rank100%"}
     kept = Artifact.load(tmp_path / "opt" / "artifact")
     assert sum(w.ndim == 2 for w in kept.weights()) == 3  # the dense model, not the six factors
     assert sum(w.ndim == 2 for w in Artifact.load(tmp_path / "opt" / "artifact-rejected").weights()) == 6
