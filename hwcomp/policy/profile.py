@@ -11,6 +11,7 @@ per-channel weights, per-tensor affine activations).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -385,6 +386,28 @@ def simulate_error(model, choices: dict[str, Option], samples, reference: list[n
     return max(0.0, model_error(sim, samples, reference))
 
 
+@contextlib.contextmanager
+def trial(model, names):
+    """Layers of ``model`` changed in place for one simulated trial and restored afterwards — their
+    weights and biases, and the hooks collected in the yielded list (a deep copy per trial would copy
+    BERT-base hundreds of times)."""
+    mods = dict(model.named_modules())
+    saved = {n: (mods[n].weight.data.clone(), None if mods[n].bias is None else mods[n].bias.data.clone())
+             for n in names}
+    hooks: list = []
+    try:
+        yield hooks
+    finally:
+        for n, (w, b) in saved.items():
+            mods[n].weight.data = w
+            if b is None:
+                mods[n].bias = None  # a trial may have given it one (a width's compensated bias)
+            else:
+                mods[n].bias.data = b
+        for h in hooks:
+            h.remove()
+
+
 @dataclasses.dataclass
 class Simulation:
     """What every PyTorch simulation of a policy shares, collected once: the validation inputs and
@@ -427,7 +450,6 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
         f"{'x'.join(map(str, s))}: " + ", ".join(f"{o.label} {latency[s, o]:.3f}" for o in options)
         for s in shapes))
     profiles = []
-    mods = dict(model.named_modules())
     sparse = any(o.kind in NEEDS_GRAM for o in options)
     grams = layer_grams(model, [l.name for l in layers], sim.fit) if sparse and refit else None
     for layer in tqdm(layers, desc="sensitivity per layer", disable=None):
@@ -438,18 +460,9 @@ def profile_layers(model, layers: list[LinearLayer], options: list[Option], sim:
             if opt.kind == "dense":
                 err = 0.0
             else:
-                # In place and restored: a deep copy per trial would copy BERT-base 180 times.
-                lin = mods[layer.name]
-                saved = lin.weight.data.clone(), None if lin.bias is None else lin.bias.data.clone()
-                hooks = apply_option_(model, layer.name, opt, sim.ranges, gram, sim.weight_bits, pruned)
-                try:
+                with trial(model, [layer.name]) as hooks:
+                    hooks += apply_option_(model, layer.name, opt, sim.ranges, gram, sim.weight_bits, pruned)
                     err = max(0.0, model_error(model, sim.val, sim.reference))
-                finally:
-                    lin.weight.data = saved[0]
-                    if saved[1] is not None:
-                        lin.bias.data = saved[1]
-                    for h in hooks:
-                        h.remove()
             costs.append(OptionCost(opt, latency[layer.shape, opt], err))
         profiles.append(LayerProfile(layer.name, layer.shape, costs))
     return profiles

@@ -55,14 +55,6 @@ def width_groups(model, layers: list[str] | None = None) -> list[WidthGroup]:
     return list(found.values())
 
 
-def consumer_of(model, producer: str) -> str:
-    """The consumer of ``producer``'s units; a clear error if it heads no width group."""
-    for g in width_groups(model):
-        if g.producer == producer:
-            return g.consumer
-    raise ValueError(f"{producer} does not feed exactly one Linear through channel-wise ops: it cannot take a width")
-
-
 def kept_count(units: int, width: int) -> int:
     """Units kept at ``width`` %: rounded up to :data:`ROUND_UNITS`, at most all of them."""
     keep = max(1, round(units * width / 100))
@@ -112,35 +104,24 @@ def profile_widths(model, groups: list[WidthGroup], layers, options: list[Option
     Returns ``{producer: [OptionCost with (producer option, consumer option)]}``."""
     from tqdm import tqdm
 
-    from .profile import apply_option_, model_error
+    from .profile import apply_option_, model_error, trial
 
     rows = {l.name: l for l in layers}
-    mods = dict(model.named_modules())
     out: dict[str, list[OptionCost]] = {}
     for g in tqdm(groups, desc="widths per group", disable=None):
         p, c = rows[g.producer], rows[g.consumer]
         costs = []
         for opt in options:
             kept = kept_count(p.n, opt.width)
-            other = Option(opt.kind)
-            ms = latency_of((p.rows, p.k, kept), Option(opt.kind)) + latency_of((c.rows, kept, c.n), other)
-            saved = {n: (mods[n].weight.data.clone(), mods[n].bias.data.clone() if mods[n].bias is not None else None)
-                     for n in (g.producer, g.consumer)}
-            hooks = []
-            try:
+            full = Option(opt.kind)  # each layer's precision; the producer's width is in the shapes
+            ms = latency_of((p.rows, p.k, kept), full) + latency_of((c.rows, kept, c.n), full)
+            with trial(model, (g.producer, g.consumer)) as hooks:
                 narrow_(model, g, opt.width, grams[g.consumer], shrink=False)
                 if opt.kind == "int8":
                     for n in (g.producer, g.consumer):
-                        hooks += apply_option_(model, n, Option("int8"), sim.ranges, None, sim.weight_bits)
+                        hooks += apply_option_(model, n, full, sim.ranges, None, sim.weight_bits)
                 err = max(0.0, model_error(model, sim.val, sim.reference))
-            finally:
-                for n, (w, b) in saved.items():
-                    mods[n].weight.data = w
-                    if b is not None:
-                        mods[n].bias.data = b
-                for h in hooks:
-                    h.remove()
-            costs.append(OptionCost((opt, other), ms, err))
+            costs.append(OptionCost((opt, full), ms, err))
         out[g.producer] = costs
         log(f"{g.producer}: " + ", ".join(f"{c.option[0].label} {c.latency_ms:.3f} ms err {c.error:.2e}"
                                           for c in costs))
@@ -169,9 +150,14 @@ def check_widths(model, choices: dict[str, Option]) -> dict[str, WidthGroup]:
     """The width groups ``choices`` narrow, by producer; a clear error where a consumer takes an
     option a narrowed input cannot have (sparse or low rank: their fit assumes the full input)."""
     narrowed = {}
+    groups = None
     for name, opt in choices.items():
         if opt.width < 100:
-            g = WidthGroup(name, consumer_of(model, name))
+            groups = groups if groups is not None else {g.producer: g for g in width_groups(model)}
+            if name not in groups:
+                raise ValueError(f"{name} does not feed exactly one Linear through channel-wise ops: "
+                                 "it cannot take a width")
+            g = groups[name]
             other = choices.get(g.consumer, Option("dense"))
             if other.kind not in ("dense", "int8") or other.width < 100:
                 raise ValueError(f"{name} keeps {opt.width}% of its units, so its consumer {g.consumer} must be fp32 "
