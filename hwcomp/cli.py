@@ -172,10 +172,20 @@ def cmd_bench(args) -> int:
     from .artifact import Artifact
     from .runtime.session import bench, save_report
 
-    report = bench(Artifact.load(args.artifact), _bench_config(args))
+    profile = getattr(args, "profile", False)  # deploy --rpc reuses this command without the flag
+    if profile and args.device != "local":
+        raise HwcompError("--profile times kernels in this process: use it with --device local")
+    art = Artifact.load(args.artifact)
+    report = bench(art, _bench_config(args))
     for line in report.lines():
         _print(line)
     save_report(report, args.json, args.plot)
+    if profile:
+        from .runtime.profile import profile_kernels
+
+        _print("per kernel (instrumented; the latency above is the one to quote):")
+        for line in profile_kernels(art).lines():
+            _print(line)
     return 0 if report.correctness is None or report.correctness["ok"] else 1
 
 
@@ -274,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="measure an artifact locally, over RPC or through a tracker")
     s.add_argument("artifact")
     _add_bench_arguments(s)
+    s.add_argument("--profile", action="store_true", help="also time every kernel (local only)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("deploy", help="make a runtime-only bundle, or push and run over RPC")

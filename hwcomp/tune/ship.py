@@ -1,12 +1,14 @@
 """Tune the records shipped with hwcomp for a target (``schedules/<target>/records/``).
 
-    python -m hwcomp.tune.ship [--target x86-avx2] [--budget 25m] [--models mlp,cnn,bert-base] [--list]
+    python -m hwcomp.tune.ship [--target x86-avx2] [--budget 25m] [--models mlp,cnn,minilm,bert-base] [--list]
 
-The models are the benchmark models (``bench/e2e.py``) at the shapes the benchmarks compile: the MLP
-512→1024→1024→10 at batch 1, SmallCNN on 1×3×32×32, BERT-base (random init) at sequence 128, batch 1.
-Records are tied to workloads (shapes), not to weights. The budget is split over the models (BERT-base
-gets most: its matmuls dominate), each run stops between rounds when its share is used up, and the
-result is pruned to the best records per workload so the shipped files stay small.
+The models are the benchmark models (``hwcomp.models.benchmark_model``, measured by ``bench/e2e.py``)
+at the shapes the benchmarks compile: the MLP 512→1024→1024→10 at batch 1, SmallCNN on 1×3×32×32,
+all-MiniLM-L6-v2 and BERT-base (random init) at sequence 128, batch 1. Records are tied to workloads
+(shapes), not to weights. The budget is split over the models (BERT-base gets most: its matmuls
+dominate), each run stops between rounds when its share is used up, and the result is pruned to the
+best records per workload so the shipped files stay small. Measurements use every core of the
+machine (the runtime's thread count compile's artifacts run with).
 """
 
 from __future__ import annotations
@@ -20,32 +22,16 @@ from pathlib import Path
 
 #: (model, share of the budget, trials, trials per round, task-name filter)
 PLAN = {
-    "mlp": (0.12, 64, 8, None),
-    "cnn": (0.20, 96, 8, None),
-    "bert-base": (0.68, 2000, 16, ("matmul", "dense")),
+    "mlp": (0.08, 64, 8, None),
+    "cnn": (0.12, 96, 8, None),
+    "minilm": (0.20, 1000, 16, ("matmul", "dense")),
+    "bert-base": (0.60, 2000, 16, ("matmul", "dense")),
 }
 KEEP_TOP = 4  # records per workload kept in the shipped files (compile only uses the best)
 
 
-def bench_model(name: str):
-    import torch
-
-    from hwcomp.models import MLP, HFEncoder, SmallCNN, randomize_batchnorm
-
-    torch.manual_seed(0)
-    if name == "mlp":
-        return MLP().eval(), (torch.randn(1, 512),)
-    if name == "cnn":
-        return randomize_batchnorm(SmallCNN()).eval(), (torch.randn(1, 3, 32, 32),)
-    if name == "bert-base":
-        import transformers
-
-        model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False).eval()
-        return HFEncoder(model).eval(), (torch.randint(0, 30000, (1, 128)), torch.ones(1, 128, dtype=torch.int64))
-    raise SystemExit(f"unknown model {name!r}")
-
-
 def main(argv: list[str] | None = None) -> int:
+    from hwcomp.models import benchmark_model
     from hwcomp.target import get_target
     from hwcomp.tune import database as dbm
     from hwcomp.tune.cli import parse_duration
@@ -55,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="x86-avx2")
     p.add_argument("--budget", default="25m", help="total tuning wall time (default 25m)")
-    p.add_argument("--models", default="mlp,cnn,bert-base")
+    p.add_argument("--models", default=",".join(PLAN))
     p.add_argument("--work", help="working database (default: a temporary directory)")
     p.add_argument("--out", help="shipped records directory (default: schedules/<target>/records in this checkout)")
     p.add_argument("--list", action="store_true", help="only list each model's tasks")
@@ -67,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.list:
         for name in names:
-            model, inputs = bench_model(name)
+            model, inputs = benchmark_model(name)
             tasks = extract_tasks(lower_for_tuning(model, target, example_inputs=inputs), target)
             print(f"{name}: {len(tasks)} tasks")
             for t in sorted(tasks, key=lambda t: -t.flop * t.weight):
@@ -88,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if model_budget < 30:
             print(f"{name}: no time left, skipped")
             continue
-        model, inputs = bench_model(name)
+        model, inputs = benchmark_model(name)
         print(f"== {name}: {model_budget / 60:.1f} min, up to {trials} trials", flush=True)
         r = tune(model, target, trials=0 if args.reship else trials, time_budget_s=model_budget, db_dir=work,
                  example_inputs=inputs, trials_per_round=per_round, task_names=only, seed=0,

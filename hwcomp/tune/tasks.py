@@ -115,8 +115,11 @@ def _flop(estimate, mod) -> float:
 
 
 def tune_contexts(tasks: list[Task], target: Target, log_dir: str, population: int | None = None,
-                  seed: int | None = None):
-    """MetaSchedule ``TuneContext`` objects for the tasks (evolutionary search, default CPU/GPU rules)."""
+                  seed: int | None = None, search: str = "evolutionary"):
+    """MetaSchedule ``TuneContext`` objects for the tasks (default CPU/GPU rules).
+
+    ``search``: ``"evolutionary"`` (MetaSchedule's default, guided by the cost model) or ``"random"``
+    (``ReplayTrace``: every candidate is an independent random sample of the design space)."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -126,9 +129,13 @@ def tune_contexts(tasks: list[Task], target: Target, log_dir: str, population: i
     # MetaSchedule logs every batch's statistics table to the console at INFO; hwcomp shows a progress
     # bar instead. The full logs still go to files under ``log_dir``.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    strategy = ("evolutionary" if population is None else
-                ms.search_strategy.EvolutionarySearch(population_size=population,
-                                                      init_min_unmeasured=min(50, population)))
+    if search == "random":
+        strategy = ms.search_strategy.ReplayTrace()
+    elif population is None:
+        strategy = "evolutionary"
+    else:
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                         init_min_unmeasured=min(50, population))
     names = [t.name for t in tasks]
     loggers = get_loggers_from_work_dir(log_dir, names)
     rand = fork_seed(seed, n=len(tasks))

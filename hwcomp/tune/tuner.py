@@ -279,6 +279,7 @@ def tune(
     knob_trials: int = 24,
     task_names: Sequence[str] | None = None,
     cost_model: str = "xgb",
+    search: str = "evolutionary",
     population: int | None = None,
     seed: int | None = None,
     progress: bool = True,
@@ -294,7 +295,10 @@ def tune(
     the same per workload. ``time_budget_s``: stop between rounds so as not to exceed it.
     ``passes``: the compression passes compile will run (tasks must match what is compiled).
     ``task_names``: tune only tasks whose name contains one of these strings (others are reported).
-    ``cost_model``: ``"xgb"`` (MetaSchedule's XGBoost model) or ``"random"`` (no model: a baseline).
+    ``cost_model``: ``"xgb"`` (MetaSchedule's XGBoost model) or ``"random"`` (random scores: the
+    evolutionary search without a model, an ablation). ``search``: ``"evolutionary"`` (MetaSchedule's
+    default) or ``"random"`` (each candidate sampled independently from the design space, no model:
+    plain random search, the baseline a cost model is judged against).
     ``baseline``: also time hwcomp's untuned schedule of each tuned task and store it as the task's
     record when MetaSchedule did not beat it (compile then never gets slower than untuned).
     See the module docstring for ``method`` and the RPC fleet. Returns a :class:`TuneResult`
@@ -310,6 +314,8 @@ def tune(
         raise HwcompError(f"unknown tuning method {method!r}; use one of {', '.join(METHODS)}")
     if cost_model not in ("xgb", "random"):
         raise HwcompError(f"unknown cost model {cost_model!r}; use xgb or random")
+    if search not in ("evolutionary", "random"):
+        raise HwcompError(f"unknown search {search!r}; use evolutionary or random")
     if trials < 0:
         raise HwcompError("trials must be ≥ 0")
     t_start = time.monotonic()
@@ -365,7 +371,7 @@ def tune(
             if method in ("metaschedule", "both") and result.stopped != "time budget":
                 _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
                                trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
-                               cost_model)
+                               cost_model, search)
             if method in ("metaschedule", "both") and baseline:
                 # The untuned schedule compile would otherwise use: a record must beat it to be served.
                 from .knobs import measure_defaults
@@ -424,7 +430,7 @@ def _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, kno
 
 def _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
                    trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
-                   cost_model_kind="xgb") -> None:
+                   cost_model_kind="xgb", search="evolutionary") -> None:
     cap = max_trials_per_task or trials
     done_before = sum(min(reports[i].trials_before, cap) for i in selected)
     remaining = trials - done_before
@@ -440,13 +446,13 @@ def _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials
     if done_before:
         log(f"resuming: {done_before} trials already in the database, {remaining} to go")
     sub = [tasks[i] for i in todo]
-    ctxs = tune_contexts(sub, target, log_dir, population=population, seed=seed)
+    ctxs = tune_contexts(sub, target, log_dir, population=population, seed=seed, search=search)
     caps = [cap for _ in todo]
     database = open_database(db, target, validate=False)
     # MetaSchedule's default waits for 100 measurements before the model predicts anything (it is
     # made for thousands of trials); hwcomp's budgets are small, so the model starts after one round.
     cost_model = (ms.cost_model.XGBModel(num_warmup_samples=max(8, min(trials_per_round, 32)), num_tuning_cores=1)
-                  if cost_model_kind == "xgb" else ms.cost_model.RandomModel(seed=seed))
+                  if cost_model_kind == "xgb" and search == "evolutionary" else ms.cost_model.RandomModel(seed=seed))
     bar = _Progress(reports, remaining, progress, deadline, "tuning")
     n_before = sum(r.trials_new for r in reports)
     try:
