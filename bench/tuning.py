@@ -113,7 +113,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 tune(matmul_module(*shape), target, trials=args.trials, db_dir=work, trials_per_round=args.per_round,
                      cost_model=cost_model, search=search, seed=seed, progress=sys.stderr.isatty(), log=None,
-                     baseline=False)
+                     baseline=False, confirm=False)
                 wall = time.monotonic() - t0
                 curve, per_trial = curve_from_db(work, flop)
                 shutil.rmtree(work, ignore_errors=True)

@@ -34,7 +34,7 @@ import shutil
 import tarfile
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -930,6 +930,28 @@ def _drop_unused_workloads(directory: Path) -> None:
         idx, rec = json.loads(t)
         out.append(json.dumps([remap[idx], rec], separators=(",", ":")))
     _atomic_write(directory / RECORDS, _lines_text(out))
+
+
+def select_workloads(source: str | Path, destination: str | Path, keep: Callable[[str], bool]) -> int:
+    """Write the workloads of ``source`` whose hash passes ``keep``, with their records and knob
+    entries, as a new database in ``destination`` (meta file copied). Returns the records written."""
+    source, destination = Path(source), Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    wl_lines = _read_lines(source / WORKLOADS)[0]
+    kept = [i for i, t in enumerate(wl_lines) if keep(json.loads(t)[0])]
+    remap = {old: new for new, old in enumerate(kept)}
+    records = []
+    for t in _read_lines(source / RECORDS)[0]:
+        idx, rec = json.loads(t)
+        if idx in remap:
+            records.append(json.dumps([remap[idx], rec], separators=(",", ":")))
+    _atomic_write(destination / WORKLOADS, _lines_text([wl_lines[i] for i in kept]))
+    _atomic_write(destination / RECORDS, _lines_text(records))
+    knobs = [t for t in _read_lines(source / KNOBS)[0] if keep(json.loads(t).get("workload", ""))]
+    _atomic_write(destination / KNOBS, _lines_text(knobs))
+    if (source / META).is_file():
+        shutil.copyfile(source / META, destination / META)
+    return len(records)
 
 
 def merge_databases(sources: list[str | Path], destination: str | Path, target: Any = None) -> list[ImportReport]:

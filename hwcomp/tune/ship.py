@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="only list each model's tasks")
     p.add_argument("--reship", action="store_true",
                    help="no tuning: re-check the baselines of --work and write the shipped files from it")
+    p.add_argument("--keep-from", help="a database whose records are shipped for --keep-models' workloads "
+                   "instead of the new ones (records that measured faster end to end)")
+    p.add_argument("--keep-models", default="", help="comma-separated models for --keep-from")
     args = p.parse_args(argv)
 
     target = get_target(args.target)
@@ -88,7 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     dbm.write_meta(out, target)
     (out / dbm.WORKLOADS).write_text("")
     (out / dbm.RECORDS).write_text("")
-    rep = dbm.import_database(work, out, target, top_k=KEEP_TOP)
+    keep_models = [m.strip() for m in args.keep_models.split(",") if m.strip()]
+    if args.keep_from and keep_models:
+        # These models' workloads come from --keep-from: the new records of those workloads are left out.
+        keys: set[str] = set()
+        for name in keep_models:
+            model, inputs = benchmark_model(name)
+            keys |= {t.key for t in extract_tasks(lower_for_tuning(model, target, example_inputs=inputs), target)}
+        with tempfile.TemporaryDirectory() as tmp:
+            dbm.select_workloads(work, Path(tmp) / "new", lambda k: k not in keys)
+            kept = dbm.select_workloads(args.keep_from, Path(tmp) / "kept", lambda k: k in keys)
+            rep = dbm.import_database(Path(tmp) / "new", out, target, top_k=KEEP_TOP)
+            more = dbm.import_database(Path(tmp) / "kept", out, target, top_k=KEEP_TOP)
+            rep.records_added += more.records_added
+            rep.workloads_added += more.workloads_added
+        print(f"{', '.join(keep_models)}: {kept} record(s) of {len(keys)} workload(s) kept from {args.keep_from}")
+    else:
+        rep = dbm.import_database(work, out, target, top_k=KEEP_TOP)
     print(f"tuning wall time {elapsed / 60:.1f} min; shipped {rep.records_added} records "
           f"({rep.workloads_added} workloads, best {KEEP_TOP} each) to {out}")
     for name, r in summary:

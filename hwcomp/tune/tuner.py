@@ -93,6 +93,7 @@ class TuneResult:
     stopped: str  # "done", "trial budget reached", "time budget", "interrupted", "nothing to tune"
     fleet: str = "this machine"
     validation: ValidationReport | None = None
+    confirmations: list = dataclasses.field(default_factory=list)  # hwcomp.tune.confirm.Confirmation
 
     @property
     def estimated_latency_s(self) -> float | None:
@@ -285,6 +286,7 @@ def tune(
     progress: bool = True,
     seed_from_shipped_records: bool = True,
     baseline: bool = True,
+    confirm: bool = True,
     builder_timeout_s: float = 120.0,
     runner_timeout_s: float = 60.0,
 ) -> TuneResult:
@@ -301,6 +303,9 @@ def tune(
     plain random search, the baseline a cost model is judged against).
     ``baseline``: also time hwcomp's untuned schedule of each tuned task and store it as the task's
     record when MetaSchedule did not beat it (compile then never gets slower than untuned).
+    ``confirm``: finally re-measure each task's best records against the default schedule, in
+    interleaved rounds, and store the re-measured times (:mod:`hwcomp.tune.confirm`): the best of
+    hundreds of single noisy measurements is otherwise mostly a lucky one.
     See the module docstring for ``method`` and the RPC fleet. Returns a :class:`TuneResult`
     (``result.table()`` is the summary printed at the end).
     """
@@ -359,6 +364,7 @@ def tune(
 
     cross = target.cross_compiler if target.arch != _machine() else None
     log_dir = tempfile.mkdtemp(prefix="hwcomp-tune-logs-")
+    knobs_kept = False
     try:
         with lean_workers(), target_intrinsics(target):
             builder = make_builder(cross, builder_timeout_s)
@@ -382,11 +388,16 @@ def tune(
                     rep.knob_default = secs
                     if secs is not None and (rep.knob_best is None or secs < rep.knob_best):
                         rep.knob_best = secs
+            if method == "both" or baseline:
+                _keep_faster_knobs(tasks, reports, target, db, log)
+                knobs_kept = True
+            if confirm and result.stopped != "interrupted":
+                _confirm_phase(tasks, reports, selected, target, db, builder, runner, result, log)
     except KeyboardInterrupt:
         result.stopped = "interrupted"
         log("interrupted: every record measured so far is in the database; run the same command to continue")
 
-    if method == "both" or baseline:
+    if (method == "both" or baseline) and not knobs_kept:
         _keep_faster_knobs(tasks, reports, target, db, log)
     log(f"tuning logs: {log_dir}")
     _finish(result, t_start, log)
@@ -470,6 +481,20 @@ def _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials
         result.stopped = "time budget"
     elif sum(min(reports[i].trials_before + reports[i].trials_new, cap) for i in selected) >= trials:
         result.stopped = "trial budget reached"
+
+
+def _confirm_phase(tasks, reports, selected, target, db, builder, runner, result, log) -> None:
+    from .confirm import confirm_records
+
+    chosen = [tasks[i] for i in selected]
+    result.confirmations = confirm_records(chosen, target, db, builder, runner, log=log)
+    by_name = {c.task: c for c in result.confirmations}
+    for i in selected:
+        c = by_name.get(tasks[i].name)
+        if c is None or c.confirmed is None:
+            continue
+        r = reports[i]
+        r.ms_best, r.knob_record = c.confirmed, c.winner == "default"
 
 
 def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Target, db: Path, log) -> None:

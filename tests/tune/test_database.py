@@ -255,3 +255,15 @@ def test_db_cli_check_export_import(tmp_path, host_db, host, capsys):
                       "--rpc-tracker", "127.0.0.1:9190", "--rpc-key", "x86-avx2"])
     assert (a.trials, a.time_budget, a.rpc_tracker, a.rpc_key, a.method) == (32, "30m", "127.0.0.1:9190",
                                                                              "x86-avx2", "metaschedule")
+
+
+def test_select_workloads_keeps_only_the_chosen_ones(tmp_path, host_db, host):
+    """What the shipped-record tuner uses to take some models' workloads from another database."""
+    d, mods = host_db
+    keep = workload_key(mods[1])
+    n = dbm.select_workloads(d, tmp_path / "sel", lambda k: k == keep)
+    assert n == 3
+    stats = dbm.workload_stats(tmp_path / "sel")
+    assert list(stats) == [keep] and stats[keep].trials == 3
+    assert dbm.validate_database(tmp_path / "sel", host).ok  # indices renumbered, every line valid
+    assert dbm.select_workloads(d, tmp_path / "none", lambda k: False) == 0
