@@ -84,7 +84,8 @@ def _time_together(mods: list, target: Target, builder, runner, rounds: int) -> 
     """Build each module once, then time all of them ``rounds`` times in turn (interleaved, so a slow
     spell of the machine hits every candidate alike). Per module: its per-round mean times, or None."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    from .workers import remove_builds
 
     built = builder.build([ms.builder.BuilderInput(m, target.tvm_target()) for m in mods])
     out: list[list[float] | None] = [None] * len(mods)
@@ -105,12 +106,7 @@ def _time_together(mods: list, target: Target, builder, runner, rounds: int) -> 
                     secs = [float(s) for s in r.run_secs]
                     out[i].append(sum(secs) / len(secs))
     finally:
-        for b in built:
-            if b.artifact_path:
-                try:
-                    remove_build_dir(b.artifact_path)
-                except OSError:
-                    pass
+        remove_builds(built)
     return out
 
 
@@ -126,7 +122,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     directory = Path(directory)
     if not (directory / RECORDS).exists():
         return []
-    lines, by_key = _records_by_workload(directory)
+    _, by_key = _records_by_workload(directory)
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
@@ -183,7 +179,9 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
 
     # write the re-measured times back (a failed re-run is stored as failed: never served)
     with _locked(directory):
-        current = (directory / RECORDS).read_text().splitlines()
+        # the same numbering as _records_by_workload (blank lines are not records); lines the
+        # tuner appended since were not re-measured and keep their place after these
+        current = [t for t in (directory / RECORDS).read_text().splitlines() if t.strip()]
         for key, per_line in confirmed.items():
             for line, secs in per_line.items():
                 obj = json.loads(current[line])

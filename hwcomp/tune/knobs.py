@@ -218,14 +218,9 @@ def measure(mods: list, target: Target, builder, runner) -> list[tuple[list[floa
             results[i] = (None, "run: " + str(r.error_msg).strip().splitlines()[-1][:200])
         else:
             results[i] = ([float(s) for s in r.run_secs], None)
-    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+    from .workers import remove_builds
 
-    for b in built:
-        if b.artifact_path:
-            try:
-                remove_build_dir(b.artifact_path)
-            except OSError:
-                pass
+    remove_builds(built)
     return results
 
 

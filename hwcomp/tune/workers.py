@@ -216,3 +216,15 @@ def make_runner(fleet: Fleet, timeout_s: float = 60.0):
                                  tracker_key=fleet.key, session_timeout_sec=int(timeout_s))
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=fleet.servers,
                                f_alloc_argument=alloc_arguments)
+
+
+def remove_builds(built) -> None:
+    """Delete the candidate libraries a ``LocalBuilder`` wrote (``BuilderResult`` list)."""
+    from tvm.s_tir.meta_schedule.utils import remove_build_dir
+
+    for b in built:
+        if b.artifact_path:
+            try:
+                remove_build_dir(b.artifact_path)
+            except OSError:
+                pass
