@@ -221,6 +221,15 @@ class Artifact:
         return self._weights
 
     # ---- running -------------------------------------------------------------------------------
+    def sample_inputs(self) -> list[np.ndarray]:
+        """Inputs to run on: the stored example inputs (checked), else random ones of the right specs."""
+        ref = self.reference()
+        if ref is not None:
+            return self.check_inputs(ref[0])
+        from .frontend.model import TensorSpec, random_inputs
+
+        return random_inputs([TensorSpec.from_dict(s) for s in self.inputs])
+
     def check_inputs(self, inputs) -> list[np.ndarray]:
         """Order inputs (a list, or a dict by name) and check names, shapes and dtypes."""
         specs = self.inputs

@@ -68,13 +68,7 @@ def profile_kernels(artifact: Artifact, inputs=None, runs: int = 5) -> KernelPro
 
         raise HwcompError(f"cannot profile here: {why}")
     if inputs is None:
-        ref = artifact.reference()
-        if ref is not None:
-            inputs = ref[0]
-        else:
-            from ..frontend.model import TensorSpec, random_inputs
-
-            inputs = random_inputs([TensorSpec.from_dict(s) for s in artifact.inputs])
+        inputs = artifact.sample_inputs()
     vm, dev = artifact.vm(), artifact.device()
     args = artifact.device_args(inputs)
     vm["main"](*args)  # warm-up: first-call costs (page faults, lazy init) are not a kernel's

@@ -188,11 +188,7 @@ def bench(artifact: Artifact, config: BenchConfig | None = None, tolerance: floa
     rss0 = _rss_mb() if config.device == "local" else None
     dm = DeviceModel(artifact, config.device, config.session_timeout, config.arch)
     ref = artifact.reference()
-    inputs = artifact.check_inputs(ref[0]) if ref else None
-    if inputs is None:
-        from ..frontend.model import TensorSpec, random_inputs
-
-        inputs = random_inputs([TensorSpec.from_dict(s) for s in artifact.inputs])
+    inputs = artifact.check_inputs(ref[0]) if ref else artifact.sample_inputs()
     with dm.device_errors():
         call = dm.prepared(inputs)
         t1 = time.perf_counter()

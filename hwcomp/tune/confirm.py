@@ -80,44 +80,12 @@ def _apply(task: Task, rec: _Record):
     return sch.mod
 
 
-def _time_together(mods: list, target: Target, builder, runner, rounds: int) -> list[list[float] | None]:
-    """Build each module once, then time all of them ``rounds`` times in turn (interleaved, so a slow
-    spell of the machine hits every candidate alike). Per module: its per-round mean times, or None."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from .workers import remove_builds
-
-    built = builder.build([ms.builder.BuilderInput(m, target.tvm_target()) for m in mods])
-    out: list[list[float] | None] = [None] * len(mods)
-    inputs, where = [], []
-    for i, (m, b) in enumerate(zip(mods, built)):
-        if not b.error_msg:
-            inputs.append(ms.runner.RunnerInput(b.artifact_path, "cpu",
-                                                ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True)))
-            where.append(i)
-            out[i] = []
-    try:
-        for _ in range(rounds):
-            for i, fut in zip(where, runner.run(inputs) if inputs else []):
-                r = fut.result()
-                if r.error_msg or out[i] is None:
-                    out[i] = None
-                else:
-                    secs = [float(s) for s in r.run_secs]
-                    out[i].append(sum(secs) / len(secs))
-    finally:
-        remove_builds(built)
-    return out
-
-
 def confirm_records(tasks: list[Task], target: Target, directory: Path, builder, runner, *, top: int = TOP,
                     rounds: int = ROUNDS, max_steps: int = MAX_STEPS, log=None) -> list[Confirmation]:
     """Re-measure the best records of ``tasks`` in ``directory`` (see the module docstring) and write
     the re-measured times back. Returns one :class:`Confirmation` per task that has records."""
-    from tvm.s_tir import meta_schedule as ms
-
     from .database import RECORDS, _atomic_write, _lines_text, _locked, open_database
-    from .knobs import _knob_types, schedule_with
+    from .knobs import _knob_types, commit_schedule, measure_rounds, schedule_with
 
     directory = Path(directory)
     if not (directory / RECORDS).exists():
@@ -126,10 +94,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
-    default_mod = {}
-    for t in todo:
-        sch = schedule_with(t.func, _knob_types()(), target)
-        default_mod[t.key] = sch.mod if sch is not None else None
+    default_sch = {t.key: schedule_with(t.func, _knob_types()(), target) for t in todo}  # None: no default rule
     recorded = {t.key: min(r.mean for r in by_key[t.key]) for t in todo}
 
     def best_confirmed(key: str) -> float:
@@ -149,9 +114,9 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                 continue
             # the default (first step) or the incumbent again: each comparison is made within one batch
             inc = _incumbent(confirmed[t.key], default.get(t.key))
-            if (step == 0 or inc is None) and default_mod[t.key] is not None:
+            if (step == 0 or inc is None) and default_sch[t.key] is not None:
                 batch.append((t.key, None))
-                mods.append(default_mod[t.key])
+                mods.append(default_sch[t.key].mod)
             elif inc is not None:
                 rec = next(r for r in by_key[t.key] if r.line == inc)
                 batch.append((t.key, inc))
@@ -165,7 +130,9 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                 batch.append((t.key, r.line))
         if not batch:
             break
-        times = _time_together(mods, target, builder, runner, rounds)
+        # per candidate: the mean time of each round, or None when it failed to build or run
+        times = [[sum(r) / len(r) for r in secs] if secs else None
+                 for secs, _ in measure_rounds(mods, target, builder, runner, rounds)]
         for (key, line), secs in zip(batch, times):
             got = secs if secs else [float("inf")]
             if line is None:
@@ -199,13 +166,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
         if winner == "default":
             if database is None:
                 database = open_database(directory, target, validate=False)
-            sch = schedule_with(t.func, _knob_types()(), target)
-            import tvm
-
-            workload = database.commit_workload(t.mod)
-            database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, workload, [tvm.tirx.FloatImm("float32", d)], target.tvm_target(),
-                ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+            commit_schedule(database, t, default_sch[t.key], d, target)
         served = d if winner == "default" else (ms_best if ms_best != float("inf") else None)
         c = Confirmation(t.name, recorded[t.key], served, d, len(confirmed[t.key]), winner, unchecked.get(t.key, 0))
         out.append(c)

@@ -195,33 +195,58 @@ def _append(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def measure(mods: list, target: Target, builder, runner) -> list[tuple[list[float] | None, str | None]]:
-    """Build and time scheduled single-function modules with MetaSchedule's builder and runner."""
+def measure_rounds(mods: list, target: Target, builder, runner,
+                   rounds: int = 1) -> list[tuple[list[list[float]] | None, str | None]]:
+    """Build scheduled single-function modules once with MetaSchedule's builder, then time all of them
+    ``rounds`` times in turn with its runner (interleaved: a slow spell of the machine hits every
+    module alike). Per module: its ``run_secs`` of each round, or None and the error."""
     from tvm.s_tir import meta_schedule as ms
+
+    from .workers import remove_builds
 
     tvm_target = target.tvm_target()
     built = builder.build([ms.builder.BuilderInput(m, tvm_target) for m in mods])
     inputs, where = [], []
-    results: list[tuple[list[float] | None, str | None]] = [(None, None)] * len(mods)
+    per_round: list[list[list[float]] | None] = [None] * len(mods)
+    errors: list[str | None] = [None] * len(mods)
     device = "cuda" if target.is_gpu else "cpu"
     for i, (m, b) in enumerate(zip(mods, built)):
         if b.error_msg:
-            results[i] = (None, "build: " + str(b.error_msg).strip().splitlines()[-1][:200])
+            errors[i] = "build: " + str(b.error_msg).strip().splitlines()[-1][:200]
             continue
         args = ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True)
         inputs.append(ms.runner.RunnerInput(b.artifact_path, device, args))
         where.append(i)
-    futures = runner.run(inputs) if inputs else []
-    for i, fut in zip(where, futures):
-        r = fut.result()
-        if r.error_msg:
-            results[i] = (None, "run: " + str(r.error_msg).strip().splitlines()[-1][:200])
-        else:
-            results[i] = ([float(s) for s in r.run_secs], None)
-    from .workers import remove_builds
+        per_round[i] = []
+    try:
+        for _ in range(rounds):
+            for i, fut in zip(where, runner.run(inputs) if inputs else []):
+                r = fut.result()
+                if per_round[i] is None:  # failed in an earlier round
+                    continue
+                if r.error_msg:
+                    per_round[i], errors[i] = None, "run: " + str(r.error_msg).strip().splitlines()[-1][:200]
+                else:
+                    per_round[i].append([float(s) for s in r.run_secs])
+    finally:
+        remove_builds(built)
+    return list(zip(per_round, errors))
 
-    remove_builds(built)
-    return results
+
+def measure(mods: list, target: Target, builder, runner) -> list[tuple[list[float] | None, str | None]]:
+    """Build and time scheduled single-function modules once (see :func:`measure_rounds`)."""
+    return [(secs[0] if secs else None, err) for secs, err in measure_rounds(mods, target, builder, runner)]
+
+
+def commit_schedule(database, task: Task, sch, secs: float, target: Target) -> None:
+    """Store ``sch``, a schedule of ``task``, in a MetaSchedule ``database`` as a record timed at ``secs``."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    workload = database.commit_workload(task.mod)
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, [tvm.tirx.FloatImm("float32", secs)], target.tvm_target(),
+        ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
 
 
 def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, trials: int = 24, batch: int = 6,

@@ -500,9 +500,7 @@ def _confirm_phase(tasks, reports, selected, target, db, builder, runner, result
 def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Target, db: Path, log) -> None:
     """Where hwcomp's knobs beat MetaSchedule's best, add the knob schedule as a MetaSchedule record
     (so the database, which compile applies first, serves the faster one)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from .knobs import best_knobs, knobs_str, schedule_with
+    from .knobs import best_knobs, commit_schedule, knobs_str, schedule_with
 
     table = best_knobs(db, target)
     database = None
@@ -515,12 +513,7 @@ def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Tar
             continue
         if database is None:
             database = open_database(db, target, validate=False)
-        import tvm
-
-        workload = database.commit_workload(t.mod)
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, workload, [tvm.tirx.FloatImm("float32", e.secs)], target.tvm_target(),
-            ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+        commit_schedule(database, t, sch, e.secs, target)
         log(f"{t.name}: hwcomp's schedule ({_fmt_us(e.secs)}, knobs {knobs_str(e.knobs)}) beats MetaSchedule's "
             f"({_fmt_us(r.ms_best)}); stored as the task's record")
         r.ms_best, r.knob_record = e.secs, True
