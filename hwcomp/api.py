@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 from . import __version__
-from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare, save_arrays, write_manifest
+from .artifact import (LIB, REFERENCE, WEIGHTS, Artifact, check_replaceable, compare, replace_dir, save_arrays,
+                       write_manifest)
 from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
 from .frontend import ImportedModel, TensorSpec, load_model
 from .target import Target, get_target
@@ -26,7 +27,10 @@ class CompileOptions:
     as constants, in order. ``database``: a tuning database directory (default: the target's own
     under ``~/.cache/hwcomp/tuning/<target>`` and the shipped records, when present).
     ``fast_math``: on CPU targets, GELU/softmax/exp/erf/tanh use polynomial approximations that
-    vectorize (absolute error ~1e-7) instead of libm's scalar functions.
+    vectorize (absolute error ~1e-7) instead of libm's scalar functions. ``force``: replace an
+    output directory that holds something other than an hwcomp artifact (see
+    :func:`~hwcomp.artifact.check_replaceable`). ``trust_pickle``: import a ``.pt2`` even when it
+    holds pickled content, which runs code of its author's choosing when loaded.
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)
@@ -35,6 +39,8 @@ class CompileOptions:
     verify: bool = True
     compression_summary: dict | None = None
     fast_math: bool = True
+    force: bool = False
+    trust_pickle: bool = False
 
 
 def _default_database(target: Target) -> Path | None:
@@ -61,8 +67,11 @@ def compile(  # noqa: A001 - the verb users expect
     options = options or CompileOptions()
     log = log or (lambda s: None)
     target = get_target(target)
+    if output_dir is not None:  # before any work: refusing after a long build helps no one
+        check_replaceable(Path(output_dir), options.force)
     t0 = time.perf_counter()
-    imported = model if isinstance(model, ImportedModel) else load_model(model, example_inputs, input_shapes)
+    imported = model if isinstance(model, ImportedModel) else \
+        load_model(model, example_inputs, input_shapes, options.trust_pickle)
     log(f"imported {imported.source}: {len(imported.params)} weights, inputs "
         + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
 
@@ -85,10 +94,23 @@ def compile(  # noqa: A001 - the verb users expect
     log(f"built for {target.name} in {time.perf_counter() - t0:.1f} s"
         + (f" (tuning database {database})" if database else ""))
 
-    out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="hwcomp-artifact-"))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    final = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="hwcomp-artifact-"))
+    check_replaceable(final, options.force)
+    # Everything is written into a sibling and renamed into place at the end: an interrupt never
+    # leaves half an artifact, and a previous artifact at ``final`` survives a failed compile.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.hwcomp-tmp-", dir=final.parent))
+    try:
+        _write_artifact(out, executable, weights, imported, target, options)
+        return Artifact.load(replace_dir(out, final))
+    finally:
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _write_artifact(out: Path, executable, weights: dict, imported: ImportedModel, target: Target,
+                    options: CompileOptions) -> None:
+    """The artifact's files in ``out``, with the fidelity measured when the target runs here."""
     export_library(executable, out / LIB, target)
     save_arrays(out / WEIGHTS, weights)
 
@@ -110,9 +132,8 @@ def compile(  # noqa: A001 - the verb users expect
         "fidelity": None,
     }
     write_manifest(out, manifest)
-    artifact = Artifact.load(out)
-
     if options.verify:
+        artifact = Artifact.load(out)
         ok, why = artifact.runs_here()
         if ok:
             fidelity = compare(artifact.run(ref_inputs), ref_outputs)
@@ -121,8 +142,6 @@ def compile(  # noqa: A001 - the verb users expect
             fidelity = {"not_measured": why}
         manifest["fidelity"] = fidelity
         write_manifest(out, manifest)
-        artifact = Artifact.load(out)
-    return artifact
 
 
 def _pass_summary(p) -> dict:

@@ -8,9 +8,11 @@ from ..errors import HwcompError
 from .model import ImportedModel, TensorSpec, parse_input_shapes
 
 
-def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> ImportedModel:
+def load_model(model, example_inputs=None, input_shapes: dict | None = None,
+               trust_pickle: bool = False) -> ImportedModel:
     """Import a ``torch.nn.Module`` (with example inputs), a ``.pt2`` exported program, an
-    ``ExportedProgram`` or an ``.onnx`` file into an :class:`ImportedModel`."""
+    ``ExportedProgram`` or an ``.onnx`` file into an :class:`ImportedModel`. A ``.pt2`` that would
+    unpickle content (which can run code) is refused unless ``trust_pickle``."""
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.exists():
@@ -22,7 +24,7 @@ def load_model(model, example_inputs=None, input_shapes: dict | None = None) -> 
         if path.suffix in (".pt2", ".pt"):
             from .torch import import_pt2
 
-            return import_pt2(path, input_shapes)
+            return import_pt2(path, input_shapes, trust_pickle)
         raise HwcompError(f"unsupported model file {str(path)!r}: expected .pt2 (torch.export) or .onnx")
     from .torch import import_exported_program, import_module
 

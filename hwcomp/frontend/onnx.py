@@ -14,6 +14,10 @@ _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: 
 
 def _graph_inputs(model, input_shapes: dict) -> list[TensorSpec]:
     inits = {i.name for i in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise HwcompError(f"--input-shape names {unknown}, but the model's inputs are {names}")
     specs = []
     for vi in model.graph.input:
         if vi.name in inits:
@@ -37,7 +41,9 @@ def import_onnx(path: Path, input_shapes: dict | None = None) -> ImportedModel:
     try:
         model = onnx.load(str(path))
     except Exception as e:
-        raise HwcompError(f"{path} is not a readable ONNX model: {e}") from e
+        raise HwcompError(f"{path} is not a readable ONNX model: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if not model.graph.node:
+        raise HwcompError(f"{path} is not a readable ONNX model: it has no graph nodes")
     specs = _graph_inputs(model, input_shapes or {})
     unsupported = sorted({n.op_type for n in model.graph.node} - set(rx_onnx.onnx_frontend._get_convert_map()))
     if unsupported:

@@ -102,15 +102,88 @@ def import_module(module, example_inputs) -> ImportedModel:
     return import_exported_program(ep, example_inputs, source=type(module).__name__)
 
 
-def import_pt2(path: Path, input_shapes: dict | None = None) -> ImportedModel:
+def untrusted_pt2_members(path: Path) -> list[str]:
+    """Members of a ``.pt2`` that ``torch.export.load`` would unpickle or load as native code.
+
+    ``torch.export.load`` unpickles weights and constants saved with ``use_pickle`` (and custom or
+    opaque objects) with ``weights_only=False``, falls back to ``weights_only=False`` for sample
+    inputs that do not load safely, and loads AOTInductor libraries: any of these runs code the
+    file's author chose. Plain tensor payloads, JSON and sample inputs that load with
+    ``weights_only=True`` are data. Anything not recognized as data is listed."""
+    import io
+    import json
+    import zipfile
+
+    import torch
+    from torch.export.pt2_archive import constants as c
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise HwcompError(f"{path} is not a torch.export program (.pt2): {e}") from None
+    with zf:
+        names = zf.namelist()
+        data: set[str] = set()  # raw tensor payloads named by a config as not pickled
+        flagged: list[str] = []
+        for name in names:
+            rel = name.split("/", 1)[1] if "/" in name else name
+            root = name[: len(name) - len(rel)]
+            if rel.endswith("_config.json") and rel.startswith((c.WEIGHTS_DIR, c.CONSTANTS_DIR)):
+                try:
+                    config = json.loads(zf.read(name))["config"]
+                    items = list(config.items())
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    flagged.append(name)
+                    continue
+                folder = c.WEIGHTS_DIR if rel.startswith(c.WEIGHTS_DIR) else c.CONSTANTS_DIR
+                for _fqn, meta in items:
+                    pname = meta.get("path_name", "") if isinstance(meta, dict) else ""
+                    tensor = folder == c.WEIGHTS_DIR or pname.startswith(c.TENSOR_CONSTANT_FILENAME_PREFIX)
+                    if not isinstance(meta, dict) or meta.get("use_pickle") or not tensor:
+                        flagged.append(f"{root}{folder}{pname}")
+                    else:
+                        data.add(f"{root}{folder}{pname}")
+        for name in names:
+            rel = name.split("/", 1)[1] if "/" in name else name
+            if name in data or name in flagged or name.endswith("/"):
+                continue
+            if rel in ("archive_format", "archive_version", "byteorder", ".data/version",
+                       ".data/serialization_id") or rel.startswith(c.EXTRA_DIR):
+                continue
+            if rel.endswith(".json") and (rel.startswith(c.MODELS_DIR) or rel.endswith("_config.json")):
+                continue
+            if rel.startswith(c.SAMPLE_INPUTS_DIR) and rel.endswith(".pt"):
+                try:  # torch tries weights_only=True first; only its fallback unpickles freely
+                    torch.load(io.BytesIO(zf.read(name)), weights_only=True)
+                    continue
+                except Exception:  # noqa: BLE001 - any failure means torch would fall back
+                    pass
+            flagged.append(name)
+    return flagged
+
+
+def import_pt2(path: Path, input_shapes: dict | None = None, trust_pickle: bool = False) -> ImportedModel:
+    """Import a ``.pt2``. Pickled content (which can run code) is refused unless ``trust_pickle``."""
     import torch
 
+    if not trust_pickle:
+        flagged = untrusted_pt2_members(path)
+        if flagged:
+            raise HwcompError(
+                f"{path} holds content that loads with pickle or as native code and can run code "
+                f"({flagged[0]}{f' and {len(flagged) - 1} more' if len(flagged) > 1 else ''}); "
+                "compile it only if you trust its author, with --trust-pickle")
     try:
         ep = torch.export.load(str(path))
     except Exception as e:
-        raise HwcompError(f"{path} is not a loadable torch.export program (.pt2): {e}") from e
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HwcompError(f"{path} is not a loadable torch.export program (.pt2): {msg}") from None
     model = import_exported_program(ep, source=str(path))
     if input_shapes:
+        unknown = sorted(set(input_shapes) - {s.name for s in model.inputs})
+        if unknown:
+            raise HwcompError(f"{path}: --input-shape names {unknown}, but the model's inputs are "
+                              f"{[s.name for s in model.inputs]}")
         for s in model.inputs:
             if s.name in input_shapes and tuple(input_shapes[s.name]) != s.shape:
                 raise HwcompError(

@@ -712,6 +712,9 @@ class ImportReport:
         return s + (f" ({', '.join(extras)})" if extras else "")
 
 
+MAX_IMPORT_BYTES = 4 << 30
+
+
 @contextlib.contextmanager
 def _as_directory(source: str | Path):
     """A database directory, or a ``.tar.gz`` archive of one (unpacked into a temporary directory)."""
@@ -723,7 +726,13 @@ def _as_directory(source: str | Path):
         raise FileNotFoundError(f"no tuning database at {source}")
     with tempfile.TemporaryDirectory(prefix="hwcomp-db-") as tmp:
         with tarfile.open(source) as tar:
-            tar.extractall(tmp, filter="data")
+            # Only the database's own files, and a cap on what they may extract to (a small
+            # .tar.gz can expand to gigabytes).
+            names = {*DATA_FILES, *MEASUREMENT_FILES, META}
+            members = [m for m in tar.getmembers() if m.isreg() and Path(m.name).name in names]
+            if sum(m.size for m in members) > MAX_IMPORT_BYTES:
+                raise ValueError(f"{source} would extract to more than {MAX_IMPORT_BYTES} bytes")
+            tar.extractall(tmp, members=members, filter="data")
         found = [p.parent for p in Path(tmp).rglob(WORKLOADS)] or [p.parent for p in Path(tmp).rglob(KNOBS)]
         if not found:
             raise ValueError(f"{source} holds no {WORKLOADS}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..target import Target
 
@@ -114,6 +115,30 @@ def _flop(estimate, mod) -> float:
         return 1.0
 
 
+def task_loggers(log_dir: str | Path, names: list[str]) -> list:
+    """One file logger per task under ``log_dir`` (``task_<i>_<name>.log``, replaced each run).
+
+    Not TVM's ``get_loggers_from_work_dir``: it re-runs ``logging.config.dictConfig`` over the global
+    MetaSchedule logger and fails on the second call in a process once that logger holds an unnamed
+    handler (``'NoneType' object has no attribute 'format'``)."""
+    import logging
+
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, name in enumerate(names):
+        logger = logging.getLogger(f"hwcomp.tune.task_{i}_{name[:100]}")
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        for h in list(logger.handlers):  # a previous run's file in another folder
+            logger.removeHandler(h)
+            h.close()
+        handler = logging.FileHandler(Path(log_dir) / f"task_{i}_{name[:100]}.log", mode="w", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+        out.append(logger)
+    return out
+
+
 def tune_contexts(tasks: list[Task], target: Target, log_dir: str, population: int | None = None,
                   seed: int | None = None, search: str = "evolutionary"):
     """MetaSchedule ``TuneContext`` objects for the tasks (default CPU/GPU rules).
@@ -123,7 +148,6 @@ def tune_contexts(tasks: list[Task], target: Target, log_dir: str, population: i
     import logging
 
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     # MetaSchedule logs every batch's statistics table to the console at INFO; hwcomp shows a progress
@@ -136,8 +160,7 @@ def tune_contexts(tasks: list[Task], target: Target, log_dir: str, population: i
     else:
         strategy = ms.search_strategy.EvolutionarySearch(population_size=population,
                                                          init_min_unmeasured=min(50, population))
-    names = [t.name for t in tasks]
-    loggers = get_loggers_from_work_dir(log_dir, names)
+    loggers = task_loggers(log_dir, [t.name for t in tasks])
     rand = fork_seed(seed, n=len(tasks))
     tvm_target = target.tvm_target()
     return [

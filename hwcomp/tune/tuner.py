@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -363,7 +362,8 @@ def tune(
         return result
 
     cross = target.cross_compiler if target.arch != _machine() else None
-    log_dir = tempfile.mkdtemp(prefix="hwcomp-tune-logs-")
+    # The last run's logs stay with the database they describe, not in a new /tmp folder per run.
+    log_dir = str(db / "logs")
     knobs_kept = False
     try:
         with lean_workers(), target_intrinsics(target):
