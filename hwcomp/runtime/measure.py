@@ -30,7 +30,8 @@ def time_vm(vm, dev, args, number: int = 10, repeat: int = 10, min_repeat_ms: in
     """Time ``vm["main"](*args)`` with TVM's time evaluator (the same code path over RPC).
 
     ``set_input`` + ``invoke_stateful`` keeps argument conversion out of the timed region and works
-    for tuple outputs over RPC, where a direct call returns an opaque remote object.
+    for tuple outputs over RPC, where a direct call returns an opaque remote object. Over RPC the
+    whole measurement must fit in the session's deadline (:class:`~.rpc.SessionDeadline`).
     """
     vm.set_input("main", *args)
     kwargs = {}

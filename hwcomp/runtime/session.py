@@ -18,7 +18,15 @@ import numpy as np
 from ..artifact import LIB, Artifact, compare, flatten_outputs
 from ..errors import HwcompError
 from .measure import LatencyStats, prepared_call, time_vm
-from .rpc import ArchMismatchError, DeviceURLError, check_library_arch, connect, parse_device_url, upload_library
+from .rpc import (
+    ArchMismatchError,
+    DeviceURLError,
+    check_library_arch,
+    connect,
+    parse_device_url,
+    session_deadline,
+    upload_library,
+)
 
 
 @dataclasses.dataclass
@@ -108,7 +116,11 @@ class DeviceModel:
     — to run and time there. Construction connects, refuses a library of the wrong architecture
     before uploading it, uploads, and puts the weights on the device (``load_s``). ``session``: an
     open one to load into (another ``DeviceModel``'s): an RPC server serves one session at a time,
-    so models used side by side must share it."""
+    so models used side by side must share it.
+
+    ``session_timeout`` bounds the whole remote session, measurements included (see
+    :class:`~.rpc.SessionDeadline`): a device that stops answering — silent, frozen, unreachable —
+    raises :class:`HwcompError` within it, one that vanishes raises at once."""
 
     def __init__(self, artifact: Artifact, device: str = "local", session_timeout: float = 300.0,
                  arch: str | None = None, session=None):
@@ -129,8 +141,11 @@ class DeviceModel:
                 raise HwcompError(f"{e} (artifact target {artifact.target['name']!r})") from None
         try:
             session = session or connect(device, session_timeout=session_timeout)
+        except HwcompError:  # the device did not answer within the session timeout
+            raise
         except (ConnectionError, OSError) as e:
             raise HwcompError(f"cannot reach device {device}: {e}") from None
+        self.session = session  # before any remote call: device_errors reads its deadline
         t0 = time.perf_counter()
         with self.device_errors():
             if self.url.kind == "local":  # a LocalSession's devices carry the RPC mask: use plain ones
@@ -139,25 +154,31 @@ class DeviceModel:
             else:
                 lib = upload_library(session, artifact.path / LIB)
                 self.dev = session.cuda(0) if self.is_cuda else session.cpu(0)
-            self.session = session
             self.vm = VirtualMachine(lib, self.dev)
             self.weights = [tvm.runtime.tensor(w, self.dev) for w in artifact.weights()]
         self.load_s = time.perf_counter() - t0
 
     @contextlib.contextmanager
     def device_errors(self):
+        """Turn a failing remote call into a one-line :class:`HwcompError`: past the session's
+        deadline (the watchdog shut the connection) it says so, otherwise the device vanished."""
         import tvm
 
         try:
             yield
-        except (tvm.error.RPCError, tvm.error.InternalError) as e:
-            if self.url.kind == "local":
+        except HwcompError:  # bad inputs, or already translated
+            raise
+        except Exception as e:
+            deadline = session_deadline(getattr(self, "session", None))
+            if deadline is not None and (deadline.expired or deadline.remaining() <= 0):
+                raise deadline.error() from None
+            if isinstance(e, OSError):
+                raise HwcompError(f"device {self.device} disappeared during measurement: {e}") from None
+            if self.url.kind == "local" or not isinstance(e, (tvm.error.RPCError, tvm.error.InternalError)):
                 raise
             # TVM reports a dropped session as kShutdown/connection errors from the RPC endpoint.
             raise HwcompError(f"device {self.device} failed or disappeared during measurement: "
                               f"{str(e).strip().splitlines()[-1]}") from None
-        except (ConnectionError, TimeoutError, OSError) as e:
-            raise HwcompError(f"device {self.device} disappeared during measurement: {e}") from None
 
     def args(self, inputs) -> list:
         """Inputs (checked against the artifact's specs) and weights, on the device."""
@@ -166,9 +187,18 @@ class DeviceModel:
         return [tvm.runtime.tensor(a, self.dev) for a in self.artifact.check_inputs(inputs)] + self.weights
 
     def prepared(self, inputs):
-        """A zero-argument call on ``inputs`` set once (:func:`~.measure.prepared_call`)."""
+        """A zero-argument call on ``inputs`` set once (:func:`~.measure.prepared_call`); on a remote
+        device each call reports failures as :meth:`device_errors` does (callers time it outside)."""
         with self.device_errors():
-            return prepared_call(self.vm, self.dev, self.args(inputs))
+            call = prepared_call(self.vm, self.dev, self.args(inputs))
+        if self.url.kind == "local":  # nothing to translate: keep the timed call bare
+            return call
+
+        def guarded() -> None:
+            with self.device_errors():
+                call()
+
+        return guarded
 
     def run(self, inputs) -> list[np.ndarray]:
         with self.device_errors():
