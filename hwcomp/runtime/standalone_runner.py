@@ -54,8 +54,21 @@ def main(argv=None):
     p.add_argument("--report-libs", action="store_true", help="list the TVM libraries this process loaded")
     args = p.parse_args(argv)
 
-    manifest = json.load(open(os.path.join(args.dir, "manifest.json")))
-    for name, digest in manifest["files"].items():
+    try:
+        with open(os.path.join(args.dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        names = set(files)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"error: no readable manifest.json in {args.dir} ({e})")
+    # Only the artifact's own files, and every one of them listed: nothing outside the bundle is
+    # read, nothing unverified is loaded (see hwcomp/artifact.py, which this script cannot import).
+    own = {"model.so", "weights.npz", "reference.npz"}
+    if not names <= own or not {"model.so", "weights.npz"} <= names:
+        sys.exit(f"error: the manifest must list model.so and weights.npz and nothing but {sorted(own)}")
+    if "reference.npz" not in names and os.path.exists(os.path.join(args.dir, "reference.npz")):
+        sys.exit("error: reference.npz is present but not listed in the manifest (unverified)")
+    for name, digest in files.items():
         if _sha256(os.path.join(args.dir, name)) != digest:
             sys.exit(f"error: {name} does not match the manifest's sha256 (corrupt bundle)")
 
@@ -72,8 +85,10 @@ def main(argv=None):
 
     ref_outputs = None
     if args.inputs:
-        with np.load(args.inputs) as z:
+        with np.load(args.inputs, allow_pickle=False) as z:
             inputs = [z[s["name"]] for s in manifest["inputs"]]
+    elif "reference.npz" not in names:
+        sys.exit("error: the bundle stores no example inputs: give --inputs in.npz")
     else:
         with np.load(os.path.join(args.dir, "reference.npz")) as z:
             inputs = [z[f"input{i}"] for i in range(len(manifest["inputs"]))]
