@@ -30,7 +30,9 @@ class CompileOptions:
     vectorize (absolute error ~1e-7) instead of libm's scalar functions. ``force``: replace an
     output directory that holds something other than an hwcomp artifact (see
     :func:`~hwcomp.artifact.check_replaceable`). ``trust_pickle``: import a ``.pt2`` even when it
-    holds pickled content, which runs code of its author's choosing when loaded.
+    holds pickled content, which runs code of its author's choosing when loaded. ``detect_sparse``:
+    when no pass converts to sparse kernels, weights that are already block-sparse (pruned
+    beforehand) above the break-even density get the target's BSR kernels where they measure faster.
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)
@@ -41,6 +43,7 @@ class CompileOptions:
     fast_math: bool = True
     force: bool = False
     trust_pickle: bool = False
+    detect_sparse: bool = True
 
 
 def _default_database(target: Target) -> Path | None:
@@ -82,8 +85,13 @@ def compile(  # noqa: A001 - the verb users expect
         hook = getattr(p, "use_weight_names", None)
         if hook is not None:
             hook(imported.params)
-    for p in options.passes:
+    passes = list(options.passes)
+    detect = default_sparse_pass(target, passes) if options.detect_sparse else None
+    for p in [*passes, *([detect] if detect else [])]:
         mod = p(mod)
+    if detect is not None and detect.report.n_sparse:
+        log("pre-pruned weights found: " + detect.report.table().splitlines()[-1] + " (no flag needed)")
+        passes.append(detect)
     mod, weights = finalize_weights(mod)
 
     database = options.database
@@ -101,15 +109,30 @@ def compile(  # noqa: A001 - the verb users expect
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.hwcomp-tmp-", dir=final.parent))
     try:
-        _write_artifact(out, executable, weights, imported, target, options)
+        _write_artifact(out, executable, weights, imported, target, options, passes)
         return Artifact.load(replace_dir(out, final))
     finally:
         if out.exists():
             shutil.rmtree(out, ignore_errors=True)
 
 
+def default_sparse_pass(target: Target, passes: list):
+    """The BSR rewrite that finds pre-pruned weights with no flag, unless ``passes`` already decide
+    sparsity or quantize (the quantizer makes its own int8 BSR choices)."""
+    from .passes.dense_to_bsr import DenseToBSR
+
+    if any(isinstance(p, DenseToBSR) or type(p).__module__.startswith("hwcomp.quantize") for p in passes):
+        return None
+    return DenseToBSR(target, threshold=DEFAULT_SPARSE_THRESHOLD)
+
+
+#: Block sparsity above which a weight is a candidate for BSR kernels (it gets them only where they
+#: measure faster than dense on the target, or by this threshold alone when it cannot run here).
+DEFAULT_SPARSE_THRESHOLD = 0.7
+
+
 def _write_artifact(out: Path, executable, weights: dict, imported: ImportedModel, target: Target,
-                    options: CompileOptions) -> None:
+                    options: CompileOptions, passes: list) -> None:
     """The artifact's files in ``out``, with the fidelity measured when the target runs here."""
     export_library(executable, out / LIB, target)
     save_arrays(out / WEIGHTS, weights)
@@ -128,7 +151,7 @@ def _write_artifact(out: Path, executable, weights: dict, imported: ImportedMode
         "outputs": [TensorSpec(f"output{i}", tuple(o.shape), str(o.dtype)).to_dict()
                     for i, o in enumerate(ref_outputs)],
         "weights": {"count": len(weights), "bytes": int(sum(w.nbytes for w in weights.values()))},
-        "compression": {**(options.compression_summary or {}), "passes": [_pass_summary(p) for p in options.passes]},
+        "compression": {**(options.compression_summary or {}), "passes": [_pass_summary(p) for p in passes]},
         "fidelity": None,
     }
     write_manifest(out, manifest)

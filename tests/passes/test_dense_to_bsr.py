@@ -264,3 +264,20 @@ def test_tune_flags_measure_every_knob_set_into_the_named_database(bound, host, 
     plain(mod)
     assert [d.bsr_ms for d in plain.report.layers if d.chosen == "bsr"] == \
         [d.bsr_ms for d in d2b.report.layers if d.chosen == "bsr"]
+
+
+def test_pre_pruned_weights_get_bsr_with_no_flag_and_dense_ones_do_not(host, tmp_path, monkeypatch):
+    """``hwcomp.compile`` with default options finds a Linear already 90 % block-sparse."""
+    import hwcomp
+
+    monkeypatch.setenv("HWCOMP_CACHE", str(tmp_path / "cache"))  # no BSR choices from earlier runs
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64)).eval()
+    x = torch.randn(16, 256)
+    dense = hwcomp.compile(model, host, tmp_path / "dense", example_inputs=(x,))
+    assert [p["name"] for p in dense.manifest["compression"]["passes"]] == []
+    _prune_torch(model, 0.9, host.sparse_block, skip=())
+    sparse = hwcomp.compile(model, host, tmp_path / "sparse", example_inputs=(x,))
+    (summary,) = sparse.manifest["compression"]["passes"]
+    assert summary["name"] == "DenseToBSR" and summary["report"]["n_sparse"] >= 1
+    assert sparse.fidelity["max_abs_err"] < 1e-4 and sparse.fidelity["min_cosine"] > 0.99999
