@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Callable
 
 from .search import LayerProfile, OptionCost
+from .simulate import apply_option_, model_error, trial
 from .space import Option
 
 #: Kept unit counts are rounded up to a multiple of this: every kernel layout (8-wide fp32 tiles,
@@ -63,7 +64,7 @@ def kept_count(units: int, width: int) -> int:
 
 def narrow_(model, group: WidthGroup, width: int, gram, shrink: bool) -> None:
     """Keep ``width`` % of ``group``'s units in place (``gram``: the consumer's input Gram,
-    :func:`~hwcomp.policy.profile.layer_grams` of the fp32 model): the units greedy OBS removes at
+    :func:`~hwcomp.policy.simulate.layer_grams` of the fp32 model): the units greedy OBS removes at
     least cost, the consumer's other weights and bias compensating (:func:`~hwcomp.compress.
     reconstruct.obs_remove`).
 
@@ -103,8 +104,6 @@ def profile_widths(model, groups: list[WidthGroup], layers, options: list[Option
     width option. ``grams``: the consumers' input Grams; ``latency_of(shape, option)``: measured ms.
     Returns ``{producer: [OptionCost with (producer option, consumer option)]}``."""
     from tqdm import tqdm
-
-    from .profile import apply_option_, model_error, trial
 
     rows = {l.name: l for l in layers}
     out: dict[str, list[OptionCost]] = {}

@@ -32,9 +32,18 @@ import math
 
 import numpy as np
 from tvm import te, tirx
-from tvm.script import tirx as T
 
 from hwcomp.schedules.cpu.rules import MATERIALIZE
+from hwcomp.schedules.int8_base import (  # noqa: F401  (re-exported: the providers' shared scaffolding)
+    LAYOUTS,
+    KernelProvider,
+    _divisor,
+    cpu_dot_desc,
+    layout_fits,
+    register_intrin,
+    schedule_blocked_dense,
+    scheduled,
+)
 
 ACTS = (None, "relu", "gelu", "gelu_tanh")
 
@@ -67,8 +76,7 @@ class Epilogue:
 # ---------------------------------------------------------------------------------------------
 # weight layouts: W[N, K] -> packed, and the index expression the compute reads it with
 # ---------------------------------------------------------------------------------------------
-# name: (n block, k block); "nk" is the plain [N, K] layout.
-LAYOUTS = {"nk": (1, 1), "kn": (1, 1), "avx2": (8, 2), "avx2u8": (8, 4), "vnni": (16, 4), "sdot": (4, 4)}
+# (the layout table, LAYOUTS, and layout_fits live in hwcomp.schedules.int8_base)
 
 
 def weight_shape(layout: str, n: int, k: int) -> tuple[int, ...]:
@@ -89,11 +97,6 @@ def pack_weight(wq: np.ndarray, layout: str) -> np.ndarray:
     n, k = wq.shape
     nb, kb = LAYOUTS[layout]
     return np.ascontiguousarray(wq.reshape(n // nb, nb, k // kb, kb).transpose(0, 2, 1, 3))
-
-
-def layout_fits(layout: str, n: int, k: int) -> bool:
-    nb, kb = LAYOUTS[layout]
-    return n % nb == 0 and k % kb == 0
 
 
 def _w_at(w, layout: str, n, k):
@@ -310,62 +313,6 @@ def dequantize_func(shape, scale: float, zp: int, dtype: str) -> tirx.PrimFunc:
     return te.create_prim_func([x, y])
 
 
-# ---------------------------------------------------------------------------------------------
-# providers
-# ---------------------------------------------------------------------------------------------
-class KernelProvider:
-    """Generic provider: plain ``[N, K]`` weights, no schedule of its own (default rules apply).
-
-    ``act_dtypes``: storage types the dense kernels accept for activations, preferred first.
-    ``reduce_range_pays``: the fastest dense kernel wants 7-bit weights (AVX2 ``vpmaddubsw``).
-    """
-
-    name = "generic"
-    act_dtypes: tuple[str, ...] = ("int8", "uint8")
-    reduce_range_pays: bool = False
-
-    def __init__(self, target=None):
-        self.target = target
-
-    def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
-        """Weight layout for an ``M x K x N`` dense whose weight codes are at most ``w_absmax``."""
-        return "nk"
-
-    def dense_weight_bits(self, k: int, n: int, bits: int = 8, reduce_range: bool | None = None) -> int:
-        """Width of a ``K -> N`` dense layer's weight codes: one bit narrower than ``bits`` where
-        ``reduce_range`` (default: ``reduce_range_pays``) selects a faster kernel for the shape.
-        Weight layouts depend on the weight's shape only, so no row count is needed."""
-        reduce = self.reduce_range_pays if reduce_range is None else reduce_range
-        if reduce and bits > 2 and self.dense_layout(1, k, n, 1 << (bits - 2)) != self.dense_layout(1, k, n):
-            return bits - 1
-        return bits
-
-    def schedule_dense(self, func: tirx.PrimFunc, layout: str, m: int, k: int, n: int) -> tirx.PrimFunc | None:
-        return None
-
-    def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-        return None
-
-    def has_sparse_dense(self, act: str | None) -> bool:
-        """Whether :meth:`sparse_dense_func` has a kernel for this target and fused activation."""
-        return self.target is not None and not self.target.is_gpu and act in (None, "relu", "gelu")
-
-    def sparse_dense_func(self, m: int, k: int, n: int, block: tuple[int, int], x_dtype: str,
-                          act: str | None) -> tirx.PrimFunc | None:
-        """The int8 BSR kernel ``(xq, data, indices, indptr, bias_i32, deq, y_f32)`` on CPU targets
-        (``schedules/x86/bsr.py``'s generator, also AArch64's); None where there is none."""
-        t = self.target
-        if not self.has_sparse_dense(act):
-            return None
-        from hwcomp.schedules.x86.bsr import cpu_bsr_kernel, default_knobs
-
-        return cpu_bsr_kernel(m, k, n, block, default_knobs(t.vector_bits, block, m), t.num_cores, t.vector_bits,
-                              activation=act or "none", x_dtype=x_dtype)
-
-    def describe(self) -> str:
-        return "generic int8 kernels (default schedules)"
-
-
 def get_provider(target) -> KernelProvider:
     """The int8 kernel provider for a :class:`~hwcomp.target.Target` (by its ``int8_dot``)."""
     if target is None:
@@ -386,10 +333,6 @@ def get_provider(target) -> KernelProvider:
     return KernelProvider(target)
 
 
-def scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    return func.with_attr("tirx.is_scheduled", True)
-
-
 def tvm_const(arr: np.ndarray):
     from tvm import relax
 
@@ -398,76 +341,3 @@ def tvm_const(arr: np.ndarray):
 
 __all__ = ["Epilogue", "KernelProvider", "batch_matmul_func", "conv2d_func", "dense_func", "dequantize_func",
            "get_provider", "pack_weight", "quantize_func", "weight_shape"]
-
-
-def cpu_dot_desc(a_dtype: str, lanes: int, k: int):
-    """The description every CPU int8 dot instruction matches: ``C[i] += sum_k A[k] · B[i, k]`` for
-    ``lanes`` int32 outputs over ``k`` bytes of A (AVX2 ``vpmaddwd`` 8×2, VNNI 16×4, ``sdot`` 4×4)."""
-
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((k,), a_dtype, offset_factor=1), B: T.Buffer((lanes, k), "int8", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
-            T.writes(C[0:lanes])
-            for i in T.serial(lanes):
-                for r in T.serial(k):
-                    with T.sblock("update"):
-                        vi, vr = T.axis.remap("SR", [i, r])
-                        C[vi] = C[vi] + T.cast(A[vr], "int32") * T.cast(B[vi, vr], "int32")
-
-    return desc
-
-
-def register_intrin(name: str, desc, impl) -> str:
-    """Register a tensor intrinsic under hwcomp's own name (idempotent; TVM's are left alone)."""
-    from tvm.s_tir import TensorIntrin
-
-    try:
-        TensorIntrin.get(name)
-    except Exception:  # noqa: BLE001 - TVM raises a plain error for unknown names
-        TensorIntrin.register(name, desc, impl)
-    return name
-
-
-def _divisor(n: int, prefs: tuple[int, ...]) -> int:
-    return next((p for p in prefs if p <= n and n % p == 0), 1)
-
-
-def schedule_blocked_dense(func: tirx.PrimFunc, nb: int, kb: int, intrin: str, mr_prefs=(4, 3, 2, 1),
-                           nrv_prefs=(3, 2, 1), out_lanes: int | None = None) -> tirx.PrimFunc:
-    """Register-tile ``dense_func`` (blocked weight layout ``[N/nb, K/kb, nb, kb]``) and tensorize
-    the ``nb x kb`` inner product with ``intrin``.
-
-    Loop nest: ``parallel(N panels x M tiles) / K/kb / mr rows (unrolled) / nrv vectors (unrolled) /
-    intrin``; the int32 accumulator tile lives in registers (local scope) and the epilogue runs on
-    it before the store, so the int32 result never reaches memory.
-    """
-    from tvm import s_tir
-
-    m, n = (int(v) for v in func.params[-1].shape)
-    mr = _divisor(m, mr_prefs)
-    nrv = _divisor(n // nb, nrv_prefs)
-    sch = s_tir.Schedule(func)
-    acc = sch.get_sblock("acc")
-    out = sch.get_sblock("out")
-    i, j, k = sch.get_loops(acc)
-    jo, jv, jl = sch.split(j, [None, nrv, nb])
-    io, ii = sch.split(i, [None, mr])
-    ko, ki = sch.split(k, [None, kb])
-    sch.reorder(jo, io, ko, ii, jv, jl, ki)
-    sch.set_scope(acc, 0, "local")
-    sch.reverse_compute_at(out, io)
-    o_i, o_j = sch.get_loops(out)[-2:]
-    lanes = out_lanes or nb
-    if (nrv * nb) % lanes == 0:
-        _, o_v = sch.split(o_j, [None, lanes])
-        sch.vectorize(o_v)
-    par = sch.fuse(jo, io)
-    sch.parallel(par)
-    init = sch.decompose_reduction(acc, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(ii)
-    sch.unroll(jv)
-    sch.tensorize(jl, intrin)
-    return scheduled(sch.mod["main"])

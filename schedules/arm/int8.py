@@ -14,15 +14,14 @@ epilogue (requantize / dequantize + activation) applied before the store, as on 
 
 from __future__ import annotations
 
-from tvm.script import tirx as T
-
-from hwcomp.quantize.kernels import (
+from hwcomp.schedules.int8_base import (
     KernelProvider,
     cpu_dot_desc,
     layout_fits,
     register_intrin,
     schedule_blocked_dense,
 )
+from tvm.script import tirx as T
 
 SDOT = "hwcomp_arm_sdot_s8s8s32_4x4"
 NEON = "hwcomp_arm_neon_s8s8s32_4x4"

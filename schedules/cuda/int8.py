@@ -10,9 +10,8 @@ Shapes that do not tile (M, N, K not multiples of 32) are left to the default dl
 
 from __future__ import annotations
 
+from hwcomp.schedules.int8_base import KernelProvider, register_intrin, scheduled
 from tvm.script import tirx as T
-
-from hwcomp.quantize.kernels import KernelProvider, register_intrin, scheduled
 
 BM = BN = 32
 BK = 32

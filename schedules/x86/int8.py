@@ -24,15 +24,14 @@ registers a corrected intrinsic under its own name (TVM's registry entry is not 
 
 from __future__ import annotations
 
-from tvm.script import tirx as T
-
-from hwcomp.quantize.kernels import (
+from hwcomp.schedules.int8_base import (
     KernelProvider,
     cpu_dot_desc,
     layout_fits,
     register_intrin,
     schedule_blocked_dense,
 )
+from tvm.script import tirx as T
 
 AVX2_S8 = "hwcomp_x86_avx2_s8s8s32_8x2"
 AVX2_U8 = "hwcomp_x86_avx2_u8s8s32_8x2"
