@@ -7,9 +7,12 @@ preferred sparse block shape, the cross compiler to export with, the RPC key boa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import platform
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -92,33 +95,208 @@ def target_names() -> list[str]:
     return ["host", *names]
 
 
+# The fields of a target description (``targets/*.toml``) and the TOML types they take.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "description": (str,), "arch": (str,), "vector_bits": (int,), "int8_dot": (str,), "sparse_block": (list,),
+    "cross_compiler": (str,), "rpc_key": (str,), "features": (list,), "tvm": (dict,), "host": (dict,),
+}
+_REQUIRED = ("arch", "vector_bits", "sparse_block", "tvm")
+ARCHES = ("x86_64", "aarch64")
+TVM_KINDS = ("llvm", "cuda")  # what hwcomp's pipeline schedules and exports
+_TRIPLE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+_EXAMPLES = {"x86_64": ("haswell, skylake-avx512, znver3", "+avx2, +fma, +avx512f"),
+             "aarch64": ("cortex-a72, cortex-a76, neoverse-v1", "+neon, +dotprod, +i8mm")}
+_TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table", bool: "a boolean",
+              float: "a float"}
+
+
+def _examples(triple: str) -> tuple[str, str]:
+    return _EXAMPLES[_TRIPLE_ARCH.get(triple.split("-")[0].lower(), "x86_64")]
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"field {field!r}: {message}")
+
+
+def _type_name(v) -> str:
+    return _TOML_TYPE.get(type(v), type(v).__name__)
+
+
+def _int(v, field: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _Invalid(field, f"expected an integer, got {_type_name(v)} {v!r}")
+    if not lo <= v <= hi:
+        raise _Invalid(field, f"must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _str(v, field: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(v, str):
+        raise _Invalid(field, f"expected a string, got {_type_name(v)} {v!r}")
+    if choices is not None and v not in choices:
+        raise _Invalid(field, f"must be one of {', '.join(choices)}, got {v!r}")
+    if not v.strip() or "\x00" in v:
+        raise _Invalid(field, f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def _str_list(v, field: str) -> list[str]:
+    if not isinstance(v, list):
+        raise _Invalid(field, f"expected an array of strings, got {_type_name(v)} {v!r}")
+    for i, item in enumerate(v):
+        _str(item, f"{field}[{i}]")
+    return list(v)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (LLVM writes "'+x' is not a recognized feature" there itself)."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@functools.lru_cache(maxsize=256)
+def _llvm_knows_feature(feature: str, triple: str) -> bool:
+    """True when LLVM enables ``feature`` for ``triple`` given ``+feature`` (an unknown one it ignores)."""
+    import tvm
+    from tvm.target import codegen
+
+    with _quiet_stderr():
+        probe = tvm.target.Target({"kind": "llvm", "mtriple": triple, "mattr": [f"+{feature}"]})
+        return feature in codegen.llvm_get_cpu_features(probe)
+
+
+def _check_tvm_table(d: dict, field: str, arch: str, host_side: bool) -> dict:
+    """Validate one TVM target table (``[tvm]`` or ``[host]``) and return a copy of it."""
+    import tvm
+    from tvm.target import codegen
+
+    if "kind" not in d:
+        raise _Invalid(f"{field}.kind", "missing (llvm for a CPU, cuda for an NVIDIA GPU)")
+    kinds = ("llvm",) if host_side else TVM_KINDS
+    kind = _str(d["kind"], f"{field}.kind")
+    if kind not in kinds:
+        where = "for the host of a GPU target" if host_side else "hwcomp compiles for"
+        raise _Invalid(f"{field}.kind", f"{kind!r} is not a TVM target kind {where} ({', '.join(kinds)})")
+    if "num-cores" in d:
+        _int(d["num-cores"], f"{field}.num-cores", 1, 4096)
+    if kind == "llvm":
+        triple = None
+        if "mtriple" in d:
+            triple = _str(d["mtriple"], f"{field}.mtriple")
+            triple_arch = _TRIPLE_ARCH.get(triple.split("-")[0].lower())
+            if triple_arch is None:
+                raise _Invalid(f"{field}.mtriple", f"{triple!r} is not an x86_64 or aarch64 triple "
+                                                   "(e.g. x86_64-linux-gnu, aarch64-linux-gnu)")
+            if triple_arch != arch:
+                raise _Invalid(f"{field}.mtriple", f"{triple!r} is for {triple_arch}, but arch is {arch!r}")
+        else:
+            here = codegen.llvm_get_system_triple()
+            if _TRIPLE_ARCH.get(here.split("-")[0].lower()) != arch:
+                raise _Invalid(f"{field}.mtriple", f"missing: without it LLVM builds for this machine ({here}), "
+                                                   f"but arch is {arch!r}")
+        if "mcpu" in d:
+            mcpu = _str(d["mcpu"], f"{field}.mcpu")
+            check_triple = triple or codegen.llvm_get_system_triple()
+            if not codegen.llvm_is_valid_cpu(mcpu, check_triple):
+                raise _Invalid(f"{field}.mcpu", f"{mcpu!r} is not a CPU LLVM knows for {check_triple} "
+                                                f"(e.g. {_examples(check_triple)[0]})")
+        if "mattr" in d:
+            for i, feat in enumerate(_str_list(d["mattr"], f"{field}.mattr")):
+                if not re.fullmatch(r"[+-][A-Za-z0-9][A-Za-z0-9._-]*", feat):
+                    raise _Invalid(f"{field}.mattr[{i}]", f"expected +FEATURE or -FEATURE, got {feat!r}")
+                check_triple = triple or codegen.llvm_get_system_triple()
+                if not _llvm_knows_feature(feat[1:], check_triple):
+                    raise _Invalid(f"{field}.mattr[{i}]", f"LLVM knows no CPU feature {feat[1:]!r} for "
+                                                          f"{check_triple} (e.g. {_examples(check_triple)[1]})")
+    elif kind == "cuda" and "arch" in d:
+        sm = _str(d["arch"], f"{field}.arch")
+        if not re.fullmatch(r"sm_[0-9]{2,3}[a-z]?", sm):
+            raise _Invalid(f"{field}.arch", f"expected a CUDA architecture like sm_80, got {sm!r}")
+    try:  # every other option (and its type) as TVM itself checks it
+        tvm.target.Target(dict(d))
+    except (ValueError, TypeError) as e:
+        msg = (str(e).strip().splitlines() or [""])[0]
+        msg = msg.split(". Target creation from config dict failed")[0]
+        raise _Invalid(field, f"TVM rejects it: {msg}") from None
+    return dict(d)
+
+
 def _parse(name: str, text: str, origin: str) -> Target:
+    """A :class:`Target` from the text of a description; every field is checked, and anything wrong
+    raises :class:`HwcompError` naming ``origin`` and the field."""
     try:
         raw = tomllib.loads(text)
-        tvm_dict = dict(raw["tvm"])
-        if tvm_dict.get("kind") == "llvm":
-            tvm_dict.setdefault("num-cores", _physical_cores())
-        host = dict(raw["host"]) if "host" in raw else None
-        if host is not None:
-            host.setdefault("num-cores", _physical_cores())
-        int8_dot = raw.get("int8_dot", "none")
-        if int8_dot not in INT8_DOT_KINDS:
-            raise ValueError(f"int8_dot must be one of {INT8_DOT_KINDS}, got {int8_dot!r}")
-        return Target(
-            name=name,
-            description=raw.get("description", name),
-            arch=raw["arch"],
-            tvm=tvm_dict,
-            host=host,
-            vector_bits=int(raw["vector_bits"]),
-            int8_dot=int8_dot,
-            sparse_block=tuple(int(v) for v in raw["sparse_block"]),
-            cross_compiler=raw.get("cross_compiler"),
-            rpc_key=raw.get("rpc_key"),
-            features=tuple(raw.get("features", ())),
-        )
-    except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as e:
-        raise HwcompError(f"invalid target description {origin}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise HwcompError(f"invalid target description {origin}: not valid TOML: {e}") from None
+    try:
+        unknown = sorted(set(raw) - set(_FIELDS))
+        if unknown:
+            raise _Invalid(unknown[0], f"unknown field (known: {', '.join(_FIELDS)})")
+        for f in _REQUIRED:
+            if f not in raw:
+                raise _Invalid(f, "missing")
+        for f, value in raw.items():
+            if not isinstance(value, _FIELDS[f]) or isinstance(value, bool):
+                want = " or ".join(_TOML_TYPE[t] for t in _FIELDS[f])
+                raise _Invalid(f, f"expected {want}, got {_type_name(value)} {value!r}")
+        arch = _str(raw["arch"], "arch", ARCHES)
+        vector_bits = _int(raw["vector_bits"], "vector_bits", 32, 2048)
+        if vector_bits % 32:
+            raise _Invalid("vector_bits", f"must be a multiple of 32, got {vector_bits}")
+        int8_dot = _str(raw.get("int8_dot", "none"), "int8_dot", INT8_DOT_KINDS)
+        block = raw["sparse_block"]
+        if len(block) != 2:
+            raise _Invalid("sparse_block", f"expected [ROWS, COLS], got {block!r}")
+        sparse_block = (_int(block[0], "sparse_block[0]", 1, 1024), _int(block[1], "sparse_block[1]", 1, 1024))
+        description = _str(raw.get("description", name), "description")
+        cross_compiler = _str(raw["cross_compiler"], "cross_compiler") if "cross_compiler" in raw else None
+        rpc_key = _str(raw["rpc_key"], "rpc_key") if "rpc_key" in raw else None
+        features = tuple(_str_list(raw.get("features", []), "features"))
+        tvm_dict = _check_tvm_table(raw["tvm"], "tvm", arch, host_side=False)
+        host = None
+        if "host" in raw:
+            if tvm_dict["kind"] != "cuda":
+                raise _Invalid("host", "only a GPU target (tvm.kind = \"cuda\") has a host table")
+            host = _check_tvm_table(raw["host"], "host", arch, host_side=True)
+    except _Invalid as e:
+        raise HwcompError(f"invalid target description {origin}: {e}") from None
+    if tvm_dict["kind"] == "llvm":
+        tvm_dict.setdefault("num-cores", _physical_cores())
+    if host is not None:
+        host.setdefault("num-cores", _physical_cores())
+    return Target(name=name, description=description, arch=arch, tvm=tvm_dict, host=host, vector_bits=vector_bits,
+                  int8_dot=int8_dot, sparse_block=sparse_block, cross_compiler=cross_compiler, rpc_key=rpc_key,
+                  features=features)
+
+
+def read_target_file(path: str | Path) -> Target:
+    """A target from a ``.toml`` description on disk (what ``-t file.toml`` reads)."""
+    p = Path(path)
+    if not p.is_file():
+        raise HwcompError(f"target description {str(p)!r} "
+                          + ("is a directory, not a .toml file" if p.is_dir() else "does not exist"))
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise HwcompError(f"cannot read target description {str(p)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise HwcompError(f"invalid target description {p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return _parse(p.stem, text, str(p))
 
 
 def get_target(name_or_path: str | Target) -> Target:
@@ -127,11 +305,10 @@ def get_target(name_or_path: str | Target) -> Target:
         return name_or_path
     if name_or_path == "host":
         return detect_host()
-    if name_or_path.endswith(".toml") and Path(name_or_path).is_file():
-        p = Path(name_or_path)
-        return _parse(p.stem, p.read_text(), str(p))
+    if name_or_path.endswith(".toml"):
+        return read_target_file(name_or_path)
     f = _targets_dir() / f"{name_or_path}.toml"
-    if not f.is_file():
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name_or_path) or not f.is_file():
         raise UnknownTargetError(
             f"unknown target {name_or_path!r}; valid targets: {', '.join(target_names())} "
             "(or a path to a .toml description)"

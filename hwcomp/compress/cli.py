@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +27,80 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import HwcompError
 from .api import prune_model, save_pruned
 from .criteria import CRITERIA
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``prune`` verb's arguments to ``parser``."""
+    from ..cli import nonnegative_int, positive_float, positive_int, sparsity_type
+
     parser.add_argument("model", help="a .pt2 exported program, or file.py:factory")
     parser.add_argument("--criterion", choices=CRITERIA, default="taylor", help="importance criterion")
-    parser.add_argument("--granularity", default="block:16x1",
+    parser.add_argument("--granularity", type=granularity_type, default="block:16x1",
                         help="'unstructured' or 'block:RxC' (R output rows x C input columns)")
-    parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of blocks pruned per layer")
+    parser.add_argument("--sparsity", type=sparsity_type, default=0.9,
+                        help="fraction of blocks pruned per layer, in [0, 1)")
     parser.add_argument("--scope", choices=("layer", "global"), default="layer")
     parser.add_argument("--data", help=".npz with arrays x (inputs) and optional y (labels)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-batches", type=int, default=None, help="batches used to score weights")
-    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="batches used to score weights")
+    parser.add_argument("--finetune-epochs", type=nonnegative_int, default=0)
     parser.add_argument("--distill", action="store_true", help="fine-tune against the unpruned model")
     parser.add_argument("--schedule", choices=("oneshot", "gradual"), default="oneshot")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--exclude", action="append", default=None,
                         help="glob of weights left dense (repeatable); default: the output layer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", help="output .pt2 (default: <model>.pruned.pt2)")
     parser.add_argument("--report", help="write the pruning report as JSON here")
+
+
+def granularity_type(text: str) -> str:
+    """``unstructured`` or ``block:RxC`` with positive R and C (kept as text)."""
+    from .prune import Granularity
+
+    try:
+        g = Granularity.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if g.rows < 1 or g.cols < 1:
+        raise argparse.ArgumentTypeError(f"block dimensions must be positive, got {text!r}")
+    return text
+
+
+def check_prune_args(args: argparse.Namespace) -> None:
+    """What ``hwcomp prune`` can refuse before loading the model (one-line :class:`HwcompError`)."""
+    from ..cli import check_output_path
+    from ..frontend.model import read_npz
+
+    spec = args.model
+    if spec.endswith(".pt2"):
+        path = spec
+    else:
+        path, sep, factory = spec.rpartition(":")
+        if not sep or not path.endswith(".py") or not factory.isidentifier():
+            raise HwcompError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
+    if not Path(path).is_file():
+        raise HwcompError(f"model file {path!r} does not exist")
+    if args.data:
+        arrays = read_npz(args.data, "--data")
+        if "x" not in arrays:
+            raise HwcompError(f"--data {args.data!r} has no array 'x' (inputs, samples on axis 0); it has "
+                              f"{list(arrays)}")
+    from .criteria import DATA_CRITERIA
+
+    if args.criterion in DATA_CRITERIA and not args.data:
+        raise HwcompError(f"--criterion {args.criterion} scores weights on data: give --data d.npz "
+                          "(or use --criterion l1 / l2)")
+    for flag, given in (("--distill", args.distill), ("--schedule gradual", args.schedule == "gradual")):
+        if given and not args.finetune_epochs:
+            raise HwcompError(f"{flag} works during fine-tuning: give --finetune-epochs N (N >= 1)")
+    if args.finetune_epochs and not args.data:
+        raise HwcompError("fine-tuning (--finetune-epochs) needs --data d.npz")
+    check_output_path(args.output, "--output")
+    check_output_path(args.report, "--report")
 
 
 def load_model(spec: str) -> tuple[nn.Module, Any]:
@@ -63,10 +112,14 @@ def load_model(spec: str) -> tuple[nn.Module, Any]:
         return program.module(), example
     path, sep, factory = spec.rpartition(":")
     if not sep or not path.endswith(".py"):
-        raise ValueError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
+        raise HwcompError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
+    if not Path(path).is_file():
+        raise HwcompError(f"model file {path!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module_spec.loader.exec_module(module)  # the user's code: its own errors keep their traceback
+    if not callable(getattr(module, factory, None)):
+        raise HwcompError(f"{path} has no function {factory!r}")
     made = getattr(module, factory)()
     if isinstance(made, tuple):
         return made[0], made[1]
@@ -75,8 +128,15 @@ def load_model(spec: str) -> tuple[nn.Module, Any]:
 
 def load_npz(path: str, batch_size: int, seed: int = 0) -> list[tuple]:
     """Batches ``(x, y)`` or ``(x,)`` from a ``.npz`` (shuffled once with ``seed``)."""
-    with np.load(path) as f:
-        x, y = f["x"], (f["y"] if "y" in f.files else None)
+    from ..frontend.model import read_npz
+
+    arrays = read_npz(path, "--data")
+    if "x" not in arrays:
+        raise HwcompError(f"--data {path!r} has no array 'x' (inputs, samples on axis 0); it has {list(arrays)}")
+    x, y = arrays["x"], arrays.get("y")
+    if x.ndim < 1 or len(x) == 0 or (y is not None and (y.ndim < 1 or len(y) != len(x))):
+        raise HwcompError(f"--data {path!r}: x {list(x.shape)} and y {None if y is None else list(y.shape)} "
+                          "need the same number (>= 1) of samples on axis 0")
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.float32 if a.dtype.kind == "f" else np.int64))
@@ -89,14 +149,15 @@ def load_npz(path: str, batch_size: int, seed: int = 0) -> list[tuple]:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``hwcomp prune`` with parsed arguments; returns the process exit code."""
+    from ..cli import _run_check
+
+    _run_check(args, check_prune_args)
     torch.manual_seed(args.seed)
     model, example = load_model(args.model)
     data = load_npz(args.data, args.batch_size, args.seed) if args.data else None
     if example is None:
         if data is None:
-            print("error: no example inputs: pass --data or return (model, example_inputs) from the factory",
-                  file=sys.stderr)
-            return 2
+            raise HwcompError("no example inputs: pass --data or return (model, example_inputs) from the factory")
         example = data[0][0][:1]
     report = prune_model(model, example, data, criterion=args.criterion, granularity=args.granularity,
                          sparsity=args.sparsity, scope=args.scope, exclude=args.exclude or "auto",

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import lzma
+import re
+import struct
+import zipfile
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -59,15 +65,76 @@ def random_inputs(specs: list[TensorSpec], seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+MAX_DIM = 2**31 - 1
+
+
 def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["x:1x3x32x32", "ids:1x128"]`` → ``{"x": (1, 3, 32, 32), "ids": (1, 128)}``."""
+    """``["x:1x3x32x32", "ids:1x128"]`` → ``{"x": (1, 3, 32, 32), "ids": (1, 128)}``.
+
+    Every dimension must be a positive integer (these are the static shapes the model is compiled
+    for); a name given twice is refused. Raises :class:`HwcompError` naming the bad item."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items or []:
         name, sep, dims = item.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            raise HwcompError(f"bad --input-shape {item!r}: expected NAME:DxDxD, e.g. x:1x3x32x32") from None
+        parts = dims.strip().lower().split("x")
+        if not sep or not name.strip() or not all(re.fullmatch(r"[+-]?[0-9]+", p.strip()) for p in parts):
+            raise HwcompError(f"bad --input-shape {item!r}: expected NAME:DxDxD with integer dimensions, "
+                              "e.g. x:1x3x32x32")
+        shape = tuple(int(p) for p in parts)
+        for d in shape:
+            if d < 1:
+                raise HwcompError(f"bad --input-shape {item!r}: dimension {d} is not positive (a static shape "
+                                  "needs every dimension >= 1)")
+            if d > MAX_DIM:
+                raise HwcompError(f"bad --input-shape {item!r}: dimension {d} is too large (at most {MAX_DIM})")
+        if name in shapes:
+            raise HwcompError(f"bad --input-shape {item!r}: input {name!r} is given twice")
+        shapes[name] = shape
     return shapes
+
+
+# Everything np.load / zipfile / zlib raise on a damaged, foreign or hostile file.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, MemoryError, OverflowError, zipfile.BadZipFile,
+               zlib.error, struct.error, lzma.LZMAError)
+
+
+def read_npz(path, what: str = "inputs") -> dict[str, np.ndarray]:
+    """The numeric arrays of a ``.npz`` file (``np.savez``), by name, in file order.
+
+    Any file that is not one (missing, a directory, a ``.npy``, truncated or corrupt zip, pickled
+    or non-numeric members, no arrays at all) raises :class:`HwcompError` with one line naming it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise HwcompError(f"{what} file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise HwcompError(f"{what} file {str(p)!r} is a directory, not a .npz file")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise HwcompError(f"cannot read {what} file {str(p)!r}: {e.strerror or e}") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise HwcompError(f"{what} file {str(p)!r} is a .npy file (one unnamed array); write a .npz with "
+                          "np.savez(path, NAME=array, ...) instead")
+    if not magic.startswith(b"PK"):
+        raise HwcompError(f"{what} file {str(p)!r} is not a .npz file (np.savez writes a zip archive)")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for key in z.files:
+                a = z[key]
+                if not isinstance(a, np.ndarray):
+                    raise HwcompError(f"{what} file {str(p)!r}: member {key!r} is not a NumPy array")
+                arrays[key] = a
+    except HwcompError:
+        raise
+    except _NPZ_ERRORS as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise HwcompError(f"{what} file {str(p)!r} is not a readable .npz file: {type(e).__name__}: {detail}") from None
+    if not arrays:
+        raise HwcompError(f"{what} file {str(p)!r} holds no arrays")
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biufc":
+            raise HwcompError(f"{what} file {str(p)!r}: array {key!r} has dtype {a.dtype}; expected numbers")
+    return arrays

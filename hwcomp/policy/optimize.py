@@ -332,13 +332,11 @@ def plot_pareto(front: list[Policy], points: list[Measured], path: Path, title: 
 def load_samples(path: str | Path, n_inputs: int) -> list[list[np.ndarray]]:
     """Calibration samples from a ``.npz``: one array per input (in file order), samples on axis 0."""
     from ..errors import HwcompError
+    from ..frontend.model import read_npz
 
-    try:
-        with np.load(path) as z:
-            arrays = [z[k] for k in z.files]
-    except (OSError, ValueError) as e:
-        raise HwcompError(f"cannot read calibration data {path}: {e}") from e
-    if len(arrays) != n_inputs or not arrays or len({len(a) for a in arrays}) != 1 or len(arrays[0]) < 2:
+    arrays = list(read_npz(path, "calibration").values())  # missing, .npy, truncated, ...: one-line errors
+    if len(arrays) != n_inputs or any(a.ndim == 0 for a in arrays) or len({len(a) for a in arrays}) != 1 \
+            or len(arrays[0]) < 2:
         raise HwcompError(f"{path}: expected {n_inputs} arrays with the same number (≥ 2) of samples on "
                           f"axis 0, got shapes {[a.shape for a in arrays]}")
     return [[a[i] for a in arrays] for i in range(len(arrays[0]))]

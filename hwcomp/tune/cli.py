@@ -36,27 +36,35 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli import block_type, host_port_type, positive_int, sparsity_type, threshold_type
+
     p.add_argument("model", help="a torch.export program (.pt2) or an ONNX model (.onnx)")
     p.add_argument("-t", "--target", default="host", help="target name (see `hwcomp targets`) or .toml path")
-    p.add_argument("--trials", type=int, default=64,
+    p.add_argument("--trials", type=positive_int, default=64,
                    help="MetaSchedule measurements for the whole model, counting records already in the database "
                         "(re-running continues up to this total; default 64)")
     p.add_argument("--time-budget", help="stop between rounds before this much time has passed (e.g. 30m, 1h)")
     p.add_argument("--db", help="database directory (default: ~/.cache/hwcomp/tuning/<target>)")
     p.add_argument("--method", choices=("metaschedule", "knobs", "both"), default="metaschedule",
                    help="MetaSchedule's search (XGBoost cost model), hwcomp's kernel knobs, or both (default: metaschedule)")
-    p.add_argument("--trials-per-round", type=int, default=16, help="candidates measured per round (default 16)")
-    p.add_argument("--max-trials-per-task", type=int, help="cap per task (default: --trials)")
-    p.add_argument("--knob-trials", type=int, default=24, help="knob sets measured per task with --method knobs/both")
-    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on devices registered at this RPC tracker")
+    p.add_argument("--trials-per-round", type=positive_int, default=16,
+                   help="candidates measured per round (default 16)")
+    p.add_argument("--max-trials-per-task", type=positive_int, help="cap per task (default: --trials)")
+    p.add_argument("--knob-trials", type=positive_int, default=24,
+                   help="knob sets measured per task with --method knobs/both")
+    p.add_argument("--rpc-tracker", type=host_port_type, metavar="HOST:PORT",
+                   help="measure on devices registered at this RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under")
     p.add_argument("--input-shape", action="append", metavar="NAME:1x3x32x32",
                    help="static shape of an input (needed for dynamic ONNX inputs)")
-    p.add_argument("--sparsity", type=float, help="tune the model as compiled with this weight sparsity")
-    p.add_argument("--block", help="sparse block RxC (default: the target's)")
-    p.add_argument("--sparse-threshold", type=float, help="rewrite layers at least this sparse (default 0.7)")
+    p.add_argument("--sparsity", type=sparsity_type,
+                   help="tune the model as compiled with this weight sparsity, in [0, 1)")
+    p.add_argument("--block", type=block_type, help="sparse block RxC (default: the target's)")
+    p.add_argument("--sparse-threshold", type=threshold_type,
+                   help="rewrite layers at least this sparse, in (0, 1) (default 0.7)")
     p.add_argument("--seed", type=int, help="random seed of the search")
-    p.add_argument("--population", type=int, help="evolutionary search population (default 512; smaller is faster)")
+    p.add_argument("--population", type=positive_int,
+                   help="evolutionary search population (default 512; smaller is faster)")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not time hwcomp's untuned schedule of each task (by default a MetaSchedule record is "
                         "only served where it beats it)")
@@ -64,16 +72,35 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the summary as JSON to this file")
 
 
-def run_tune(args) -> int:
-    from ..cli import sparse_passes_from_args
+def check_tune_args(args) -> None:
+    """What ``hwcomp tune`` can refuse before importing the model (one-line :class:`HwcompError`)."""
+    from ..cli import check_output_path, check_sparse_args
     from ..frontend import parse_input_shapes
     from ..target import get_target
+
+    if not Path(args.model).is_file():
+        raise HwcompError(f"model file {args.model!r} " + ("is a folder" if Path(args.model).is_dir() else
+                                                           "does not exist"))
+    parse_input_shapes(args.input_shape)
+    check_sparse_args(args)
+    parse_duration(args.time_budget)
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise HwcompError("--rpc-tracker HOST:PORT and --rpc-key KEY go together")
+    check_output_path(args.json, "--json")
+    args._target = get_target(args.target)
+
+
+def run_tune(args) -> int:
+    from ..cli import _run_check, sparse_passes_from_args
+    from ..frontend import parse_input_shapes
     from .tuner import tune
 
-    target = get_target(args.target)
+    _run_check(args, check_tune_args)
+    target = args._target
+    passes = sparse_passes_from_args(args, target, tune=True)
     result = tune(
         args.model, target, trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
-        passes=sparse_passes_from_args(args, target, tune=True), rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
+        passes=passes, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
         input_shapes=parse_input_shapes(args.input_shape), method=args.method,
         trials_per_round=args.trials_per_round, max_trials_per_task=args.max_trials_per_task,
         knob_trials=args.knob_trials, seed=args.seed, population=args.population, progress=not args.no_progress,
@@ -89,6 +116,8 @@ def run_tune(args) -> int:
 
 
 def add_db_arguments(p: argparse.ArgumentParser) -> None:
+    from ..cli import positive_int
+
     sub = p.add_subparsers(dest="db_command", required=True)
 
     s = sub.add_parser("show", help="workloads, records and best times of a database")
@@ -101,14 +130,14 @@ def add_db_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("export", help="write a validated copy (directory or .tar.gz)")
     _where(s)
     s.add_argument("-o", "--output", required=True, help="output directory or .tar.gz")
-    s.add_argument("--top-k", type=int, help="keep only the best K records per workload")
+    s.add_argument("--top-k", type=positive_int, help="keep only the best K records per workload")
 
     s = sub.add_parser("import", help="add the records of a database (directory or .tar.gz) to a target's database")
     s.add_argument("source")
     _where(s)
     s.add_argument("--force", action="store_true", help="also take records measured for another target signature")
     s.add_argument("--no-retarget", action="store_true", help="keep the records' own target")
-    s.add_argument("--top-k", type=int, help="only the best K records per workload")
+    s.add_argument("--top-k", type=positive_int, help="only the best K records per workload")
 
     s = sub.add_parser("merge", help="merge several databases into one directory")
     s.add_argument("sources", nargs="+")
