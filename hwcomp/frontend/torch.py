@@ -30,21 +30,49 @@ def _to_numpy_list(tensors) -> list[np.ndarray]:
     return out
 
 
+def _where(node) -> str:
+    """``op at node 'n' in module 'm' (File "...", line N, in forward)``: where an fx node comes from."""
+    trace = (node.meta.get("stack_trace") or "").strip().splitlines()
+    src = next((ln.strip() for ln in reversed(trace) if ln.strip().startswith("File")), "")
+    module = ""
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        module = list(stack.values())[-1][0]
+    return (f"{getattr(node.target, '__name__', node.target)} at node {node.name!r}"
+            + (f" in module {module!r}" if module else "")
+            + (f" ({src})" if src else ""))
+
+
 def _locate(ep, op_names: list[str]) -> str:
     """Name each unsupported op with the graph node and user source line it comes from."""
-    where = []
-    for node in ep.graph.nodes:
-        if node.op == "call_function" and getattr(node.target, "__name__", "") in op_names:
-            trace = (node.meta.get("stack_trace") or "").strip().splitlines()
-            src = next((ln.strip() for ln in reversed(trace) if ln.strip().startswith("File")), "")
-            module = ""
-            stack = node.meta.get("nn_module_stack") or {}
-            if stack:
-                module = list(stack.values())[-1][0]
-            where.append(f"  {node.target.__name__} at node {node.name!r}"
-                         + (f" in module {module!r}" if module else "")
-                         + (f" ({src})" if src else ""))
-    return "\n".join(where)
+    return "\n".join(f"  {_where(node)}" for node in ep.graph.nodes
+                     if node.op == "call_function" and getattr(node.target, "__name__", "") in op_names)
+
+
+def _unsupported(e: Exception, ep, source: str) -> UnsupportedOpError | None:
+    """The importer's error as an :class:`UnsupportedOpError` naming the op, node and source line:
+    ops it has no converter for, or the node whose converter failed (a form TVM does not handle).
+    None when the error cannot be tied to a node."""
+    m = re.search(r"Unsupported function types (\[.*\])", str(e)) if isinstance(e, AssertionError) else None
+    if m:
+        ops = ast.literal_eval(m.group(1))
+        return UnsupportedOpError(
+            f"{source}: operator(s) not supported by the Relax importer: {', '.join(ops)}\n{_locate(ep, ops)}")
+    # The converter's frame holds the node being translated (innermost importer frame wins).
+    from torch import fx
+
+    node, tb = None, e.__traceback__
+    while tb is not None:
+        cand = tb.tb_frame.f_locals.get("node")
+        if isinstance(cand, fx.Node) and cand.graph is ep.graph \
+                and "relax/frontend/torch" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            node = cand
+        tb = tb.tb_next
+    if node is None:
+        return None
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return UnsupportedOpError(f"{source}: the Relax importer cannot convert {_where(node)}: "
+                              f"{type(e).__name__}: {first}")
 
 
 def import_exported_program(ep, example_inputs=None, source: str = "ExportedProgram") -> ImportedModel:
@@ -52,18 +80,17 @@ def import_exported_program(ep, example_inputs=None, source: str = "ExportedProg
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
+    from .torch_fixes import CUSTOM_CONVERTERS  # workarounds for TVM importer bugs
+
     ep = ep.run_decompositions()
     try:
         mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True,
-                                    run_ep_decomposition=False)
-    except AssertionError as e:
-        m = re.search(r"Unsupported function types (\[.*\])", str(e))
-        if not m:
+                                    run_ep_decomposition=False, custom_convert_map=CUSTOM_CONVERTERS)
+    except Exception as e:  # noqa: BLE001 - re-raised unless it can be tied to a graph node
+        err = _unsupported(e, ep, source)
+        if err is None:
             raise
-        ops = ast.literal_eval(m.group(1))
-        raise UnsupportedOpError(
-            f"{source}: operator(s) not supported by the Relax importer: {', '.join(ops)}\n{_locate(ep, ops)}"
-        ) from None
+        raise err from None
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]
     n_in = int(main.attrs["num_input"])

@@ -74,6 +74,38 @@ def _vars_in(expr) -> list:
     return list(tirx.analysis.undefined_vars(expr))
 
 
+def _downstream(sch: s_tir.Schedule, block) -> list:
+    """Blocks that (transitively) consume ``block``'s output within the function."""
+    seen, todo, out = set(), [block], []
+    while todo:
+        for c in sch.get_consumers(todo.pop()):
+            name = sch.get(c).name_hint
+            if name not in seen:
+                seen.add(name)
+                out.append(c)
+                todo.append(c)
+    return out
+
+
+def _broadcasts_result(sch: s_tir.Schedule, main) -> bool:
+    """Whether a stage after ``main`` reads an intermediate of the chain at fewer indices than it
+    iterates over, i.e. spreads a reduced value over a larger tensor (RMS norm's ``x * rsqrt(mean)``,
+    a squeeze-and-excitation gate ``x * sigmoid(fc(pool(x)))``)."""
+    chain = [main, *_downstream(sch, main)]
+    produced = [sch.get(b).writes[0].source for b in chain]
+    for b in chain[1:]:
+        stmt = sch.get(b)
+        need = {iv.var for iv in stmt.iter_vars if _const_int(iv.dom.extent) != 1}
+        for read in stmt.reads:
+            if any(read.source.same_as(buf) for buf in produced):
+                used = set()
+                for r in read.region:
+                    used |= set(_vars_in(r.min))
+                if not need <= used:
+                    return True
+    return False
+
+
 def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int = 4096) -> None:
     """Parallelize the outer loops and vectorize the innermost loop of a spatial block."""
     loops = sch.get_loops(block)
@@ -139,6 +171,12 @@ class TiledReduction(_CPURule):
         ):
             return None
         main = reductions[0]
+        # A reduced value spread over a larger tensor is a row reduction (RowReduction's job), not
+        # a register tile with an epilogue. Tiling it would also try to reverse_compute_inline the
+        # broadcasting stage into the tile, which TVM 0.27 answers with an InternalError ("Cannot
+        # dispatch a null expression") instead of a ScheduleError, killing the whole build.
+        if _broadcasts_result(sch, main):
+            return None
 
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
         # stage because an if_then_else in the innermost loop defeats vectorization, and so do

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from tvm import te
 from tvm.s_tir import dlight as dl
@@ -104,3 +105,66 @@ def test_row_reduction_softmax_and_layer_norm(host, shape):
     _build(ln, host)["main"](*(tvm.runtime.tensor(v) for v in (xa, ga, ba)), out)
     mu, var = xa.mean(-1, keepdims=True), xa.var(-1, keepdims=True)
     np.testing.assert_allclose(out.numpy(), (xa - mu) / np.sqrt(var + 1e-5) * ga + ba, rtol=1e-4, atol=1e-4)
+
+
+# ---- a reduced value broadcast over a larger tensor (RMS norm, squeeze-and-excitation) ------------
+# TiledReduction used to claim these (one reduction + spatial stages) and reverse_compute_inline the
+# broadcasting stage into its register tile; TVM 0.27 answers that with an InternalError ("Cannot
+# dispatch a null expression") instead of a ScheduleError, which crashed the whole build.
+
+def _rms_norm_te(rows: int, cols: int):
+    x = te.placeholder((1, rows, cols), name="x")
+    r = te.reduce_axis((0, cols), name="k")
+    ss = te.compute((1, rows, 1), lambda b, i, _: te.sum(x[b, i, r] * x[b, i, r], axis=r), name="ss")
+    y = te.compute((1, rows, cols), lambda b, i, j: x[b, i, j] * tvm.tirx.rsqrt(ss[b, i, 0] / cols + 1e-6),
+                   name="y")
+    return te.create_prim_func([x, y])
+
+
+def test_broadcast_of_a_reduction_goes_to_row_reduction(host):
+    from hwcomp.schedules.cpu import RowReduction
+
+    func = _rms_norm_te(16, 256)
+    assert TiledReduction(host.vector_bits).apply(func, host.tvm_target(), False) is None
+    assert RowReduction(host.vector_bits).apply(func, host.tvm_target(), False) is not None
+    xa = np.random.default_rng(3).standard_normal((1, 16, 256)).astype("f4")
+    out = tvm.runtime.tensor(np.zeros_like(xa))
+    _build(func, host)["main"](tvm.runtime.tensor(xa), out)
+    ref = xa / np.sqrt((xa * xa).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+class _RMSNorm(torch.nn.Module):
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class _SqueezeExcite(torch.nn.Module):
+    """conv → SiLU, then the gate: pool → 1x1 conv → SiLU → 1x1 conv → sigmoid → scale."""
+
+    def __init__(self, c: int = 32, r: int = 8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.reduce, self.expand = torch.nn.Conv2d(c, r, 1), torch.nn.Conv2d(r, c, 1)
+
+    def forward(self, x):
+        x = torch.nn.functional.silu(self.conv(x))
+        gate = torch.sigmoid(self.expand(torch.nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return x * gate
+
+
+@pytest.mark.parametrize("fast_math", [True, False])
+@pytest.mark.parametrize("model,shape", [(_RMSNorm, (1, 16, 256)), (_SqueezeExcite, (1, 32, 14, 14))],
+                         ids=["rms_norm", "squeeze_excite"])
+def test_broadcast_reductions_compile_and_match_pytorch(tmp_path, model, shape, fast_math):
+    """Tolerance: max abs error <= 1e-5 x max |output| (fp32, measured ~1e-7)."""
+    import hwcomp
+
+    torch.manual_seed(0)
+    m, x = model().eval(), torch.randn(shape)
+    art = hwcomp.compile(m, "host", tmp_path / "a", example_inputs=(x,),
+                         options=hwcomp.CompileOptions(fast_math=fast_math))
+    with torch.no_grad():
+        ref = m(x).numpy()
+    out = art.run([x.numpy()])[0]
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
