@@ -93,13 +93,13 @@ def load_calibration(data, specs: list[InputSpec], limit: int | None = None) -> 
         raise CalibrationError("no calibration data given (int8 quantization needs --calib data.npz)")
     if isinstance(data, (str, Path)):
         path = Path(data)
-        if not path.is_file():
-            raise CalibrationError(f"calibration file {path} does not exist")
+        from ..frontend.model import read_npz
+
         try:
-            npz = np.load(path, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - any unreadable file
-            raise CalibrationError(f"{path} is not a readable .npz file: {e}") from e
-        files = list(npz.files)
+            npz = read_npz(path, "calibration")  # every member read and checked here, not lazily later
+        except HwcompError as e:
+            raise CalibrationError(str(e)) from None
+        files = list(npz)
         if not files:
             raise CalibrationError(f"calibration set {path} is empty (no arrays)")
         arrays = []

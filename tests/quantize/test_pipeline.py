@@ -161,6 +161,13 @@ def test_bad_calibration_data_is_rejected(tmp_path):
         run(str(tmp_path / "wrong.npz"))
     with pytest.raises(CalibrationError, match="does not exist"):
         run(str(tmp_path / "missing.npz"))
+    np.save(tmp_path / "one.npy", np.zeros((5, 2, 16), np.float32))
+    with pytest.raises(CalibrationError, match="is a .npy file"):
+        run(str(tmp_path / "one.npy"))
+    good = (tmp_path / "wrong.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CalibrationError, match="cut.npz"):
+        run(str(tmp_path / "cut.npz"))
     with pytest.raises(HwcompError, match="unknown calibration method"):
         QuantConfig(calib_method="kl")
 
