@@ -3,7 +3,6 @@ nothing unverified is loaded, and many threads can run one artifact. Real compil
 
 import io
 import json
-import os
 import shutil
 import tarfile
 import threading

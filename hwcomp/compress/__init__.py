@@ -1,6 +1,7 @@
 """Model-side (PyTorch) compression: importance criteria, masks, structured pruning, low rank, distillation.
 
-Entry points: :func:`prune_model` / :func:`save_pruned` (``api``), and the ``hwcomp prune`` verb (``cli``).
+Entry points: :func:`prune_model` / :func:`save_pruned` / :func:`load_model` (``api``); the ``hwcomp prune``
+verb is :mod:`hwcomp.cli.prune`.
 """
 from .api import PruneReport, load_pruned, prune_model, save_pruned
 from .criteria import CRITERIA, CriterionConfig, activation_frequency, weight_scores

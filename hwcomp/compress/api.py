@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import HwcompError
 from .batches import Batch, LossFn, set_training, split_batch
 from .criteria import CriterionConfig, weight_scores
 from .distill import DistillConfig, Distiller
@@ -188,3 +191,34 @@ def save_pruned(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
 def load_pruned(path: str | os.PathLike) -> nn.Module:
     """Load a ``.pt2`` written by :func:`save_pruned` as a callable module."""
     return torch.export.load(os.fspath(path)).module()
+
+
+def load_model(spec: str) -> tuple[nn.Module, Any]:
+    """Load a model to prune; returns (module, example inputs or None).
+
+    ``spec`` is either
+      * a ``.pt2`` file written by ``torch.export.save``: its unlifted module (``ExportedProgram.module()``;
+        Linear/Conv weights found as the weights of aten linear/conv nodes, BatchNorm frozen, dropout
+        gone), example inputs taken from the program; or
+      * ``path/to/file.py:factory``: ``factory()`` returns an ``nn.Module`` (weights loaded) or a pair
+        ``(module, example_inputs)``.
+    """
+    if spec.endswith(".pt2"):
+        program = torch.export.load(spec)
+        args, kwargs = program.example_inputs or ((), {})
+        example = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args)) if args else None
+        return program.module(), example
+    path, sep, factory = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise HwcompError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
+    if not Path(path).is_file():
+        raise HwcompError(f"model file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # the user's code: its own errors keep their traceback
+    if not callable(getattr(module, factory, None)):
+        raise HwcompError(f"{path} has no function {factory!r}")
+    made = getattr(module, factory)()
+    if isinstance(made, tuple):
+        return made[0], made[1]
+    return made, None

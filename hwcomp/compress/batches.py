@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from ..errors import HwcompError
 
 Batch = Any
 LossFn = Callable[[Tensor, "Tensor | None"], Tensor]
@@ -111,3 +114,27 @@ def set_training(model: nn.Module, mode: bool) -> nn.Module:
     except NotImplementedError:  # ExportedProgram.module() refuses train()/eval(); it is already inference-only
         pass
     return model
+
+
+def load_npz(path: str, batch_size: int, seed: int = 0) -> list[tuple]:
+    """Batches ``(x, y)`` or ``(x,)`` from a ``.npz`` with array ``x`` (inputs, first axis = samples) and
+    optional ``y`` (targets), shuffled once with ``seed``. Float arrays become float32, integer arrays
+    int64: integer ``y`` are class labels (cross-entropy), float ``y`` regression targets (MSE); without
+    ``y`` the loss is :func:`default_loss`'s label-free one."""
+    from ..frontend.model import read_npz
+
+    arrays = read_npz(path, "--data")
+    if "x" not in arrays:
+        raise HwcompError(f"--data {path!r} has no array 'x' (inputs, samples on axis 0); it has {list(arrays)}")
+    x, y = arrays["x"], arrays.get("y")
+    if x.ndim < 1 or len(x) == 0 or (y is not None and (y.ndim < 1 or len(y) != len(x))):
+        raise HwcompError(f"--data {path!r}: x {list(x.shape)} and y {None if y is None else list(y.shape)} "
+                          "need the same number (>= 1) of samples on axis 0")
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32 if a.dtype.kind == "f" else np.int64))
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    xs, ys = tensor(x[order]), (tensor(y[order]) if y is not None else None)
+    return [(xs[i:i + batch_size], ys[i:i + batch_size]) if ys is not None else (xs[i:i + batch_size],)
+            for i in range(0, len(xs), batch_size)]

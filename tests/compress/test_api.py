@@ -11,7 +11,7 @@ from compress_helpers import small_cnn
 from torch import nn
 
 from hwcomp.compress.api import load_pruned, prune_model, save_pruned
-from hwcomp.compress.cli import add_prune_arguments, run_prune
+from hwcomp.cli.prune import add_prune_arguments, run_prune
 from hwcomp.compress.size import layer_costs
 
 

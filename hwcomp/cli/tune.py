@@ -1,45 +1,31 @@
-"""``hwcomp tune`` and ``hwcomp db``: argument parsing only; the work is in :mod:`.tuner` / :mod:`.database`.
-
-Wire into ``hwcomp/cli.py``::
-
-    s = sub.add_parser("tune", help="auto-tune a model's kernels for a target")
-    add_tune_arguments(s); s.set_defaults(func=run_tune)
-    s = sub.add_parser("db", help="inspect, check, export, import and merge tuning databases")
-    add_db_arguments(s); s.set_defaults(func=run_db)
-"""
+"""``hwcomp tune`` and ``hwcomp db``: argument parsing only; the work is in :mod:`hwcomp.tune.tuner` /
+:mod:`hwcomp.tune.database`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from ..errors import HwcompError
+from .args import (
+    _print,
+    add_input_shape_argument,
+    add_model_target_arguments,
+    add_sparse_arguments,
+    check_model_file,
+    check_output_path,
+    check_sparse_args,
+    host_port_type,
+    positive_int,
+    run_check,
+)
 
-
-def _print(s: str) -> None:
-    print(s, flush=True)
-
-
-def parse_duration(text: str | None) -> float | None:
-    """``90``, ``90s``, ``30m``, ``1h30m``, ``2h`` → seconds."""
-    if text is None:
-        return None
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
-    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
-        raise HwcompError(f"bad duration {text!r}: use e.g. 90s, 30m, 1h30m")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+# ----------------------------------------------------------------------------- hwcomp tune
 
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import block_type, host_port_type, positive_int, sparsity_type, threshold_type
-
-    p.add_argument("model", help="a torch.export program (.pt2) or an ONNX model (.onnx)")
-    p.add_argument("-t", "--target", default="host", help="target name (see `hwcomp targets`) or .toml path")
+    add_model_target_arguments(p)
     p.add_argument("--trials", type=positive_int, default=64,
                    help="MetaSchedule measurements for the whole model, counting records already in the database "
                         "(re-running continues up to this total; default 64)")
@@ -55,13 +41,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpc-tracker", type=host_port_type, metavar="HOST:PORT",
                    help="measure on devices registered at this RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under")
-    p.add_argument("--input-shape", action="append", metavar="NAME:1x3x32x32",
-                   help="static shape of an input (needed for dynamic ONNX inputs)")
-    p.add_argument("--sparsity", type=sparsity_type,
-                   help="tune the model as compiled with this weight sparsity, in [0, 1)")
-    p.add_argument("--block", type=block_type, help="sparse block RxC (default: the target's)")
-    p.add_argument("--sparse-threshold", type=threshold_type,
-                   help="rewrite layers at least this sparse, in (0, 1) (default 0.7)")
+    add_input_shape_argument(p)
+    add_sparse_arguments(p, "tune the model as compiled with this weight sparsity, in [0, 1)")
     p.add_argument("--seed", type=int, help="random seed of the search")
     p.add_argument("--population", type=positive_int,
                    help="evolutionary search population (default 512; smaller is faster)")
@@ -74,13 +55,11 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_tune_args(args) -> None:
     """What ``hwcomp tune`` can refuse before importing the model (one-line :class:`HwcompError`)."""
-    from ..cli import check_output_path, check_sparse_args
     from ..frontend import parse_input_shapes
     from ..target import get_target
+    from ..tune.tuner import parse_duration
 
-    if not Path(args.model).is_file():
-        raise HwcompError(f"model file {args.model!r} " + ("is a folder" if Path(args.model).is_dir() else
-                                                           "does not exist"))
+    check_model_file(args.model)
     parse_input_shapes(args.input_shape)
     check_sparse_args(args)
     parse_duration(args.time_budget)
@@ -91,13 +70,13 @@ def check_tune_args(args) -> None:
 
 
 def run_tune(args) -> int:
-    from ..cli import _run_check, sparse_passes_from_args
     from ..frontend import parse_input_shapes
-    from .tuner import tune
+    from ..passes.dense_to_bsr import sparse_passes_from_options
+    from ..tune.tuner import parse_duration, tune
 
-    _run_check(args, check_tune_args)
+    run_check(args, check_tune_args)
     target = args._target
-    passes = sparse_passes_from_args(args, target, tune=True)
+    passes = sparse_passes_from_options(args, target, tune=True, log=_print)
     result = tune(
         args.model, target, trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
         passes=passes, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
@@ -116,8 +95,6 @@ def run_tune(args) -> int:
 
 
 def add_db_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import positive_int
-
     sub = p.add_subparsers(dest="db_command", required=True)
 
     s = sub.add_parser("show", help="workloads, records and best times of a database")
@@ -152,7 +129,7 @@ def _where(s: argparse.ArgumentParser) -> None:
 
 def _db_dir(args, for_reading: bool = True) -> tuple[Path, object]:
     from ..target import get_target
-    from .database import default_database_dir, user_database_dir
+    from ..tune.database import default_database_dir, user_database_dir
 
     target = get_target(args.target)
     if args.db:
@@ -166,7 +143,7 @@ def _db_dir(args, for_reading: bool = True) -> tuple[Path, object]:
 def run_db(args) -> int:
     import warnings
 
-    from . import database as dbm
+    from ..tune import database as dbm
 
     cmd = args.db_command
     if cmd == "merge":
@@ -203,17 +180,15 @@ def run_db(args) -> int:
 
 
 def _show(directory: Path, target) -> int:
-    import json as _json
-
-    from . import database as dbm
-    from .knobs import best_knobs
+    from ..tune import database as dbm
+    from ..tune.knobs import best_knobs
 
     meta = dbm.read_meta(directory) or {}
     stats = dbm.workload_stats(directory)
     names = {}
     for line in (directory / dbm.KNOBS).read_text().splitlines() if (directory / dbm.KNOBS).is_file() else []:
         try:
-            o = _json.loads(line)
+            o = json.loads(line)
             names[o["workload"]] = o.get("task", "")
         except (ValueError, KeyError):
             pass
@@ -229,4 +204,3 @@ def _show(directory: Path, target) -> int:
         for key, e in knobs.items():
             _print(f"  {key:>20}  {e.secs * 1e6:10.1f} us  {e.knobs}  {e.task}")
     return 0
-

@@ -1,40 +1,34 @@
-"""``hwcomp prune``: argument definitions and runner, for the top-level CLI to mount.
+"""``hwcomp prune``: argument definitions, checks and runner; the work is :func:`hwcomp.compress.api.prune_model`.
 
     hwcomp prune MODEL [--criterion taylor] [--granularity block:16x1] [--sparsity 0.9] [--data data.npz]
                        [--finetune-epochs N] [--distill] [--schedule oneshot|gradual] [-o out.pt2]
 
-MODEL is either
-  * a ``.pt2`` file written by ``torch.export.save``: pruned as its unlifted module
-    (``ExportedProgram.module()``; Linear/Conv weights found as the weights of aten linear/conv nodes,
-    BatchNorm frozen, dropout gone), example inputs taken from the program; or
-  * ``path/to/file.py:factory``: ``factory()`` returns an ``nn.Module`` (weights loaded) or a pair
-    ``(module, example_inputs)``.
-``--data`` is a ``.npz`` with array ``x`` (inputs, first axis = samples; float arrays become float32,
-integer arrays int64) and optional ``y`` (integer class labels -> cross-entropy; float targets -> MSE;
-absent -> label-free sampled Gauss-Newton loss, see :func:`~.batches.default_loss`). Without example inputs
-from the model, the first sample of ``x`` is used. The result is a ``.pt2`` with the masks baked into the
-weights (``--output``, default ``<model>.pruned.pt2``), and optionally a JSON report (``--report``).
+MODEL is a ``.pt2`` file written by ``torch.export.save`` or ``path/to/file.py:factory`` (see
+:func:`hwcomp.compress.api.load_model`). ``--data`` is a ``.npz`` with array ``x`` (inputs, first axis =
+samples) and optional ``y`` (see :func:`hwcomp.compress.batches.load_npz`). Without example inputs from the
+model, the first sample of ``x`` is used. The result is a ``.pt2`` with the masks baked into the weights
+(``--output``, default ``<model>.pruned.pt2``), and optionally a JSON report (``--report``).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
 
 from ..errors import HwcompError
-from .api import prune_model, save_pruned
-from .criteria import CRITERIA
+from .args import (
+    check_output_path,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_check,
+    sparsity_type,
+)
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``prune`` verb's arguments to ``parser``."""
-    from ..cli import nonnegative_int, positive_float, positive_int, sparsity_type
+    from ..compress.criteria import CRITERIA
 
     parser.add_argument("model", help="a .pt2 exported program, or file.py:factory")
     parser.add_argument("--criterion", choices=CRITERIA, default="taylor", help="importance criterion")
@@ -59,7 +53,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
 
 def granularity_type(text: str) -> str:
     """``unstructured`` or ``block:RxC`` with positive R and C (kept as text)."""
-    from .prune import Granularity
+    from ..compress.prune import Granularity
 
     try:
         g = Granularity.parse(text)
@@ -72,7 +66,7 @@ def granularity_type(text: str) -> str:
 
 def check_prune_args(args: argparse.Namespace) -> None:
     """What ``hwcomp prune`` can refuse before loading the model (one-line :class:`HwcompError`)."""
-    from ..cli import check_output_path
+    from ..compress.criteria import DATA_CRITERIA
     from ..frontend.model import read_npz
 
     spec = args.model
@@ -89,8 +83,6 @@ def check_prune_args(args: argparse.Namespace) -> None:
         if "x" not in arrays:
             raise HwcompError(f"--data {args.data!r} has no array 'x' (inputs, samples on axis 0); it has "
                               f"{list(arrays)}")
-    from .criteria import DATA_CRITERIA
-
     if args.criterion in DATA_CRITERIA and not args.data:
         raise HwcompError(f"--criterion {args.criterion} scores weights on data: give --data d.npz "
                           "(or use --criterion l1 / l2)")
@@ -103,55 +95,14 @@ def check_prune_args(args: argparse.Namespace) -> None:
     check_output_path(args.report, "--report")
 
 
-def load_model(spec: str) -> tuple[nn.Module, Any]:
-    """Load MODEL (see the module docstring); returns (module, example inputs or None)."""
-    if spec.endswith(".pt2"):
-        program = torch.export.load(spec)
-        args, kwargs = program.example_inputs or ((), {})
-        example = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args)) if args else None
-        return program.module(), example
-    path, sep, factory = spec.rpartition(":")
-    if not sep or not path.endswith(".py"):
-        raise HwcompError(f"MODEL must be a .pt2 file or file.py:factory, got {spec!r}")
-    if not Path(path).is_file():
-        raise HwcompError(f"model file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)  # the user's code: its own errors keep their traceback
-    if not callable(getattr(module, factory, None)):
-        raise HwcompError(f"{path} has no function {factory!r}")
-    made = getattr(module, factory)()
-    if isinstance(made, tuple):
-        return made[0], made[1]
-    return made, None
-
-
-def load_npz(path: str, batch_size: int, seed: int = 0) -> list[tuple]:
-    """Batches ``(x, y)`` or ``(x,)`` from a ``.npz`` (shuffled once with ``seed``)."""
-    from ..frontend.model import read_npz
-
-    arrays = read_npz(path, "--data")
-    if "x" not in arrays:
-        raise HwcompError(f"--data {path!r} has no array 'x' (inputs, samples on axis 0); it has {list(arrays)}")
-    x, y = arrays["x"], arrays.get("y")
-    if x.ndim < 1 or len(x) == 0 or (y is not None and (y.ndim < 1 or len(y) != len(x))):
-        raise HwcompError(f"--data {path!r}: x {list(x.shape)} and y {None if y is None else list(y.shape)} "
-                          "need the same number (>= 1) of samples on axis 0")
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.float32 if a.dtype.kind == "f" else np.int64))
-
-    order = np.random.default_rng(seed).permutation(len(x))
-    xs, ys = tensor(x[order]), (tensor(y[order]) if y is not None else None)
-    return [(xs[i:i + batch_size], ys[i:i + batch_size]) if ys is not None else (xs[i:i + batch_size],)
-            for i in range(0, len(xs), batch_size)]
-
-
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``hwcomp prune`` with parsed arguments; returns the process exit code."""
-    from ..cli import _run_check
+    import torch
 
-    _run_check(args, check_prune_args)
+    from ..compress.api import load_model, prune_model, save_pruned
+    from ..compress.batches import load_npz
+
+    run_check(args, check_prune_args)
     torch.manual_seed(args.seed)
     model, example = load_model(args.model)
     data = load_npz(args.data, args.batch_size, args.seed) if args.data else None
