@@ -56,7 +56,7 @@ def matmul_module(m: int, k: int, n: int):
 
 def curve_from_db(db: Path, flop: float) -> tuple[list[float], list[float | None]]:
     """Per measured candidate, in measurement order: its GFLOP/s (None if it failed) and the best so far."""
-    from hwcomp.tune.database import FAILED_SECS, RECORDS
+    from hwcomp.records import FAILED_SECS, RECORDS
 
     per_trial, best, out = [], 0.0, []
     for line in (db / RECORDS).read_text().splitlines():

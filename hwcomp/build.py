@@ -34,7 +34,7 @@ def finalize_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndar
 def _database(database: str | Path | None, target: Target | None = None):
     if database is None:
         return contextlib.nullcontext()
-    from .tune.database import open_database
+    from .records.validate import open_database
 
     return open_database(database, target)
 
@@ -59,7 +59,7 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
         if not target.is_gpu:
             from hwcomp.schedules.cpu import default_rules
 
-            from .tune.knobs import stored_knob_rules
+            from .records.knobs import stored_knob_rules
 
             rules = stored_knob_rules(database, target) + default_rules(target.vector_bits)
             mod = dl.ApplyDefaultSchedule(*rules)(mod)

@@ -24,10 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,9 +34,11 @@ from tvm import relax
 from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from hwcomp.errors import HwcompError
 from hwcomp.kernels.bsr import BSRMatrix, block_density, pack_bsr
+from hwcomp.records.locations import BSR_CHOICES, user_database_dir
+from hwcomp.records.store import MeasurementStore
 from hwcomp.target import Target, get_target
-from hwcomp.tune.database import BSR_CHOICES, json_object
 
 from .prune_weights import PruneWeights
 
@@ -187,41 +186,6 @@ def measure_bsr_ms(target: Target, m: int, w: BSRMatrix, bias: bool = True, knob
     args.append(np.zeros((m, n), "float32"))
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
     return _time_ms(ex.mod["main"], args, dev)
-
-
-@dataclasses.dataclass
-class ChoiceCache:
-    """Measured latencies for one target, persisted as a small JSON file."""
-
-    path: Path
-
-    def load(self) -> dict:
-        try:
-            text = self.path.read_text()
-        except OSError:
-            return {}
-        try:
-            return json_object(text)
-        except ValueError as e:
-            # Keep the damaged file for inspection; re-measure instead of trusting or overwriting it.
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            os.replace(self.path, aside)
-            warnings.warn(f"{self.path}: corrupt BSR choices file ({e}); moved to {aside}, re-measuring",
-                          stacklevel=2)
-            return {}
-
-    def get(self, key: str) -> dict | None:
-        return self.load().get(key)
-
-    def put(self, key: str, value: dict) -> None:
-        data = self.load()
-        data[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename: another process reading the cache never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sparse_choices")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
 
 
 def _dense_key(m, k, n) -> str:
@@ -485,10 +449,8 @@ class DenseToBSR:
         self.measure = self.target.runs_here() if measure is None else bool(measure and self.target.runs_here())
         self.tune = tune
         if cache_dir is None:
-            from hwcomp.tune.database import user_database_dir
-
             cache_dir = user_database_dir(self.target)
-        self.cache = ChoiceCache(Path(cache_dir) / BSR_CHOICES)
+        self.cache = MeasurementStore(Path(cache_dir) / BSR_CHOICES)
         self.log = log or (lambda s: None)
         self.report = SparseReport(self.target.name, self.threshold)
 
@@ -639,6 +601,42 @@ def sparse_passes(target: str | Target, sparsity: float | None = None, block: tu
         passes.append(PruneWeights(sparsity=sparsity, block=block))
     passes.append(DenseToBSR(target, threshold=threshold, block=block, **dense_to_bsr_options))
     return passes
+
+
+def check_sparse_options(sparsity: float | None, threshold: float | None, block: str | None) -> None:
+    """The ranges of the sparse options, and no option that would be ignored (``block`` alone).
+
+    The messages name the ``hwcomp compile`` / ``hwcomp tune`` flags these options come from."""
+    if sparsity is not None and not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
+        raise HwcompError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise HwcompError(f"--sparse-threshold must be in (0, 1), got {threshold}")
+    if block and sparsity is None and threshold is None:
+        raise HwcompError(f"--block {block} needs --sparsity S (prune to S) or --sparse-threshold T "
+                          "(convert layers already at least T sparse); alone it would be ignored")
+
+
+def sparse_passes_from_options(options, target: str | Target, tune: bool = False,
+                               log: Callable[[str], None] | None = None) -> list:
+    """The sparse passes of compile / tune options (none when neither ``sparsity`` nor
+    ``sparse_threshold`` is given).
+
+    ``options``: any object with attributes ``sparsity``, ``block`` (``"RxC"`` text or None),
+    ``sparse_threshold`` and optionally ``db`` (an ``argparse.Namespace`` of ``hwcomp compile`` or
+    ``hwcomp tune`` is one). BSR choices are read from (and, with ``tune``, measured over the whole knob
+    space into) the tuning database ``db``, or the target's own."""
+    sparsity = getattr(options, "sparsity", None)
+    threshold = getattr(options, "sparse_threshold", None)
+    block = getattr(options, "block", None)
+    check_sparse_options(sparsity, threshold, block)
+    if sparsity is None and threshold is None:
+        return []
+    try:
+        parsed = parse_block(block) if block else None
+    except ValueError as e:
+        raise HwcompError(str(e)) from None
+    return list(sparse_passes(target, sparsity, parsed, threshold or 0.7, tune=tune,
+                              cache_dir=getattr(options, "db", None), log=log))
 
 
 def parse_block(text: str) -> tuple[int, int]:

@@ -5,34 +5,25 @@ as JSON lines beside the tuning database."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..records.locations import POLICY_LATENCY, user_database_dir
+from ..records.store import MeasurementStore
 from ..target import Target
-from ..tune.database import POLICY_LATENCY
 from .layers import LinearLayer, factorize_low_rank, prune_linear_
 from .space import Option
 
 
 def _cache_path(target: Target) -> Path:
-    from ..tune.database import user_database_dir
-
     return user_database_dir(target) / POLICY_LATENCY
 
 
 def _load_cache(path: Path) -> dict:
-    table = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                table[rec["key"]] = rec["ms"]
-            except (json.JSONDecodeError, KeyError):
-                continue  # a torn last line from an interrupted run: re-measure that entry
-    return table
+    # A torn last line from an interrupted run is left out: that entry is measured again.
+    return {key: e["ms"] for key, e in MeasurementStore(path).load().items() if "ms" in e}
 
 
 def layer_option_passes(target: Target, option: Option, calib: list[list[np.ndarray]] | None,
@@ -101,9 +92,7 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
                      options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False))
     ms = DeviceModel(art, device).time([x.numpy()], number=5, repeat=repeat).median
     cache[key] = ms
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache_file, "a") as f:
-        f.write(json.dumps({"key": key, "ms": ms}) + "\n")
+    MeasurementStore(cache_file).put(key, {"key": key, "ms": ms})
     return ms
 
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..records.locations import POLICY_LATENCY  # noqa: F401  (re-exported)
 from ..target import Target
-from ..tune.database import POLICY_LATENCY  # noqa: F401  (re-exported)
 from .latency import (  # noqa: F401  (re-exported)
     _cache_path,
     _load_cache,

@@ -50,14 +50,14 @@ class _Record:
 
     @property
     def mean(self) -> float:
-        from .database import FAILED_SECS
+        from ..records.formats import FAILED_SECS
 
         secs = self.obj[1][1]
         return sum(secs) / len(secs) if secs and min(secs) < FAILED_SECS else float("inf")
 
 
 def _records_by_workload(directory: Path) -> tuple[list[str], dict[str, list[_Record]]]:
-    from .database import RECORDS, WORKLOADS
+    from ..records.locations import RECORDS, WORKLOADS
 
     hashes = [json.loads(t)[0] for t in (directory / WORKLOADS).read_text().splitlines() if t.strip()]
     lines = [t for t in (directory / RECORDS).read_text().splitlines() if t.strip()]
@@ -84,8 +84,11 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                     rounds: int = ROUNDS, max_steps: int = MAX_STEPS, log=None) -> list[Confirmation]:
     """Re-measure the best records of ``tasks`` in ``directory`` (see the module docstring) and write
     the re-measured times back. Returns one :class:`Confirmation` per task that has records."""
-    from .database import RECORDS, _atomic_write, _lines_text, _locked, open_database
-    from .knobs import _knob_types, commit_schedule, measure_rounds, schedule_with
+    from ..records.knobs import knob_types
+    from ..records.locations import RECORDS
+    from ..records.store import atomic_write, lines_text, locked
+    from ..records.validate import open_database
+    from .knobs import commit_schedule, measure_rounds, schedule_with
 
     directory = Path(directory)
     if not (directory / RECORDS).exists():
@@ -94,7 +97,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
-    default_sch = {t.key: schedule_with(t.func, _knob_types()(), target) for t in todo}  # None: no default rule
+    default_sch = {t.key: schedule_with(t.func, knob_types()(), target) for t in todo}  # None: no default rule
     recorded = {t.key: min(r.mean for r in by_key[t.key]) for t in todo}
 
     def best_confirmed(key: str) -> float:
@@ -145,7 +148,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                             and r.mean < best_confirmed(t.key)) for t in todo}
 
     # write the re-measured times back (a failed re-run is stored as failed: never served)
-    with _locked(directory):
+    with locked(directory):
         # the same numbering as _records_by_workload (blank lines are not records); lines the
         # tuner appended since were not re-measured and keep their place after these
         current = [t for t in (directory / RECORDS).read_text().splitlines() if t.strip()]
@@ -155,7 +158,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                 med = statistics.median(secs)
                 obj[1][1] = [med if med != float("inf") else 1e10]
                 current[line] = json.dumps(obj, separators=(",", ":"))
-        _atomic_write(directory / RECORDS, _lines_text(current))
+        atomic_write(directory / RECORDS, lines_text(current))
 
     out = []
     database = None

@@ -8,30 +8,25 @@ random handful first, then repeatedly fits an XGBoost regressor on (knob feature
 measures the candidates it predicts fastest (plus one random, to keep exploring). Knob sets that
 produce the same schedule are measured once.
 
-Measurements are appended to ``hwcomp_knobs.json`` in the database directory as they are taken (one
-JSON object per line: ``workload`` structural hash, ``task``, ``kernel``, ``knobs``, ``run_secs``,
-``signature``), so an interrupted search resumes where it stopped. :func:`stored_knob_rules` gives
-``hwcomp.build.schedule`` a rule that applies the best stored knobs to the matching PrimFuncs.
+Measurements are appended to ``hwcomp_knobs.json`` in the database directory as they are taken, so
+an interrupted search resumes where it stopped. The entries, and the rule that applies the best
+stored knobs at build, are :mod:`hwcomp.records.knobs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import itertools
-import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..records.knobs import append_knob_entry, best_knobs, knob_types, read_knob_entries  # noqa: F401 (best_knobs: re-exported)
+from ..records.locations import target_signature
 from ..target import Target
-from .database import FAILED_SECS, KNOBS, target_signature
-from .tasks import Task, workload_key
-
-KERNEL = "tiled_reduction"
+from .tasks import Task
 
 #: The TiledReduction knob space (160 points; many collapse to the same schedule for a given shape).
 SPACE = {
@@ -42,31 +37,9 @@ SPACE = {
 }
 
 
-def _knob_types():
-    from hwcomp.schedules.cpu import TileKnobs
-
-    return TileKnobs
-
-
 def knob_space() -> list:
-    TileKnobs = _knob_types()
+    TileKnobs = knob_types()
     return [TileKnobs(*v) for v in itertools.product(*SPACE.values())]
-
-
-def knobs_to_dict(knobs) -> dict:
-    return dataclasses.asdict(knobs)
-
-
-def knobs_str(knobs) -> str:
-    return ",".join(f"{k}={v}" for k, v in knobs_to_dict(knobs).items())
-
-
-def knobs_from_dict(d: dict):
-    TileKnobs = _knob_types()
-    fields = {f.name for f in dataclasses.fields(TileKnobs)}
-    if set(d) - fields:
-        raise ValueError(f"unknown knobs {sorted(set(d) - fields)}")
-    return TileKnobs(**d)
 
 
 def _features(knobs, lanes: int) -> list[float]:
@@ -83,95 +56,6 @@ def schedule_with(func, knobs, target: Target):
     return TiledReduction(target.vector_bits, knobs).apply(func, target.tvm_target(), False)
 
 
-# ----------------------------------------------------------------------------- stored knobs
-
-
-@dataclasses.dataclass
-class KnobEntry:
-    workload: str
-    kernel: str
-    knobs: object
-    secs: float | None
-    task: str = ""
-
-
-def read_knob_entries(directory: str | Path, target: Target | None = None) -> list[KnobEntry]:
-    """Every measured knob set in ``directory``'s ``hwcomp_knobs.json`` (bad lines skipped silently:
-    :func:`~hwcomp.tune.database.validate_database` reports them)."""
-    path = Path(directory) / KNOBS
-    if not path.is_file():
-        return []
-    want = target_signature(target) if target is not None else None
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            obj = json.loads(line)
-            if want is not None and obj.get("signature") not in (None, want):
-                continue
-            if obj.get("kernel") != KERNEL:
-                continue
-            secs = obj.get("run_secs")
-            mean = sum(secs) / len(secs) if secs and min(secs) < FAILED_SECS else None
-            out.append(KnobEntry(str(obj["workload"]), obj["kernel"], knobs_from_dict(obj["knobs"]), mean,
-                                 obj.get("task", "")))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-    return out
-
-
-def best_knobs(directory: str | Path, target: Target | None = None) -> dict[str, KnobEntry]:
-    """The fastest measured knob set per workload."""
-    best: dict[str, KnobEntry] = {}
-    for e in read_knob_entries(directory, target):
-        if e.secs is not None and (e.workload not in best or e.secs < best[e.workload].secs):
-            best[e.workload] = e
-    return best
-
-
-def stored_knob_rules(database: str | Path | None, target: Target) -> list:
-    """dlight rules for ``hwcomp.build.schedule``: tuned knobs for the workloads that have them.
-
-    Empty when there is no database or it stores no knobs. Put them before the default rules: a
-    function without stored knobs falls through to the default ``TiledReduction``.
-    """
-    if database is None or target.is_gpu:
-        return []
-    table = {k: e.knobs for k, e in best_knobs(database, target).items()}
-    return [StoredKnobs(target.vector_bits, table)] if table else []
-
-
-def _stored_knobs_rule_class():
-    from tvm.s_tir.dlight.base import ScheduleRule
-
-    class _StoredKnobs(ScheduleRule):
-        """TiledReduction with the knobs tuned for this exact workload (structural hash)."""
-
-        def __init__(self, vector_bits: int, table: dict):
-            self.vector_bits = vector_bits
-            self.table = table
-
-        def is_target_available(self, target) -> bool:
-            return target.kind.name == "llvm"
-
-        def apply(self, func, target, tunable):
-            import tvm
-
-            if not isinstance(func, tvm.tirx.PrimFunc) or not self.is_target_available(target):
-                return None
-            knobs = self.table.get(workload_key(func))
-            if knobs is None:
-                return None
-            from hwcomp.schedules.cpu import TiledReduction
-
-            return TiledReduction(self.vector_bits, knobs).apply(func, target, tunable)
-
-    return _StoredKnobs
-
-
-def StoredKnobs(vector_bits: int, table: dict):  # noqa: N802 - a class in disguise (lazy TVM import)
-    return _stored_knobs_rule_class()(vector_bits, table)
-
-
 # ----------------------------------------------------------------------------- search
 
 
@@ -185,14 +69,6 @@ class KnobResult:
     best_knobs: object | None = None
     default_secs: float | None = None
     applicable: bool = True
-
-
-def _append(path: Path, obj: dict) -> None:
-    line = json.dumps(obj, separators=(",", ":")) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def measure_rounds(mods: list, target: Target, builder, runner,
@@ -262,7 +138,7 @@ def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, tri
 
     res = KnobResult(task.name, task.key)
     func = task.func
-    default = _knob_types()()
+    default = knob_types()()
     # Distinct schedules only: many knob sets collapse for a given shape (divisors, kc ≥ K, ...).
     by_schedule: dict[int, object] = {}
     cands: list = []
@@ -280,7 +156,6 @@ def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, tri
         by_schedule[h] = k
         cands.append(k)
         mods[k] = sch.mod
-    path = directory / KNOBS
     sig = target_signature(target)
     measured: dict = {}
     for e in read_knob_entries(directory, target):
@@ -311,9 +186,7 @@ def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, tri
         for k, (secs, err) in zip(pick, results):
             mean = sum(secs) / len(secs) if secs else None
             measured[k] = mean
-            _append(path, {"workload": task.key, "task": task.name, "kernel": KERNEL, "knobs": knobs_to_dict(k),
-                           "run_secs": secs, "error": err, "signature": sig,
-                           "time": datetime.datetime.now().isoformat(timespec="seconds")})
+            append_knob_entry(directory, task.key, task.name, k, secs, err, sig)
             res.trials += 1
             if k == default:
                 res.default_secs = mean
@@ -332,7 +205,7 @@ def measure_defaults(tasks: list[Task], target: Target, directory: Path, builder
     This is what compile would use without the database: :func:`~hwcomp.tune.tuner.tune` keeps a
     MetaSchedule record only where it beats this baseline. Tasks already measured are skipped.
     """
-    default = _knob_types()()
+    default = knob_types()()
     known = {e.workload: e.secs for e in read_knob_entries(directory, target) if e.knobs == default}
     out: dict[str, float | None] = {k: v for k, v in known.items() if k in {t.key for t in tasks}}
     todo, mods = [], []
@@ -349,9 +222,7 @@ def measure_defaults(tasks: list[Task], target: Target, directory: Path, builder
     for t, (secs, err) in zip(todo, measure(mods, target, builder, runner)):
         mean = sum(secs) / len(secs) if secs else None
         out[t.key] = mean
-        _append(directory / KNOBS, {"workload": t.key, "task": t.name, "kernel": KERNEL,
-                                    "knobs": knobs_to_dict(default), "run_secs": secs, "error": err,
-                                    "signature": sig, "time": datetime.datetime.now().isoformat(timespec="seconds")})
+        append_knob_entry(directory, t.key, t.name, default, secs, err, sig)
     return out
 
 

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwcomp.models import benchmark_model
     from hwcomp.target import get_target
     from hwcomp.tune import database as dbm
-    from hwcomp.tune.cli import parse_duration
+    from hwcomp.tune.tuner import parse_duration
     from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
     from hwcomp.tune.tuner import tune
 

@@ -12,9 +12,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..records.formats import workload_key
 from ..target import Target
-
-_MASK64 = (1 << 64) - 1
 
 
 @dataclasses.dataclass
@@ -31,20 +30,6 @@ class Task:
     @property
     def func(self):
         return self.mod["main"]
-
-
-def workload_key(func_or_mod) -> str:
-    """The structural hash MetaSchedule keys a workload by (decimal string).
-
-    ``func_or_mod``: a PrimFunc as it sits in the Relax module (normalized here the way MetaSchedule
-    normalizes it: ``global_symbol = "main"``, ``tirx.noalias``) or an already normalized IRModule.
-    """
-    import tvm
-    import tvm_ffi
-
-    if isinstance(func_or_mod, tvm.tirx.PrimFunc):
-        func_or_mod = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(func_or_mod)
-    return str(tvm_ffi.structural_hash(func_or_mod) & _MASK64)
 
 
 def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), example_inputs=None,

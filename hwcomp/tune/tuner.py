@@ -19,24 +19,34 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import HwcompError
+from ..records.formats import workload_stats
+from ..records.locations import user_database_dir
+from ..records.store import write_meta
+from ..records.validate import ValidationReport, open_database, validate_database
 from ..target import Target, get_target
-from .database import (
-    ValidationReport,
-    open_database,
-    seed_from_shipped,
-    user_database_dir,
-    validate_database,
-    workload_stats,
-    write_meta,
-)
+from .database import seed_from_shipped
 from .tasks import Task, extract_tasks, lower_for_tuning, tune_contexts
 
 METHODS = ("metaschedule", "knobs", "both")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``90``, ``90s``, ``30m``, ``1h30m``, ``2h`` → seconds (for ``time_budget_s``)."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise HwcompError(f"bad duration {text!r}: use e.g. 90s, 30m, 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 @dataclasses.dataclass
@@ -346,7 +356,7 @@ def tune(
         st = stats.get(t.key)
         reports.append(TaskReport(t.name, t.key, t.weight, t.flop, trials_before=st.trials if st else 0,
                                   ms_best=st.best_secs if st else None))
-    from .knobs import best_knobs
+    from ..records.knobs import best_knobs
 
     stored_knobs = best_knobs(db, target)
     for r in reports:
@@ -500,7 +510,8 @@ def _confirm_phase(tasks, reports, selected, target, db, builder, runner, result
 def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Target, db: Path, log) -> None:
     """Where hwcomp's knobs beat MetaSchedule's best, add the knob schedule as a MetaSchedule record
     (so the database, which compile applies first, serves the faster one)."""
-    from .knobs import best_knobs, commit_schedule, knobs_str, schedule_with
+    from ..records.knobs import best_knobs, knobs_str
+    from .knobs import commit_schedule, schedule_with
 
     table = best_knobs(db, target)
     database = None

@@ -248,7 +248,7 @@ def test_tune_flags_measure_every_knob_set_into_the_named_database(bound, host, 
     """``hwcomp tune --sparse-threshold 0.7 --db D``: BSR kernels tuned over the whole knob space, kept in D."""
     import argparse
 
-    from hwcomp.cli import sparse_passes_from_args
+    from hwcomp.passes.dense_to_bsr import sparse_passes_from_options as sparse_passes_from_args
     from hwcomp.schedules.x86.bsr import BSRKnobs
 
     _, mod = bound
