@@ -33,6 +33,12 @@ class CompileOptions:
     holds pickled content, which runs code of its author's choosing when loaded. ``detect_sparse``:
     when no pass converts to sparse kernels, weights that are already block-sparse (pruned
     beforehand) above the break-even density get the target's BSR kernels where they measure faster.
+    ``dynamic``: dimensions kept symbolic, ``{input: {dim: DynamicDim(name, min, max) or (min, max)}}``
+    (``hwcomp.frontend.DynamicDim``; a ``(min, max)`` tuple is its own symbol ``INPUT_DIM``); inputs
+    given the same ``DynamicDim`` name share one length, e.g. ``seq = DynamicDim("seq", 1, 512)``,
+    ``{"input_ids": {1: seq}, "attention_mask": {1: seq}}``. One artifact then runs every length in
+    range; the manifest stores the symbolic shapes and the ranges. ``.pt2`` files exported with
+    ``torch.export.Dim`` are dynamic without it (it may rename and narrow their symbols).
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)
@@ -44,10 +50,11 @@ class CompileOptions:
     force: bool = False
     trust_pickle: bool = False
     detect_sparse: bool = True
+    dynamic: dict | None = None
 
 
 def _default_database(target: Target) -> Path | None:
-    from .tune.database import default_database_dir
+    from .records.locations import default_database_dir
 
     d = default_database_dir(target)
     return d if d is not None and d.is_dir() else None
@@ -74,9 +81,10 @@ def compile(  # noqa: A001 - the verb users expect
         check_replaceable(Path(output_dir), options.force)
     t0 = time.perf_counter()
     imported = model if isinstance(model, ImportedModel) else \
-        load_model(model, example_inputs, input_shapes, options.trust_pickle)
+        load_model(model, example_inputs, input_shapes, options.trust_pickle, options.dynamic)
     log(f"imported {imported.source}: {len(imported.params)} weights, inputs "
-        + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs))
+        + ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in imported.inputs)
+        + "".join(f"; {k} in {lo}..{hi if hi is not None else 'inf'}" for k, (lo, hi) in imported.dynamic.items()))
 
     mod = bind_weights(imported.mod, imported.params)
     for p in options.passes:
@@ -148,12 +156,13 @@ def _write_artifact(out: Path, executable, weights: dict, imported: ImportedMode
         "source": imported.source,
         "target": target.to_dict(),
         "inputs": [s.to_dict() for s in imported.inputs],
-        "outputs": [TensorSpec(f"output{i}", tuple(o.shape), str(o.dtype)).to_dict()
-                    for i, o in enumerate(ref_outputs)],
+        "outputs": _output_specs(imported, ref_outputs),
         "weights": {"count": len(weights), "bytes": int(sum(w.nbytes for w in weights.values()))},
         "compression": {**(options.compression_summary or {}), "passes": [_pass_summary(p) for p in passes]},
         "fidelity": None,
     }
+    if imported.dynamic:
+        manifest["dynamic"] = {k: {"min": lo, "max": hi} for k, (lo, hi) in imported.dynamic.items()}
     write_manifest(out, manifest)
     if options.verify:
         artifact = Artifact.load(out)
@@ -165,6 +174,41 @@ def _write_artifact(out: Path, executable, weights: dict, imported: ImportedMode
             fidelity = {"not_measured": why}
         manifest["fidelity"] = fidelity
         write_manifest(out, manifest)
+
+
+def _output_specs(imported: ImportedModel, ref_outputs: list) -> list[dict]:
+    """Output specs: the reference outputs' shapes, with each dimension that is symbolic in the
+    imported ``main``'s return type written as its expression in the inputs' symbols (``"seq"``)."""
+    specs = [TensorSpec(f"output{i}", tuple(o.shape), str(o.dtype)) for i, o in enumerate(ref_outputs)]
+    if not imported.dynamic:
+        return [s.to_dict() for s in specs]
+    import re
+
+    from tvm import relax, tirx
+
+    def leaves(si):
+        if isinstance(si, relax.TupleType):
+            return [x for f in si.fields for x in leaves(f)]
+        return [si]
+
+    try:
+        ret = leaves(imported.mod["main"].ret_ty)
+    except Exception:  # noqa: BLE001 - the static shapes are still right for the example
+        return [s.to_dict() for s in specs]
+    if len(ret) != len(specs):
+        return [s.to_dict() for s in specs]
+    out = []
+    for s, si in zip(specs, ret):
+        shape = list(s.shape)
+        dims = getattr(getattr(si, "shape", None), "values", None)
+        if dims is not None and len(dims) == len(shape):
+            for k, d in enumerate(dims):
+                if not isinstance(d, tirx.IntImm):
+                    text = re.sub(r"[A-Za-z_][A-Za-z0-9_]*",
+                                  lambda m: imported.symbol_names.get(m.group(0), m.group(0)), str(d))
+                    shape[k] = text
+        out.append({"name": s.name, "shape": shape, "dtype": s.dtype})
+    return out
 
 
 def _pass_summary(p) -> dict:

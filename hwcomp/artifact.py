@@ -40,6 +40,9 @@ BUNDLE_EXTRAS = ("run_model.py", "README.txt")
 MAX_ARCHIVE_BYTES = 16 << 30
 _MAX_MANIFEST_BYTES = 4 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: an output dimension that depends on the inputs' symbols: an arithmetic expression of them
+_SHAPE_EXPR = re.compile(r"^[A-Za-z0-9_ +\-*/%(),.]{1,200}$")
 _DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
            "uint8", "uint16", "uint32", "uint64", "bool"}
 
@@ -64,7 +67,7 @@ def load_shared_library(path: Path, digest: str):
 
     with _LOADED_LOCK:
         if any(_LOADED.get(k, digest) != digest for k in keys(path)):
-            from .tune.database import cache_root
+            from .records.locations import cache_root
 
             copy = cache_root() / "libs" / f"{digest[:20]}.so"
             if not copy.is_file():
@@ -109,7 +112,24 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 # ---- the manifest's schema ------------------------------------------------------------------------
 
 
-def _spec_errors(specs: Any, what: str) -> str | None:
+def _dynamic_errors(dynamic: Any) -> str | None:
+    """``dynamic``: symbol name → ``{"min": int, "max": int or null}`` (null: unbounded)."""
+    if not isinstance(dynamic, dict):
+        return "'dynamic' must be an object of symbol → {min, max}"
+    for name, r in dynamic.items():
+        if not isinstance(name, str) or not _SYMBOL.match(name):
+            return f"'dynamic' symbol {name!r} is not a name"
+        if not isinstance(r, dict) or set(r) != {"min", "max"}:
+            return f"'dynamic'[{name!r}] must be an object with 'min' and 'max'"
+        lo, hi = r["min"], r["max"]
+        if type(lo) is not int or not 0 <= lo < 1 << 40 or \
+                (hi is not None and (type(hi) is not int or not lo <= hi < 1 << 40)):
+            return f"'dynamic'[{name!r}] needs integers 0 <= min <= max (max may be null: unbounded)"
+    return None
+
+
+def _spec_errors(specs: Any, what: str, symbols: dict | None = None) -> str | None:
+    """``symbols``: the symbols an input dimension may name (outputs may name any expression)."""
     if not isinstance(specs, list) or not specs:
         return f"{what} must be a non-empty list"
     names = set()
@@ -120,8 +140,12 @@ def _spec_errors(specs: Any, what: str) -> str | None:
         if not isinstance(name, str) or not name or name in names:
             return f"{what}[{i}].name must be a unique non-empty string"
         names.add(name)
-        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 1 << 40 for d in shape):
-            return f"{what}[{i}].shape must be a list of non-negative integers"
+        if not isinstance(shape, list) or not all(
+                (type(d) is int and 0 <= d < 1 << 40)
+                or (isinstance(d, str) and (d in symbols if symbols is not None else _SHAPE_EXPR.match(d)))
+                for d in shape):
+            return (f"{what}[{i}].shape must be a list of non-negative integers"
+                    + (" or symbols of 'dynamic'" if symbols is not None else " or symbolic dimensions"))
         if not isinstance(dtype, str) or dtype not in _DTYPES:
             return f"{what}[{i}].dtype {dtype!r} is not one of {sorted(_DTYPES)}"
     return None
@@ -160,11 +184,37 @@ def validate_manifest(manifest: Any, where: str | Path) -> dict[str, Any]:
             or not isinstance(target.get("arch"), str) or not isinstance(target.get("tvm"), dict) \
             or not isinstance(target["tvm"].get("kind"), str):
         bad("'target' must be an object with string 'name', 'arch' and a 'tvm' object with a 'kind'")
-    for key in ("inputs", "outputs"):
-        why = _spec_errors(manifest.get(key), f"'{key}'")
-        if why:
-            bad(why)
+    dynamic = manifest.get("dynamic", {})
+    why = _dynamic_errors(dynamic) or _spec_errors(manifest.get("inputs"), "'inputs'", dynamic) \
+        or _spec_errors(manifest.get("outputs"), "'outputs'")
+    if why:
+        bad(why)
     return manifest
+
+
+def check_shapes(specs: list[dict], dynamic: dict | None, arrays) -> dict[str, int]:
+    """Check each array's shape against its spec: static dimensions exactly, a symbolic one within
+    its range in ``dynamic`` (``{symbol: {"min", "max"}}``), and every input naming one symbol with
+    the same length there. Returns the symbols' lengths; raises :class:`InputError`."""
+    dynamic = dynamic or {}
+    sizes: dict[str, tuple[int, str]] = {}
+    for s, a in zip(specs, arrays):
+        shape, want = tuple(np.shape(a)), tuple(s["shape"])
+        if len(shape) != len(want) or any(isinstance(d, int) and d != n for d, n in zip(want, shape)):
+            raise InputError(f"input {s['name']!r}: shape {shape} but the model was compiled for {want}")
+        for i, (d, n) in enumerate(zip(want, shape)):
+            if isinstance(d, int):
+                continue
+            r = dynamic.get(d, {"min": 0, "max": None})
+            if n < r["min"] or (r["max"] is not None and n > r["max"]):
+                hi = r["max"] if r["max"] is not None else "inf"
+                raise InputError(f"input {s['name']!r}: dimension {i} is {n}, outside {d}'s range "
+                                 f"{r['min']}..{hi} the model was compiled for (shape {want})")
+            first = sizes.setdefault(d, (n, s["name"]))
+            if first[0] != n:
+                raise InputError(f"input {s['name']!r}: dimension {i} ({d}) is {n} but input {first[1]!r} "
+                                 f"has {d} = {first[0]}; inputs sharing {d} must agree")
+    return {k: v[0] for k, v in sizes.items()}
 
 
 def replaceable_reason(directory: Path) -> str | None:
@@ -399,6 +449,11 @@ class Artifact:
         return self.manifest["outputs"]
 
     @property
+    def dynamic(self) -> dict[str, dict]:
+        """Symbolic dimensions: symbol → ``{"min": int, "max": int or None}`` (empty when static)."""
+        return self.manifest.get("dynamic", {})
+
+    @property
     def fidelity(self) -> dict[str, Any] | None:
         return self.manifest.get("fidelity")
 
@@ -447,7 +502,8 @@ class Artifact:
             return self.check_inputs(ref[0])
         from .frontend.model import TensorSpec, random_inputs
 
-        return random_inputs([TensorSpec.from_dict(s) for s in self.inputs])
+        return random_inputs([TensorSpec.from_dict(s) for s in self.inputs],
+                             dynamic={k: (r["min"], r["max"]) for k, r in self.dynamic.items()})
 
     def check_inputs(self, inputs) -> list[np.ndarray]:
         """Order inputs (a list, or a dict by name) and check names, shapes and dtypes."""
@@ -463,11 +519,9 @@ class Artifact:
         if len(inputs) != len(specs):
             raise InputError(f"model takes {len(specs)} inputs ({[s['name'] for s in specs]}), got {len(inputs)}")
         out = []
+        inputs = [np.asarray(a) for a in inputs]
+        check_shapes(specs, self.dynamic, inputs)
         for s, a in zip(specs, inputs):
-            a = np.asarray(a)
-            if tuple(a.shape) != tuple(s["shape"]):
-                raise InputError(f"input {s['name']!r}: shape {tuple(a.shape)} but the model was compiled "
-                                 f"for {tuple(s['shape'])}")
             if str(a.dtype) != s["dtype"]:
                 raise InputError(f"input {s['name']!r}: dtype {a.dtype} but the model expects {s['dtype']}")
             out.append(np.ascontiguousarray(a))

@@ -222,51 +222,56 @@ def _mobilevit(size: Size):
 
 
 def _bert_like(kind: str) -> Callable[[Size], tuple]:
-    def build(size: Size):
+    def build(size: Size, max_positions: int | None = None):
         import transformers
 
         config_cls = getattr(transformers, f"{kind}Config")
         model_cls = getattr(transformers, f"{kind}Model")
         if size == "tiny":
+            # RoBERTa's positions start after the padding index: it needs 2 more entries
+            extra = 2 if kind == "Roberta" and max_positions else 0
             cfg = config_cls(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                             vocab_size=1000, max_position_embeddings=64)
+                             vocab_size=1000, max_position_embeddings=(max_positions or 64) + extra)
             return _Text(model_cls(cfg, add_pooling_layer=False).eval()), _text_inputs(1000, 16)
         cfg = config_cls()  # BERT-base, RoBERTa-base
+        _check_positions(cfg.max_position_embeddings - (2 if kind == "Roberta" else 0), max_positions)
         return _Text(model_cls(cfg, add_pooling_layer=False).eval()), _text_inputs(cfg.vocab_size, 128)
     return build
 
 
-def _distilbert(size: Size):
+def _distilbert(size: Size, max_positions: int | None = None):
     from transformers import DistilBertConfig, DistilBertModel
 
     if size == "tiny":
         cfg = DistilBertConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=1000,
-                               max_position_embeddings=64)
+                               max_position_embeddings=max_positions or 64)
         return _Text(DistilBertModel(cfg).eval()), _text_inputs(1000, 16)
+    _check_positions(DistilBertConfig().max_position_embeddings, max_positions)
     return _Text(DistilBertModel(DistilBertConfig()).eval()), _text_inputs(30522, 128)
 
 
-def _gpt2(size: Size):
+def _gpt2(size: Size, max_positions: int | None = None):
     from transformers import GPT2Config, GPT2Model
 
     if size == "tiny":
-        cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000,
+        cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=max_positions or 64, vocab_size=1000,
                          bos_token_id=0, eos_token_id=0)
         seq = 16
     else:
         cfg, seq = GPT2Config(), 128  # GPT-2 small (124M)
+        _check_positions(cfg.n_positions, max_positions)
     return _Decoder(GPT2Model(cfg).eval()), _text_inputs(cfg.vocab_size, seq, with_positions=True)
 
 
 def _llama_like(kind: str) -> Callable[[Size], tuple]:
-    def build(size: Size):
+    def build(size: Size, max_positions: int | None = None):
         import transformers
 
         config_cls = getattr(transformers, f"{kind}Config")
         model_cls = getattr(transformers, f"{kind}Model")
         if size == "tiny":  # grouped-query attention (2 KV heads for 4 query heads), RoPE, RMSNorm
             cfg = config_cls(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=64)
+                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=max_positions or 64)
             seq = 16
         elif kind == "Qwen2":  # Qwen2-0.5B widths (896, 14 heads, 2 KV heads), 4 layers, 32k vocabulary
             cfg = config_cls(num_hidden_layers=4, hidden_size=896, intermediate_size=4864, num_attention_heads=14,
@@ -276,8 +281,18 @@ def _llama_like(kind: str) -> Callable[[Size], tuple]:
             cfg = config_cls(num_hidden_layers=8, hidden_size=512, intermediate_size=1408, num_attention_heads=8,
                              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
             seq = 128
+        _check_positions(cfg.max_position_embeddings, max_positions)
         return _Decoder(model_cls(cfg).eval()), _text_inputs(cfg.vocab_size, seq, with_positions=True)
     return build
+
+
+def _check_positions(have: int, want: int | None) -> None:
+    if want is not None and want > have:
+        raise ValueError(f"the realistic config has {have} positions; max_positions={want} is more")
+
+
+#: Architectures whose builder takes ``max_positions`` (the longest sequence the model accepts).
+TEXT_WITH_POSITIONS = ("bert_base", "roberta_base", "distilbert", "gpt2", "llama_small", "qwen2_small")
 
 
 def _t5_encoder(size: Size):
@@ -345,9 +360,11 @@ ARCHITECTURES: dict[str, Callable[[Size], tuple]] = {
 """Name → builder. The names describe the realistic size; ``"tiny"`` keeps the architecture."""
 
 
-def build(name: str, size: Size = "tiny", seed: int = 0) -> ZooModel:
+def build(name: str, size: Size = "tiny", seed: int = 0, max_positions: int | None = None) -> ZooModel:
     """Build architecture ``name`` (a key of :data:`ARCHITECTURES`) at ``size``, weights and inputs
-    drawn from ``seed``; the module is in eval mode."""
+    drawn from ``seed``; the module is in eval mode. ``max_positions`` (text models with learned or
+    rotary positions, :data:`TEXT_WITH_POSITIONS`): the longest sequence the tiny model accepts
+    (default 64; dynamic-length tests want 512); a realistic model's own limit must cover it."""
     if name not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     if size not in ("tiny", "realistic"):
@@ -356,8 +373,11 @@ def build(name: str, size: Size = "tiny", seed: int = 0) -> ZooModel:
 
     transformers.logging.set_verbosity_error()  # config warnings (token ids outside a tiny vocab)
     torch.manual_seed(seed)
-    module, inputs = ARCHITECTURES[name](size)
+    if max_positions is not None and name not in TEXT_WITH_POSITIONS:
+        raise ValueError(f"max_positions applies to {', '.join(TEXT_WITH_POSITIONS)}, not {name!r}")
+    kwargs = {"max_positions": max_positions} if max_positions is not None else {}
+    module, inputs = ARCHITECTURES[name](size, **kwargs)
     return ZooModel(name, size, module.eval(), tuple(inputs))
 
 
-__all__ = ["ARCHITECTURES", "ZooModel", "build", "calibrate_batchnorm"]
+__all__ = ["ARCHITECTURES", "TEXT_WITH_POSITIONS", "ZooModel", "build", "calibrate_batchnorm"]

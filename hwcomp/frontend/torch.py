@@ -75,7 +75,70 @@ def _unsupported(e: Exception, ep, source: str) -> UnsupportedOpError | None:
                               f"{type(e).__name__}: {first}")
 
 
-def import_exported_program(ep, example_inputs=None, source: str = "ExportedProgram") -> ImportedModel:
+def _finite_int(v) -> int | None:
+    if getattr(v, "is_finite", True) is False:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None
+
+
+def _symbol_ranges(ep) -> dict[str, tuple[int, int | None]]:
+    """torch's symbol name (``s53``, as the Relax importer names it) → its (min, max) from the
+    program's range constraints; max None when unbounded."""
+    out = {}
+    for sym, vr in getattr(ep, "range_constraints", {}).items():
+        lo, hi = _finite_int(vr.lower), _finite_int(vr.upper)  # None: infinite (int_oo)
+        lo = max(lo or 0, 0)
+        out[str(sym)] = (lo, hi if hi is not None and hi < 1 << 62 else None)
+    return out
+
+
+def _input_specs(main, n_in: int, ep, names: dict[str, str] | None, source: str):
+    """Input specs from ``main``'s parameters: static dimensions as ints, symbolic ones as the name of
+    their symbol (the user's name from ``names`` — torch symbol → name — else torch's own), and the
+    symbols' ranges."""
+    from tvm import tirx
+
+    ranges = _symbol_ranges(ep)
+    specs, dynamic = [], {}
+    for v in main.params[:n_in]:
+        shape = []
+        for d in v.ty.shape:
+            if isinstance(d, tirx.IntImm):
+                shape.append(int(d))
+            elif isinstance(d, tirx.Var):
+                sym = str(d.name)
+                name = (names or {}).get(sym, sym)
+                shape.append(name)
+                dynamic[name] = ranges.get(sym, (0, None))
+            else:
+                raise HwcompError(f"{source}: input {v.name!r} has dimension {d} (an expression of other "
+                                  "dimensions); hwcomp supports dynamic dimensions that are plain symbols")
+        specs.append(TensorSpec(v.name, tuple(shape), str(v.ty.dtype)))
+    return specs, dynamic
+
+
+def _set_upper_bounds(mod, main, dynamic: dict, names: dict[str, str] | None):
+    """Tell Relax each bounded symbol's maximum (``tir_var_upper_bound``): memory for the largest
+    length is planned once, not allocated per call."""
+    old = main.attrs.get("tir_var_upper_bound") if main.attrs is not None else None
+    bounds = {str(k): int(v) for k, v in old.items()} if old is not None else {}
+    inv = {v: k for k, v in (names or {}).items()}
+    for name, (_lo, hi) in dynamic.items():
+        if hi is not None:
+            bounds[inv.get(name, name)] = hi
+    if bounds:
+        mod["main"] = main.with_attr("tir_var_upper_bound", bounds)
+    return mod
+
+
+def import_exported_program(ep, example_inputs=None, source: str = "ExportedProgram",
+                            dynamic: dict | None = None) -> ImportedModel:
+    """``dynamic`` (``{input: {dim: DynamicDim}}``, normalized): names and (narrower) ranges for
+    dimensions the program has symbolic. Symbolic dimensions it does not name keep torch's symbol
+    name (``s53``) and the program's range."""
     import torch
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -96,8 +159,10 @@ def import_exported_program(ep, example_inputs=None, source: str = "ExportedProg
     n_in = int(main.attrs["num_input"])
     param_vars = list(main.params[n_in:])
     weights = {v.name: t.numpy() for v, t in zip(param_vars, params.get("main", []))}
-    inputs = [TensorSpec(v.name, tuple(int(d) for d in v.ty.shape), str(v.ty.dtype))
-              for v in main.params[:n_in]]
+    symbol_names, user_ranges = _torch_symbols(ep, dynamic, source) if dynamic else ({}, {})
+    inputs, dynamic = _input_specs(main, n_in, ep, symbol_names, source)
+    dynamic.update({k: v for k, v in user_ranges.items() if k in dynamic})
+    mod = _set_upper_bounds(mod, main, dynamic, symbol_names)
 
     module = ep.module()
 
@@ -111,22 +176,113 @@ def import_exported_program(ep, example_inputs=None, source: str = "ExportedProg
     elif getattr(ep, "example_inputs", None):
         args, _kwargs = ep.example_inputs
         ex = [t.detach().cpu().numpy() for t in args if isinstance(t, torch.Tensor)] or None
-    return ImportedModel(mod, weights, inputs, reference, source, ex)
+    if ex is not None and dynamic:
+        _check_example(inputs, dynamic, ex, source)
+    return ImportedModel(mod, weights, inputs, reference, source, ex, dynamic, symbol_names)
 
 
-def import_module(module, example_inputs) -> ImportedModel:
+def _check_example(specs, dynamic: dict, arrays, source: str) -> None:
+    from ..artifact import check_shapes
+
+    try:
+        check_shapes([s.to_dict() for s in specs], {k: {"min": lo, "max": hi} for k, (lo, hi) in dynamic.items()},
+                     arrays)
+    except HwcompError as e:
+        raise HwcompError(f"{source}: the example inputs do not fit the dynamic shapes: {e}") from None
+
+
+def _forward_arg_names(module, n: int) -> list[str]:
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:n]]
+    return names + [f"arg{i}" for i in range(len(names), n)]
+
+
+def dynamic_shapes_for(module, example_inputs, dynamic: dict) -> tuple:
+    """``torch.export``'s ``dynamic_shapes`` for ``dynamic`` (``{input: {dim: DynamicDim}}``, see
+    :func:`~hwcomp.frontend.model.normalize_dynamic`): one ``torch.export.Dim`` per symbol name, so
+    dimensions given the same symbol are one length."""
+    import torch
+
+    names = _forward_arg_names(module, len(example_inputs))
+    unknown = sorted(set(dynamic) - set(names))
+    if unknown:
+        raise HwcompError(f"dynamic shapes name input(s) {unknown}, but {type(module).__name__} takes {names}")
+    dims: dict[str, object] = {}
+    spec = []
+    for name, t in zip(names, example_inputs):
+        entry = {}
+        for i, d in sorted(dynamic.get(name, {}).items()):
+            if not isinstance(t, torch.Tensor) or i >= t.dim():
+                raise HwcompError(f"dynamic shapes: input {name!r} has no dimension {i} "
+                                  f"(its example has shape {tuple(getattr(t, 'shape', ()))})")
+            if not d.min <= t.shape[i] <= d.max:
+                raise HwcompError(f"dynamic shapes: the example {name!r} has length {t.shape[i]} in dimension "
+                                  f"{i}, outside {d.name}'s range {d.min}..{d.max}")
+            entry[i] = dims.setdefault(d.name, torch.export.Dim(d.name, min=d.min, max=d.max))
+        spec.append(entry or None)
+    return tuple(spec)
+
+
+def import_module(module, example_inputs, dynamic: dict | None = None) -> ImportedModel:
+    """``dynamic``: ``{input: {dim: DynamicDim}}`` (normalized), the dimensions kept symbolic."""
     import torch
 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     module = module.eval()
+    kwargs = {}
+    if dynamic:
+        kwargs["dynamic_shapes"] = dynamic_shapes_for(module, example_inputs, dynamic)
     try:
-        ep = torch.export.export(module, example_inputs)
+        ep = torch.export.export(module, example_inputs, **kwargs)
     except Exception as e:  # torch.export's own errors are long; keep the first lines
-        msg = "\n".join(str(e).strip().splitlines()[:8])
+        lines = str(e).strip().splitlines()
+        msg = "\n".join(lines[:8])
+        if dynamic and any("must always be equal" in ln for ln in lines):
+            msg += ("\n(give equal dimensions one symbol: --dynamic seq=LO..HI --dynamic A:1=seq "
+                    "--dynamic B:1=seq, or the same DynamicDim in CompileOptions.dynamic)")
+        elif dynamic and any("specialized it to be a constant" in ln for ln in lines):
+            msg = lines[0] + "\n" + next(ln for ln in lines if "specialized" in ln).strip() + \
+                "\n(the model's code fixes that length: it cannot be dynamic without changing the model)"
         raise HwcompError(f"torch.export could not trace {type(module).__name__}: {msg}") from e
-    return import_exported_program(ep, example_inputs, source=type(module).__name__)
+    return import_exported_program(ep, example_inputs, source=type(module).__name__, dynamic=dynamic)
+
+
+def _torch_symbols(ep, dynamic: dict, source: str) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """For the user's ``dynamic`` (``{input: {dim: DynamicDim}}``) on an exported program: torch's
+    symbol of each named dimension (``s53``) → the user's name, and the user's ranges by name. A
+    dimension the program has static, or a range wider than the program's, is refused."""
+    user = list(ep.graph_signature.user_inputs)
+    unknown = sorted(set(dynamic) - set(user))
+    if unknown:
+        raise HwcompError(f"{source}: dynamic shapes name input(s) {unknown}, but the model's inputs are {user}")
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    ranges = _symbol_ranges(ep)
+    names: dict[str, str] = {}
+    for arg in user:
+        val = nodes[arg].meta.get("val") if arg in nodes else None
+        for i, d in sorted(dynamic.get(arg, {}).items()):
+            if val is None or i >= val.dim():
+                raise HwcompError(f"{source}: input {arg!r} has no dimension {i}")
+            sym = str(val.shape[i])
+            if sym.isdigit():
+                raise HwcompError(f"{source}: dimension {i} of input {arg!r} was exported static ({sym}); "
+                                  "re-export with torch.export.export(..., dynamic_shapes=...) to make it dynamic")
+            if names.setdefault(sym, d.name) != d.name:
+                raise HwcompError(f"{source}: the program has one length for dimensions given symbols "
+                                  f"{names[sym]!r} and {d.name!r}; give them one symbol")
+            lo, hi = ranges.get(sym, (0, None))
+            if d.min < lo or (hi is not None and d.max > hi):
+                raise HwcompError(f"{source}: {d.name}={d.min}..{d.max} is outside the range the program was "
+                                  f"exported for ({lo}..{hi if hi is not None else 'inf'})")
+    return names, {d.name: (d.min, d.max) for dims in dynamic.values() for d in dims.values()}
 
 
 def untrusted_pt2_members(path: Path) -> list[str]:
@@ -189,8 +345,13 @@ def untrusted_pt2_members(path: Path) -> list[str]:
     return flagged
 
 
-def import_pt2(path: Path, input_shapes: dict | None = None, trust_pickle: bool = False) -> ImportedModel:
-    """Import a ``.pt2``. Pickled content (which can run code) is refused unless ``trust_pickle``."""
+def import_pt2(path: Path, input_shapes: dict | None = None, trust_pickle: bool = False,
+               dynamic: dict | None = None) -> ImportedModel:
+    """Import a ``.pt2``. Pickled content (which can run code) is refused unless ``trust_pickle``.
+
+    Dimensions exported dynamic (``torch.export.Dim``) stay symbolic; ``dynamic`` may name them and
+    narrow their ranges. For a dynamic input, ``input_shapes`` gives the shape of the random example
+    input used when the file stores none."""
     import torch
 
     if not trust_pickle:
@@ -205,17 +366,28 @@ def import_pt2(path: Path, input_shapes: dict | None = None, trust_pickle: bool 
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HwcompError(f"{path} is not a loadable torch.export program (.pt2): {msg}") from None
-    model = import_exported_program(ep, source=str(path))
+    model = import_exported_program(ep, source=str(path), dynamic=dynamic)
+    sizes: dict[str, int] = {}
     if input_shapes:
         unknown = sorted(set(input_shapes) - {s.name for s in model.inputs})
         if unknown:
             raise HwcompError(f"{path}: --input-shape names {unknown}, but the model's inputs are "
                               f"{[s.name for s in model.inputs]}")
         for s in model.inputs:
-            if s.name in input_shapes and tuple(input_shapes[s.name]) != s.shape:
+            if s.name not in input_shapes:
+                continue
+            want = tuple(input_shapes[s.name])
+            fits = len(want) == len(s.shape) and all(
+                w == d if isinstance(d, int) else
+                (model.dynamic[d][0] <= w and (model.dynamic[d][1] is None or w <= model.dynamic[d][1])
+                 and sizes.setdefault(d, w) == w)
+                for w, d in zip(want, s.shape))
+            if not fits:
+                kind = "dynamic" if any(isinstance(d, str) for d in s.shape) else "static"
                 raise HwcompError(
-                    f"{path}: input {s.name!r} was exported with static shape {s.shape}; "
-                    f"re-export to compile for {input_shapes[s.name]}")
+                    f"{path}: input {s.name!r} was exported with {kind} shape {s.shape}; "
+                    f"re-export to compile for {want}")
     if model.example_inputs is None:
-        model.example_inputs = random_inputs(model.inputs)
+        ranges = {k: ((sizes[k], sizes[k]) if k in sizes else v) for k, v in model.dynamic.items()}
+        model.example_inputs = random_inputs(model.inputs, dynamic=ranges)
     return model

@@ -47,10 +47,46 @@ def convert_cat(node: fx.Node, importer) -> relax.Var:
     return importer.block_builder.emit(relax.op.concat(kept, axis=axis))
 
 
+def convert_slice(node: fx.Node, importer) -> relax.Var:
+    """``aten.slice`` of ``x[..., :n]`` with a symbolic ``n`` that torch proved in bounds, without
+    TVM's ``min(n, size)``.
+
+    Upstream symptom (dynamic shapes): transformers slice a fixed buffer to the sequence length
+    (DistilBERT's ``position_ids[:, :seq]``); TVM's converter gives the result the length
+    ``T.min(seq, 512)``, which its shape analysis cannot equate with ``seq`` even though the
+    function's ``tir_var_upper_bound`` says ``seq <= 512``: the next ``add`` with a ``seq``-long
+    tensor loses its shape (``R.Tensor(ndim=3)``) and legalization fails with ``emit_te now only
+    supports Tensor that has ShapeExpr shape``. torch.export's own shape (in the node's ``val``) says
+    the result has length ``n``: then the slice is emitted with ``assume_inbound``, whose length is
+    ``n``. Every other slice goes to TVM's converter.
+    """
+    from tvm import relax
+
+    args = list(node.args) + [None] * (5 - len(node.args))
+    src, dim, start, end, step = args[:5]
+    dim = 0 if dim is None else dim
+    start = 0 if start is None else start
+    step = 1 if step is None else step
+    out = node.meta.get("val")
+    if isinstance(end, fx.Node) and start == 0 and step == 1 and out is not None and hasattr(out, "shape"):
+        end_val = end.meta.get("val")
+        d = dim if dim >= 0 else out.dim() + dim
+        if end_val is not None and str(out.shape[d]) == str(end_val):
+            end_expr = importer.env[end]
+            import tvm
+
+            if tvm.ir.is_prim_expr(end_expr):
+                x = importer.env[src]
+                return importer.block_builder.emit(relax.op.strided_slice(
+                    x, axes=[d], begin=[0], end=[end_expr], strides=[1], assume_inbound=True))
+    return importer._slice(node)
+
+
 CUSTOM_CONVERTERS: dict[str, Callable] = {
     "cat.default": convert_cat,
+    "slice.Tensor": convert_slice,
 }
 """aten overload name → converter ``(node, importer) -> relax.Var``."""
 
 
-__all__ = ["CUSTOM_CONVERTERS", "convert_cat"]
+__all__ = ["CUSTOM_CONVERTERS", "convert_cat", "convert_slice"]

@@ -93,9 +93,19 @@ def main(argv=None):
         with np.load(os.path.join(args.dir, "reference.npz")) as z:
             inputs = [z[f"input{i}"] for i in range(len(manifest["inputs"]))]
             ref_outputs = [z[k] for k in z.files if k.startswith("output")]
+    dynamic, sizes = manifest.get("dynamic", {}), {}
     for s, a in zip(manifest["inputs"], inputs):
-        if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
-            sys.exit(f"error: input {s['name']} is {a.shape} {a.dtype}, expected {s['shape']} {s['dtype']}")
+        # a dimension that is a string is a symbol: any length in its range, one length per symbol
+        ok = len(a.shape) == len(s["shape"]) and str(a.dtype) == s["dtype"]
+        for n, d in zip(a.shape, s["shape"]) if ok else ():
+            if isinstance(d, str):
+                r = dynamic.get(d, {"min": 0, "max": None})
+                ok = ok and r["min"] <= n and (r["max"] is None or n <= r["max"]) and sizes.setdefault(d, n) == n
+            else:
+                ok = ok and n == d
+        if not ok:
+            ranges = "".join(f", {k} in {r['min']}..{r['max']}" for k, r in dynamic.items())
+            sys.exit(f"error: input {s['name']} is {a.shape} {a.dtype}, expected {s['shape']} {s['dtype']}{ranges}")
     args_dev = [tvm.runtime.tensor(a, dev) for a in inputs] + weights
     outputs = _flatten(vm["main"](*args_dev))
 

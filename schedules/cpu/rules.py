@@ -112,19 +112,26 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int
     if not loops:
         return
     extents = [_const_int(sch.get(lp).extent) for lp in loops]
-    if any(e is None for e in extents):
-        return
+    # A symbolic extent (a dynamic sequence length) counts as large: at its smallest the loop is
+    # short anyway, and a parallel loop that turns out short costs little.
     total = 1
     for e in extents:
-        total *= e
+        total *= e if e is not None else min_parallel
     inner = loops[-1]
-    if extents[-1] >= lanes and extents[-1] % lanes == 0:
+    if extents[-1] is None:
+        pass  # no vector split of a loop whose length is only known at run time
+    elif extents[-1] >= lanes and extents[-1] % lanes == 0:
         outer_part, vec = sch.split(inner, [None, lanes])
         sch.vectorize(vec)
         loops = [*loops[:-1], outer_part]
     elif 1 < extents[-1] <= 2 * lanes:
         sch.vectorize(inner)
         loops = loops[:-1]
+    # Fusing a loop of symbolic extent under another one divides the fused index by that extent
+    # (a 64-bit division by a run-time value, per element): fuse only up to the first symbolic
+    # loop after the first loop, and leave the loops below serial.
+    cut = next((k for k in range(1, len(loops)) if extents[k] is None), len(loops))
+    loops = loops[:cut]
     if loops and total >= min_parallel:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)
@@ -178,6 +185,8 @@ class TiledReduction(_CPURule):
         if _broadcasts_result(sch, main):
             return None
 
+        padded = self._pad_symbolic(sch, main)
+
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
         # stage because an if_then_else in the innermost loop defeats vectorization, and so do
         # stages their author marked ``hwcomp.materialize`` (an int8 -> float conversion done once).
@@ -198,9 +207,10 @@ class TiledReduction(_CPURule):
         n_s = kinds.count("S")
         if kinds != ["S"] * n_s + ["R"] * (len(kinds) - n_s) or n_s == 0:
             return None
+        # None: a symbolic extent (a dynamic sequence length). Rows padded by _pad_symbolic split
+        # exactly; otherwise the last row tile is guarded by a predicate (a split that need not
+        # divide); symbolic columns get whole-row tiles (_symbolic_columns).
         extents = [_const_int(iv.dom.extent) for iv in ivars]
-        if any(e is None for e in extents):
-            return None
         var_pos = {iv.var: p for p, iv in enumerate(ivars)}
 
         out_region = stmt.writes[0].region
@@ -217,30 +227,36 @@ class TiledReduction(_CPURule):
             for r in read.region:
                 used |= {var_pos[v] for v in _vars_in(r.min) if v in var_pos}
             if j not in used:
-                cands = [p for p in used if kinds[p] == "S" and extents[p] > 1]
+                cands = [p for p in used if kinds[p] == "S" and (extents[p] is None or extents[p] > 1)]
                 if cands:
                     i = max(cands)
         if i is None:
-            spatial_before = [p for p in range(n_s) if p != j and extents[p] > 1]
+            spatial_before = [p for p in range(n_s) if p != j and (extents[p] is None or extents[p] > 1)]
             i = spatial_before[-1] if spatial_before else None
 
         dtype_bits = stmt.writes[0].source.dtype.bits
         lanes = _lanes(self.vector_bits, dtype_bits)
         nr_pref = tuple(lanes * v for v in range(knobs.nr_vectors, 0, -1))
         ext_j = extents[j]
-        if ext_j <= 2 * lanes:
+        if ext_j is None and j in padded:
+            nr = padded[j]
+        elif ext_j is None:
+            return self._symbolic_columns(sch, main, loops, n_s, i, j, extents, knobs)
+        elif ext_j <= 2 * lanes:
             nr = ext_j
         else:
             nr = _largest_divisor(ext_j, nr_pref)
             if nr == 1:
                 nr = _largest_divisor(ext_j, tuple(range(2 * lanes, 1, -1)))
-        mr = 1 if i is None else _largest_divisor(extents[i], (knobs.mr, 6, 4, 3, 2, 1))
+        mr = 1 if i is None else padded.get(i, knobs.mr) if extents[i] is None else \
+            _largest_divisor(extents[i], (knobs.mr, 6, 4, 3, 2, 1))
 
         j0, j1 = sch.split(loops[j], [None, nr])
         if i is not None:
             i0, i1 = sch.split(loops[i], [None, mr])
         r_loops = list(loops[n_s:])
-        if knobs.kc and len(r_loops) == 1 and extents[n_s] % knobs.kc == 0 and extents[n_s] > knobs.kc:
+        if knobs.kc and len(r_loops) == 1 and extents[n_s] is not None and extents[n_s] % knobs.kc == 0 \
+                and extents[n_s] > knobs.kc:
             k0, k1 = sch.split(r_loops[0], [None, knobs.kc])
             r_loops = [k0, k1]
         outer = [loops[p] for p in range(n_s) if p not in (i, j)]
@@ -280,6 +296,62 @@ class TiledReduction(_CPURule):
         for b in sch.get_child_blocks(get_root_block(sch)):
             loops_b = sch.get_loops(b)
             if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
+                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        return sch
+
+    def _pad_symbolic(self, sch, main) -> dict[int, int]:
+        """Pad each symbolic spatial axis of the reduction (a dynamic sequence length) up to a
+        multiple of its register tile (``pad_einsum``: the inputs are copied into padded buffers and
+        the result sliced back), so the tiles need no per-row or per-lane guard in the inner loops —
+        a guard there keeps the tile out of registers, and TVM scalarizes a vector loop under one.
+        Returns axis position → padding factor; {} when nothing is symbolic or the block is not an
+        einsum (then the guarded tiles are used)."""
+        stmt = sch.get(main)
+        ivars = list(stmt.iter_vars)
+        sym = [p for p, iv in enumerate(ivars)
+               if iv.iter_type == tirx.IterVar.DataPar and _const_int(iv.dom.extent) is None]
+        if not sym or not stmt.writes:
+            return {}
+        last = stmt.writes[0].region[-1].min if stmt.writes[0].region else None
+        if any(ivars[p].var.same_as(last) for p in sym):
+            # symbolic columns (attention scores): padding would copy the n x n result back out,
+            # as much traffic as the short (head-size) reduction itself: whole-row tiles instead
+            return {}
+        padding = [1] * len(ivars)
+        for p in sym:
+            padding[p] = self.knobs.mr
+        try:
+            sch.pad_einsum(main, padding)
+        except Exception:  # noqa: BLE001 - not an einsum (TVM raises assorted errors): use guarded tiles
+            return {}
+        return {p: padding[p] for p in sym}
+
+    def _symbolic_columns(self, sch, main, loops, n_s, i, j, extents, knobs):
+        """The column axis has a symbolic extent (attention scores ``Q @ K^T`` over a dynamic
+        sequence): a vector tile over it needs a per-lane guard, which TVM scalarizes (8x slower
+        than static, measured). Instead each tile is ``mr`` whole rows: the column loop runs
+        innermost, unsplit, with no guard, for LLVM's loop vectorizer (a vector body and a scalar
+        remainder); the output rows are accumulated in place."""
+        mr = 1 if i is None else knobs.mr if extents[i] is None else \
+            _largest_divisor(extents[i], (knobs.mr, 6, 4, 3, 2, 1))
+        tile_outer, inner = [], []
+        if i is not None:
+            i0, i1 = sch.split(loops[i], [None, mr])
+            tile_outer, inner = [i0], [i1]
+        r_loops = list(loops[n_s:])
+        outer = [loops[p] for p in range(n_s) if p not in (i, j)]
+        sch.reorder(*outer, *tile_outer, *r_loops, *inner, loops[j])
+        if inner and mr > 1:
+            sch.unroll(inner[0])
+        par_loops = [*outer, *tile_outer]
+        if par_loops:
+            par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
+            sch.parallel(par)
+        sch.decompose_reduction(main, r_loops[0])
+        for b in sch.get_child_blocks(get_root_block(sch)):
+            loops_b = sch.get_loops(b)
+            if loops_b and _is_spatial(sch, b) and b != main and (
+                    not par_loops or not sch.get(loops_b[0]).same_as(sch.get(par))):
                 schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
         return sch
 
