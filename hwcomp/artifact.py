@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, InputError
+from .metrics import cosine, max_abs_error  # NumPy only; cosine re-exported
 
 FORMAT = "hwcomp-artifact/1"
 LIB, WEIGHTS, REFERENCE, MANIFEST = "model.so", "weights.npz", "reference.npz", "manifest.json"
@@ -329,15 +330,6 @@ def _extract_archive(archive: Path, dest: Path, max_bytes: int) -> Path:
     return out
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(a @ b / (na * nb))
-
-
 def compare(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, Any]:
     """Max abs error and cosine of each output against its reference, and the worst over all."""
     if len(outputs) != len(reference):
@@ -349,8 +341,7 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str,
             per.append({"shape": list(o.shape), "reference_shape": list(r.shape), "max_abs_err": float("inf"),
                         "cosine": 0.0})
             continue
-        err = float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.size else 0.0
-        per.append({"shape": list(o.shape), "max_abs_err": err, "cosine": cosine(o, r)})
+        per.append({"shape": list(o.shape), "max_abs_err": max_abs_error(o, r), "cosine": cosine(o, r)})
     return {
         "max_abs_err": max((p["max_abs_err"] for p in per), default=0.0),
         "min_cosine": min((p["cosine"] for p in per), default=1.0),

@@ -38,6 +38,7 @@ from hwcomp.errors import HwcompError
 from hwcomp.kernels.bsr import BSRMatrix, block_density, pack_bsr
 from hwcomp.records.locations import BSR_CHOICES, user_database_dir
 from hwcomp.records.store import MeasurementStore
+from hwcomp.relax_graph import const_array, op_name, static_shape
 from hwcomp.target import Target, get_target
 
 from .prune_weights import PruneWeights
@@ -199,43 +200,6 @@ def _bsr_key(m, k, n, block, density) -> str:
 # ---- graph matching --------------------------------------------------------------------------
 
 
-def _op_name(expr) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
-
-
-def _static_shape(expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tvm.tirx.IntImm):
-            return None
-        dims.append(int(d.value))
-    return tuple(dims)
-
-
-def _const_array(expr, var2val: dict) -> np.ndarray | None:
-    """The value of ``expr`` if it is a constant, possibly through reshape / permute_dims bindings."""
-    if isinstance(expr, GenericConst):
-        return expr.value.numpy()
-    if isinstance(expr, relax.Var) and expr in var2val:
-        val = var2val[expr]
-        op = _op_name(val)
-        if op in ("relax.reshape", "relax.permute_dims"):
-            inner = _const_array(val.args[0], var2val)
-            if inner is None:
-                return None
-            if op == "relax.reshape":
-                shape = _static_shape(val)
-                return None if shape is None else inner.reshape(shape)
-            axes = val.attrs.axes
-            return np.transpose(inner, None if axes is None else [int(a) for a in axes])
-    return None
-
-
 def _count_uses(func: relax.Function) -> dict:
     uses: dict = {}
 
@@ -280,7 +244,7 @@ def _match_sites(func: relax.Function) -> list[_Site]:
     consumers = _consumers(func)
     sites = []
     for var, val in var2val.items():
-        op = _op_name(val)
+        op = op_name(val)
         site = None
         if op == "relax.matmul":
             site = _match_matmul(var, val, var2val)
@@ -294,8 +258,8 @@ def _match_sites(func: relax.Function) -> list[_Site]:
 
 def _match_matmul(var, call, var2val) -> _Site | None:
     x, wexpr = call.args
-    wt = _const_array(wexpr, var2val)
-    x_shape, out_shape = _static_shape(x), _static_shape(var)
+    wt = const_array(wexpr, var2val)
+    x_shape, out_shape = static_shape(x), static_shape(var)
     if wt is None or wt.ndim != 2 or x_shape is None or out_shape is None or len(x_shape) < 1:
         return None
     if str(wt.dtype) != "float32" or str(x.ty.dtype) != "float32" or str(var.ty.dtype) != "float32":
@@ -312,7 +276,7 @@ def _match_conv(var, call) -> _Site | None:
     a = call.attrs
     if not isinstance(w, GenericConst):
         return None
-    x_shape, out_shape = _static_shape(call.args[0]), _static_shape(var)
+    x_shape, out_shape = static_shape(call.args[0]), static_shape(var)
     ws = tuple(int(d) for d in w.value.shape)
     ok = (
         x_shape is not None and out_shape is not None and len(ws) == 4 and len(x_shape) == 4
@@ -387,15 +351,15 @@ def _absorb_epilogue(site: _Site, uses: dict, consumers: dict, var2val: dict) ->
     cur = site.root
     while uses.get(cur, 0) == 1 and len(consumers.get(cur, [])) == 1:
         nxt, val = consumers[cur][0]
-        op = _op_name(val)
+        op = op_name(val)
         if op == "relax.add" and site.bias is None and site.activation == "none":
             other = val.args[1] if val.args[0].same_as(cur) else val.args[0]
-            b = _const_array(other, var2val)
-            if b is None or not _bias_ok(b, n, site.kind) or _static_shape(nxt) != site.out_shape:
+            b = const_array(other, var2val)
+            if b is None or not _bias_ok(b, n, site.kind) or static_shape(nxt) != site.out_shape:
                 return
             site.bias = b.reshape(n)
         elif op == "relax.reshape" and site.kind == "matmul":
-            shape = _static_shape(nxt)
+            shape = static_shape(nxt)
             if shape is None or not shape or shape[-1] != n:
                 return
             site.out_shape = shape
@@ -567,7 +531,7 @@ class DenseToBSR:
             x = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
         elif site.kind == "conv":
             x = bb.emit_te(site.conv.im2col(site.x_shape, site.out_shape[2:]), x, primfunc_name_hint="im2col")
-        if _static_shape(x) != (m, k):
+        if static_shape(x) != (m, k):
             x = bb.emit(relax.op.reshape(x, (m, k)))
         func = bsr_primfunc(self.target, m, k, n, bsr.block, site.bias is not None, site.activation, knobs)
         # Drop the script's symbol name: every kernel gets its own when the module is built.

@@ -21,6 +21,7 @@ from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.kernels.bsr import apply_block_mask, block_scores, prune_mask_from_scores
+from hwcomp.relax_graph import op_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +45,6 @@ class _Site:
         return w.reshape(shape)
 
 
-def _op_name(expr) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
-
-
 def find_weight_sites(func: relax.Function, min_elements: int = 0) -> list[_Site]:
     """Constant 2-D matmul weights (direct or through a 2-D ``permute_dims``) and conv2d weights."""
     var2val = relax.analysis.get_var2val(func)
@@ -66,12 +61,12 @@ def find_weight_sites(func: relax.Function, min_elements: int = 0) -> list[_Site
         sites.append(_Site(const, name, kind))
 
     for var, val in var2val.items():
-        op = _op_name(val)
+        op = op_name(val)
         if op == "relax.matmul":
             w = val.args[1]
             if isinstance(w, relax.Var) and w in var2val:
                 inner = var2val[w]
-                if (_op_name(inner) == "relax.permute_dims" and isinstance(inner.args[0], GenericConst)
+                if (op_name(inner) == "relax.permute_dims" and isinstance(inner.args[0], GenericConst)
                         and len(inner.args[0].value.shape) == 2):
                     add(inner.args[0], var.name, "matmul_t")
             elif isinstance(w, GenericConst) and len(w.value.shape) == 2:

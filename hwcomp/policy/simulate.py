@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..metrics import cosine_eps
 from .layers import (
     LinearLayer,
     _fake_int8_weight,
@@ -16,6 +17,9 @@ from .layers import (
     prune_linear_,
 )
 from .space import Option
+
+# The error model (1 − cosine) uses the ``+ 1e-30`` form of the cosine: a zero output scores 0.
+_cosine = cosine_eps
 
 
 def model_outputs(model, samples, chunk: int = 16) -> list[np.ndarray]:
@@ -68,11 +72,6 @@ def layer_grams(model, names: list[str], samples, max_bytes: int = 1 << 29):
             chunk, size = [], 0
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
 def model_error(model, samples, reference: list[np.ndarray]) -> float:
     """1 − the mean cosine of the model's outputs against the reference outputs."""
     outs = model_outputs(model, samples)
@@ -80,14 +79,10 @@ def model_error(model, samples, reference: list[np.ndarray]) -> float:
 
 
 def _smoothing(ch_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float, min_ratio: float = 4.0) -> np.ndarray:
-    """SmoothQuant factors as ``hwcomp.quantize.smooth`` computes them (only with outlier channels)."""
-    s = np.ones_like(ch_absmax, dtype=np.float64)
-    med = float(np.median(ch_absmax))
-    if med <= 0 or float(ch_absmax.max()) / med < min_ratio:
-        return s
-    good = (ch_absmax > 0) & (w_absmax > 0)
-    s[good] = ch_absmax[good] ** alpha / w_absmax[good] ** (1.0 - alpha)
-    return np.clip(s, 1e-5, 1e5)
+    """SmoothQuant factors as ``hwcomp.quantize.smooth`` computes them (ones without outlier channels)."""
+    from ..quantize.smooth import smoothing_scale
+
+    return smoothing_scale(ch_absmax, w_absmax, alpha, min_ratio)
 
 
 def apply_option_(model, layer_name: str, option: Option, ranges: dict, gram=None,

@@ -10,6 +10,9 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
+# The quantizer's modules import these from here.
+from ..relax_graph import const_array, op_name, static_shape
+
 OBSERVE = "hwcomp.quantize.observe"
 
 # Ops that move or reinterpret elements without changing values: a quantized tensor can go
@@ -20,31 +23,9 @@ LAYOUT_OPS = ("relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax
 MONOTONIC_OPS = ("relax.nn.max_pool2d",)
 
 
-def op_name(expr) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
-
-
-def static_shape(expr_or_ty) -> tuple[int, ...] | None:
-    ty = expr_or_ty.ty if hasattr(expr_or_ty, "ty") and not isinstance(expr_or_ty, relax.TensorType) else expr_or_ty
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    out = []
-    for v in ty.shape.values:
-        if not isinstance(v, tvm.tirx.IntImm):
-            return None
-        out.append(int(v.value))
-    return tuple(out)
-
-
 def dtype_of(expr) -> str | None:
     ty = expr.ty
     return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
-
-
-def const_array(expr) -> np.ndarray | None:
-    return expr.value.numpy() if isinstance(expr, GenericConst) else None
 
 
 def is_observe(expr) -> bool:

@@ -33,6 +33,7 @@ import math
 import numpy as np
 from tvm import te, tirx
 
+from hwcomp.kernels.erf import ERF_CLAMP, ERF_P, ERF_Q
 from hwcomp.schedules.cpu.rules import MATERIALIZE
 from hwcomp.schedules.int8_base import (  # noqa: F401  (re-exported: the providers' shared scaffolding)
     LAYOUTS,
@@ -111,24 +112,18 @@ def _w_at(w, layout: str, n, k):
 # ---------------------------------------------------------------------------------------------
 # epilogue expressions
 # ---------------------------------------------------------------------------------------------
-_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-              -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-             -1.42647390514189e-02)
-
-
 def fast_erf(x):
-    """Rational erf approximation (Eigen's ``generic_fast_erf_float``, |err| < 2e-7) that vectorizes;
-    ``tirx.erf`` becomes a scalar libm call per element."""
+    """Rational erf approximation (Eigen's ``generic_fast_erf_float``, :mod:`hwcomp.kernels.erf`) that
+    vectorizes; ``tirx.erf`` becomes a scalar libm call per element."""
     f = lambda v: tirx.const(v, "float32")
-    x = tirx.max(tirx.min(x, f(4.0)), f(-4.0))
+    x = tirx.max(tirx.min(x, f(ERF_CLAMP)), f(-ERF_CLAMP))
     x2 = x * x
-    p = x2 * f(_ERF_ALPHA[0]) + f(_ERF_ALPHA[1])
-    for a in _ERF_ALPHA[2:]:
+    p = f(ERF_P[-1])
+    for a in reversed(ERF_P[:-1]):
         p = x2 * p + f(a)
     p = x * p
-    q = x2 * f(_ERF_BETA[0]) + f(_ERF_BETA[1])
-    for b in _ERF_BETA[2:]:
+    q = f(ERF_Q[-1])
+    for b in reversed(ERF_Q[:-1]):
         q = x2 * q + f(b)
     return p / q
 

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from ..errors import HwcompError
+from ..metrics import cosine  # noqa: F401  (re-exported: qmath.cosine)
 
 
 def qrange(dtype: str, bits: int = 8) -> tuple[int, int]:
@@ -147,12 +148,3 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
     x = np.asarray(x, np.float32)
     return (x * (0.5 + erf(x * np.float32(math.sqrt(0.5))) * 0.5)).astype(np.float32)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(a @ b / (na * nb))

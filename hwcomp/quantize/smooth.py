@@ -62,16 +62,34 @@ def smoothing_factors(mod, config: QuantConfig, observers: dict, names: dict | N
         if not ok or obs is None or obs.ch_max is None or obs.ch_max.shape != (k,):
             continue
         amax_x = np.maximum(np.abs(obs.ch_min), np.abs(obs.ch_max)).astype(np.float64)
-        med = float(np.median(amax_x))
-        if med <= 0 or float(amax_x.max()) / med < min_ratio:
+        if not has_outliers(amax_x, min_ratio):
             continue
         amax_w = np.max([np.abs(layer.weight).max(axis=0) for layer, *_ in cons], axis=0).astype(np.float64)
-        good = (amax_x > 0) & (amax_w > 0)
-        s = np.ones(k)
-        s[good] = amax_x[good] ** alpha / amax_w[good] ** (1.0 - alpha)
-        s = np.clip(s, 1e-5, 1e5)
-        out[key] = s.astype(np.float32)
+        out[key] = smoothing_scale(amax_x, amax_w, alpha, min_ratio).astype(np.float32)
     return out
+
+
+def has_outliers(amax_x: np.ndarray, min_ratio: float = 4.0) -> bool:
+    """Whether the per-channel ranges ``amax_x`` have outlier channels: ``max / median >= min_ratio``."""
+    med = float(np.median(amax_x))
+    return not (med <= 0 or float(amax_x.max()) / med < min_ratio)
+
+
+def smoothing_scale(amax_x: np.ndarray, amax_w: np.ndarray, alpha: float, min_ratio: float = 4.0) -> np.ndarray:
+    """The SmoothQuant factors ``s[K]`` (float64) from the per-channel ranges of the activation
+    (``amax_x = max|x_k|``) and of the weights reading it (``amax_w = max|W[:, k]|``)::
+
+        s_k = amax_x[k]^alpha / amax_w[k]^(1 - alpha), clipped to [1e-5, 1e5]
+
+    with ``s_k = 1`` where either range is 0, and ``s = 1`` everywhere when the activation has no
+    outlier channels (:func:`has_outliers`). The power is taken in the inputs' dtypes (callers pass
+    float64 for the compiler's factors)."""
+    s = np.ones(np.shape(amax_x), dtype=np.float64)
+    if not has_outliers(amax_x, min_ratio):
+        return s
+    good = (amax_x > 0) & (amax_w > 0)
+    s[good] = amax_x[good] ** alpha / amax_w[good] ** (1.0 - alpha)
+    return np.clip(s, 1e-5, 1e5)
 
 
 def smoothed_minmax(observer, s: np.ndarray) -> tuple[float, float]:

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 
-ACTIVATIONS = ("none", "relu", "gelu")
+# erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [-4, 4]: vectorizes, where a call to libm's erff would not.
+from hwcomp.kernels.erf import ERF_CLAMP as _ERF_CLAMP
+from hwcomp.kernels.erf import ERF_P as _ERF_P
+from hwcomp.kernels.erf import ERF_Q as _ERF_Q
 
-# erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [-4, 4] (Eigen's float rational approximation; max error
-# 4e-7 against scipy): vectorizes, where a call to libm's erff would not.
-_ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
-          -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10)
-_ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03, -2.13374055278905e-04,
-          -1.45660718464996e-05)
+ACTIVATIONS = ("none", "relu", "gelu")
 
 
 def _horner(coeffs: tuple[float, ...], w: str, dtype: str) -> str:
@@ -49,7 +47,8 @@ def epilogue_expr(v: str, activation: str, dtype: str = "float32") -> str:
     if activation == "relu":
         return f"T.max({v}, T.{dtype}(0.0))"
     if activation == "gelu":  # 0.5·v·(1 + erf(v/√2))
-        xc = f"T.max(T.min(({v}) * T.{dtype}(0.7071067811865476), T.{dtype}(4.0)), T.{dtype}(-4.0))"
+        xc = (f"T.max(T.min(({v}) * T.{dtype}(0.7071067811865476), T.{dtype}({_ERF_CLAMP!r})), "
+              f"T.{dtype}({-_ERF_CLAMP!r}))")
         w = f"({xc} * {xc})"
         erf = f"({xc} * {_horner(_ERF_P, w, dtype)} / {_horner(_ERF_Q, w, dtype)})"
         return f"T.{dtype}(0.5) * ({v}) * (T.{dtype}(1.0) + {erf})"

@@ -1,0 +1,51 @@
+"""Helpers for reading a Relax graph: the op a call applies, a static tensor shape, a constant's value.
+
+Shared by the compression passes (``hwcomp.passes``) and the quantizer (``hwcomp.quantize.graph``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import GenericConst
+
+
+def op_name(expr) -> str | None:
+    """``"relax.matmul"`` etc. for a call to a registered op; None otherwise."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def static_shape(expr_or_ty) -> tuple[int, ...] | None:
+    """The shape of a tensor expression (or of a ``TensorType``) when every dimension is a constant."""
+    ty = expr_or_ty.ty if hasattr(expr_or_ty, "ty") and not isinstance(expr_or_ty, relax.TensorType) else expr_or_ty
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    out = []
+    for v in ty.shape.values:
+        if not isinstance(v, tvm.tirx.IntImm):
+            return None
+        out.append(int(v.value))
+    return tuple(out)
+
+
+def const_array(expr, var2val: dict | None = None) -> np.ndarray | None:
+    """The value of ``expr`` if it is a constant. With ``var2val`` (``relax.analysis.get_var2val``), also
+    through bindings of ``reshape`` / ``permute_dims`` of a constant (the reshaped / transposed value)."""
+    if isinstance(expr, GenericConst):
+        return expr.value.numpy()
+    if var2val is not None and isinstance(expr, relax.Var) and expr in var2val:
+        val = var2val[expr]
+        op = op_name(val)
+        if op in ("relax.reshape", "relax.permute_dims"):
+            inner = const_array(val.args[0], var2val)
+            if inner is None:
+                return None
+            if op == "relax.reshape":
+                shape = static_shape(val)
+                return None if shape is None else inner.reshape(shape)
+            axes = val.attrs.axes
+            return np.transpose(inner, None if axes is None else [int(a) for a in axes])
+    return None
