@@ -30,6 +30,7 @@ from common import RESULTS, print_table, write_results
 
 from hwcomp.models import SentenceEncoder
 from hwcomp.policy.optimize import (
+    OptimizeOptions,
     checked_search,
     compile_policy,
     measure,
@@ -116,7 +117,8 @@ def main() -> None:
         example = tuple(torch.from_numpy(a) for a in samples[0])
         out = Path(f"/tmp/hwcomp-policy-{name}")
         print(f"[{name}] profiling, searching, compiling, measuring ...", flush=True)
-        res = optimize(model, example, "host", samples, match_baseline="uniform int8", out_dir=out, **SPACES[name])
+        res = optimize(model, example, "host", samples,
+                       OptimizeOptions(match_baseline="uniform int8", out_dir=out, **SPACES[name]))
         # The same profiles searched at looser fidelity targets: what the front offers below int8's.
         extra = []
         fit, _, held = split_samples(samples)

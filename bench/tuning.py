@@ -95,7 +95,7 @@ def main() -> None:
         raise SystemExit(f"--methods: a subset of {', '.join(METHODS)} that includes xgb")
 
     from hwcomp.target import get_target
-    from hwcomp.tune.tuner import tune
+    from hwcomp.tune.tuner import TuneOptions, tune
 
     target = get_target(args.target)
     print(f"target {target.name}: {target.description}; {args.trials} trials per shape per method, "
@@ -111,9 +111,10 @@ def main() -> None:
                 cost_model, search = METHODS[method]
                 work = Path(tempfile.mkdtemp(prefix=f"hwcomp-bench-tuning-{method}-"))
                 t0 = time.monotonic()
-                tune(matmul_module(*shape), target, trials=args.trials, db_dir=work, trials_per_round=args.per_round,
-                     cost_model=cost_model, search=search, seed=seed, progress=sys.stderr.isatty(), log=None,
-                     baseline=False, confirm=False)
+                tune(matmul_module(*shape), target,
+                     TuneOptions(trials=args.trials, db_dir=work, trials_per_round=args.per_round,
+                                 cost_model=cost_model, search=search, seed=seed, progress=sys.stderr.isatty(),
+                                 baseline=False, confirm=False), log=None)
                 wall = time.monotonic() - t0
                 curve, per_trial = curve_from_db(work, flop)
                 shutil.rmtree(work, ignore_errors=True)

@@ -58,18 +58,19 @@ def cmd_optimize(args) -> int:
     import torch
 
     from ..compress.api import load_model as load_factory
-    from ..policy.optimize import load_samples, optimize
+    from ..policy.optimize import OptimizeOptions, load_samples, optimize
 
     run_check(args, check_optimize_args)
     model, example = load_factory(args.model)
     if example is None:
         raise HwcompError(f"{args.model} must return (model, example_inputs)")
     example = (example,) if isinstance(example, torch.Tensor) else tuple(example)
-    res = optimize(model.eval(), example, resolve_target(args), load_samples(args.calib, len(example)),
-                   latency_budget_ms=args.latency_budget, fidelity_target=args.fidelity_target,
-                   out_dir=args.output, sparsities=tuple(args.sparsities), int8=not args.no_int8,
-                   sparse_int8=args.sparse_int8, ranks=tuple(args.ranks), widths=tuple(args.widths),
-                   device=args.device, log=_print)
+    options = OptimizeOptions(latency_budget_ms=args.latency_budget, fidelity_target=args.fidelity_target,
+                              out_dir=args.output, sparsities=tuple(args.sparsities), int8=not args.no_int8,
+                              sparse_int8=args.sparse_int8, ranks=tuple(args.ranks), widths=tuple(args.widths),
+                              device=args.device)
+    res = optimize(model.eval(), example, resolve_target(args), load_samples(args.calib, len(example)), options,
+                   log=_print)
     for m in [*res.baselines, res.chosen]:
         _print(f"{m.name:28s} {m.latency_ms:9.3f} ms   cosine {m.cosine:.5f}")
     _print(f"policy: {args.output}/policy.json (+ .txt), artifact: {res.artifact_path}, plot: {args.output}/pareto.png")

@@ -99,8 +99,9 @@ def run_prune(args: argparse.Namespace) -> int:
     """Run ``hwcomp prune`` with parsed arguments; returns the process exit code."""
     import torch
 
-    from ..compress.api import load_model, prune_model, save_pruned
+    from ..compress.api import PruneOptions, load_model, prune_model, save_pruned
     from ..compress.batches import load_npz
+    from ..compress.finetune import FinetuneConfig
 
     run_check(args, check_prune_args)
     torch.manual_seed(args.seed)
@@ -110,10 +111,11 @@ def run_prune(args: argparse.Namespace) -> int:
         if data is None:
             raise HwcompError("no example inputs: pass --data or return (model, example_inputs) from the factory")
         example = data[0][0][:1]
-    report = prune_model(model, example, data, criterion=args.criterion, granularity=args.granularity,
-                         sparsity=args.sparsity, scope=args.scope, exclude=args.exclude or "auto",
-                         finetune_epochs=args.finetune_epochs, distill=args.distill, schedule=args.schedule,
-                         lr=args.lr, max_batches=args.max_batches)
+    options = PruneOptions(criterion=args.criterion, granularity=args.granularity, sparsity=args.sparsity,
+                           scope=args.scope, exclude=args.exclude or "auto",
+                           finetune=FinetuneConfig(epochs=args.finetune_epochs, lr=args.lr), distill=args.distill,
+                           schedule=args.schedule, max_batches=args.max_batches)
+    report = prune_model(model, example, data, options)
     source = args.model if args.model.endswith(".pt2") else args.model.rpartition(":")[0]
     output = args.output or Path(source).with_suffix(".pruned.pt2").as_posix()
     save_pruned(model, example, output)

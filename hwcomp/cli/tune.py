@@ -72,19 +72,20 @@ def check_tune_args(args) -> None:
 def run_tune(args) -> int:
     from ..frontend import parse_input_shapes
     from ..passes.dense_to_bsr import sparse_passes_from_options
-    from ..tune.tuner import parse_duration, tune
+    from ..tune.tuner import TuneOptions, parse_duration, tune
 
     run_check(args, check_tune_args)
     target = args._target
     passes = sparse_passes_from_options(args, target, tune=True, log=_print)
-    result = tune(
-        args.model, target, trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
-        passes=passes, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, log=_print,
+    options = TuneOptions(
+        trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
+        passes=passes, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
         input_shapes=parse_input_shapes(args.input_shape), method=args.method,
         trials_per_round=args.trials_per_round, max_trials_per_task=args.max_trials_per_task,
         knob_trials=args.knob_trials, seed=args.seed, population=args.population, progress=not args.no_progress,
         baseline=not args.no_baseline,
     )
+    result = tune(args.model, target, options, log=_print)
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         _print(f"wrote {args.json}")

@@ -3,7 +3,7 @@
 Entry points: :func:`prune_model` / :func:`save_pruned` / :func:`load_model` (``api``); the ``hwcomp prune``
 verb is :mod:`hwcomp.cli.prune`.
 """
-from .api import PruneReport, load_pruned, prune_model, save_pruned
+from .api import PruneOptions, PruneReport, load_pruned, prune_model, save_pruned
 from .criteria import CRITERIA, CriterionConfig, activation_frequency, weight_scores
 from .deep_compression import DeepCompressionReport, deep_compression_size, share_weights
 from .distill import DistillConfig, Distiller, distill
@@ -35,7 +35,7 @@ from .structured import (
 )
 
 __all__ = [
-    "PruneReport", "load_pruned", "prune_model", "save_pruned",
+    "PruneOptions", "PruneReport", "load_pruned", "prune_model", "save_pruned",
     "CRITERIA", "CriterionConfig", "activation_frequency", "weight_scores",
     "DeepCompressionReport", "deep_compression_size", "share_weights",
     "DistillConfig", "Distiller", "distill", "FinetuneConfig", "finetune", "recalibrate_batchnorm",

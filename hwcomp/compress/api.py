@@ -74,41 +74,58 @@ def _example_batch(example_inputs: Any) -> Batch:
     return example_inputs
 
 
+@dataclass
+class PruneOptions:
+    """Settings of :func:`prune_model` (defaults: one-shot Taylor pruning of 16x1 blocks to 90 %, no fine-tuning)."""
+
+    criterion: str = "taylor"
+    """``l1``, ``l2``, ``taylor``, ``fisher``, ``hessian`` or ``apoz`` (see :mod:`~.criteria`)."""
+    granularity: str | Granularity = "block:16x1"
+    """``"unstructured"`` or ``"block:RxC"`` (R output rows x C input columns)."""
+    sparsity: float | Mapping[str, float] = 0.9
+    """Fraction of blocks pruned per weight (or ``{weight name: sparsity}``)."""
+    scope: Literal["layer", "global"] = "layer"
+    """``"layer"`` or ``"global"`` threshold."""
+    exclude: Sequence[str] | Literal["auto"] = "auto"
+    """Globs of weights left dense; ``"auto"`` spares the last layer to run (the classifier)."""
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=0))
+    """Fine-tuning with masks kept (epochs, learning rate, optimizer...); ``epochs=0`` (the default):
+    one-shot only."""
+    distill: bool = False
+    """Fine-tune against a copy of the unpruned model (KL on logits, see ``distill_config``)."""
+    distill_config: DistillConfig | None = None
+    """Distillation loss settings for ``distill=True`` (None: :class:`~.distill.DistillConfig` defaults,
+    alpha 0.9, T 4)."""
+    loss_fn: LossFn | None = None
+    """``loss_fn(output, target)`` for gradient criteria and fine-tuning (default: cross-entropy for
+    integer targets, see :func:`~.batches.default_loss`)."""
+    schedule: Literal["oneshot", "gradual"] = "oneshot"
+    """``"oneshot"`` (prune, then fine-tune) or ``"gradual"`` (cubic schedule over the first two thirds
+    of fine-tuning, masks recomputed ten times; needs ``finetune.epochs > 0``)."""
+    max_batches: int | None = None
+    """Batches used to compute data criteria (None: all)."""
+    recalibrate_bn: bool = True
+    """After one-shot pruning without fine-tuning, re-estimate BatchNorm statistics on ``data`` (pruning
+    shifts what they normalize)."""
+
+
 def prune_model(model: nn.Module, example_inputs: Any, data: Iterable[Batch] | None = None,
-                criterion: str = "taylor", granularity: str | Granularity = "block:16x1",
-                sparsity: float | Mapping[str, float] = 0.9, *, scope: Literal["layer", "global"] = "layer",
-                exclude: Sequence[str] | Literal["auto"] = "auto", finetune_epochs: int = 0, distill: bool = False,
-                loss_fn: LossFn | None = None, schedule: Literal["oneshot", "gradual"] = "oneshot",
-                lr: float = 1e-3, max_batches: int | None = None, recalibrate_bn: bool = True,
-                finetune_config: FinetuneConfig | None = None,
-                distill_config: DistillConfig | None = None) -> PruneReport:
+                options: PruneOptions | None = None) -> PruneReport:
     """Prune ``model`` in place and return a report; the masks end up baked into the weights (no hooks).
 
     Args:
         model: an ``nn.Module`` (or the module of a ``torch.export`` program).
         example_inputs: one input (tensor, tuple of tensors or kwargs dict) for FLOPs and layer order.
         data: re-iterable batches (see :mod:`~.batches`); needed by data criteria and fine-tuning.
-        criterion: ``l1``, ``l2``, ``taylor``, ``fisher``, ``hessian`` or ``apoz`` (see :mod:`~.criteria`).
-        granularity: ``"unstructured"`` or ``"block:RxC"`` (R output rows x C input columns).
-        sparsity: fraction of blocks pruned per weight (or ``{weight name: sparsity}``).
-        scope: ``"layer"`` or ``"global"`` threshold.
-        exclude: globs of weights left dense; ``"auto"`` spares the last layer to run (the classifier).
-        finetune_epochs: epochs of fine-tuning with masks kept (0: one-shot only).
-        distill: fine-tune against a copy of the unpruned model (KL on logits, alpha 0.9, T 4).
-        loss_fn: ``loss_fn(output, target)`` for gradient criteria and fine-tuning (default: cross-entropy
-            for integer targets, see :func:`~.batches.default_loss`).
-        schedule: ``"oneshot"`` (prune, then fine-tune) or ``"gradual"`` (cubic schedule over the first
-            two thirds of fine-tuning, masks recomputed ten times; needs ``finetune_epochs > 0``).
-        lr: fine-tuning learning rate.
-        finetune_config: full fine-tuning settings; replaces ``finetune_epochs`` and ``lr`` when given.
-        distill_config: distillation loss settings for ``distill=True``.
-        max_batches: batches used to compute data criteria (None: all).
-        recalibrate_bn: after one-shot pruning without fine-tuning, re-estimate BatchNorm statistics on
-            ``data`` (pruning shifts what they normalize).
+        options: a :class:`PruneOptions` (None: the defaults).
     """
+    opts = options or PruneOptions()
+    criterion, granularity, sparsity, scope = opts.criterion, opts.granularity, opts.sparsity, opts.scope
+    exclude, distill, loss_fn, schedule = opts.exclude, opts.distill, opts.loss_fn, opts.schedule
+    max_batches, recalibrate_bn, distill_config = opts.max_batches, opts.recalibrate_bn, opts.distill_config
     crit = CriterionConfig(criterion, max_batches=max_batches)
     gran = Granularity.parse(granularity)
-    ft = finetune_config or FinetuneConfig(epochs=finetune_epochs, lr=lr)
+    ft = opts.finetune
     if ft.epochs and data is None:
         raise ValueError("fine-tuning needs a data source")
     example = _example_batch(example_inputs)
@@ -132,7 +149,7 @@ def prune_model(model: nn.Module, example_inputs: Any, data: Iterable[Batch] | N
     try:
         if schedule == "gradual":
             if not ft.epochs or not hasattr(data, "__len__"):
-                raise ValueError("gradual pruning needs finetune_epochs > 0 and a sized data source")
+                raise ValueError("gradual pruning needs finetune.epochs > 0 and a sized data source")
             end = max(1, (2 * ft.epochs * len(data)) // 3)  # type: ignore[arg-type]
             pruner = GradualPruner(model, names, config, GradualSchedule(end, frequency=max(1, end // 10)), scores)
             losses = finetune(model, data, ft, objective, callbacks=[pruner.step])

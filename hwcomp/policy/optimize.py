@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
+from ..metrics import cosine_eps
 from ..target import Target, get_target
 from .calibrate import fit_latency_model
 from .policy_io import policy_table, save_policy
@@ -26,15 +27,22 @@ from .profile import (
     factorize_low_rank,
     find_linear_layers,
     int8_weight_bits,
-    layer_grams,
     latency_table,
+    layer_grams,
     layer_option_passes,
     profile_layers,
     prune_linear_,
 )
 from .search import LayerProfile, Policy, pareto_front, policy_for, search
 from .space import Option, option_space
-from .widths import check_widths, merge_groups, narrow_, profile_widths, width_groups, width_options
+from .widths import (
+    check_widths,
+    merge_groups,
+    narrow_,
+    profile_widths,
+    width_groups,
+    width_options,
+)
 
 
 @dataclasses.dataclass
@@ -58,11 +66,6 @@ class OptimizeResult:
     artifacts: dict = dataclasses.field(default_factory=dict)  # by Measured.name
     simulation: Simulation | None = None  # what the search checked policies with
     rejected: Measured | None = None  # the search's own policy, when a faster measured baseline replaced it
-
-
-def _cos(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
 def compile_policy(model, example_inputs, target: str | Target, choices: dict[str, Option], calib, out_dir=None,
@@ -132,7 +135,7 @@ def measure(art, model, heldout, name: str, repeat: int = 10, device: str = "loc
         with torch.no_grad():
             ref = model(*[torch.from_numpy(a) for a in sample])
         ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
-        cosines.append(_cos(dm.run(sample)[0], ref))
+        cosines.append(cosine_eps(dm.run(sample)[0], ref))
     ms = dm.time(heldout[0], number=3, repeat=repeat).median
     return Measured(name, ms, float(np.mean(cosines)))
 
@@ -153,25 +156,53 @@ def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], ro
             m.latency_ms = stats.median
 
 
-def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]], *,
-             latency_budget_ms: float | None = None, fidelity_target: float | None = None,
-             out_dir: str | Path = "out/optimized", sparsities=(0.5, 0.7, 0.9), int8: bool = True,
-             sparse_int8: bool = False, ranks=(), widths=(),
-             baselines: bool = True, match_baseline: str | None = None, device: str = "local",
-             log: Callable[[str], None] = print) -> OptimizeResult:
+@dataclasses.dataclass
+class OptimizeOptions:
+    """Settings of :func:`optimize` (defaults: a fidelity- or budget-free search over int8 and three
+    block-sparsity levels, measured on this machine, with the uniform baselines)."""
+
+    latency_budget_ms: float | None = None
+    """Search the most faithful policy within this latency (None: no latency budget)."""
+    fidelity_target: float | None = None
+    """Search the fastest policy whose output cosine is at least this (None: no fidelity target)."""
+    out_dir: str | Path = "out/optimized"
+    """Where ``policy.json``/``policy.txt``, the artifact and ``pareto.png`` are written."""
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    """Block-sparsity levels offered to every Linear layer."""
+    int8: bool = True
+    """Offer int8 to every Linear layer."""
+    sparse_int8: bool = False
+    """Also offer sparse + int8 (only with ``int8``)."""
+    ranks: tuple = ()
+    """Low-rank options (percent of the full rank) offered to every Linear layer."""
+    widths: tuple = ()
+    """Structured widths (percent of units kept) offered to every width group (:mod:`.widths`:
+    transformer FFNs, Linear pairs of an ``nn.Sequential``), fp32 and int8."""
+    baselines: bool = True
+    """Compile and measure the uniform policies (dense, int8, the highest and lowest sparsity) and fit
+    the additive latency model to them (:mod:`.calibrate`)."""
+    match_baseline: str | None = None
+    """A baseline's name (e.g. ``"uniform int8"``): instead of ``fidelity_target``, the fidelity target
+    is that baseline's simulated cosine — the fastest policy at least as faithful as the uniform choice."""
+    device: str = "local"
+    """Where every latency and the compiled outputs are measured — this machine, or the target over RPC
+    (``rpc://HOST:PORT``, ``tracker://HOST:PORT/KEY``)."""
+
+
+def optimize(model, example_inputs, target: str | Target, samples: list[list[np.ndarray]],
+             options: OptimizeOptions | None = None, log: Callable[[str], None] = print) -> OptimizeResult:
     """Search, compile and measure a per-layer policy for ``model`` on ``target``.
 
     ``samples``: calibration inputs (lists of arrays in input order), split by :func:`split_samples`
-    into fit / validate / held out. Writes ``policy.json``/``policy.txt``, the artifact and
-    ``pareto.png`` under ``out_dir``. ``match_baseline`` (e.g. ``"uniform int8"``): instead of a
-    number, the fidelity target is that baseline's simulated cosine — the fastest policy at least as
-    faithful as the uniform choice. With ``baselines``, the uniform policies (dense, int8, the
-    highest and lowest sparsity) are compiled and measured, and the additive latency model is
-    fitted to them (:mod:`.calibrate`). ``device``: where every latency and the compiled outputs are
-    measured — this machine, or the target over RPC (``rpc://HOST:PORT``, ``tracker://HOST:PORT/KEY``).
-    ``widths``: structured widths (percent of units kept) offered to every width group
-    (:mod:`.widths`: transformer FFNs, Linear pairs of an ``nn.Sequential``), fp32 and int8.
+    into fit / validate / held out. ``options``: an :class:`OptimizeOptions` (None: the defaults);
+    writes ``policy.json``/``policy.txt``, the artifact and ``pareto.png`` under ``options.out_dir``.
+    The target is resolved here, once; what runs below gets the :class:`~hwcomp.target.Target`.
     """
+    opts = options or OptimizeOptions()
+    latency_budget_ms, fidelity_target, sparsities = opts.latency_budget_ms, opts.fidelity_target, opts.sparsities
+    int8, sparse_int8, ranks, widths = opts.int8, opts.sparse_int8, opts.ranks, opts.widths
+    baselines, match_baseline, device = opts.baselines, opts.match_baseline, opts.device
+    out_dir = opts.out_dir
     target = get_target(target)
     if device == "local" and not target.runs_here():
         raise ValueError(f"optimize measures on the target; {target.name} cannot run here: "

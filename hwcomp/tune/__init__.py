@@ -1,6 +1,6 @@
 """Auto-tuning per target: MetaSchedule (XGBoost cost model) and hwcomp's own kernel knobs.
 
-``tune(model, target, trials)`` measures schedules for the model's tasks and stores them in the
+``tune(model, target, TuneOptions(trials=N))`` measures schedules for the model's tasks and stores them in the
 target's database directory; ``hwcomp.compile`` applies that database. See :mod:`.tuner`,
 :mod:`.database` (export/import/merge, seeding from shipped records), :mod:`.knobs`, :mod:`.workers`
 (local or RPC measurement); the ``hwcomp tune`` / ``hwcomp db`` verbs are in :mod:`hwcomp.cli.tune`.
@@ -11,7 +11,7 @@ them). Names load lazily: importing :mod:`hwcomp.tune` does not import TVM (tuni
 """
 
 _LAZY = {
-    "tune": "tuner", "TuneResult": "tuner", "TaskReport": "tuner", "parse_duration": "tuner",
+    "tune": "tuner", "TuneOptions": "tuner", "TuneResult": "tuner", "TaskReport": "tuner", "parse_duration": "tuner",
     "export_database": "database", "import_database": "database", "merge_databases": "database",
     "tune_knobs": "knobs", "extract_tasks": "tasks", "lower_for_tuning": "tasks",
     # now in hwcomp.records (".records.x" is hwcomp.records.x, relative to this package)

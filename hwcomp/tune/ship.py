@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwcomp.tune import database as dbm
     from hwcomp.tune.tuner import parse_duration
     from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
-    from hwcomp.tune.tuner import tune
+    from hwcomp.tune.tuner import TuneOptions, tune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="x86-avx2")
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         model, inputs = benchmark_model(name)
         print(f"== {name}: {model_budget / 60:.1f} min, up to {trials} trials", flush=True)
-        r = tune(model, target, trials=0 if args.reship else trials, time_budget_s=model_budget, db_dir=work,
-                 example_inputs=inputs, trials_per_round=per_round, task_names=only, seed=0,
-                 progress=sys.stderr.isatty())
+        r = tune(model, target, TuneOptions(trials=0 if args.reship else trials, time_budget_s=model_budget,
+                                            db_dir=work, example_inputs=inputs, trials_per_round=per_round,
+                                            task_names=only, seed=0, progress=sys.stderr.isatty()))
         summary.append((name, r))
     elapsed = time.monotonic() - t0
     out.mkdir(parents=True, exist_ok=True)

@@ -270,86 +270,102 @@ def _ms_scheduler(progress: _Progress, ms_index: list[int], caps: list[int], see
     return _Scheduler()
 
 
-def tune(
-    model,
-    target: str | Target = "host",
-    trials: int = 64,
-    time_budget_s: float | None = None,
-    db_dir: str | Path | None = None,
-    passes: Sequence[Callable] = (),
-    rpc_tracker: str | tuple[str, int] | None = None,
-    rpc_key: str | None = None,
-    log: Callable[[str], None] | None = print,
-    *,
-    example_inputs=None,
-    input_shapes: dict | None = None,
-    method: str = "metaschedule",
-    trials_per_round: int = 16,
-    max_trials_per_task: int | None = None,
-    knob_trials: int = 24,
-    task_names: Sequence[str] | None = None,
-    cost_model: str = "xgb",
-    search: str = "evolutionary",
-    population: int | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    seed_from_shipped_records: bool = True,
-    baseline: bool = True,
-    confirm: bool = True,
-    builder_timeout_s: float = 120.0,
-    runner_timeout_s: float = 60.0,
-) -> TuneResult:
-    """Tune ``model`` for ``target``; records go to ``db_dir`` (default: the user's database of the target).
+@dataclasses.dataclass
+class TuneOptions:
+    """Settings of :func:`tune` (defaults: a 64-trial MetaSchedule run measured on this machine)."""
 
-    ``trials``: MetaSchedule measurements for the whole model, records already in the database
-    included (re-running continues up to this total). ``max_trials_per_task`` (default ``trials``):
-    the same per workload. ``time_budget_s``: stop between rounds so as not to exceed it.
-    ``passes``: the compression passes compile will run (tasks must match what is compiled).
-    ``task_names``: tune only tasks whose name contains one of these strings (others are reported).
-    ``cost_model``: ``"xgb"`` (MetaSchedule's XGBoost model) or ``"random"`` (random scores: the
-    evolutionary search without a model, an ablation). ``search``: ``"evolutionary"`` (MetaSchedule's
-    default) or ``"random"`` (each candidate sampled independently from the design space, no model:
-    plain random search, the baseline a cost model is judged against).
-    ``baseline``: also time hwcomp's untuned schedule of each tuned task and store it as the task's
-    record when MetaSchedule did not beat it (compile then never gets slower than untuned).
-    ``confirm``: finally re-measure each task's best records against the default schedule, in
-    interleaved rounds, and store the re-measured times (:mod:`hwcomp.tune.confirm`): the best of
-    hundreds of single noisy measurements is otherwise mostly a lucky one.
-    See the module docstring for ``method`` and the RPC fleet. Returns a :class:`TuneResult`
-    (``result.table()`` is the summary printed at the end).
+    trials: int = 64
+    """MetaSchedule measurements for the whole model, records already in the database included
+    (re-running continues up to this total)."""
+    time_budget_s: float | None = None
+    """Stop between rounds so as not to exceed this many seconds (None: no time limit)."""
+    db_dir: str | Path | None = None
+    """Where records go (None: the user's database of the target, seeded from the shipped records)."""
+    passes: Sequence[Callable] = ()
+    """The compression passes compile will run (tasks must match what is compiled)."""
+    rpc_tracker: str | tuple[str, int] | None = None
+    """RPC tracker (``HOST:PORT`` or ``(host, port)``) whose devices time the candidates (None: this machine)."""
+    rpc_key: str | None = None
+    """Device key at ``rpc_tracker``."""
+    example_inputs: object = None
+    """Example inputs of the model (for models that need them to be imported)."""
+    input_shapes: dict | None = None
+    """Input shapes of the model (for models that need them to be imported)."""
+    method: str = "metaschedule"
+    """``"metaschedule"``, ``"knobs"`` (hwcomp's TiledReduction knobs) or ``"both"`` (see the module docstring)."""
+    trials_per_round: int = 16
+    """MetaSchedule candidates measured per round (one batch of one task)."""
+    max_trials_per_task: int | None = None
+    """Like ``trials``, per workload (None: ``trials``)."""
+    knob_trials: int = 24
+    """Knob measurements per task (``method`` ``"knobs"`` or ``"both"``)."""
+    task_names: Sequence[str] | None = None
+    """Tune only tasks whose name contains one of these strings (others are reported); None: all."""
+    cost_model: str = "xgb"
+    """``"xgb"`` (MetaSchedule's XGBoost model) or ``"random"`` (random scores: the evolutionary search
+    without a model, an ablation)."""
+    search: str = "evolutionary"
+    """``"evolutionary"`` (MetaSchedule's default) or ``"random"`` (each candidate sampled independently
+    from the design space, no model: plain random search, the baseline a cost model is judged against)."""
+    population: int | None = None
+    """Population of the evolutionary search (None: hwcomp's default)."""
+    seed: int | None = None
+    """Random seed of the search and the task scheduler (None: not seeded)."""
+    progress: bool = True
+    """Show a progress bar."""
+    seed_from_shipped_records: bool = True
+    """Seed the user's database from the records shipped for the target (only when ``db_dir`` is None)."""
+    baseline: bool = True
+    """Also time hwcomp's untuned schedule of each tuned task and store it as the task's record when
+    MetaSchedule did not beat it (compile then never gets slower than untuned)."""
+    confirm: bool = True
+    """Finally re-measure each task's best records against the default schedule, in interleaved rounds,
+    and store the re-measured times (:mod:`hwcomp.tune.confirm`): the best of hundreds of single noisy
+    measurements is otherwise mostly a lucky one."""
+    builder_timeout_s: float = 120.0
+    """Build timeout per candidate."""
+    runner_timeout_s: float = 60.0
+    """Run timeout per candidate."""
+
+
+def tune(model, target: str | Target = "host", options: TuneOptions | None = None,
+         log: Callable[[str], None] | None = print) -> TuneResult:
+    """Tune ``model`` for ``target``; records go to ``options.db_dir`` (default: the user's database of the target).
+
+    ``options``: a :class:`TuneOptions` (None: the defaults). The target is resolved here, once; what
+    runs below gets the :class:`~hwcomp.target.Target`. See the module docstring for ``method`` and
+    the RPC fleet. Returns a :class:`TuneResult` (``result.table()`` is the summary printed at the end).
     """
-    from tvm.s_tir import meta_schedule as ms
-
-    from .knobs import tune_knobs
     from .workers import lean_workers, make_builder, make_runner, resolve_fleet, target_intrinsics
 
+    opts = options or TuneOptions()
     log = log or (lambda s: None)
-    if method not in METHODS:
-        raise HwcompError(f"unknown tuning method {method!r}; use one of {', '.join(METHODS)}")
-    if cost_model not in ("xgb", "random"):
-        raise HwcompError(f"unknown cost model {cost_model!r}; use xgb or random")
-    if search not in ("evolutionary", "random"):
-        raise HwcompError(f"unknown search {search!r}; use evolutionary or random")
-    if trials < 0:
+    if opts.method not in METHODS:
+        raise HwcompError(f"unknown tuning method {opts.method!r}; use one of {', '.join(METHODS)}")
+    if opts.cost_model not in ("xgb", "random"):
+        raise HwcompError(f"unknown cost model {opts.cost_model!r}; use xgb or random")
+    if opts.search not in ("evolutionary", "random"):
+        raise HwcompError(f"unknown search {opts.search!r}; use evolutionary or random")
+    if opts.trials < 0:
         raise HwcompError("trials must be ≥ 0")
     t_start = time.monotonic()
-    deadline = t_start + time_budget_s if time_budget_s else None
+    deadline = t_start + opts.time_budget_s if opts.time_budget_s else None
     target = get_target(target)
     if target.is_gpu:
         raise HwcompError("hwcomp tune supports CPU targets (llvm) for now")
-    db = Path(db_dir) if db_dir else user_database_dir(target)
+    db = Path(opts.db_dir) if opts.db_dir else user_database_dir(target)
     db.mkdir(parents=True, exist_ok=True)
     write_meta(db, target)
-    if seed_from_shipped_records and db_dir is None:
+    if opts.seed_from_shipped_records and opts.db_dir is None:
         seed_from_shipped(db, target, log)
     validation = validate_database(db, target)
     if validation.issues:
         log(f"database check: {validation.summary()}")
-    fleet = resolve_fleet(rpc_tracker, rpc_key)
+    fleet = resolve_fleet(opts.rpc_tracker, opts.rpc_key)
 
-    lowered = lower_for_tuning(model, target, passes, example_inputs, input_shapes)
+    lowered = lower_for_tuning(model, target, opts.passes, opts.example_inputs, opts.input_shapes)
     tasks = extract_tasks(lowered, target)
-    selected = [i for i, t in enumerate(tasks) if not task_names or any(n in t.name for n in task_names)]
+    selected = [i for i, t in enumerate(tasks) if not opts.task_names or any(n in t.name for n in opts.task_names)]
     stats = workload_stats(validation.usable_dir)
     reports = []
     for t in tasks:
@@ -363,9 +379,9 @@ def tune(
         if r.key in stored_knobs:
             r.knob_best = stored_knobs[r.key].secs
     what = Path(model).name if isinstance(model, (str, Path)) else type(model).__name__
-    log(f"tuning {len(selected)} of {len(tasks)} task(s) of {what} for {target.name} ({method}); "
+    log(f"tuning {len(selected)} of {len(tasks)} task(s) of {what} for {target.name} ({opts.method}); "
         f"database {db}; measuring on {fleet.describe()}")
-    result = TuneResult(target.name, db, method, reports, 0, 0.0, "done", fleet.describe(), validation)
+    result = TuneResult(target.name, db, opts.method, reports, 0, 0.0, "done", fleet.describe(), validation)
     if not selected:
         result.stopped = "nothing to tune"
         _finish(result, t_start, log)
@@ -377,18 +393,16 @@ def tune(
     knobs_kept = False
     try:
         with lean_workers(), target_intrinsics(target):
-            builder = make_builder(cross, builder_timeout_s)
-            runner = make_runner(fleet, runner_timeout_s)
+            builder = make_builder(cross, opts.builder_timeout_s)
+            runner = make_runner(fleet, opts.runner_timeout_s)
 
-            if method in ("knobs", "both"):
-                _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, knob_trials, deadline,
-                                  progress, tune_knobs, result)
+            if opts.method in ("knobs", "both"):
+                _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, opts, deadline, result)
 
-            if method in ("metaschedule", "both") and result.stopped != "time budget":
-                _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
-                               trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
-                               cost_model, search)
-            if method in ("metaschedule", "both") and baseline:
+            if opts.method in ("metaschedule", "both") and result.stopped != "time budget":
+                _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, opts, deadline, log_dir,
+                               result, log)
+            if opts.method in ("metaschedule", "both") and opts.baseline:
                 # The untuned schedule compile would otherwise use: a record must beat it to be served.
                 from .knobs import measure_defaults
 
@@ -398,16 +412,16 @@ def tune(
                     rep.knob_default = secs
                     if secs is not None and (rep.knob_best is None or secs < rep.knob_best):
                         rep.knob_best = secs
-            if method == "both" or baseline:
+            if opts.method == "both" or opts.baseline:
                 _keep_faster_knobs(tasks, reports, target, db, log)
                 knobs_kept = True
-            if confirm and result.stopped != "interrupted":
+            if opts.confirm and result.stopped != "interrupted":
                 _confirm_phase(tasks, reports, selected, target, db, builder, runner, result, log)
     except KeyboardInterrupt:
         result.stopped = "interrupted"
         log("interrupted: every record measured so far is in the database; run the same command to continue")
 
-    if (method == "both" or baseline) and not knobs_kept:
+    if (opts.method == "both" or opts.baseline) and not knobs_kept:
         _keep_faster_knobs(tasks, reports, target, db, log)
     log(f"tuning logs: {log_dir}")
     _finish(result, t_start, log)
@@ -420,8 +434,11 @@ def _machine() -> str:
     return platform.machine()
 
 
-def _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, knob_trials, deadline, progress,
-                      tune_knobs, result) -> None:
+def _tune_knobs_phase(tasks, reports, selected, target: Target, db, builder, runner, opts: TuneOptions, deadline,
+                      result) -> None:
+    from .knobs import tune_knobs
+
+    knob_trials, progress = opts.knob_trials, opts.progress
     order = sorted(selected, key=lambda i: -(tasks[i].flop * tasks[i].weight))
     bar = _Progress(reports, knob_trials * len(order), progress, deadline, "knobs")
     try:
@@ -449,9 +466,13 @@ def _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, kno
         bar.close()
 
 
-def _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, trials, max_trials_per_task,
-                   trials_per_round, population, seed, deadline, progress, log_dir, result, ms, log,
-                   cost_model_kind="xgb", search="evolutionary") -> None:
+def _tune_ms_phase(tasks, reports, selected, target: Target, db, builder, runner, opts: TuneOptions, deadline,
+                   log_dir, result, log) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    trials, max_trials_per_task, trials_per_round = opts.trials, opts.max_trials_per_task, opts.trials_per_round
+    population, seed, progress = opts.population, opts.seed, opts.progress
+    cost_model_kind, search = opts.cost_model, opts.search
     cap = max_trials_per_task or trials
     done_before = sum(min(reports[i].trials_before, cap) for i in selected)
     remaining = trials - done_before

@@ -10,7 +10,8 @@ import torch
 from compress_helpers import small_cnn
 from torch import nn
 
-from hwcomp.compress.api import load_pruned, prune_model, save_pruned
+from hwcomp.compress.api import PruneOptions, load_pruned, prune_model, save_pruned
+from hwcomp.compress.finetune import FinetuneConfig
 from hwcomp.cli.prune import add_prune_arguments, run_prune
 from hwcomp.compress.size import layer_costs
 
@@ -25,8 +26,8 @@ def cnn_data(n: int = 128, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tens
 def test_prune_model_then_saved_pt2_reproduces_outputs(tmp_path):
     model, data = small_cnn(), cnn_data()
     example = data[0][0][:1]
-    report = prune_model(model, example, data, criterion="taylor", granularity="block:4x1", sparsity=0.75,
-                         finetune_epochs=1)
+    report = prune_model(model, example, data, PruneOptions(criterion="taylor", granularity="block:4x1", sparsity=0.75,
+                                                            finetune=FinetuneConfig(epochs=1)))
     assert report.excluded == ["9.weight"]  # the classifier stays dense
     assert report.layer_sparsity == {"0.weight": pytest.approx(7 / 9), "3.weight": pytest.approx(0.75),
                                      "7.weight": pytest.approx(0.75)}
@@ -47,8 +48,9 @@ def test_prune_model_then_saved_pt2_reproduces_outputs(tmp_path):
 
 def test_distill_and_gradual_schedule_through_api():
     model, data = small_cnn(), cnn_data()
-    report = prune_model(model, data[0][0][:1], data, criterion="l1", granularity="unstructured", sparsity=0.6,
-                         finetune_epochs=2, distill=True, schedule="gradual")
+    report = prune_model(model, data[0][0][:1], data,
+                         PruneOptions(criterion="l1", granularity="unstructured", sparsity=0.6,
+                                      finetune=FinetuneConfig(epochs=2), distill=True, schedule="gradual"))
     assert report.sparsity == pytest.approx(0.6, abs=0.01) and len(report.finetune_losses) == 2
     assert json.dumps(report.to_dict())
 

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from hwcomp.policy import search
-from hwcomp.policy.optimize import compile_policy, measure, optimize, retime
+from hwcomp.policy.optimize import (
+    OptimizeOptions,
+    compile_policy,
+    measure,
+    optimize,
+    retime,
+)
 from hwcomp.policy.policy_io import load_policy
 
 
@@ -51,8 +57,9 @@ def result(tmp_path_factory):
     rng = np.random.default_rng(0)
     samples = [[rng.standard_normal((32, 128)).astype("float32")] for _ in range(6)]
     out = tmp_path_factory.mktemp("opt")
-    res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.999,
-                   out_dir=out, sparsities=(0.7, 0.9), int8=False, baselines=False, log=lambda s: None)
+    res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples,
+                   OptimizeOptions(fidelity_target=0.999, out_dir=out, sparsities=(0.7, 0.9), int8=False,
+                                   baselines=False), log=lambda s: None)
     return model, samples, out, res
 
 
@@ -179,9 +186,9 @@ def test_optimize_measures_on_an_rpc_device(tmp_path, monkeypatch):
     rng = np.random.default_rng(4)
     samples = [[rng.standard_normal((32, 128)).astype("float32")] for _ in range(6)]
     with RPCServer() as server:
-        res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.999,
-                       out_dir=tmp_path / "opt", sparsities=(0.9,), int8=False, baselines=False,
-                       device=server.url, log=lambda s: None)
+        res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples,
+                       OptimizeOptions(fidelity_target=0.999, out_dir=tmp_path / "opt", sparsities=(0.9,), int8=False,
+                                       baselines=False, device=server.url), log=lambda s: None)
     assert seen and set(seen) == {server.url}
     keys = next((tmp_path / "cache").rglob(POLICY_LATENCY)).read_text().splitlines()
     assert len(keys) == 6 and all(server.url in k for k in keys)  # 3 layer shapes x {fp32, bsr90%}
@@ -208,9 +215,9 @@ def test_policy_measured_slower_than_a_feasible_baseline_gives_way_to_it(tmp_pat
     model = torch.nn.Sequential(lin[0], torch.nn.ReLU(), lin[1], torch.nn.ReLU(), lin[2]).eval()
     rng = np.random.default_rng(5)
     samples = [[rng.standard_normal((64, 512)).astype("float32")] for _ in range(6)]
-    res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.999,
-                   out_dir=tmp_path / "opt", sparsities=(), int8=False, ranks=(100,), baselines=False,
-                   log=lambda s: None)
+    res = optimize(model, (torch.from_numpy(samples[0][0]),), "host", samples,
+                   OptimizeOptions(fidelity_target=0.999, out_dir=tmp_path / "opt", sparsities=(), int8=False,
+                                   ranks=(100,), baselines=False), log=lambda s: None)
     assert res.rejected is not None and res.rejected.latency_ms > res.chosen.latency_ms
     assert {o.label for o in res.policy.choices.values()} == {"fp32"}
     assert load_policy(tmp_path / "opt" / "policy.json").choices == res.policy.choices

@@ -6,7 +6,7 @@ import torch
 
 from hwcomp.compress.block_refit import input_gram
 from hwcomp.policy import LayerProfile, Option, OptionCost, search
-from hwcomp.policy.optimize import compile_policy, measure, optimize
+from hwcomp.policy.optimize import OptimizeOptions, compile_policy, measure, optimize
 from hwcomp.policy.policy_io import load_policy, policy_table, save_policy
 from hwcomp.policy.profile import simulate_error
 from hwcomp.policy.widths import WidthGroup, check_widths, kept_count, merge_groups, narrow_, width_groups
@@ -138,9 +138,9 @@ def test_optimize_removes_dead_units(tmp_path):
     m = _mlp(dead=128, seed=2)
     rng = np.random.default_rng(0)
     samples = [[rng.standard_normal((64, 64)).astype("float32")] for _ in range(6)]
-    res = optimize(m, (torch.from_numpy(samples[0][0]),), "host", samples, fidelity_target=0.9999,
-                   out_dir=tmp_path, sparsities=(0.9,), int8=False, widths=(50,), baselines=False,
-                   log=lambda s: None)
+    res = optimize(m, (torch.from_numpy(samples[0][0]),), "host", samples,
+                   OptimizeOptions(fidelity_target=0.9999, out_dir=tmp_path, sparsities=(0.9,), int8=False,
+                                   widths=(50,), baselines=False), log=lambda s: None)
     assert res.policy.choices["0"] == Option("dense", width=50) and res.policy.choices["2"] == Option("dense")
     assert res.chosen.cosine > 0.9999
     assert any(p.members == ("0", "2") for p in res.profiles)

@@ -25,7 +25,7 @@ from hwcomp.errors import HwcompError
 from hwcomp.tune import database as dbm
 from hwcomp.tune.knobs import best_knobs, schedule_with
 from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
-from hwcomp.tune.tuner import tune
+from hwcomp.tune.tuner import TuneOptions, tune
 
 TRIALS = 6
 POP = 32  # evolutionary search population: small and quick
@@ -79,8 +79,8 @@ def tuned_db(model_pt2, tmp_path_factory):
     before = _complete_lines(records)
     assert 2 <= len(before) < TRIALS
 
-    result = tune(model_pt2, "host", trials=TRIALS, db_dir=db, trials_per_round=2, population=POP, seed=1,
-                  progress=False, log=None, baseline=False, confirm=False)
+    result = tune(model_pt2, "host", TuneOptions(trials=TRIALS, db_dir=db, trials_per_round=2, population=POP, seed=1,
+                                              progress=False, baseline=False, confirm=False), log=None)
     return db, before, result
 
 
@@ -111,7 +111,7 @@ def test_database_never_serves_a_schedule_slower_than_untuned(tuned_db, model_pt
     lines[slowest] = json.dumps(planted, separators=(",", ":"))
     (db / dbm.RECORDS).write_text("\n".join(lines) + "\n")
 
-    result = tune(model_pt2, host, trials=TRIALS, db_dir=db, progress=False, log=None)
+    result = tune(model_pt2, host, TuneOptions(trials=TRIALS, db_dir=db, progress=False), log=None)
     assert result.trials_new == 0
     after = (db / dbm.RECORDS).read_text().splitlines()
     assert len(after) >= len(lines)  # times rewritten, no record lost
@@ -170,7 +170,7 @@ def test_tuned_beats_unscheduled_and_compile_applies_the_database(tuned_db, mode
 
 def test_knob_tuning_is_stored_and_applied(model_pt2, tmp_path, host):
     db = tmp_path / "knobs"
-    result = tune(model_pt2, host, db_dir=db, method="knobs", knob_trials=3, progress=False, log=None)
+    result = tune(model_pt2, host, TuneOptions(db_dir=db, method="knobs", knob_trials=3, progress=False), log=None)
     assert result.trials_new > 0
     table = best_knobs(db, host)
     assert table, "no knob measurements stored"
@@ -195,8 +195,9 @@ def test_rpc_fleet_two_servers_behind_one_tracker(model_pt2, tmp_path, host):
     db = tmp_path / "fleet"
     with RPCTracker() as tracker, RPCServer(tracker=tracker.addr, key="fleet") as s1, \
             RPCServer(tracker=tracker.addr, key="fleet") as s2:
-        result = tune(model_pt2, host, db_dir=db, method="knobs", knob_trials=4, progress=False, log=None,
-                      rpc_tracker=f"{tracker.host}:{tracker.port}", rpc_key="fleet")
+        result = tune(model_pt2, host, TuneOptions(db_dir=db, method="knobs", knob_trials=4, progress=False,
+                                                   rpc_tracker=f"{tracker.host}:{tracker.port}", rpc_key="fleet"),
+                      log=None)
         logs = [s.proc.log_path.read_text() for s in (s1, s2)]
     assert "2 device(s)" in result.fleet
     entries = [e for e in (db / dbm.KNOBS).read_text().splitlines()]
@@ -213,11 +214,11 @@ def test_random_search_samples_the_space_without_a_model(tmp_path, host):
     r = te.reduce_axis((0, 64), name="k")
     c = te.compute((64, 64), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="C")
     mod = tvm.IRModule({"main": te.create_prim_func([a, b, c]).with_attr("global_symbol", "main")})
-    result = tune(mod, host, trials=4, db_dir=tmp_path, trials_per_round=4, search="random", seed=0,
-                  progress=False, log=None, baseline=False, confirm=False)
+    result = tune(mod, host, TuneOptions(trials=4, db_dir=tmp_path, trials_per_round=4, search="random", seed=0,
+                                         progress=False, baseline=False, confirm=False), log=None)
     lines = (tmp_path / dbm.RECORDS).read_text().splitlines()
     assert result.trials_new == len(lines) == 4
     assert all(min(json.loads(line)[1][1]) < dbm.FAILED_SECS for line in lines)  # all built and ran
     assert len({json.dumps(json.loads(line)[1][0]) for line in lines}) >= 2  # different samples
     with pytest.raises(HwcompError, match="unknown search"):
-        tune(mod, host, trials=1, db_dir=tmp_path, search="annealing", log=None)
+        tune(mod, host, TuneOptions(trials=1, db_dir=tmp_path, search="annealing"), log=None)
