@@ -89,7 +89,8 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     x = torch.randn(layer.rows, layer.k)
     calib = [[torch.randn(layer.rows, layer.k).numpy()] for _ in range(4)]
     art = hw_compile(lin, target, None, example_inputs=(x,),
-                     options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False))
+                     options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False,
+                                            detect_sparse=False))
     ms = DeviceModel(art, device).time([x.numpy()], number=5, repeat=repeat).median
     cache[key] = ms
     MeasurementStore(cache_file).put(key, {"key": key, "ms": ms})

@@ -18,7 +18,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..metrics import cosine_eps
 from ..target import Target, get_target
-from .calibrate import fit_latency_model
+from .latency_model import fit_latency_model
 from .policy_io import policy_table, save_policy
 from .profile import (
     NEEDS_GRAM,
@@ -119,7 +119,7 @@ def compile_policy(model, example_inputs, target: str | Target, choices: dict[st
         lowest = min(o.sparsity for o in fp32_sparse)
         passes += layer_option_passes(target, Option("sparse", lowest, fp32_sparse[0].block), None)
     return hw_compile(model, target, out_dir, example_inputs=example_inputs,
-                      options=CompileOptions(passes=passes, verify=False), log=log)
+                      options=CompileOptions(passes=passes, verify=False, detect_sparse=False), log=log)
 
 
 def measure(art, model, heldout, name: str, repeat: int = 10, device: str = "local") -> Measured:
@@ -180,7 +180,7 @@ class OptimizeOptions:
     transformer FFNs, Linear pairs of an ``nn.Sequential``), fp32 and int8."""
     baselines: bool = True
     """Compile and measure the uniform policies (dense, int8, the highest and lowest sparsity) and fit
-    the additive latency model to them (:mod:`.calibrate`)."""
+    the additive latency model to them (:mod:`.latency_model`)."""
     match_baseline: str | None = None
     """A baseline's name (e.g. ``"uniform int8"``): instead of ``fidelity_target``, the fidelity target
     is that baseline's simulated cosine — the fastest policy at least as faithful as the uniform choice."""
