@@ -216,6 +216,7 @@ def compiled_digits(model: nn.Module, x_tr, x_te, y_te) -> dict:
     artifacts — fp32 (pruned Linear as a BSR kernel), int8 (dense int8 convs and linears, weights
     as pruned), and both (BSR fp32 where pruned, int8 elsewhere). The whole test set is one batch."""
     import hwcomp
+    from hwcomp.build_measure import bsr_latency
     from hwcomp.passes.dense_to_bsr import sparse_passes
     from hwcomp.quantize import QuantConfig, quantize_passes
 
@@ -223,9 +224,9 @@ def compiled_digits(model: nn.Module, x_tr, x_te, y_te) -> dict:
     n = len(x_te)
     calib = [[x_tr[i:i + n].numpy()] for i in range(0, len(x_tr) - n + 1, n)]
     variants = {
-        "fp32+bsr": lambda: sparse_passes("host", None, (16, 1), threshold=0.7),
+        "fp32+bsr": lambda: sparse_passes("host", None, (16, 1), threshold=0.7, latency=bsr_latency("host")),
         "int8": lambda: quantize_passes("host", QuantConfig(), calib, progress=False),
-        "bsr+int8": lambda: sparse_passes("host", None, (16, 1), threshold=0.7)
+        "bsr+int8": lambda: sparse_passes("host", None, (16, 1), threshold=0.7, latency=bsr_latency("host"))
         + quantize_passes("host", QuantConfig(), calib, progress=False),
     }
     out = {"torch_fp32": accuracy(model, x_te, y_te)}

@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ort_session, print_table, write_results
 
 import hwcomp
+from hwcomp.build_measure import bsr_latency, measure_bsr_ms
 from hwcomp.kernels.bsr import block_prune, pack_bsr
-from hwcomp.passes.dense_to_bsr import bsr_primfunc, measure_bsr_ms, sparse_passes
+from hwcomp.passes.dense_to_bsr import bsr_primfunc, sparse_passes
 from hwcomp.runtime.measure import time_callable, time_vm
 from hwcomp.target import get_target
 
@@ -183,7 +184,7 @@ def bench_bert(target, args, log, workdir: Path) -> dict:
     row: dict = {"model": "bert-base", "seq": seq, "sparsity": 0.9, "block": "16x1"}
 
     passes = sparse_passes(target, sparsity=None, block=block, threshold=0.7, tune=True,
-                           cache_dir=workdir / "choices", log=log)
+                           cache_dir=workdir / "choices", log=log, latency=bsr_latency(target))
     t0 = time.perf_counter()
     art = hwcomp.compile(sparse, target, workdir / "bert-sparse", example_inputs=inputs,
                          options=hwcomp.CompileOptions(passes=passes, use_default_database=False))

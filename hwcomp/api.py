@@ -12,8 +12,8 @@ from pathlib import Path
 
 
 from . import __version__
-from .artifact import (LIB, REFERENCE, WEIGHTS, Artifact, check_replaceable, compare, replace_dir, save_arrays,
-                       write_manifest)
+from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare
+from .artifact_files import check_replaceable, replace_dir, save_arrays, write_manifest
 from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
 from .frontend import ImportedModel, TensorSpec, load_model
 from .target import Target, get_target
@@ -29,7 +29,7 @@ class CompileOptions:
     ``fast_math``: on CPU targets, GELU/softmax/exp/erf/tanh use polynomial approximations that
     vectorize (absolute error ~1e-7) instead of libm's scalar functions. ``force``: replace an
     output directory that holds something other than an hwcomp artifact (see
-    :func:`~hwcomp.artifact.check_replaceable`). ``trust_pickle``: import a ``.pt2`` even when it
+    :func:`~hwcomp.artifact_files.check_replaceable`). ``trust_pickle``: import a ``.pt2`` even when it
     holds pickled content, which runs code of its author's choosing when loaded. ``detect_sparse``:
     when no pass converts to sparse kernels, weights that are already block-sparse (pruned
     beforehand) above the break-even density get the target's BSR kernels where they measure faster.
@@ -127,11 +127,12 @@ def compile(  # noqa: A001 - the verb users expect
 def default_sparse_pass(target: Target, passes: list):
     """The BSR rewrite that finds pre-pruned weights with no flag, unless ``passes`` already decide
     sparsity or quantize (the quantizer makes its own int8 BSR choices)."""
+    from .build_measure import bsr_latency
     from .passes.dense_to_bsr import DenseToBSR
 
     if any(isinstance(p, DenseToBSR) or type(p).__module__.startswith("hwcomp.quantize") for p in passes):
         return None
-    return DenseToBSR(target, threshold=DEFAULT_SPARSE_THRESHOLD)
+    return DenseToBSR(target, threshold=DEFAULT_SPARSE_THRESHOLD, latency=bsr_latency(target))
 
 
 #: Block sparsity above which a weight is a candidate for BSR kernels (it gets them only where they

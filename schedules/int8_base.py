@@ -52,17 +52,18 @@ class KernelProvider:
         return None
 
     def has_sparse_dense(self, act: str | None) -> bool:
-        """Whether :meth:`sparse_dense_func` has a kernel for this target and fused activation."""
-        return self.target is not None and not self.target.is_gpu and act in (None, "relu", "gelu")
+        """Whether :meth:`sparse_dense_func` has a kernel for this target and fused activation (the
+        CPU generator's activations; a provider without a CPU kernel overrides this)."""
+        return self.target is not None and act in (None, "relu", "gelu")
 
     def sparse_dense_func(self, m: int, k: int, n: int, block: tuple[int, int], x_dtype: str,
                           act: str | None) -> tirx.PrimFunc | None:
         """The int8 BSR kernel ``(xq, data, indices, indptr, bias_i32, deq, y_f32)`` on CPU targets
-        (``schedules/x86/bsr.py``'s generator, also AArch64's); None where there is none."""
+        (``schedules/cpu/bsr.py``'s generator, x86 and AArch64); None where there is none."""
         t = self.target
         if not self.has_sparse_dense(act):
             return None
-        from hwcomp.schedules.x86.bsr import cpu_bsr_kernel, default_knobs
+        from hwcomp.schedules.cpu.bsr import cpu_bsr_kernel, default_knobs
 
         return cpu_bsr_kernel(m, k, n, block, default_knobs(t.vector_bits, block, m), t.num_cores, t.vector_bits,
                               activation=act or "none", x_dtype=x_dtype)

@@ -103,11 +103,12 @@ def check_compile_args(args) -> None:
 
 def _compile_options(args, target):
     from ..api import CompileOptions
+    from ..build_measure import bsr_latency
     from ..passes.dense_to_bsr import sparse_passes_from_options
 
     passes = []
     summary: dict = {}
-    sparse = sparse_passes_from_options(args, target)
+    sparse = sparse_passes_from_options(args, target, latency=bsr_latency(target))
     quantize = getattr(args, "quantize", None)
     if sparse:
         # With --quantize the pruned layers become int8 BSR kernels inside the quantizer: only

@@ -70,13 +70,14 @@ def check_tune_args(args) -> None:
 
 
 def run_tune(args) -> int:
+    from ..build_measure import bsr_latency
     from ..frontend import parse_input_shapes
     from ..passes.dense_to_bsr import sparse_passes_from_options
     from ..tune.tuner import TuneOptions, parse_duration, tune
 
     run_check(args, check_tune_args)
     target = args._target
-    passes = sparse_passes_from_options(args, target, tune=True, log=_print)
+    passes = sparse_passes_from_options(args, target, tune=True, log=_print, latency=bsr_latency(target))
     options = TuneOptions(
         trials=args.trials, time_budget_s=parse_duration(args.time_budget), db_dir=args.db,
         passes=passes, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,

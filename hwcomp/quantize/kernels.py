@@ -309,23 +309,13 @@ def dequantize_func(shape, scale: float, zp: int, dtype: str) -> tirx.PrimFunc:
 
 
 def get_provider(target) -> KernelProvider:
-    """The int8 kernel provider for a :class:`~hwcomp.target.Target` (by its ``int8_dot``)."""
+    """The int8 kernel provider for a :class:`~hwcomp.target.Target` (its backend's, see
+    :func:`hwcomp.schedules.backends.backend_for`); the generic one without a target."""
     if target is None:
         return KernelProvider()
-    kind = target.tvm.get("kind")
-    if kind == "cuda":
-        from hwcomp.schedules.cuda.int8 import CudaInt8Provider
+    from hwcomp.schedules.backends import backend_for
 
-        return CudaInt8Provider(target)
-    if target.arch == "x86_64":
-        from hwcomp.schedules.x86.int8 import X86Int8Provider
-
-        return X86Int8Provider(target)
-    if target.arch == "aarch64":
-        from hwcomp.schedules.arm.int8 import ArmInt8Provider
-
-        return ArmInt8Provider(target)
-    return KernelProvider(target)
+    return backend_for(target).int8_provider(target)
 
 
 def tvm_const(arr: np.ndarray):

@@ -1,6 +1,6 @@
 """BSR × dense kernels for AArch64 (NEON) targets.
 
-The loop structure is the one of the x86 kernel (``schedules/x86/bsr.py``: parallel block rows, an
+The loop structure is the one of the generic CPU kernel (``schedules/cpu/bsr.py``: parallel block rows, an
 ``mt × r`` register accumulator, vectors over the block's ``r`` output rows, GELU/ReLU/bias epilogue);
 only the knobs differ. With 128-bit NEON the preferred block is 4x1 (one vector per block row), and
 AArch64 has 32 vector registers, so :func:`default_knobs` gives a taller accumulator tile (16 rows for
@@ -9,7 +9,7 @@ AArch64 has 32 vector registers, so :func:`default_knobs` gives a taller accumul
 
 from __future__ import annotations
 
-from hwcomp.schedules.x86.bsr import (
+from hwcomp.schedules.cpu.bsr import (
     BSRKnobs,
     cpu_bsr_kernel,
     cpu_bsr_source,

@@ -98,5 +98,8 @@ class CudaInt8Provider(KernelProvider):
             return None
         return schedule_dp4a_dense(func)
 
+    def has_sparse_dense(self, act: str | None) -> bool:
+        return False  # no int8 BSR kernel on CUDA: sparse layers stay dense int8
+
     def describe(self) -> str:
         return "CUDA dp4a (4-way int8 dot product), 32x32 block tiles through shared memory"

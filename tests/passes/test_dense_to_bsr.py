@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from hwcomp.build import bind_weights, compile_module, finalize_weights, schedule
+from hwcomp.build_measure import bsr_latency
 from hwcomp.frontend import load_model
 from hwcomp.kernels.bsr import block_density, block_prune
 from hwcomp.passes.dense_to_bsr import BSR_CHOICES, DenseToBSR, parse_block, sparse_passes
@@ -131,21 +132,23 @@ def test_rewritten_module_matches_dense(bound, host, tmp_path):
 
 def test_measured_choice_is_cached(bound, host, tmp_path, monkeypatch):
     _, mod = bound
-    p = DenseToBSR(host, block=BLOCK, min_gain=0.0, cache_dir=tmp_path)  # gain >= 0: BSR always wins
+    p = DenseToBSR(host, block=BLOCK, min_gain=0.0, cache_dir=tmp_path,
+                   latency=bsr_latency(host))  # gain >= 0: BSR always wins
     p(mod)
     measured = [d for d in p.report.layers if d.basis == "measured"]
     assert len(measured) == 3 and all(d.dense_ms > 0 and d.bsr_ms > 0 and d.chosen == "bsr" for d in measured)
     cache = json.loads((tmp_path / BSR_CHOICES).read_text())
     assert any(k.startswith("dense:") for k in cache) and any(k.startswith("bsr:") for k in cache)
 
-    import hwcomp.passes.dense_to_bsr as d2b
+    import hwcomp.build_measure as measure
 
     def boom(*a, **k):
         raise AssertionError("measured again despite the cache")
 
-    monkeypatch.setattr(d2b, "measure_dense_ms", boom)
-    monkeypatch.setattr(d2b, "measure_bsr_ms", boom)
-    p2 = DenseToBSR(host, block=BLOCK, min_gain=1e9, cache_dir=tmp_path)  # impossible gain: all dense
+    monkeypatch.setattr(measure, "measure_dense_ms", boom)
+    monkeypatch.setattr(measure, "measure_bsr_ms", boom)
+    # impossible gain: all dense
+    p2 = DenseToBSR(host, block=BLOCK, min_gain=1e9, cache_dir=tmp_path, latency=bsr_latency(host))
     assert p2(mod) is mod
     assert [d.chosen for d in p2.report.layers] == ["dense"] * 5
 
@@ -153,7 +156,7 @@ def test_measured_choice_is_cached(bound, host, tmp_path, monkeypatch):
     (tmp_path / BSR_CHOICES).write_text('{"dense:1x2x3": {"ms": 1.0')
     monkeypatch.undo()
     with pytest.warns(UserWarning, match="corrupt BSR choices"):
-        DenseToBSR(host, block=BLOCK, min_gain=0.0, cache_dir=tmp_path)(mod)
+        DenseToBSR(host, block=BLOCK, min_gain=0.0, cache_dir=tmp_path, latency=bsr_latency(host))(mod)
     assert (tmp_path / (BSR_CHOICES + ".corrupt")).read_text() == '{"dense:1x2x3": {"ms": 1.0'
     assert any(k.startswith("bsr:") for k in json.loads((tmp_path / BSR_CHOICES).read_text()))
 
@@ -253,14 +256,14 @@ def test_tune_flags_measure_every_knob_set_into_the_named_database(bound, host, 
 
     _, mod = bound
     args = argparse.Namespace(sparsity=None, block="8x1", sparse_threshold=0.7, db=str(tmp_path))
-    (d2b,) = sparse_passes_from_args(args, host, tune=True)
+    (d2b,) = sparse_passes_from_args(args, host, tune=True, latency=bsr_latency(host))
     d2b(mod)
     choices = json.loads((tmp_path / BSR_CHOICES).read_text())
     tuned = [v for k, v in choices.items() if k.startswith("bsr:")]
     assert len(tuned) == 3 and all(v["tuned"] for v in tuned)
     assert all(BSRKnobs(**v["knobs"]).to_dict() == v["knobs"] for v in tuned)
     # compile with the same --db (no tune) serves the tuned knobs without measuring again
-    plain = sparse_passes_from_args(args, host)[0]
+    plain = sparse_passes_from_args(args, host, latency=bsr_latency(host))[0]
     plain(mod)
     assert [d.bsr_ms for d in plain.report.layers if d.chosen == "bsr"] == \
         [d.bsr_ms for d in d2b.report.layers if d.chosen == "bsr"]
