@@ -9,7 +9,7 @@ Compiles ``hwcomp.zoo.build(model, size)`` once with the sequence length dynamic
 times the dynamic and the static artifact round-robin (:func:`hwcomp.runtime.measure.time_round_robin`:
 each round times both in turn, medians over the rounds) on the same inputs, and checks both against
 PyTorch. Goal: dynamic / static <= 1.25 at every length. At a length that misses it, both artifacts
-are profiled per kernel (:func:`hwcomp.runtime.profile.profile_kernels`) and the kernels whose time
+are profiled per kernel (:func:`hwcomp.runtime.kernel_profile.profile_kernels`) and the kernels whose time
 grew most are printed and stored. Writes ``bench/results/dynamic.json``; the last line is
 ``dynamic_worst_ratio=<x>``.
 """
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from hwcomp import zoo
     from hwcomp.frontend import DynamicDim
     from hwcomp.runtime.measure import prepared_call, time_round_robin
-    from hwcomp.runtime.profile import profile_kernels
+    from hwcomp.runtime.kernel_profile import profile_kernels
 
     m = zoo.build(args.model, args.size, max_positions=args.max_len if args.size == "tiny" else None)
     vocab = 1000  # ids below every config's vocabulary

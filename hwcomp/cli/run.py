@@ -171,7 +171,7 @@ def cmd_bench(args) -> int:
         _print(line)
     save_report(report, args.json, args.plot)
     if profile:
-        from ..runtime.profile import profile_kernels
+        from ..runtime.kernel_profile import profile_kernels
 
         _print("per kernel (instrumented; the latency above is the one to quote):")
         for line in profile_kernels(art).lines():

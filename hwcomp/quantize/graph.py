@@ -21,6 +21,8 @@ LAYOUT_OPS = ("relax.reshape", "relax.permute_dims", "relax.expand_dims", "relax
               "relax.flatten")
 # Monotonic ops that commute with quantization (max of codes = code of the max).
 MONOTONIC_OPS = ("relax.nn.max_pool2d",)
+#: What ``rebuild``'s ``on_binding`` returns to drop a binding.
+SKIP = object()
 
 
 def dtype_of(expr) -> str | None:
@@ -187,7 +189,8 @@ def rebuild(mod: tvm.IRModule, on_binding: Callable, on_start: Callable | None =
     """Re-emit ``mod[name]`` binding by binding through a BlockBuilder.
 
     ``on_binding(bb, binding, value, vmap)`` gets each binding with its value already substituted;
-    it returns an expression to bind to the binding's var (``None``: the value unchanged). It may
+    it returns an expression to bind to the binding's var (``None``: the value unchanged;
+    :data:`SKIP`: drop the binding, whose var later bindings then must not use). It may
     emit other bindings first and add PrimFuncs with ``bb.add_func``. ``on_start(bb, vmap)`` runs
     inside the first block before any binding. ``after_binding(bb, binding, new_var)`` may emit
     more and return a var that later bindings see instead of ``new_var`` (the function's result
@@ -213,6 +216,8 @@ def rebuild(mod: tvm.IRModule, on_binding: Callable, on_start: Callable | None =
                         vmap[b.var] = outvars[b.var] = new
                         continue
                     out = on_binding(bb, b, value, vmap)
+                    if out is SKIP:
+                        continue
                     out = value if out is None else out
                     if dataflow and not isinstance(b.var, relax.DataflowVar):
                         new = bb.emit_output(out, name_hint=b.var.name)

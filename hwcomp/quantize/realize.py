@@ -33,11 +33,10 @@ from tvm import relax
 from . import qmath
 from .annotate import Layer, find_layers, fingerprint
 from .config import QuantConfig
-from .graph import Graph, is_observe, observe_key, op_name, static_shape
+from .graph import SKIP, Graph, is_observe, observe_key, op_name, rebuild, static_shape
 from .kernels import (Epilogue, KernelProvider, batch_matmul_func, conv2d_func, dense_func, dequantize_func,
                       pack_weight, quantize_func)
 
-_SKIP = object()
 ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
 
@@ -381,9 +380,9 @@ class Realizer:
                 if layer.id in out_q:
                     int8_out[out_q[layer.id][0]] = (res[1], out_q[layer.id][1])
                 final[plans[layer.id].end] = res[0]
-                return res[0] if plans[layer.id].end.same_as(var) else _SKIP
+                return res[0] if plans[layer.id].end.same_as(var) else SKIP
             if var in chain_skip:
-                return _SKIP
+                return SKIP
             if var in final:
                 return final[var]
             if is_observe(value):
@@ -394,7 +393,7 @@ class Realizer:
             if layer.skipped:
                 self.report.append({"layer": layer.id, "names": list(layer.names), "kind": layer.kind,
                                     "status": "fp32", "reason": layer.reason})
-        out = _rebuild_with_skip(mod, on_binding)
+        out = rebuild(mod, on_binding)
         out = relax.transform.DeadCodeElimination(["main"])(out)
         self.layers = layers
         return out
@@ -495,41 +494,4 @@ def _add_func(bb, func, name):
     if func.attrs is not None and "global_symbol" in func.attrs:
         func = func.without_attr("global_symbol")
     return bb.add_func(func, name)
-
-
-def _rebuild_with_skip(mod, on_binding):
-    """``graph.rebuild`` where ``on_binding`` may return ``_SKIP`` to drop a binding."""
-    import contextlib
-
-    from .graph import substitute
-
-    func = mod["main"]
-    bb = relax.BlockBuilder()
-    vmap: dict = {}
-    outvars: dict = {}
-    attrs = dict(func.attrs) if func.attrs else None
-    with bb.function("main", list(func.params), attrs=attrs, pure=func.is_pure):
-        for blk in func.body.blocks:
-            dataflow = isinstance(blk, relax.DataflowBlock)
-            with bb.dataflow() if dataflow else contextlib.nullcontext():
-                for b in blk.bindings:
-                    value = substitute(b.value, vmap)
-                    if isinstance(b, relax.MatchCast):
-                        vmap[b.var] = outvars[b.var] = bb.match_cast(value, b.ty)
-                        continue
-                    res = on_binding(bb, b, value, vmap)
-                    if res is _SKIP:
-                        continue
-                    res = value if res is None else res
-                    if dataflow and not isinstance(b.var, relax.DataflowVar):
-                        new = bb.emit_output(res, name_hint=b.var.name)
-                    else:
-                        new = bb.emit(res, name_hint=b.var.name)
-                    vmap[b.var] = outvars[b.var] = new
-        bb.emit_func_output(substitute(func.body.body, {**vmap, **outvars}))
-    out = bb.get()
-    for gv, f in mod.functions_items():
-        if gv.name_hint != "main":
-            out[gv] = f
-    return tvm.IRModule(dict(out.functions_items()), attrs=mod.attrs)
 

@@ -16,7 +16,7 @@ import torch
 
 import hwcomp
 from hwcomp import zoo
-from hwcomp.artifact import validate_manifest
+from hwcomp.artifact_files import validate_manifest
 from hwcomp.errors import ArtifactError, HwcompError, InputError
 from hwcomp.frontend import DynamicDim, parse_dynamic
 

@@ -67,7 +67,7 @@ def test_policy_file_round_trips(tmp_path):
 
 
 def test_latency_model_recovers_fixed_part_and_per_kind_scales():
-    from hwcomp.policy.calibrate import fit_latency_model, lone_sum
+    from hwcomp.policy.latency_model import fit_latency_model, lone_sum
 
     sp50 = Option("sparse", 0.5, (8, 1))
     profiles = [LayerProfile(f"l{i}", (128, 64, 64), [

@@ -7,7 +7,7 @@ from torch import nn
 import hwcomp
 from hwcomp.cli import main
 from hwcomp.errors import HwcompError
-from hwcomp.runtime.profile import profile_kernels
+from hwcomp.runtime.kernel_profile import profile_kernels
 
 
 @pytest.fixture(scope="module")
