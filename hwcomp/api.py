@@ -111,7 +111,7 @@ def compile(  # noqa: A001 - the verb users expect
         + (f" (tuning database {database})" if database else ""))
 
     final = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="hwcomp-artifact-"))
-    check_replaceable(final, options.force)
+    check_replaceable(final, options.force)  # again: something may have been put there during the build
     # Everything is written into a sibling and renamed into place at the end: an interrupt never
     # leaves half an artifact, and a previous artifact at ``final`` survives a failed compile.
     final.parent.mkdir(parents=True, exist_ok=True)

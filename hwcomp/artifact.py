@@ -113,6 +113,20 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str,
     }
 
 
+def archive_cap() -> int:
+    """The cap on what an archive may extract to: ``HWCOMP_MAX_ARCHIVE_BYTES`` or the default."""
+    text = os.environ.get("HWCOMP_MAX_ARCHIVE_BYTES")
+    if text is None:
+        return MAX_ARCHIVE_BYTES
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise ArtifactError(f"HWCOMP_MAX_ARCHIVE_BYTES={text!r} is not a positive number of bytes")
+    return cap
+
+
 class Artifact:
     """A loaded, verified artifact. ``run`` executes it on this machine, from any number of threads."""
 
@@ -143,7 +157,7 @@ class Artifact:
         tmp = None
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
             tmp = tempfile.TemporaryDirectory(prefix="hwcomp-")
-            cap = max_archive_bytes or int(os.environ.get("HWCOMP_MAX_ARCHIVE_BYTES", MAX_ARCHIVE_BYTES))
+            cap = max_archive_bytes or archive_cap()
             try:
                 path = extract_archive(path, Path(tmp.name), cap)
             except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:

@@ -202,6 +202,16 @@ def test_an_archive_bomb_is_refused_before_extracting(tmp_path, built):
         Artifact.load(archive, max_archive_bytes=16 << 20)
 
 
+def test_a_bad_archive_cap_setting_is_one_clear_error(tmp_path, built, monkeypatch):
+    archive = Artifact.load(built).pack(tmp_path / "a.tar.gz")
+    for bad in ("lots", "-1", "0"):
+        monkeypatch.setenv("HWCOMP_MAX_ARCHIVE_BYTES", bad)
+        with pytest.raises(ArtifactError, match="HWCOMP_MAX_ARCHIVE_BYTES"):
+            Artifact.load(archive)
+    monkeypatch.setenv("HWCOMP_MAX_ARCHIVE_BYTES", str(1 << 30))
+    assert Artifact.load(archive).digest == Artifact.load(built).digest
+
+
 # ---- threads ---------------------------------------------------------------------------------------
 
 
