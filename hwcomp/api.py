@@ -16,6 +16,7 @@ from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare
 from .artifact_files import check_replaceable, replace_dir, save_arrays, write_manifest
 from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
 from .frontend import ImportedModel, TensorSpec, load_model
+from .passes.blocked_layout import BlockedLayout
 from .target import Target, get_target
 
 
@@ -51,6 +52,7 @@ class CompileOptions:
     trust_pickle: bool = False
     detect_sparse: bool = True
     dynamic: dict | None = None
+    blocked_layout: bool = True
 
 
 def _default_database(target: Target) -> Path | None:
@@ -100,6 +102,11 @@ def compile(  # noqa: A001 - the verb users expect
     if detect is not None and detect.report.n_sparse:
         log("pre-pruned weights found: " + detect.report.table().splitlines()[-1] + " (no flag needed)")
         passes.append(detect)
+    if options.blocked_layout and not target.is_gpu:
+        layout = BlockedLayout(target.conv_block)
+        mod = layout(mod)
+        if layout.converted:
+            log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
     mod, weights = finalize_weights(mod)
 
     database = options.database

@@ -56,6 +56,17 @@ class Target:
         return self.vector_bits // 32
 
     @property
+    def vector_registers(self) -> int:
+        """Architectural vector registers: 32 on aarch64 and with AVX-512, 16 with AVX2/AVX."""
+        return 32 if self.arch == "aarch64" or self.vector_bits >= 512 else 16
+
+    @property
+    def conv_block(self) -> int:
+        """Channels per block of the NCHW[x]c convolution layout: two fp32 vectors (16 on AVX2,
+        32 on AVX-512, 8 on NEON), so each output pixel's block is two independent FMA chains."""
+        return 2 * self.fp32_lanes
+
+    @property
     def num_cores(self) -> int:
         return int((self.host or self.tvm).get("num-cores", os.cpu_count() or 1))
 

@@ -1,13 +1,16 @@
 """Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
 
+from .conv import BlockedConv, ConvKnobs
 from .rules import Injective, RowReduction, TiledReduction, TileKnobs, schedule_injective
 
 
-def default_rules(vector_bits: int, knobs: TileKnobs | None = None) -> list:
-    """The rule list applied, in order, to every PrimFunc a tuning database does not cover."""
+def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16) -> list:
+    """The rule list applied, in order, to every PrimFunc a tuning database does not cover.
+    ``registers``: the target's vector registers (sizes the convolution's register tile)."""
     from tvm.s_tir import dlight as dl
 
-    return [TiledReduction(vector_bits, knobs), RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
+    return [BlockedConv(vector_bits, registers=registers), TiledReduction(vector_bits, knobs),
+            RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["Injective", "RowReduction", "TiledReduction", "TileKnobs", "default_rules", "schedule_injective"]
+__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TiledReduction", "TileKnobs", "default_rules", "schedule_injective"]

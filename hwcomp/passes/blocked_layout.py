@@ -1,0 +1,309 @@
+"""BlockedLayout: move convolutional regions to the blocked channel layout NCHW[x]c (CPU targets).
+
+Each ``conv2d`` (NCHW, constant OIHW weight, groups 1 or depthwise) becomes hwcomp's blocked
+convolution (``schedules/cpu/conv.py``) with its weight packed here, once, as a constant. Values
+stay blocked through the ops that do not care about the layout — element-wise ops (bias, folded
+batch-norm, activations, residual adds, squeeze-and-excitation scales), max/avg pooling and the
+spatial mean — so a layout transform appears only at a region's borders: where an NCHW value enters
+(the model input, a reshape's output) and where a blocked value leaves for an op that needs NCHW.
+Consecutive convolutions exchange blocked tensors directly.
+
+Channel counts that are not a multiple of the block are padded: zero weights for padded input
+channels (whatever the padded lanes hold never reaches a real output), constants padded with 1
+(finite lanes through multiply, add and divide-by-constant). Ops that could turn a padded lane
+into inf/NaN (division by an activation, log, rsqrt) end the region.
+
+The pass reads constants only, never builds or times anything, and is idempotent: its output has
+no ``conv2d`` left that it would convert.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.ir import GenericConst
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
+
+# Element-wise ops a blocked value passes through (finite in, finite out, any shape).
+_UNARY = frozenset({
+    "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
+    "relax.nn.gelu_tanh", "relax.erf", "relax.negative", "relax.abs", "relax.nn.leakyrelu",
+    "relax.nn.prelu_scalar",
+})
+_BINARY = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"})
+_POOL = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d"})
+# Constant sub-expressions folded in NumPy (batch-norm's decomposition builds its scale this way).
+_CONST_FOLD = {
+    "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
+    "relax.divide": np.divide, "relax.sqrt": np.sqrt, "relax.rsqrt": lambda a: 1.0 / np.sqrt(a),
+}
+
+
+def _shape(expr) -> list[int] | None:
+    ty = getattr(expr, "ty", None)
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = [d.value if isinstance(d, tirx.IntImm) else None for d in ty.shape.values]
+    return None if None in dims else dims
+
+
+def _dtype(expr) -> str | None:
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
+
+
+def to_blocked(x: te.Tensor, block: int) -> te.Tensor:
+    """``[N, C, H, W]`` → ``[N, ceil(C/block), H, W, block]``, padded channels zero."""
+    n, c, h, w = (int(d) for d in x.shape)
+    cb = -(-c // block)
+    return te.compute(
+        (n, cb, h, w, block),
+        lambda i, j, y, z, v: tirx.if_then_else(j * block + v < c, x[i, tirx.min(j * block + v, c - 1), y, z],
+                                                tirx.const(0, x.dtype)),
+        name="to_blocked")
+
+
+def from_blocked(x: te.Tensor, channels: int) -> te.Tensor:
+    """``[N, C/x, H, W, x]`` → ``[N, channels, H, W]`` (padded channels dropped)."""
+    n, _, h, w, block = (int(d) for d in x.shape)
+    return te.compute((n, channels, h, w), lambda i, c, y, z: x[i, c // block, y, z, c % block],
+                      name="from_blocked")
+
+
+def pack_conv_weight(w: np.ndarray, block_in: int, block_out: int) -> np.ndarray:
+    """OIHW → ``[O/xo, I/xi, KH, KW, xi, xo]``, O and I zero-padded to whole blocks."""
+    o, i, kh, kw = w.shape
+    op, ip = -(-o // block_out) * block_out, -(-i // block_in) * block_in
+    w = np.pad(w, ((0, op - o), (0, ip - i), (0, 0), (0, 0)))
+    w = w.reshape(op // block_out, block_out, ip // block_in, block_in, kh, kw)
+    return np.ascontiguousarray(w.transpose(0, 2, 4, 5, 3, 1))
+
+
+def pack_depthwise_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """``[C, 1, KH, KW]`` → ``[C/x, KH, KW, x]``, C zero-padded to whole blocks."""
+    c, _, kh, kw = w.shape
+    cp = -(-c // block) * block
+    w = np.pad(w[:, 0], ((0, cp - c), (0, 0), (0, 0)))
+    return np.ascontiguousarray(w.reshape(cp // block, block, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pack_channel_const(v: np.ndarray, channels: int, block: int) -> np.ndarray | None:
+    """A per-channel constant broadcast against ``[N, C, H, W]`` as ``[1, C/x, 1, 1, x]`` (padded
+    with 1); a scalar as it is; None for any other shape."""
+    if v.size == 1:
+        return v
+    shape = [1] * (4 - v.ndim) + list(v.shape) if v.ndim <= 4 else None
+    if shape is None or shape[0] != 1 or shape[2:] != [1, 1] or shape[1] != channels:
+        return None
+    cp = -(-channels // block) * block
+    flat = np.concatenate([v.reshape(channels), np.ones(cp - channels, v.dtype)])
+    return np.ascontiguousarray(flat.reshape(1, cp // block, 1, 1, block))
+
+
+@mutator
+class _Blocker(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, block: int):
+        super().__init__(mod)
+        self.block = block
+        self.blocked: dict[relax.Var, tuple[relax.Var, int]] = {}  # NCHW var -> (blocked var, C)
+        self.consts: dict[relax.Var, np.ndarray] = {}
+        self.converted = 0
+
+    # -- constants ---------------------------------------------------------------------------
+    def _const(self, expr) -> np.ndarray | None:
+        if isinstance(expr, GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Var):
+            return self.consts.get(expr)
+        return None
+
+    def _fold_const(self, call: relax.Call, shape: list[int] | None) -> np.ndarray | None:
+        name = call.op.name
+        args = [self._const(a) for a in call.args[:1 if name in ("relax.reshape", "relax.expand_dims") else None]]
+        if not args or any(a is None for a in args):
+            return None
+        if name in _CONST_FOLD:
+            return np.asarray(_CONST_FOLD[name](*args)).astype(args[0].dtype)
+        if name == "relax.expand_dims":
+            out = args[0]
+            for ax in sorted(int(a) % (out.ndim + len(call.attrs.axis)) for a in call.attrs.axis):
+                out = np.expand_dims(out, ax)
+            return out
+        if name == "relax.reshape" and shape is not None:
+            return args[0].reshape(shape)
+        return None
+
+    # -- region borders ----------------------------------------------------------------------
+    def _blocked_input(self, x: relax.Expr, block: int | None = None) -> tuple[relax.Expr, int] | None:
+        """``x`` (an NCHW value) in the blocked layout: the region's own value, or a transform."""
+        block = block or self.block
+        if isinstance(x, relax.Var) and x in self.blocked:
+            bx, c = self.blocked[x]
+            if _shape(bx)[-1] == block:
+                return bx, c
+        shape = _shape(x)
+        if shape is None or len(shape) != 4 or _dtype(x) != "float32":
+            return None
+        x = self.visit_expr(x)
+        return self.builder_.emit_te(to_blocked, x, block, primfunc_name_hint="to_blocked"), shape[1]
+
+    def _leave(self, var: relax.Var, bvar: relax.Var, channels: int) -> relax.Var:
+        """Record ``bvar`` as the blocked form of ``var`` and bind ``var`` to its NCHW form for
+        consumers outside the region (dead code, removed, where there are none)."""
+        self.blocked[var] = (bvar, channels)
+        nchw = self.builder_.emit_te(from_blocked, bvar, channels, primfunc_name_hint="from_blocked")
+        return nchw
+
+    # -- rewrites ----------------------------------------------------------------------------
+    def _conv(self, call: relax.Call):
+        a = call.attrs
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+            return None
+        w = self._const(call.args[1])
+        shape = _shape(call.args[0])
+        if w is None or shape is None or len(shape) != 4 or _dtype(call.args[0]) != "float32" \
+                or w.dtype != np.float32 or (a.out_dtype and str(a.out_dtype) not in ("float32", "")):
+            return None
+        groups, c, o = int(a.groups), shape[1], w.shape[0]
+        strides = [int(s) for s in a.strides]
+        padding = [int(p) for p in a.padding]
+        dilation = [int(d) for d in a.dilation]
+        if groups == 1:
+            # a thin input (an RGB image) is blocked by its own channel count, not padded to a block
+            block_in = c if c < self.block and not (isinstance(call.args[0], relax.Var)
+                                                   and call.args[0] in self.blocked) else self.block
+            bx = self._blocked_input(call.args[0], block_in)
+            if bx is None:
+                return None
+            packed = pack_conv_weight(w, _shape(bx[0])[-1], self.block)
+            out = self.builder_.emit_te(conv2d_nchwc, bx[0], relax.const(packed), strides, padding, dilation,
+                                        primfunc_name_hint="conv2d_nchwc")
+        elif groups == c == o and w.shape[1] == 1:
+            bx = self._blocked_input(call.args[0])
+            if bx is None:
+                return None
+            packed = pack_depthwise_weight(w, self.block)
+            out = self.builder_.emit_te(depthwise_nchwc, bx[0], relax.const(packed), strides, padding, dilation,
+                                        primfunc_name_hint="depthwise_nchwc")
+        else:
+            return None
+        self.converted += 1
+        return out, o
+
+    def _elementwise(self, call: relax.Call):
+        name = call.op.name
+        out_shape = _shape(call)
+        if out_shape is None or len(out_shape) != 4:
+            return None
+        channels = None
+        for arg in call.args:
+            if isinstance(arg, relax.Var) and arg in self.blocked:
+                channels = self.blocked[arg][1]
+        if channels is None or out_shape[1] != channels:
+            return None
+        args = []
+        for arg in call.args:
+            if not isinstance(getattr(arg, "ty", None), relax.TensorType):
+                args.append(arg)  # clip's bounds, a PrimValue
+                continue
+            v = self._const(arg)
+            if v is not None:
+                packed = pack_channel_const(v, channels, self.block)
+                if packed is None:
+                    return None
+                args.append(relax.const(packed))
+                continue
+            shape = _shape(arg)
+            if shape is None or len(shape) != 4 or shape[1] != channels:
+                return None
+            bx = self._blocked_input(arg)
+            if bx is None:
+                return None
+            args.append(bx[0])
+        return self.builder_.emit(relax.Call(call.op, args, call.attrs)), channels
+
+    def _pool(self, call: relax.Call):
+        a = call.attrs
+        x = call.args[0]
+        if str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW" or not (isinstance(x, relax.Var) and x in self.blocked):
+            return None
+        bx, channels = self.blocked[x]
+        layout = f"NCHW{_shape(bx)[-1]}c"
+        kw = dict(pool_size=[int(p) for p in a.pool_size], strides=[int(s) for s in a.strides],
+                  padding=[int(p) for p in a.padding], dilation=[int(d) for d in a.dilation],
+                  ceil_mode=bool(a.ceil_mode), layout=layout, out_layout=layout)
+        if call.op.name == "relax.nn.avg_pool2d":
+            kw["count_include_pad"] = bool(a.count_include_pad)
+            out = relax.op.nn.avg_pool2d(bx, **kw)
+        else:
+            out = relax.op.nn.max_pool2d(bx, **kw)
+        return self.builder_.emit(out), channels
+
+    def _mean(self, call: relax.Call):
+        x = call.args[0]
+        if not (isinstance(x, relax.Var) and x in self.blocked) or not bool(call.attrs.keepdims):
+            return None
+        axes = sorted(int(ax) % 4 for ax in call.attrs.axis) if call.attrs.axis is not None else None
+        if axes != [2, 3]:
+            return None
+        bx, channels = self.blocked[x]
+        return self.builder_.emit(relax.op.mean(bx, axis=[2, 3], keepdims=True)), channels
+
+    def _rewrite(self, call: relax.Call):
+        name = call.op.name
+        if name == "relax.nn.conv2d":
+            return self._conv(call)
+        if name in _UNARY or name in _BINARY or (name == "relax.divide" and self._const(call.args[1]) is not None):
+            return self._elementwise(call)
+        if name in _POOL:
+            return self._pool(call)
+        if name == "relax.mean":
+            return self._mean(call)
+        return None
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # noqa: N802 (TVM visitor name)
+        value = binding.value
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            folded = self._fold_const(value, _shape(binding.var))
+            if folded is not None:
+                self.consts[binding.var] = folded
+            else:
+                done = self._rewrite(value)
+                if done is not None:
+                    bvar, channels = done
+                    nchw = self._leave(binding.var, bvar, channels)
+                    self.set_var_remap(binding.var, nchw)
+                    return
+        super().visit_var_binding_(binding)
+
+
+@tvm.transform.module_pass(opt_level=0, name="BlockedLayout")
+class BlockedLayout:
+    """``IRModule -> IRModule``: convolutional regions of ``main`` to NCHW[``block``]c.
+
+    ``block``: channels per block (``Target.conv_block``). ``converted`` counts the convolutions
+    rewritten by the last call.
+    """
+
+    def __init__(self, block: int = 16):
+        if block < 1:
+            raise ValueError(f"BlockedLayout: block must be positive, got {block}")
+        self.block = block
+        self.converted = 0
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.transform.CanonicalizeBindings()(mod)
+        blocker = _Blocker(mod, self.block)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                blocker.builder_.update_func(gv, blocker.visit_expr(func))
+        self.converted = blocker.converted
+        out = blocker.builder_.get()
+        return relax.transform.DeadCodeElimination()(out)
+
+    def __repr__(self) -> str:
+        return f"BlockedLayout(block={self.block})"

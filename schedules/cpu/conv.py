@@ -1,0 +1,186 @@
+"""Convolution in the blocked channel layout (NCHW[x]c) for LLVM CPU targets: computes and schedule.
+
+The NeoCPU recipe (Liu et al., USENIX ATC 2019): activations are ``[N, C/x, H, W, x]`` so the
+``x`` channels of one pixel are one (or two) vector registers, weights are pre-packed at compile
+time as ``[O/x, I/xi, KH, KW, xi, x]``. A register tile of ``reg_n`` output pixels along the row
+times the ``x`` output channels accumulates while the reduction runs over input-channel blocks,
+kernel rows and columns; each step broadcasts one input value and does one FMA per weight vector,
+so the tile stays in registers with no shuffles, at any stride. The epilogue (bias, folded
+batch-norm, activation, residual add — whatever ``FuseOps`` put after the convolution) is applied
+to the tile before it is stored.
+
+``conv2d_nchwc`` / ``depthwise_nchwc`` are TE computes the layout pass
+(``hwcomp.passes.blocked_layout``) emits; :class:`BlockedConv` is the dlight rule that schedules
+the fused function around them. Both know the convolution by its block annotation
+(:data:`CONV_ATTR`), so the rule never guesses from shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tvm import s_tir, te, tirx, topi
+from tvm.s_tir.dlight.analysis import get_root_block
+
+from .rules import _broadcasts_result, _CPURule, _const_int, _is_spatial, _lanes, schedule_injective
+
+#: Block annotation naming hwcomp's blocked convolutions ("conv" or "depthwise").
+CONV_ATTR = "hwcomp.blocked_conv"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvKnobs:
+    """Knobs of :class:`BlockedConv`: ``reg_n`` output pixels per register tile (0 = chosen from
+    the vector registers and the row length), ``unroll_kw`` unrolls the kernel-column loop."""
+
+    reg_n: int = 0
+    unroll_kw: bool = False
+
+
+def _pad(data, padding):
+    pt, pl, pb, pr = padding
+    if not any(padding):
+        return data
+    return topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name="data_pad")
+
+
+def _out_size(size, k, stride, dilation, before, after):
+    return (size + before + after - (k - 1) * dilation - 1) // stride + 1
+
+
+def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """``data [N, IC/xi, H, W, xi]`` ⊛ ``kernel [OC/xo, IC/xi, KH, KW, xi, xo]`` → ``[N, OC/xo, OH, OW, xo]``.
+
+    ``padding`` is (top, left, bottom, right). Input-channel blocks are reduced outermost, the
+    ``xi`` channels of a block innermost (a broadcast each), matching the schedule's loop order.
+    """
+    n, icc, h, w, xi = (int(d) for d in data.shape)
+    occ, icc_k, kh, kw, xi_k, xo = (int(d) for d in kernel.shape)
+    if (icc, xi) != (icc_k, xi_k):
+        raise ValueError(f"conv2d_nchwc: data {data.shape} and kernel {kernel.shape} disagree")
+    sh, sw = strides
+    dh, dw = dilation
+    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    padded = _pad(data, padding)
+    rc = te.reduce_axis((0, icc), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    ri = te.reduce_axis((0, xi), "ri")
+    return te.compute(
+        (n, occ, oh, ow, xo),
+        lambda b, o, y, x, c: te.sum(
+            padded[b, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, c],
+            axis=[rc, ry, rx, ri]),
+        name="conv2d_nchwc", attrs={CONV_ATTR: "conv"})
+
+
+def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """Depthwise: ``data [N, C/x, H, W, x]``, ``kernel [C/x, KH, KW, x]`` → ``[N, C/x, OH, OW, x]``."""
+    n, cc, h, w, x = (int(d) for d in data.shape)
+    cc_k, kh, kw, x_k = (int(d) for d in kernel.shape)
+    if (cc, x) != (cc_k, x_k):
+        raise ValueError(f"depthwise_nchwc: data {data.shape} and kernel {kernel.shape} disagree")
+    sh, sw = strides
+    dh, dw = dilation
+    oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
+    ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
+    padded = _pad(data, padding)
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, cc, oh, ow, x),
+        lambda b, c, y, xx, v: te.sum(
+            padded[b, c, y * sh + ry * dh, xx * sw + rx * dw, v] * kernel[c, ry, rx, v], axis=[ry, rx]),
+        name="depthwise_nchwc", attrs={CONV_ATTR: "depthwise"})
+
+
+def choose_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
+    """Output pixels per register tile. At most 8, and ``(registers - 4) / vectors`` accumulators (the
+    broadcast input, the weight vectors and LLVM's temporaries need the rest: 7 pixels x 2 vectors
+    on AVX2 spilled and ran 1.6x slower than 4), at least 3 (fewer leaves the FMA units idle); among
+    those the tile that wastes the fewest pixels in the last tile of a row, the longer on a tie
+    (ResNet's 7-wide rows: 4+3 measured faster than 6+1)."""
+    most = max(1, min(ow, 8, (registers - 4) // max(vectors, 1)))
+    least = min(3, most)
+    return min(range(least, most + 1), key=lambda n: (-(-ow // n) * n, -n))
+
+
+class BlockedConv(_CPURule):
+    """Schedule a fused function built around one :data:`CONV_ATTR` block (the NeoCPU schedule)."""
+
+    def __init__(self, vector_bits: int, knobs: ConvKnobs | None = None, registers: int = 16):
+        super().__init__(vector_bits)
+        self.knobs = knobs or ConvKnobs()
+        self.registers = registers
+
+    def _apply(self, func, target):
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        convs = [b for b in blocks if CONV_ATTR in sch.get(b).annotations]
+        if len(convs) != 1:
+            return None
+        main = convs[0]
+        kind = str(sch.get(main).annotations[CONV_ATTR])
+        # Prologues without a condition fold into the loads; padding stays a stage of its own
+        # (an if_then_else under the vector loop would scalarize it).
+        for b in blocks:
+            if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
+                continue
+            if "if_then_else" in str(sch.get(b).body):
+                continue
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
+
+        loops = sch.get_loops(main)
+        if kind == "conv":
+            n, oc, oh, ow, ob, rc, ry, rx, ri = loops
+        else:
+            n, oc, oh, ow, ob, ry, rx = loops
+            rc = ri = None
+        ow_ext = _const_int(sch.get(ow).extent)
+        xo = _const_int(sch.get(ob).extent)
+        lanes = _lanes(self.vector_bits, sch.get(main).writes[0].source.dtype.bits)
+        vectors = max(1, -(-xo // lanes))
+        reg_n = self.knobs.reg_n or choose_reg_n(ow_ext, vectors, self.registers)
+        reg_n = min(reg_n, ow_ext)
+        ow_o, ow_i = sch.split(ow, [None, reg_n])
+        if kind == "conv":
+            sch.reorder(n, oc, oh, ow_o, rc, ry, rx, ri, ow_i, ob)
+        else:
+            sch.reorder(n, oc, oh, ow_o, ry, rx, ow_i, ob)
+
+        # An epilogue that spreads the result over a larger tensor (a squeeze-and-excitation gate
+        # fused after its last 1x1 conv) stays a stage of its own: TVM 0.27 answers its
+        # reverse_compute_inline with an InternalError, not a ScheduleError.
+        changed = not _broadcasts_result(sch, main)
+        cw = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(cw, ow_o, preserve_unit_loops=True)
+        while changed:  # epilogues run on the tile while it is in registers
+            changed = False
+            for c in sch.get_consumers(cw):
+                try:
+                    sch.reverse_compute_inline(c)
+                    changed = True
+                except s_tir.ScheduleError:
+                    pass
+        sch.unroll(ow_i)
+        sch.vectorize(ob)
+        if self.knobs.unroll_kw:
+            sch.unroll(rx)
+        cw_loops = sch.get_loops(cw)
+        sch.vectorize(cw_loops[-1])
+        if len(cw_loops) > 5:
+            sch.unroll(cw_loops[-2])
+        par = sch.fuse(n, oc, oh)
+        sch.parallel(par)
+        sch.decompose_reduction(main, rc if rc is not None else ry)
+
+        tile_root = sch.get(par)
+        for b in sch.get_child_blocks(get_root_block(sch)):
+            loops_b = sch.get_loops(b)
+            if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
+                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        return sch
