@@ -152,10 +152,14 @@ class _Blocker(PyExprMutator):
 
     def _leave(self, var: relax.Var, bvar: relax.Var, channels: int) -> relax.Var:
         """Record ``bvar`` as the blocked form of ``var`` and bind ``var`` to its NCHW form for
-        consumers outside the region (dead code, removed, where there are none)."""
-        self.blocked[var] = (bvar, channels)
-        nchw = self.builder_.emit_te(from_blocked, bvar, channels, primfunc_name_hint="from_blocked")
-        return nchw
+        consumers outside the region (dead code, removed, where there are none). A dataflow
+        block's output var is seen after the block, where its blocked form is not: the region
+        ends there."""
+        call = self.builder_.call_te(from_blocked, bvar, channels, primfunc_name_hint="from_blocked")
+        if isinstance(var, relax.DataflowVar) or not self.builder_.current_block_is_dataflow():
+            self.blocked[var] = (bvar, channels)
+            return self.builder_.emit(call)
+        return self.builder_.emit_output(call)
 
     # -- rewrites ----------------------------------------------------------------------------
     def _conv(self, call: relax.Call):
