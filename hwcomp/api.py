@@ -17,6 +17,7 @@ from .artifact_files import check_replaceable, replace_dir, save_arrays, write_m
 from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
 from .frontend import ImportedModel, TensorSpec, load_model
 from .passes.blocked_layout import BlockedLayout
+from .passes.pack_dense import PackDenseWeights
 from .target import Target, get_target
 
 
@@ -53,6 +54,7 @@ class CompileOptions:
     detect_sparse: bool = True
     dynamic: dict | None = None
     blocked_layout: bool = True
+    pack_weights: bool = True
 
 
 def _default_database(target: Target) -> Path | None:
@@ -107,6 +109,11 @@ def compile(  # noqa: A001 - the verb users expect
         mod = layout(mod)
         if layout.converted:
             log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
+    if options.pack_weights and not target.is_gpu:
+        pack = PackDenseWeights(target.conv_block)
+        mod = pack(mod)
+        if pack.packed:
+            log(f"{pack.packed} matmul weights packed in {target.conv_block}-column panels")
     mod, weights = finalize_weights(mod)
 
     database = options.database

