@@ -326,31 +326,48 @@ class TiledReduction(_CPURule):
         return sch
 
     def _pad_symbolic(self, sch, main) -> dict[int, int]:
-        """Pad each symbolic spatial axis of the reduction (a dynamic sequence length) up to a
-        multiple of its register tile (``pad_einsum``: the inputs are copied into padded buffers and
-        the result sliced back), so the tiles need no per-row or per-lane guard in the inner loops —
-        a guard there keeps the tile out of registers, and TVM scalarizes a vector loop under one.
-        Returns axis position → padding factor; {} when nothing is symbolic or the block is not an
+        """Pad axes of the reduction whose tiles would otherwise need a guard in the inner loops
+        (``pad_einsum``: the inputs are copied into padded buffers and the result sliced back):
+        each symbolic row axis (a dynamic sequence length) up to a multiple of the register tile,
+        and a static column axis with no multiple of the vector lanes as divisor (attention scores
+        over 197 or 1500 tokens) up to a multiple of two vectors. A guard there keeps the tile out
+        of registers, and TVM scalarizes a vector loop under one (197 columns ran as 1-wide tiles).
+        Returns axis position → padding factor; {} when nothing needs it or the block is not an
         einsum (then the guarded tiles are used)."""
         stmt = sch.get(main)
         ivars = list(stmt.iter_vars)
-        sym = [p for p, iv in enumerate(ivars)
-               if iv.iter_type == tirx.IterVar.DataPar and _const_int(iv.dom.extent) is None]
-        if not sym or not stmt.writes:
+        if not stmt.writes:
             return {}
         last = stmt.writes[0].region[-1].min if stmt.writes[0].region else None
-        if any(ivars[p].var.same_as(last) for p in sym):
-            # symbolic columns (attention scores): padding would copy the n x n result back out,
-            # as much traffic as the short (head-size) reduction itself: whole-row tiles instead
-            return {}
+        lanes = _lanes(self.vector_bits, stmt.writes[0].source.dtype.bits)
         padding = [1] * len(ivars)
-        for p in sym:
-            padding[p] = self.knobs.mr
+        for p, iv in enumerate(ivars):
+            if iv.iter_type != tirx.IterVar.DataPar:
+                continue
+            ext = _const_int(iv.dom.extent)
+            is_col = last is not None and iv.var.same_as(last)
+            if ext is None and is_col:
+                # symbolic columns (attention scores): padding would copy the n x n result back
+                # out, as much traffic as the short (head-size) reduction itself: whole-row tiles
+                return {}
+            if ext is None:
+                padding[p] = self.knobs.mr
+            elif is_col and ext > 2 * lanes and ext % lanes:
+                padding[p] = 2 * lanes
+        if all(f == 1 for f in padding):
+            return {}
+        # padded columns: ragged static rows are padded too (a guarded row tile over a padded
+        # einsum computed wrong results at 197 x 197 in TVM 0.27)
+        for p, iv in enumerate(ivars):
+            ext = _const_int(iv.dom.extent)
+            if iv.iter_type == tirx.IterVar.DataPar and padding[p] == 1 and ext is not None \
+                    and ext > self.knobs.mr and ext % self.knobs.mr:
+                padding[p] = self.knobs.mr
         try:
             sch.pad_einsum(main, padding)
         except Exception:  # noqa: BLE001 - not an einsum (TVM raises assorted errors): use guarded tiles
             return {}
-        return {p: padding[p] for p in sym}
+        return {p: f for p, f in enumerate(padding) if f > 1}
 
     def _symbolic_columns(self, sch, main, loops, n_s, i, j, extents, knobs):
         """The column axis has a symbolic extent (attention scores ``Q @ K^T`` over a dynamic
