@@ -4,7 +4,7 @@ LLVM has no vector ``erf``/``exp``/``tanh``: a vectorized loop calls libm's scal
 lane. On BERT-base that made GELU (12 x 128 x 3072 values) 25 ms of a 390 ms run and the
 attention softmax another 8 ms. TVM's ``topi.fast_*`` functions are branch-free polynomials that
 vectorize (absolute error about 1e-7 on float32). This pass rewrites ``gelu``/``gelu_tanh`` into
-one elementwise function built on them, then applies TVM's ``FastMathTransform`` (``softmax``,
+one elementwise function built on them (sigmoid and SiLU likewise), then applies TVM's ``FastMathTransform`` (``softmax``,
 ``exp``, ``erf``, ``tanh``). Run it before legalization; ``CompileOptions.fast_math=False`` keeps
 libm's functions.
 """
@@ -35,7 +35,22 @@ def fast_gelu_tanh(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: half * x(*i) * (tvm.tirx.const(1.0, x.dtype) + t(*i)), name="fast_gelu_tanh")
 
 
-_GELU = {"relax.nn.gelu": fast_gelu, "relax.nn.gelu_tanh": fast_gelu_tanh}
+def fast_sigmoid(x: te.Tensor) -> te.Tensor:
+    """``1 / (1 + exp(-x))`` with ``topi.fast_exp`` (libm's scalar ``expf`` per lane made the
+    SiLU epilogue of EfficientNet's convolutions cost more than the convolutions)."""
+    e = topi.fast_exp(topi.negative(x))
+    one = tvm.tirx.const(1.0, x.dtype)
+    return te.compute(x.shape, lambda *i: one / (one + e(*i)), name="fast_sigmoid")
+
+
+def fast_silu(x: te.Tensor) -> te.Tensor:
+    """``x * sigmoid(x)`` with :func:`fast_sigmoid`."""
+    s = fast_sigmoid(x)
+    return te.compute(x.shape, lambda *i: x(*i) * s(*i), name="fast_silu")
+
+
+_GELU = {"relax.nn.gelu": fast_gelu, "relax.nn.gelu_tanh": fast_gelu_tanh,
+         "relax.sigmoid": fast_sigmoid, "relax.nn.silu": fast_silu}
 
 
 @expr_functor.mutator
@@ -50,7 +65,8 @@ class _GeluRewriter(PyExprMutator):
 
 @tvm.transform.module_pass(opt_level=0, name="hwcomp.FastMath")
 class FastMath:
-    """``IRModule → IRModule``: GELU, softmax, exp, erf and tanh become polynomial approximations."""
+    """``IRModule → IRModule``: GELU, sigmoid, SiLU, softmax, exp, erf and tanh become polynomial
+    approximations."""
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         rewriter = _GeluRewriter(mod)
