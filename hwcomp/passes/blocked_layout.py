@@ -162,6 +162,12 @@ class _Blocker(PyExprMutator):
         return self.builder_.emit_output(call)
 
     # -- rewrites ----------------------------------------------------------------------------
+    def _block_of(self, x) -> int | None:
+        """The block of ``x``'s blocked form, None when it has none."""
+        if isinstance(x, relax.Var) and x in self.blocked:
+            return _shape(self.blocked[x][0])[-1]
+        return None
+
     def _conv(self, call: relax.Call):
         a = call.attrs
         if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
@@ -172,40 +178,50 @@ class _Blocker(PyExprMutator):
                 or w.dtype != np.float32 or (a.out_dtype and str(a.out_dtype) not in ("float32", "")):
             return None
         groups, c, o = int(a.groups), shape[1], w.shape[0]
-        strides = [int(s) for s in a.strides]
-        padding = [int(p) for p in a.padding]
-        dilation = [int(d) for d in a.dilation]
+        args = ([int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation])
+        have = self._block_of(call.args[0])
         if groups == 1:
-            # a thin input (an RGB image) is blocked by its own channel count, not padded to a block
-            block_in = c if c < self.block and not (isinstance(call.args[0], relax.Var)
-                                                   and call.args[0] in self.blocked) else self.block
+            # a blocked input is read in its own block (no re-blocking); a thin NCHW input (an RGB
+            # image) is blocked by its channel count rather than padded to a whole block
+            block_in = have or (c if c < self.block else self.block)
             bx = self._blocked_input(call.args[0], block_in)
             if bx is None:
                 return None
-            packed = pack_conv_weight(w, _shape(bx[0])[-1], self.block)
-            out = self.builder_.emit_te(conv2d_nchwc, bx[0], relax.const(packed), strides, padding, dilation,
+            packed = pack_conv_weight(w, block_in, self.block)
+            out = self.builder_.emit_te(conv2d_nchwc, bx[0], relax.const(packed), *args,
                                         primfunc_name_hint="conv2d_nchwc")
         elif groups == c == o and w.shape[1] == 1:
-            bx = self._blocked_input(call.args[0])
+            block = have or self.block
+            bx = self._blocked_input(call.args[0], block)
             if bx is None:
                 return None
-            packed = pack_depthwise_weight(w, self.block)
-            out = self.builder_.emit_te(depthwise_nchwc, bx[0], relax.const(packed), strides, padding, dilation,
+            out = self.builder_.emit_te(depthwise_nchwc, bx[0], relax.const(pack_depthwise_weight(w, block)), *args,
                                         primfunc_name_hint="depthwise_nchwc")
         else:
-            return None
+            # grouped: every group a whole number of blocks (RegNet's 8-wide groups: blocks of 8)
+            width_in, width_out = c // groups, o // groups
+            block = next((b for b in (self.block, self.block // 2) if b >= 4 and width_in % b == 0
+                          and width_out % b == 0), None)
+            if block is None or c % groups or o % groups:
+                return None
+            bx = self._blocked_input(call.args[0], block)
+            if bx is None:
+                return None
+            packed = pack_conv_weight(w, block, block)
+            out = self.builder_.emit_te(conv2d_nchwc, bx[0], relax.const(packed), *args, groups,
+                                        primfunc_name_hint="conv2d_nchwc")
         self.converted += 1
         return out, o
 
     def _elementwise(self, call: relax.Call):
-        name = call.op.name
         out_shape = _shape(call)
         if out_shape is None or len(out_shape) != 4:
             return None
-        channels = None
+        channels = block = None
         for arg in call.args:
             if isinstance(arg, relax.Var) and arg in self.blocked:
-                channels = self.blocked[arg][1]
+                channels, block = self.blocked[arg][1], self._block_of(arg)
+                break
         if channels is None or out_shape[1] != channels:
             return None
         args = []
@@ -215,7 +231,7 @@ class _Blocker(PyExprMutator):
                 continue
             v = self._const(arg)
             if v is not None:
-                packed = pack_channel_const(v, channels, self.block)
+                packed = pack_channel_const(v, channels, block)
                 if packed is None:
                     return None
                 args.append(relax.const(packed))
@@ -223,7 +239,7 @@ class _Blocker(PyExprMutator):
             shape = _shape(arg)
             if shape is None or len(shape) != 4 or shape[1] != channels:
                 return None
-            bx = self._blocked_input(arg)
+            bx = self._blocked_input(arg, block)
             if bx is None:
                 return None
             args.append(bx[0])

@@ -48,29 +48,36 @@ def _out_size(size, k, stride, dilation, before, after):
     return (size + before + after - (k - 1) * dilation - 1) // stride + 1
 
 
-def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation) -> te.Tensor:
-    """``data [N, IC/xi, H, W, xi]`` ⊛ ``kernel [OC/xo, IC/xi, KH, KW, xi, xo]`` → ``[N, OC/xo, OH, OW, xo]``.
+def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, groups: int = 1) -> te.Tensor:
+    """``data [N, IC/xi, H, W, xi]`` ⊛ ``kernel [OC/xo, IC/groups/xi, KH, KW, xi, xo]`` → ``[N, OC/xo, OH, OW, xo]``.
 
-    ``padding`` is (top, left, bottom, right). Input-channel blocks are reduced outermost, the
-    ``xi`` channels of a block innermost (a broadcast each), matching the schedule's loop order.
+    ``padding`` is (top, left, bottom, right). With ``groups`` > 1 every group's input and output
+    channels are whole blocks (RegNet's 8-wide groups in blocks of 8): output block ``o`` reads the
+    input blocks of its group only. Input-channel blocks are reduced outermost, the ``xi`` channels
+    of a block innermost (a broadcast each), matching the schedule's loop order.
     """
     n, icc, h, w, xi = (int(d) for d in data.shape)
     occ, icc_k, kh, kw, xi_k, xo = (int(d) for d in kernel.shape)
-    if (icc, xi) != (icc_k, xi_k):
-        raise ValueError(f"conv2d_nchwc: data {data.shape} and kernel {kernel.shape} disagree")
+    if icc % groups or occ % groups or icc_k != icc // groups or xi != xi_k:
+        raise ValueError(f"conv2d_nchwc: data {data.shape}, kernel {kernel.shape} and groups={groups} disagree")
+    out_per_group = occ // groups
     sh, sw = strides
     dh, dw = dilation
     oh = _out_size(h, kh, sh, dh, padding[0], padding[2])
     ow = _out_size(w, kw, sw, dw, padding[1], padding[3])
     padded = _pad(data, padding)
-    rc = te.reduce_axis((0, icc), "rc")
+    rc = te.reduce_axis((0, icc_k), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     ri = te.reduce_axis((0, xi), "ri")
+
+    def block_of(o, r):
+        return r if groups == 1 else o // out_per_group * icc_k + r
+
     return te.compute(
         (n, occ, oh, ow, xo),
         lambda b, o, y, x, c: te.sum(
-            padded[b, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, c],
+            padded[b, block_of(o, rc), y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, c],
             axis=[rc, ry, rx, ri]),
         name="conv2d_nchwc", attrs={CONV_ATTR: "conv"})
 
