@@ -25,6 +25,8 @@ from tvm import relax, te, tirx
 from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from hwcomp.relax_graph import op_name
+
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
 
 # Element-wise ops a blocked value passes through (finite in, finite out, any shape).
@@ -110,6 +112,7 @@ class _Blocker(PyExprMutator):
         self.block = block
         self.blocked: dict[relax.Var, tuple[relax.Var, int]] = {}  # NCHW var -> (blocked var, C)
         self.consts: dict[relax.Var, np.ndarray] = {}
+        self.var2val: dict = {}
         self.converted = 0
 
     # -- constants ---------------------------------------------------------------------------
@@ -168,6 +171,20 @@ class _Blocker(PyExprMutator):
             return _shape(self.blocked[x][0])[-1]
         return None
 
+    def _fold_pad(self, x: relax.Expr, padding: list[int]) -> tuple[relax.Expr, list[int]]:
+        """A zero ``nn.pad`` of the spatial dims feeding a convolution (MobileNetV2's TF-style
+        "same" padding) becomes the convolution's own padding: no padded copy in memory, and the
+        region does not end at the pad."""
+        val = self.var2val.get(x) if isinstance(x, relax.Var) else None
+        if op_name(val) != "relax.nn.pad" or str(val.attrs.pad_mode) != "constant" \
+                or float(val.attrs.pad_value) != 0.0:
+            return x, padding
+        pw = [int(v) for v in val.attrs.pad_width]
+        if len(pw) != 8 or any(pw[:4]) or min(pw) < 0:
+            return x, padding
+        top, left, bottom, right = padding
+        return val.args[0], [top + pw[4], left + pw[6], bottom + pw[5], right + pw[7]]
+
     def _conv(self, call: relax.Call):
         a = call.attrs
         if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
@@ -177,14 +194,15 @@ class _Blocker(PyExprMutator):
         if w is None or shape is None or len(shape) != 4 or _dtype(call.args[0]) != "float32" \
                 or w.dtype != np.float32 or (a.out_dtype and str(a.out_dtype) not in ("float32", "")):
             return None
+        data, padding = self._fold_pad(call.args[0], [int(p) for p in a.padding])
         groups, c, o = int(a.groups), shape[1], w.shape[0]
-        args = ([int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation])
-        have = self._block_of(call.args[0])
+        args = ([int(s) for s in a.strides], padding, [int(d) for d in a.dilation])
+        have = self._block_of(data)
         if groups == 1:
             # a blocked input is read in its own block (no re-blocking); a thin NCHW input (an RGB
             # image) is blocked by its channel count rather than padded to a whole block
             block_in = have or (c if c < self.block else self.block)
-            bx = self._blocked_input(call.args[0], block_in)
+            bx = self._blocked_input(data, block_in)
             if bx is None:
                 return None
             packed = pack_conv_weight(w, block_in, self.block)
@@ -192,7 +210,7 @@ class _Blocker(PyExprMutator):
                                         primfunc_name_hint="conv2d_nchwc")
         elif groups == c == o and w.shape[1] == 1:
             block = have or self.block
-            bx = self._blocked_input(call.args[0], block)
+            bx = self._blocked_input(data, block)
             if bx is None:
                 return None
             out = self.builder_.emit_te(depthwise_nchwc, bx[0], relax.const(pack_depthwise_weight(w, block)), *args,
@@ -204,7 +222,7 @@ class _Blocker(PyExprMutator):
                           and width_out % b == 0), None)
             if block is None or c % groups or o % groups:
                 return None
-            bx = self._blocked_input(call.args[0], block)
+            bx = self._blocked_input(data, block)
             if bx is None:
                 return None
             packed = pack_conv_weight(w, block, block)
@@ -320,6 +338,7 @@ class BlockedLayout:
         blocker = _Blocker(mod, self.block)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
+                blocker.var2val = relax.analysis.get_var2val(func)
                 blocker.builder_.update_func(gv, blocker.visit_expr(func))
         self.converted = blocker.converted
         out = blocker.builder_.get()

@@ -15,6 +15,7 @@ stays in cache while every row tile reuses it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -68,6 +69,26 @@ def _largest_divisor(n: int, prefs: tuple[int, ...]) -> int:
         if p > 0 and n % p == 0:
             return p
     return 1
+
+
+def _row_tile(ext: int, mr: int) -> int:
+    """TiledReduction's row tile for ``ext`` static rows with the ``mr`` knob: a divisor of ``ext``,
+    or ``mr`` itself with a guarded last tile where ``ext`` has no good divisor."""
+    tile = _largest_divisor(ext, (mr, 6, 4, 3, 2, 1))
+    return mr if tile < min(mr, 3) < ext else tile
+
+
+def _tiles_are_boxes(extents: list[int], tile: int) -> bool:
+    """True when every run of ``tile`` consecutive indices of the fused loop over ``extents``
+    (outermost first), starting at a multiple of ``tile``, is a box of the unfused axes:
+    the tile divides the innermost extent, or covers whole rows of it, and so on outwards."""
+    for e in reversed(extents):
+        if tile <= e:
+            return e % tile == 0
+        if tile % e:
+            return False
+        tile //= e
+    return True
 
 
 def _vars_in(expr) -> list:
@@ -243,6 +264,13 @@ class TiledReduction(_CPURule):
             while start > 0 and start - 1 != j and kinds[start - 1] == "S" and extents[start - 1] is not None \
                     and start - 1 not in broadcast_used and extents[start - 1] > 1:
                 start -= 1
+            # cache_write's write-back, placed under the row tile by reverse_compute_at, covers the
+            # tile's bounding box in the unfused axes: a tile straddling the end of an inner row
+            # would store lanes it never computed (a padded max-pool over 3 rows tiled by 4 gave
+            # garbage). Fuse only the axes whose tiles are exact boxes.
+            while start < i and not _tiles_are_boxes(
+                    extents[start:i + 1], _row_tile(math.prod(extents[start:i + 1]), knobs.mr)):
+                start += 1
             if start < i:
                 fused = sch.fuse(*loops[start:i + 1])
                 ext = 1
@@ -270,12 +298,9 @@ class TiledReduction(_CPURule):
             nr = _largest_divisor(ext_j, nr_pref)
             if nr == 1:
                 nr = _largest_divisor(ext_j, tuple(range(2 * lanes, 1, -1)))
-        mr = 1 if i is None else padded.get(i, knobs.mr) if extents[i] is None else \
-            _largest_divisor(extents[i], (knobs.mr, 6, 4, 3, 2, 1))
-        if i is not None and extents[i] is not None and mr < min(knobs.mr, 3) < extents[i]:
-            # no good divisor (197 tokens, 49 pixels): full tiles and one guarded last tile, not
-            # tiles of one row (3.5x slower at 197 tokens than at 198)
-            mr = knobs.mr
+        # no good divisor (197 tokens, 49 pixels): full tiles and one guarded last tile, not
+        # tiles of one row (3.5x slower at 197 tokens than at 198) -- _row_tile
+        mr = 1 if i is None else padded.get(i, knobs.mr) if extents[i] is None else _row_tile(extents[i], knobs.mr)
 
         j0, j1 = sch.split(loops[j], [None, nr])
         if i is not None:
