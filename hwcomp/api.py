@@ -10,14 +10,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 from . import __version__
 from .artifact import LIB, REFERENCE, WEIGHTS, Artifact, compare
 from .artifact_files import check_replaceable, replace_dir, save_arrays, write_manifest
-from .build import bind_weights, compile_module, export_library, finalize_weights, schedule
+from .build import (
+    bind_weights,
+    compile_module,
+    export_library,
+    finalize_weights,
+    layout_for_target,
+    schedule,
+)
 from .frontend import ImportedModel, TensorSpec, load_model
-from .passes.blocked_layout import BlockedLayout
-from .passes.pack_dense import PackDenseWeights
 from .target import Target, get_target
 
 
@@ -64,7 +68,7 @@ def _default_database(target: Target) -> Path | None:
     return d if d is not None and d.is_dir() else None
 
 
-def compile(  # noqa: A001 - the verb users expect
+def compile(
     model,
     target: str | Target = "host",
     output_dir: str | Path | None = None,
@@ -104,16 +108,7 @@ def compile(  # noqa: A001 - the verb users expect
     if detect is not None and detect.report.n_sparse:
         log("pre-pruned weights found: " + detect.report.table().splitlines()[-1] + " (no flag needed)")
         passes.append(detect)
-    if options.blocked_layout and not target.is_gpu:
-        layout = BlockedLayout(target.conv_block)
-        mod = layout(mod)
-        if layout.converted:
-            log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
-    if options.pack_weights and not target.is_gpu:
-        pack = PackDenseWeights(target.conv_block)
-        mod = pack(mod)
-        if pack.packed:
-            log(f"{pack.packed} matmul weights packed in {target.conv_block}-column panels")
+    mod = layout_for_target(mod, target, options.blocked_layout, options.pack_weights, log)
     mod, weights = finalize_weights(mod)
 
     database = options.database

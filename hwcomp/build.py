@@ -8,6 +8,7 @@ for whatever the database does not cover → ``tvm.compile``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,30 @@ from .target import Target
 def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModule:
     """Bind the named parameters of ``main`` as constants so passes can read and rewrite them."""
     return relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
+
+
+def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = True, pack_weights: bool = True,
+                      log: Callable[[str], None] | None = None) -> tvm.IRModule:
+    """The target's layouts for constant-weight ops (CPU targets; weights still bound as constants):
+    convolutional regions in NCHW[x]c (``passes.blocked_layout``), matmul weights in column panels
+    (``passes.pack_dense``). ``compile`` and the tuner's task extraction both run it, so tuned
+    workloads are the ones compile builds."""
+    if target.is_gpu:
+        return mod
+    from .passes.blocked_layout import BlockedLayout
+    from .passes.pack_dense import PackDenseWeights
+
+    if blocked_layout:
+        layout = BlockedLayout(target.conv_block)
+        mod = layout(mod)
+        if layout.converted and log:
+            log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
+    if pack_weights:
+        pack = PackDenseWeights(target.conv_block)
+        mod = pack(mod)
+        if pack.packed and log:
+            log(f"{pack.packed} matmul weights packed in {target.conv_block}-column panels")
+    return mod
 
 
 def finalize_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:

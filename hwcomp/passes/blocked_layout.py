@@ -26,7 +26,6 @@ from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.relax_graph import op_name
-
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
 
 # Element-wise ops a blocked value passes through (finite in, finite out, any shape).
@@ -201,7 +200,7 @@ class _Blocker(PyExprMutator):
         if groups == 1:
             # a blocked input is read in its own block (no re-blocking); a thin NCHW input (an RGB
             # image) is blocked by its channel count rather than padded to a whole block
-            block_in = have or (c if c < self.block else self.block)
+            block_in = have or (min(self.block, c))
             bx = self._blocked_input(data, block_in)
             if bx is None:
                 return None
@@ -302,7 +301,7 @@ class _Blocker(PyExprMutator):
             return self._mean(call)
         return None
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # noqa: N802 (TVM visitor name)
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = binding.value
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             folded = self._fold_const(value, _shape(binding.var))

@@ -17,13 +17,36 @@ from .formats import mean_secs, parse_knob_line, workload_key
 from .locations import KNOBS, target_signature
 from .store import append_json_line
 
-KERNEL = "tiled_reduction"
+KERNEL = "tiled_reduction"  # TiledReduction's knobs (TileKnobs)
+CONV_KERNEL = "blocked_conv"  # BlockedConv's knobs (ConvKnobs)
+
+
+def kernel_types() -> dict[str, type]:
+    """Kernel name → its knob dataclass: the kernels whose knobs are tuned and stored."""
+    from hwcomp.schedules.cpu import ConvKnobs, TileKnobs
+
+    return {KERNEL: TileKnobs, CONV_KERNEL: ConvKnobs}
 
 
 def knob_types():
-    from hwcomp.schedules.cpu import TileKnobs
+    """TiledReduction's knob dataclass (``kernel_types()[KERNEL]``)."""
+    return kernel_types()[KERNEL]
 
-    return TileKnobs
+
+def kernel_of(knobs) -> str:
+    for name, cls in kernel_types().items():
+        if isinstance(knobs, cls):
+            return name
+    raise TypeError(f"not a knob set of a tunable kernel: {knobs!r}")
+
+
+def rule_for(knobs, vector_bits: int, registers: int = 16):
+    """The dlight rule that schedules with ``knobs`` (BlockedConv for ConvKnobs, else TiledReduction)."""
+    from hwcomp.schedules.cpu import BlockedConv, ConvKnobs, TiledReduction
+
+    if isinstance(knobs, ConvKnobs):
+        return BlockedConv(vector_bits, knobs, registers)
+    return TiledReduction(vector_bits, knobs)
 
 
 def knobs_to_dict(knobs) -> dict:
@@ -34,12 +57,14 @@ def knobs_str(knobs) -> str:
     return ",".join(f"{k}={v}" for k, v in knobs_to_dict(knobs).items())
 
 
-def knobs_from_dict(d: dict):
-    TileKnobs = knob_types()
-    fields = {f.name for f in dataclasses.fields(TileKnobs)}
+def knobs_from_dict(d: dict, kernel: str = KERNEL):
+    cls = kernel_types().get(kernel)
+    if cls is None:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
     if set(d) - fields:
         raise ValueError(f"unknown knobs {sorted(set(d) - fields)}")
-    return TileKnobs(**d)
+    return cls(**d)
 
 
 @dataclasses.dataclass
@@ -64,9 +89,9 @@ def read_knob_entries(directory: str | Path, target: Target | None = None) -> li
             obj = parse_knob_line(line)
             if want is not None and obj.get("signature") not in (None, want):
                 continue
-            if obj.get("kernel") != KERNEL:
+            if obj.get("kernel") not in kernel_types():
                 continue
-            out.append(KnobEntry(obj["workload"], obj["kernel"], knobs_from_dict(obj["knobs"]),
+            out.append(KnobEntry(obj["workload"], obj["kernel"], knobs_from_dict(obj["knobs"], obj["kernel"]),
                                  mean_secs(obj.get("run_secs")), obj.get("task", "")))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
@@ -87,7 +112,7 @@ def append_knob_entry(directory: Path, workload: str, task: str, knobs, secs: li
     """Add one measurement to ``directory``'s ``hwcomp_knobs.json`` (flushed to disk at once, so an
     interrupted search resumes where it stopped)."""
     append_json_line(Path(directory) / KNOBS, {
-        "workload": workload, "task": task, "kernel": KERNEL, "knobs": knobs_to_dict(knobs), "run_secs": secs,
+        "workload": workload, "task": task, "kernel": kernel_of(knobs), "knobs": knobs_to_dict(knobs), "run_secs": secs,
         "error": error, "signature": signature, "time": datetime.datetime.now().isoformat(timespec="seconds")})
 
 
@@ -103,18 +128,19 @@ def stored_knob_rules(database: str | Path | None, target: Target) -> list:
     if database is None or target.is_gpu:
         return []
     table = {k: e.knobs for k, e in best_knobs(database, target).items()}
-    return [StoredKnobs(target.vector_bits, table)] if table else []
+    return [StoredKnobs(target.vector_bits, table, target.vector_registers)] if table else []
 
 
 def _stored_knobs_rule_class():
     from tvm.s_tir.dlight.base import ScheduleRule
 
     class _StoredKnobs(ScheduleRule):
-        """TiledReduction with the knobs tuned for this exact workload (structural hash)."""
+        """hwcomp's kernel with the knobs tuned for this exact workload (structural hash)."""
 
-        def __init__(self, vector_bits: int, table: dict):
+        def __init__(self, vector_bits: int, table: dict, registers: int):
             self.vector_bits = vector_bits
             self.table = table
+            self.registers = registers
 
         def is_target_available(self, target) -> bool:
             return target.kind.name == "llvm"
@@ -127,12 +153,10 @@ def _stored_knobs_rule_class():
             knobs = self.table.get(workload_key(func))
             if knobs is None:
                 return None
-            from hwcomp.schedules.cpu import TiledReduction
-
-            return TiledReduction(self.vector_bits, knobs).apply(func, target, tunable)
+            return rule_for(knobs, self.vector_bits, self.registers).apply(func, target, tunable)
 
     return _StoredKnobs
 
 
-def StoredKnobs(vector_bits: int, table: dict):  # noqa: N802 - a class in disguise (lazy TVM import)
-    return _stored_knobs_rule_class()(vector_bits, table)
+def StoredKnobs(vector_bits: int, table: dict, registers: int = 16):  # noqa: N802 - a class in disguise
+    return _stored_knobs_rule_class()(vector_bits, table, registers)

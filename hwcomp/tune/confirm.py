@@ -84,11 +84,16 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                     rounds: int = ROUNDS, max_steps: int = MAX_STEPS, log=None) -> list[Confirmation]:
     """Re-measure the best records of ``tasks`` in ``directory`` (see the module docstring) and write
     the re-measured times back. Returns one :class:`Confirmation` per task that has records."""
-    from ..records.knobs import knob_types
     from ..records.locations import RECORDS
     from ..records.store import atomic_write, lines_text, locked
     from ..records.validate import open_database
-    from .knobs import commit_schedule, measure_rounds, schedule_with
+    from .knobs import (
+        commit_schedule,
+        default_knobs,
+        kernel_for,
+        measure_rounds,
+        schedule_with,
+    )
 
     directory = Path(directory)
     if not (directory / RECORDS).exists():
@@ -97,7 +102,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
-    default_sch = {t.key: schedule_with(t.func, knob_types()(), target) for t in todo}  # None: no default rule
+    default_sch = {t.key: schedule_with(t.func, default_knobs(kernel_for(t.func, target)), target) for t in todo}  # None: no default rule
     recorded = {t.key: min(r.mean for r in by_key[t.key]) for t in todo}
 
     def best_confirmed(key: str) -> float:

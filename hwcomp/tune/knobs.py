@@ -23,7 +23,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..records.knobs import append_knob_entry, best_knobs, knob_types, read_knob_entries  # noqa: F401 (best_knobs: re-exported)
+from ..records.knobs import (  # noqa: F401 (best_knobs, knob_types: re-exported)
+    CONV_KERNEL,
+    KERNEL,
+    append_knob_entry,
+    best_knobs,
+    kernel_of,
+    kernel_types,
+    knob_types,
+    read_knob_entries,
+    rule_for,
+)
 from ..records.locations import target_signature
 from ..target import Target
 from .tasks import Task
@@ -35,14 +45,34 @@ SPACE = {
     "kc": (0, 64, 128, 256),
     "panel_outer": (True, False),
 }
+#: The BlockedConv knob space: output pixels per register tile, kernel-column unrolling.
+CONV_SPACE = {
+    "reg_n": (2, 3, 4, 5, 6, 7, 8),
+    "unroll_kw": (False, True),
+}
 
 
-def knob_space() -> list:
-    TileKnobs = knob_types()
-    return [TileKnobs(*v) for v in itertools.product(*SPACE.values())]
+def kernel_for(func, target: Target) -> str:
+    """Which of hwcomp's kernels schedules ``func``: the blocked convolution where it applies."""
+    from hwcomp.schedules.cpu import BlockedConv
+
+    conv = BlockedConv(target.vector_bits, registers=target.vector_registers)
+    return CONV_KERNEL if conv.apply(func, target.tvm_target(), False) is not None else KERNEL
+
+
+def default_knobs(kernel: str = KERNEL):
+    return kernel_types()[kernel]()
+
+
+def knob_space(kernel: str = KERNEL) -> list:
+    cls = kernel_types()[kernel]
+    space = CONV_SPACE if kernel == CONV_KERNEL else SPACE
+    return [cls(*v) for v in itertools.product(*space.values())]
 
 
 def _features(knobs, lanes: int) -> list[float]:
+    if kernel_of(knobs) == CONV_KERNEL:
+        return [float(knobs.reg_n), float(knobs.unroll_kw)]
     nr = knobs.nr_vectors * lanes
     return [math.log2(knobs.mr), knobs.nr_vectors, math.log2(knobs.kc) if knobs.kc else 0.0,
             float(knobs.panel_outer), knobs.mr * knobs.nr_vectors, math.log2(knobs.mr * nr),
@@ -50,10 +80,8 @@ def _features(knobs, lanes: int) -> list[float]:
 
 
 def schedule_with(func, knobs, target: Target):
-    """TiledReduction's schedule of ``func`` with ``knobs`` (None when the rule does not apply)."""
-    from hwcomp.schedules.cpu import TiledReduction
-
-    return TiledReduction(target.vector_bits, knobs).apply(func, target.tvm_target(), False)
+    """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply)."""
+    return rule_for(knobs, target.vector_bits, target.vector_registers).apply(func, target.tvm_target(), False)
 
 
 # ----------------------------------------------------------------------------- search
@@ -128,7 +156,7 @@ def commit_schedule(database, task: Task, sch, secs: float, target: Target) -> N
 def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, trials: int = 24, batch: int = 6,
                seed: int = 0, deadline: float | None = None,
                on_batch: Callable[[KnobResult, int], None] | None = None) -> KnobResult:
-    """Search TiledReduction's knobs for one task; append every measurement to ``hwcomp_knobs.json``.
+    """Search the knobs of the hwcomp kernel that schedules one task (:func:`kernel_for`); append every measurement to ``hwcomp_knobs.json``.
 
     Resumes: knob sets already measured for this workload are not measured again and count
     towards ``trials``. ``deadline`` (``time.monotonic()`` value): stop between batches.
@@ -138,12 +166,13 @@ def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, tri
 
     res = KnobResult(task.name, task.key)
     func = task.func
-    default = knob_types()()
+    kernel = kernel_for(func, target)
+    default = default_knobs(kernel)
     # Distinct schedules only: many knob sets collapse for a given shape (divisors, kc ≥ K, ...).
     by_schedule: dict[int, object] = {}
     cands: list = []
     mods: dict = {}
-    for k in [default, *knob_space()]:
+    for k in [default, *knob_space(kernel)]:
         sch = schedule_with(func, k, target)
         if sch is None:
             if k is default:
@@ -205,14 +234,14 @@ def measure_defaults(tasks: list[Task], target: Target, directory: Path, builder
     This is what compile would use without the database: :func:`~hwcomp.tune.tuner.tune` keeps a
     MetaSchedule record only where it beats this baseline. Tasks already measured are skipped.
     """
-    default = knob_types()()
-    known = {e.workload: e.secs for e in read_knob_entries(directory, target) if e.knobs == default}
+    known = {e.workload: e.secs for e in read_knob_entries(directory, target)
+             if e.knobs == default_knobs(kernel_of(e.knobs))}
     out: dict[str, float | None] = {k: v for k, v in known.items() if k in {t.key for t in tasks}}
     todo, mods = [], []
     for t in tasks:
         if t.key in known:
             continue
-        sch = schedule_with(t.func, default, target)
+        sch = schedule_with(t.func, default_knobs(kernel_for(t.func, target)), target)
         if sch is not None:
             todo.append(t)
             mods.append(sch.mod)
@@ -222,7 +251,7 @@ def measure_defaults(tasks: list[Task], target: Target, directory: Path, builder
     for t, (secs, err) in zip(todo, measure(mods, target, builder, runner)):
         mean = sum(secs) / len(secs) if secs else None
         out[t.key] = mean
-        append_knob_entry(directory, t.key, t.name, default, secs, err, sig)
+        append_knob_entry(directory, t.key, t.name, default_knobs(kernel_for(t.func, target)), secs, err, sig)
     return out
 
 

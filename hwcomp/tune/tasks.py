@@ -34,7 +34,8 @@ class Task:
 
 def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), example_inputs=None,
                      input_shapes: dict | None = None):
-    """The module compile schedules: import → bind weights → passes → finalize → legalize + fuse.
+    """The module compile schedules: import → bind weights → passes → target layouts → finalize →
+    legalize + fuse.
 
     ``model`` is anything ``hwcomp.compile`` accepts (an ``nn.Module`` with ``example_inputs``, a
     ``.pt2``/``.onnx`` path, an ``ImportedModel``) or a Relax ``IRModule`` whose weights are already
@@ -43,7 +44,7 @@ def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), exa
     import tvm
     from tvm import relax
 
-    from ..build import bind_weights, finalize_weights, lower
+    from ..build import bind_weights, finalize_weights, layout_for_target, lower
     from ..frontend import ImportedModel, load_model
 
     if isinstance(model, tvm.IRModule):
@@ -55,6 +56,7 @@ def lower_for_tuning(model, target: Target, passes: Sequence[Callable] = (), exa
         mod = bind_weights(imported.mod, imported.params)
         for p in passes:
             mod = p(mod)
+        mod = layout_for_target(mod, target)
         mod, _weights = finalize_weights(mod)
     if not any(isinstance(f, relax.Function) for f in mod.functions.values()):
         return mod  # TIR only: already lowered

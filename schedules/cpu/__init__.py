@@ -1,7 +1,13 @@
 """Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
 
 from .conv import BlockedConv, ConvKnobs
-from .rules import Injective, RowReduction, TiledReduction, TileKnobs, schedule_injective
+from .rules import (
+    Injective,
+    RowReduction,
+    TiledReduction,
+    TileKnobs,
+    schedule_injective,
+)
 
 
 def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16) -> list:
@@ -13,4 +19,4 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TiledReduction", "TileKnobs", "default_rules", "schedule_injective"]
+__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "default_rules", "schedule_injective"]

@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from tvm import s_tir, te, tirx, topi
+from tvm import s_tir, te, topi
 from tvm.s_tir.dlight.analysis import get_root_block
 
-from .rules import _broadcasts_result, _CPURule, _const_int, _is_spatial, _lanes, schedule_injective
+from .rules import (
+    _broadcasts_result,
+    _const_int,
+    _CPURule,
+    _is_spatial,
+    _lanes,
+    schedule_injective,
+)
 
 #: Block annotation naming hwcomp's blocked convolutions ("conv" or "depthwise").
 CONV_ATTR = "hwcomp.blocked_conv"

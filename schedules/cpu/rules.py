@@ -22,7 +22,6 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-
 # Block annotation: a stage TiledReduction keeps instead of inlining into the reduction's loads.
 MATERIALIZE = "hwcomp.materialize"
 
