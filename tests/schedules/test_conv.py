@@ -1,0 +1,334 @@
+"""Blocked-layout convolution (``BlockedLayout`` + ``BlockedConv``) end to end through ``hwcomp.compile``
+on the host, against PyTorch.
+
+Tolerance: max |out - ref| <= 1e-4 * max(|ref|) (fp32 with a different summation order; GELU/SiLU go
+through the fast-math polynomials, absolute error ~1e-7). Every case also checks from the compile log
+how many convolutions went into the blocked layout, so a silent fall back to the NCHW path cannot
+pass for the blocked one.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from hwcomp.schedules.cpu import TiledReduction
+from torch import nn
+from tvm import te, topi
+
+import hwcomp
+from hwcomp.api import CompileOptions
+from hwcomp.models import randomize_batchnorm
+
+REL_TOL = 1e-4
+
+
+def _compile(model, x, tmp_path, options=None):
+    logs: list[str] = []
+    out_dir = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
+    art = hwcomp.compile(model, "host", out_dir, example_inputs=(x,), options=options, log=logs.append)
+    converted = 0
+    for line in logs:
+        m = re.match(r"(\d+) convolutions in the blocked layout", line)
+        if m:
+            converted = int(m.group(1))
+    return art, converted
+
+
+def _check(model, shape, tmp_path, *, convs, options=None, seed=0):
+    """Compile ``model`` for input ``shape``, run on fresh inputs, compare with torch; ``convs`` is the
+    number of convolutions expected in the blocked layout."""
+    torch.manual_seed(seed)
+    model = randomize_batchnorm(model, seed).eval()
+    art, converted = _compile(model, torch.randn(*shape), tmp_path, options)
+    assert converted == convs
+    x = torch.randn(*shape)  # not the inputs the fidelity report used
+    with torch.no_grad():
+        ref = model(x).numpy()
+    (out,) = art.run([x.numpy()])
+    assert out.shape == ref.shape
+    scale = float(np.abs(ref).max())
+    assert scale > 0
+    err = float(np.abs(out - ref).max())
+    assert err <= REL_TOL * scale, f"max abs err {err:.3g} vs output scale {scale:.3g}"
+
+
+# -- single convolutions -------------------------------------------------------------------------
+
+def _conv(*args, **kwargs):
+    return lambda: nn.Conv2d(*args, **kwargs)
+
+
+def _grouped_blocked(host, width: int) -> bool:
+    """Whether groups ``width`` channels wide go into the blocked layout on ``host``: whole blocks of
+    the target's block (16 with AVX2, 32 with AVX-512, 8 on NEON) or of half of it, at least 4."""
+    return any(b >= 4 and width % b == 0 for b in (host.conv_block, host.conv_block // 2))
+
+
+CONV_CASES = {
+    # name: (conv factory, input shape)
+    "3x3_s1_p1": (_conv(16, 32, 3, padding=1), (1, 16, 9, 9)),
+    "3x3_s2_even": (_conv(16, 16, 3, stride=2, padding=1), (1, 16, 10, 10)),
+    "3x3_s2_odd": (_conv(32, 16, 3, stride=2, padding=1), (1, 32, 11, 13)),
+    "rgb_stem_7x7_s2_p3": (_conv(3, 16, 7, stride=2, padding=3), (1, 3, 20, 20)),
+    "1x1": (_conv(32, 48, 1), (1, 32, 7, 7)),
+    "1x1_s2_nobias": (_conv(16, 32, 1, stride=2, bias=False), (1, 16, 8, 8)),
+    "dilation2": (_conv(16, 16, 3, padding=2, dilation=2), (1, 16, 10, 10)),
+    "odd_3_to_24": (_conv(3, 24, 3, padding=1), (1, 3, 9, 9)),
+    "odd_20_to_36": (_conv(20, 36, 3, padding=1), (1, 20, 7, 7)),
+    "odd_5_to_7_rect_kernel": (_conv(5, 7, (1, 3), padding=(0, 1)), (1, 5, 6, 9)),
+    "out_1x1_spatial": (_conv(16, 32, 3), (1, 16, 3, 3)),
+    "batch2": (_conv(16, 24, 3, padding=1), (2, 16, 6, 6)),
+    "batch2_cout6": (_conv(4, 6, 3, padding=1), (2, 4, 6, 6)),
+    "depthwise_c24_s1": (_conv(24, 24, 3, padding=1, groups=24), (1, 24, 9, 9)),
+    "depthwise_c40_s2": (_conv(40, 40, 3, stride=2, padding=1, groups=40), (1, 40, 11, 11)),
+    "depthwise_c24_s2_batch2": (_conv(24, 24, 3, stride=2, padding=1, groups=24), (2, 24, 8, 8)),
+    "depthwise_5x5_c40": (_conv(40, 40, 5, padding=2, groups=40), (1, 40, 7, 7)),
+    "depthwise_7x7_c24_convnext": (_conv(24, 24, 7, padding=3, groups=24), (1, 24, 8, 8)),
+    "depthwise_dilation2_c8": (_conv(8, 8, 3, padding=2, dilation=2, groups=8), (1, 8, 7, 9)),
+    "patchify_4x4_s4": (_conv(3, 24, 4, stride=4), (1, 3, 16, 20)),
+    "stride3": (_conv(16, 16, 3, stride=3), (1, 16, 11, 11)),
+    "pad_wider_than_kernel": (_conv(16, 20, 3, padding=3), (1, 16, 5, 5)),
+    "row_of_29": (_conv(16, 16, 3, padding=1), (1, 16, 3, 29)),
+    "width_1": (_conv(16, 16, 3, padding=1), (1, 16, 7, 1)),
+}
+
+GROUPED = {
+    # name: (conv factory, input shape, group width)
+    "grouped_g2_width16": (_conv(32, 32, 3, padding=1, groups=2), (1, 32, 6, 6), 16),
+    "grouped_g4_width8_s2": (_conv(32, 32, 3, stride=2, padding=1, groups=4), (1, 32, 9, 9), 8),
+    "grouped_g4_width4": (_conv(16, 16, 3, padding=1, groups=4), (1, 16, 6, 6), 4),
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_single_conv(name, tmp_path):
+    make, shape = CONV_CASES[name]
+    _check(make(), shape, tmp_path, convs=1)
+
+
+@pytest.mark.parametrize("name", list(GROUPED))
+def test_grouped_conv(name, host, tmp_path):
+    make, shape, width = GROUPED[name]
+    _check(make(), shape, tmp_path, convs=int(_grouped_blocked(host, width)))
+
+
+def test_depthwise_channel_multiplier_stays_nchw(tmp_path):
+    _check(nn.Conv2d(16, 32, 3, padding=1, groups=16), (1, 16, 6, 6), tmp_path, convs=0)
+
+
+@pytest.mark.parametrize("pad", [(0, 1, 0, 1), (1, 2, 0, 3)], ids=["tf_same", "lrtb_1203"])
+@pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
+def test_asymmetric_padding(pad, depthwise, tmp_path):
+    """``ZeroPad2d((left, right, top, bottom))`` before a stride-2 conv, inside a region (the pass
+    folds it into the conv's own, asymmetric, padding)."""
+    second = nn.Conv2d(24, 24, 3, stride=2, groups=24 if depthwise else 1)
+    model = nn.Sequential(nn.Conv2d(8, 24, 1), nn.ReLU6(), nn.ZeroPad2d(pad), second)
+    _check(model, (1, 8, 9, 11), tmp_path, convs=2)
+
+
+def test_zero_pad_at_the_input(tmp_path):
+    """A pad of the model input (thin RGB, blocked by its 3 channels) folded into the stem conv."""
+    model = nn.Sequential(nn.ZeroPad2d((1, 0, 2, 0)), nn.Conv2d(3, 16, 3, stride=2), nn.ReLU())
+    _check(model, (1, 3, 13, 12), tmp_path, convs=1)
+
+
+class RegNetBlock(nn.Module):
+    """1x1 → grouped 3x3/2 (groups 8 wide: blocks of 8) → 1x1, + projected shortcut: values of two
+    block sizes in one region."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=4, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.short = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+
+    def forward(self, x):
+        return torch.relu(self.c(self.b(self.a(x))) + self.short(x))
+
+
+def test_regnet_grouped_block(host, tmp_path):
+    _check(RegNetBlock(), (1, 16, 10, 10), tmp_path, convs=3 + _grouped_blocked(host, 8))
+
+
+class _MaxPool(nn.Module):
+    def forward(self, x):
+        return nn.functional.max_pool2d(x, 3, 2, 1)
+
+
+NCHW_CASES = {
+    # Regressions for TiledReduction's row-axis fusion (tiles of 4 rows over (batch, 6 channels) and
+    # over (20 channels, 3 pooled rows) straddled the inner axis and stored lanes never computed).
+    "conv_batch2_cout6": (lambda: nn.Conv2d(4, 6, 3, padding=1), (2, 4, 6, 6)),
+    "maxpool_3x3_s2_p1": (_MaxPool, (1, 20, 5, 5)),
+    "conv_bn_relu_dw": (lambda: nn.Sequential(nn.Conv2d(20, 36, 3, padding=1), nn.BatchNorm2d(36), nn.ReLU(),
+                                              nn.Conv2d(36, 36, 3, stride=2, padding=1, groups=36)),
+                        (1, 20, 9, 9)),
+}
+
+
+@pytest.mark.parametrize("name", list(NCHW_CASES))
+def test_blocked_layout_off(name, tmp_path):
+    """``CompileOptions(blocked_layout=False)``: the NCHW path gives the same results."""
+    make, shape = NCHW_CASES[name]
+    _check(make(), shape, tmp_path, convs=0, options=CompileOptions(blocked_layout=False))
+
+
+@pytest.mark.parametrize("shape,layout", [((1, 20, 5, 5), "NCHW"), ((2, 6, 7, 7), "NCHW"),
+                                          ((1, 2, 5, 5, 16), "NCHW16c")])
+def test_tiled_reduction_padded_max_pool(host, shape, layout):
+    """TiledReduction on a padded 3x3/2 max pool, alone: every row tile must be a box of the
+    unfused axes (3 pooled rows or 6 channels tiled by 4 gave garbage)."""
+    x = te.placeholder(shape, name="x")
+    y = topi.nn.pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], "max", layout=layout)
+    func = te.create_prim_func([x, y]).with_attr("global_symbol", "main")
+    sch = TiledReduction(host.vector_bits).apply(func, host.tvm_target(), False)
+    assert sch is not None, "rule did not apply"
+    ex = tvm.compile(sch.mod, target=host.tvm_target())
+    xa = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    out = tvm.runtime.tensor(np.zeros([int(d) for d in y.shape], "float32"))
+    ex["main"](tvm.runtime.tensor(xa), out)
+    nchw = xa if layout == "NCHW" else xa.transpose(0, 1, 4, 2, 3).reshape(shape[0], -1, *shape[2:4])
+    ref = nn.functional.max_pool2d(torch.from_numpy(nchw), 3, 2, 1).numpy()
+    if layout != "NCHW":
+        ref = ref.reshape(shape[0], shape[1], shape[4], *ref.shape[2:]).transpose(0, 1, 3, 4, 2)
+    np.testing.assert_array_equal(out.numpy(), ref)  # max is exact
+
+
+# -- fused epilogues ---------------------------------------------------------------------------------
+
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU, "hardswish": nn.Hardswish,
+               "leaky_relu": lambda: nn.LeakyReLU(0.1), "sigmoid": nn.Sigmoid}
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_conv_bias_bn_activation(act, tmp_path):
+    """bias + BatchNorm (eval, non-trivial running stats) + activation, channels not a multiple of the block."""
+    model = nn.Sequential(nn.Conv2d(12, 20, 3, padding=1), nn.BatchNorm2d(20), ACTIVATIONS[act]())
+    _check(model, (1, 12, 8, 8), tmp_path, convs=1)
+
+
+@pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
+def test_bn_relu6_then_conv(depthwise, tmp_path):
+    """A MobileNet-style pair: the second conv reads the first one's blocked, padded output."""
+    c = 24
+    second = nn.Conv2d(c, c, 3, padding=1, groups=c if depthwise else 1, bias=False)
+    model = nn.Sequential(nn.Conv2d(8, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6(), second, nn.BatchNorm2d(c),
+                          nn.ReLU6())
+    _check(model, (1, 8, 7, 7), tmp_path, convs=2)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block with a projection shortcut (stride 2) and an identity one."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+        self.c3 = nn.Conv2d(cout, cout, 3, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + self.down(x))
+        return torch.relu(self.c3(y) + y)
+
+
+def test_residual_add(tmp_path):
+    _check(BasicBlock(16, 24), (1, 16, 10, 10), tmp_path, convs=4)
+
+
+class Pools(nn.Module):
+    def __init__(self, adaptive: bool):
+        super().__init__()
+        self.adaptive = adaptive
+        self.c1 = nn.Conv2d(3, 20, 3, padding=1)
+        self.c2 = nn.Conv2d(20, 20, 3, padding=1)
+        self.c3 = nn.Conv2d(20, 36, 1)
+
+    def forward(self, x):
+        y = nn.functional.max_pool2d(torch.relu(self.c1(x)), 3, 2, 1)
+        y = nn.functional.avg_pool2d(torch.relu(self.c2(y)), 2)
+        # 5x5 -> 3x3, the last window ragged; the stride is explicit because the torch importer rejects
+        # max_pool2d_with_indices with the default (empty) stride when ceil_mode is set
+        y = nn.functional.max_pool2d(self.c3(y), 2, 2, ceil_mode=True)
+        y = nn.functional.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
+        if self.adaptive:
+            return nn.functional.adaptive_avg_pool2d(y, 1)
+        return y
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["pools", "pools_adaptive_avg"])
+def test_pooling_inside_region(adaptive, tmp_path):
+    _check(Pools(adaptive), (1, 3, 22, 22), tmp_path, convs=3)
+
+
+class SqueezeExcite(nn.Module):
+    """Conv → BN → SiLU, then an SE gate (mean, 1x1 reduce, ReLU, 1x1 expand, sigmoid) scaling it,
+    then a 1x1 projection: EfficientNet/MobileNetV3 style, with channels not a multiple of the block."""
+
+    def __init__(self, c=40, squeeze=10):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        self.se1 = nn.Conv2d(c, squeeze, 1)
+        self.se2 = nn.Conv2d(squeeze, c, 1)
+        self.proj = nn.Conv2d(c, 24, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(24)
+
+    def forward(self, x):
+        y = nn.functional.silu(self.bn(self.dw(x)))
+        g = torch.sigmoid(self.se2(torch.relu(self.se1(nn.functional.adaptive_avg_pool2d(y, 1)))))
+        return self.bn2(self.proj(y * g))
+
+
+def test_squeeze_excite(tmp_path):
+    _check(SqueezeExcite(), (1, 40, 8, 8), tmp_path, convs=4)
+
+
+class Mixed(nn.Module):
+    """Blocked values meeting NCHW ones: an SE gate computed by Linear layers (timm style, reshaped
+    to [N, C, 1, 1]) with the gate as the first operand, ``x + relu(x)``, ``x * x``, and a concat
+    (DenseNet) that ends the region."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(8, 20, 3, padding=1)
+        self.fc1 = nn.Linear(20, 6)
+        self.fc2 = nn.Linear(6, 20)
+        self.c2 = nn.Conv2d(20, 12, 1)
+        self.c3 = nn.Conv2d(32, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        g = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3))))))
+        y = g.reshape(-1, 20, 1, 1) * y
+        y = y + torch.relu(y)
+        z = self.c2(y)
+        z = z * z
+        return self.c3(torch.cat([y, z], 1))
+
+
+def test_mixed_layouts(tmp_path):
+    _check(Mixed(), (2, 8, 6, 6), tmp_path, convs=3)
+
+
+class Head(nn.Module):
+    """Conv body, global mean, flatten, Linear: the region ends at the reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(8, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.c(x)).mean((2, 3), keepdim=True), 1))
+
+
+def test_mean_flatten_linear_head(tmp_path):
+    _check(Head(), (2, 8, 6, 6), tmp_path, convs=1)
