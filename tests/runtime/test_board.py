@@ -86,3 +86,46 @@ def test_x86_library_refused_before_upload(board, mlp, tmp_path):
     remote_path = Path(remote.get_function("tvm.rpc.server.workpath")(path.name))
     on_host = ROOT / "rootfs" / remote_path.relative_to("/")
     assert on_host.parent.is_dir() and not on_host.exists()
+
+
+class SmallCNN(torch.nn.Module):
+    """Stem (3 channels, stride 2), BN + ReLU6, depthwise, squeeze-excite, 1x1 with odd channels,
+    residual, max pool, global pool: the blocked-layout convolution path end to end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 20, 3, 2, 1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(20)
+        self.dw = torch.nn.Conv2d(20, 20, 3, 1, 1, groups=20)
+        self.se1, self.se2 = torch.nn.Conv2d(20, 6, 1), torch.nn.Conv2d(6, 20, 1)
+        self.pw = torch.nn.Conv2d(20, 20, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.bn(self.stem(x)))
+        z = self.dw(y)
+        z = z * torch.sigmoid(self.se2(torch.relu(self.se1(z.mean((2, 3), keepdim=True)))))
+        z = self.pw(z) + y
+        z = torch.nn.functional.max_pool2d(z, 2)
+        return z.mean((2, 3))
+
+
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_blocked_convolution_on_board(board, target, tmp_path):
+    """hwcomp.compile for the board (NCHW8c on NEON) matches PyTorch there within 1e-4 of the
+    output scale."""
+    import hwcomp
+    from hwcomp.runtime.session import DeviceModel
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(2, 3, 17, 17)
+        expected = model(x).numpy()
+    logs: list[str] = []
+    art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
+    assert any("5 convolutions in the blocked layout NCHW8c" in line for line in logs), logs
+    dm = DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300)
+    out = dm.run([x.numpy()])[0]
+    assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
