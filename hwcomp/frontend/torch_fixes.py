@@ -82,11 +82,26 @@ def convert_slice(node: fx.Node, importer) -> relax.Var:
     return importer._slice(node)
 
 
+def convert_max_pool2d(node: fx.Node, importer) -> relax.Var:
+    """``aten.max_pool2d`` whose stride is given as ``[]`` (what ``F.max_pool2d(x, k, ceil_mode=True)``
+    exports): the stride is the kernel size, as in PyTorch.
+
+    Upstream symptom: ``UnsupportedOpError``/``strides`` of length 0 — the importer takes ``[]`` for
+    an explicit stride."""
+    args = list(importer.retrieve_args(node))
+    stride = args[2] if len(args) > 2 else None
+    if stride is not None and len(stride) == 0:
+        stride = None
+    return importer._max_pool2d_impl(args[0], args[1], stride, args[3] if len(args) > 3 else 0,
+                                     args[4] if len(args) > 4 else 1, args[5] if len(args) > 5 else False)
+
+
 CUSTOM_CONVERTERS: dict[str, Callable] = {
     "cat.default": convert_cat,
     "slice.Tensor": convert_slice,
+    "max_pool2d.default": convert_max_pool2d,
 }
 """aten overload name → converter ``(node, importer) -> relax.Var``."""
 
 
-__all__ = ["CUSTOM_CONVERTERS", "convert_cat", "convert_slice"]
+__all__ = ["CUSTOM_CONVERTERS", "convert_cat", "convert_max_pool2d", "convert_slice"]

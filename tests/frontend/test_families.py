@@ -74,3 +74,14 @@ def test_converter_failure_names_op_node_and_source_line(monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg
     assert "cat.default at node 'cat'" in msg and "test_families.py" in msg and "Concat expects" in msg
+
+
+class _CeilPool(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, 2, ceil_mode=True)  # exported with stride []
+
+
+def test_max_pool2d_without_stride_uses_the_kernel_size(tmp_path):
+    x = torch.randn(1, 3, 7, 7)
+    art = hwcomp.compile(_CeilPool(), "host", tmp_path / "a", example_inputs=(x,))
+    np.testing.assert_array_equal(art.run([x.numpy()])[0], _CeilPool()(x).numpy())
