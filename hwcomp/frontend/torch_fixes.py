@@ -82,12 +82,7 @@ def convert_slice(node: fx.Node, importer) -> relax.Var:
     return importer._slice(node)
 
 
-def convert_max_pool2d(node: fx.Node, importer) -> relax.Var:
-    """``aten.max_pool2d`` whose stride is given as ``[]`` (what ``F.max_pool2d(x, k, ceil_mode=True)``
-    exports): the stride is the kernel size, as in PyTorch.
-
-    Upstream symptom: ``UnsupportedOpError``/``strides`` of length 0 — the importer takes ``[]`` for
-    an explicit stride."""
+def _max_pool2d(node: fx.Node, importer) -> relax.Var:
     args = list(importer.retrieve_args(node))
     stride = args[2] if len(args) > 2 else None
     if stride is not None and len(stride) == 0:
@@ -96,10 +91,26 @@ def convert_max_pool2d(node: fx.Node, importer) -> relax.Var:
                                      args[4] if len(args) > 4 else 1, args[5] if len(args) > 5 else False)
 
 
+def convert_max_pool2d(node: fx.Node, importer) -> relax.Var:
+    """``aten.max_pool2d`` (and ``max_pool2d_with_indices``) whose stride is given as ``[]`` (what
+    ``F.max_pool2d(x, k, ceil_mode=True)`` exports): the stride is the kernel size, as in PyTorch.
+
+    Upstream symptom: ``InternalError: ... The input strides length is expected to be 2. However,
+    the given strides is ()`` — the importer takes ``[]`` for an explicit stride."""
+    from tvm import relax
+
+    out = _max_pool2d(node, importer)
+    if "with_indices" not in str(node.target):
+        return out
+    # as upstream: the indices are a placeholder (inference graphs do not use them)
+    return importer.block_builder.emit(relax.Tuple([out, relax.op.zeros_like(out)]))
+
+
 CUSTOM_CONVERTERS: dict[str, Callable] = {
     "cat.default": convert_cat,
     "slice.Tensor": convert_slice,
     "max_pool2d.default": convert_max_pool2d,
+    "max_pool2d_with_indices.default": convert_max_pool2d,
 }
 """aten overload name → converter ``(node, importer) -> relax.Var``."""
 
