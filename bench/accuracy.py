@@ -219,15 +219,17 @@ def compiled_digits(model: nn.Module, x_tr, x_te, y_te) -> dict:
     from hwcomp.build_measure import bsr_latency
     from hwcomp.passes.dense_to_bsr import sparse_passes
     from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
 
+    host = get_target("host")
     model = copy.deepcopy(model).eval()
     n = len(x_te)
     calib = [[x_tr[i:i + n].numpy()] for i in range(0, len(x_tr) - n + 1, n)]
     variants = {
-        "fp32+bsr": lambda: sparse_passes("host", None, (16, 1), threshold=0.7, latency=bsr_latency("host")),
-        "int8": lambda: quantize_passes("host", QuantConfig(), calib, progress=False),
-        "bsr+int8": lambda: sparse_passes("host", None, (16, 1), threshold=0.7, latency=bsr_latency("host"))
-        + quantize_passes("host", QuantConfig(), calib, progress=False),
+        "fp32+bsr": lambda: sparse_passes(host, None, (16, 1), threshold=0.7, latency=bsr_latency(host)),
+        "int8": lambda: quantize_passes(host, QuantConfig(), calib, progress=False),
+        "bsr+int8": lambda: sparse_passes(host, None, (16, 1), threshold=0.7, latency=bsr_latency(host))
+        + quantize_passes(host, QuantConfig(), calib, progress=False),
     }
     out = {"torch_fp32": accuracy(model, x_te, y_te)}
     for name, passes in variants.items():

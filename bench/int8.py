@@ -188,7 +188,9 @@ def bench_model(label, setup, args, workdir: Path) -> tuple[list[dict], dict]:
     from hwcomp.frontend import load_model
     from hwcomp.quantize import QuantConfig
     from hwcomp.quantize.pipeline import Int8Quantizer
+    from hwcomp.target import get_target
 
+    host = get_target("host")
     model, calib, held, pooled = setup()
     example = held[0]
     info: dict = {"model": label, "calibration_inputs": len(calib), "held_out_inputs": len(held)}
@@ -203,7 +205,7 @@ def bench_model(label, setup, args, workdir: Path) -> tuple[list[dict], dict]:
     variants.append(_hwcomp_variant("hwcomp fp32", art32))
 
     t0 = time.perf_counter()
-    q = Int8Quantizer("host", QuantConfig(), calib, params=imported.params, progress=True,
+    q = Int8Quantizer(host, QuantConfig(), calib, params=imported.params, progress=True,
                       log=lambda s: print("  " + s, flush=True))
     art8 = hwcomp.compile(imported, "host", workdir / f"{label}-int8",
                           options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
@@ -222,8 +224,8 @@ def bench_model(label, setup, args, workdir: Path) -> tuple[list[dict], dict]:
 
     # Block-sparse: every encoder Linear pruned to 90% of 8x1 blocks (plain magnitude, no
     # fine-tuning: these rows show kernel speed; their cosine is against the pruned fp32 model).
-    from hwcomp.kernels.bsr import block_prune
     from hwcomp.passes.dense_to_bsr import sparse_passes
+    from hwcomp.sparse_format.bsr import block_prune
 
     pruned = copy.deepcopy(model)
     with torch.no_grad():
@@ -232,10 +234,9 @@ def bench_model(label, setup, args, workdir: Path) -> tuple[list[dict], dict]:
                 mod.weight.copy_(torch.from_numpy(block_prune(mod.weight.numpy(), 0.9, (8, 1))))
     pimported = load_model(pruned, [torch.from_numpy(a) for a in example])
     art_s = hwcomp.compile(pimported, "host", workdir / f"{label}-sparse",
-                           options=hwcomp.CompileOptions(passes=sparse_passes("host", None, (8, 1), 0.7,
-                                                                              measure=False),
+                           options=hwcomp.CompileOptions(passes=sparse_passes(host, None, (8, 1), 0.7, measure=False),
                                                          use_default_database=False))
-    qs = Int8Quantizer("host", QuantConfig(sparse_threshold=0.7, sparse_block=(8, 1)), calib,
+    qs = Int8Quantizer(host, QuantConfig(sparse_threshold=0.7, sparse_block=(8, 1)), calib,
                        params=pimported.params, progress=False)
     art_sq = hwcomp.compile(pimported, "host", workdir / f"{label}-sparse-int8",
                             options=hwcomp.CompileOptions(passes=qs.passes(), use_default_database=False))
@@ -315,7 +316,7 @@ def bench_matmul(args) -> dict:
     bit-exact against NumPy."""
     import tvm
 
-    from hwcomp.quantize import kernels as K
+    from hwcomp.quantize import int8_compute as K
     from hwcomp.quantize import qmath
     from hwcomp.target import get_target
 

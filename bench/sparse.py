@@ -38,9 +38,9 @@ from common import RESULTS, ort_session, print_table, write_results
 
 import hwcomp
 from hwcomp.build_measure import bsr_latency, measure_bsr_ms
-from hwcomp.kernels.bsr import block_prune, pack_bsr
 from hwcomp.passes.dense_to_bsr import bsr_primfunc, sparse_passes
 from hwcomp.runtime.measure import time_callable, time_vm
+from hwcomp.sparse_format.bsr import block_prune, pack_bsr
 from hwcomp.target import get_target
 
 M, K, N = 128, 768, 3072
@@ -76,9 +76,10 @@ def tune_block(target, block, log) -> object:
 def time_bsr(target, w: np.ndarray, block, knobs, x: np.ndarray, b: np.ndarray, number, repeat):
     """(min, median) latency of the hwcomp BSR kernel in ms and its max error vs NumPy."""
     import tvm
+    from hwcomp.schedules.bsr_spec import BsrSpec
 
     bsr = pack_bsr(w, block)
-    func = bsr_primfunc(target, M, K, N, block, True, "none", knobs)
+    func = bsr_primfunc(target, BsrSpec(M, K, N, block, bias=True), knobs)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev)

@@ -11,10 +11,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from hwcomp.kernels.bsr import BSRMatrix
 from hwcomp.passes.bsr.decide import BSRChoice, Latency
 from hwcomp.passes.bsr.rewrite import bsr_primfunc
-from hwcomp.target import Target, get_target
+from hwcomp.schedules.bsr_spec import BsrSpec
+from hwcomp.sparse_format.bsr import BSRMatrix
+from hwcomp.target import Target, require_target
 
 
 def _time_ms(fn, args, dev, target_ms: float = 40.0, repeat: int = 5) -> float:
@@ -67,7 +68,7 @@ def measure_dense_ms(target: Target, m: int, k: int, n: int, bias: bool = True, 
 def measure_bsr_ms(target: Target, m: int, w: BSRMatrix, bias: bool = True, knobs=None, seed: int = 0) -> float:
     """Latency of the target's BSR kernel for ``x[M, K] @ W.T (+ b)`` on this machine."""
     n, k = w.shape
-    func = bsr_primfunc(target, m, k, n, w.block, bias, "none", knobs)
+    func = bsr_primfunc(target, BsrSpec(m, k, n, w.block, bias), knobs)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
     dev = tvm.cpu()
     rng = np.random.default_rng(seed)
@@ -79,11 +80,11 @@ def measure_bsr_ms(target: Target, m: int, w: BSRMatrix, bias: bool = True, knob
     return _time_ms(ex.mod["main"], args, dev)
 
 
-def bsr_latency(target: str | Target) -> Latency | None:
+def bsr_latency(target: Target) -> Latency | None:
     """``latency((m, k, n), "dense" | BSRChoice) -> ms`` measured on this machine (both with a bias,
     as the pass's kernels mostly are), or None when the target cannot run here (then the pass decides
     by its threshold)."""
-    target = get_target(target)
+    target = require_target(target, "bsr_latency")
     if not target.runs_here():
         return None
 

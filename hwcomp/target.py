@@ -327,6 +327,14 @@ def get_target(name_or_path: str | Target) -> Target:
     return _parse(name_or_path, f.read_text(), str(f))
 
 
+def require_target(target, who: str) -> Target:
+    """``target`` itself when it is a :class:`Target`. Below the API a target is already resolved (the
+    API, the CLI and the benchmarks call :func:`get_target` once), so a name is refused here."""
+    if not isinstance(target, Target):
+        raise TypeError(f"{who} takes a hwcomp Target, got {target!r}; resolve a name with hwcomp.get_target()")
+    return target
+
+
 def _physical_cores() -> int:
     try:
         import psutil

@@ -19,11 +19,12 @@ def _generic_int8_provider(target):
     return KernelProvider(target)
 
 
-def cpu_bsr_kernel(target, m, k, n, block, knobs=None, bias=False, activation="none"):
-    """The generic CPU BSR generator (``schedules/cpu/bsr.py``) for a target."""
+def cpu_bsr_kernel(target, spec, knobs=None):
+    """The generic CPU BSR generator (``schedules/cpu/bsr.py``) for a target and a
+    :class:`~hwcomp.schedules.bsr_spec.BsrSpec`."""
     from hwcomp.schedules.cpu.bsr import bsr_kernel
 
-    return bsr_kernel(target, m, k, n, block, knobs=knobs, bias=bias, activation=activation)
+    return bsr_kernel(target, spec, knobs)
 
 
 def cpu_bsr_knob_space(target, block, m) -> list:
@@ -43,7 +44,8 @@ class Backend:
     """A target family's kernels.
 
     ``int8_provider(target)``: the int8 :class:`~hwcomp.schedules.int8_base.KernelProvider`.
-    ``bsr_kernel(target, m, k, n, block, knobs=, bias=, activation=)``: the scheduled fp32 BSR PrimFunc.
+    ``bsr_kernel(target, spec, knobs=None)``: the scheduled fp32 BSR PrimFunc of a
+    :class:`~hwcomp.schedules.bsr_spec.BsrSpec`.
     ``bsr_knob_space(target, block, m)``: BSR knob sets to time, likeliest first (empty: none to tune).
     ``bsr_knobs_from(dict | None)``: stored knobs (``to_dict()``) back as the generator's knobs.
     """

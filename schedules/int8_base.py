@@ -1,4 +1,4 @@
-"""What every int8 kernel provider builds on, below both ``hwcomp.quantize.kernels`` (which picks a
+"""What every int8 kernel provider builds on, below both ``hwcomp.quantize.int8_compute`` (which picks a
 provider for the target) and the per-target providers (``schedules/{x86,arm,cuda}/int8.py``): the
 generic :class:`KernelProvider`, the weight layouts, the CPU dot-product intrinsic description and
 registration, and the blocked dense schedule the CPU providers tensorize.
@@ -63,10 +63,11 @@ class KernelProvider:
         t = self.target
         if not self.has_sparse_dense(act):
             return None
+        from hwcomp.schedules.bsr_spec import BsrSpec
         from hwcomp.schedules.cpu.bsr import cpu_bsr_kernel, default_knobs
 
-        return cpu_bsr_kernel(m, k, n, block, default_knobs(t.vector_bits, block, m), t.num_cores, t.vector_bits,
-                              activation=act or "none", x_dtype=x_dtype)
+        spec = BsrSpec(m, k, n, block, activation=act or "none", x_dtype=x_dtype)
+        return cpu_bsr_kernel(spec, default_knobs(t.vector_bits, block, m), t.num_cores, t.vector_bits)
 
     def describe(self) -> str:
         return "generic int8 kernels (default schedules)"

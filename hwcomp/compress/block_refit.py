@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..kernels.bsr import block_scores, prune_mask_from_scores
+from ..sparse_format.bsr import block_scores, prune_mask_from_scores
 
 
 def input_grams(linears: dict[str, nn.Linear], run: Callable[[], object]) -> dict[str, Tensor]:

@@ -35,7 +35,7 @@ from hwcomp.errors import HwcompError
 from hwcomp.records.locations import BSR_CHOICES, user_database_dir
 from hwcomp.records.store import MeasurementStore
 from hwcomp.schedules.backends import backend_for
-from hwcomp.target import Target, get_target
+from hwcomp.target import Target, require_target
 
 from .bsr.decide import (
     BSR_EFFICIENCY,
@@ -71,11 +71,11 @@ class DenseToBSR:
 
     __name__ = "DenseToBSR"
 
-    def __init__(self, target: str | Target = "host", threshold: float = 0.7, block: tuple[int, int] | None = None,
+    def __init__(self, target: Target, threshold: float = 0.7, block: tuple[int, int] | None = None,
                  min_gain: float = 1.1, measure: bool | None = None, tune: bool = False,
                  cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
                  latency: Latency | None = None):
-        self.target = get_target(target)
+        self.target = require_target(target, "DenseToBSR")
         self.backend = backend_for(self.target)
         self.threshold = float(threshold)
         self.block = tuple(int(v) for v in (block or self.target.sparse_block))
@@ -93,8 +93,8 @@ class DenseToBSR:
         return (f"DenseToBSR(target={self.target.name!r}, threshold={self.threshold}, "
                 f"block={self.block[0]}x{self.block[1]}, min_gain={self.min_gain})")
 
-    def _kernel(self, m, k, n, block, bias, activation, knobs):
-        return self.backend.bsr_kernel(self.target, m, k, n, block, knobs=knobs, bias=bias, activation=activation)
+    def _kernel(self, spec, knobs):
+        return self.backend.bsr_kernel(self.target, spec, knobs)
 
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         self.report = SparseReport(self.target.name, self.threshold)
@@ -118,14 +118,14 @@ class DenseToBSR:
         return out
 
 
-def sparse_passes(target: str | Target, sparsity: float | None = None, block: tuple[int, int] | None = None,
+def sparse_passes(target: Target, sparsity: float | None = None, block: tuple[int, int] | None = None,
                   threshold: float = 0.7, **dense_to_bsr_options) -> list:
     """The compression passes for ``hwcomp compile --sparsity S [--block RxC] [--sparse-threshold T]``.
 
     With ``sparsity``: block-prune every matmul / conv weight to it, then convert. Without: the model
     is taken as it is, and weights that are already block-sparse (pre-pruned) are converted.
     """
-    target = get_target(target)
+    target = require_target(target, "sparse_passes")
     block = tuple(block) if block else target.sparse_block
     passes: list = []
     if sparsity is not None:
@@ -147,7 +147,7 @@ def check_sparse_options(sparsity: float | None, threshold: float | None, block:
                           "(convert layers already at least T sparse); alone it would be ignored")
 
 
-def sparse_passes_from_options(options, target: str | Target, tune: bool = False,
+def sparse_passes_from_options(options, target: Target, tune: bool = False,
                                log: Callable[[str], None] | None = None, latency: Latency | None = None) -> list:
     """The sparse passes of compile / tune options (none when neither ``sparsity`` nor
     ``sparse_threshold`` is given).

@@ -20,8 +20,12 @@ from tvm import relax
 from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.kernels.bsr import apply_block_mask, block_scores, prune_mask_from_scores
 from hwcomp.relax_graph import op_name
+from hwcomp.sparse_format.bsr import (
+    apply_block_mask,
+    block_scores,
+    prune_mask_from_scores,
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ def layer_option_passes(target: Target, option: Option, calib: list[list[np.ndar
 @functools.lru_cache(maxsize=1)
 def kernel_code_hash() -> str:
     """A short hash of the code that generates, schedules and lowers kernels (``schedules/``,
-    ``hwcomp/{quantize,kernels,passes}``, ``build.py``)."""
+    ``hwcomp/{quantize,sparse_format,passes}``, ``erf_approx.py``, ``build.py``)."""
     import hashlib
 
     import hwcomp
@@ -55,9 +55,10 @@ def kernel_code_hash() -> str:
 
     pkg = Path(hwcomp.__file__).parent
     h = hashlib.sha1()
-    for root in (Path(hwcomp.schedules.__file__).parent, pkg / "quantize", pkg / "kernels", pkg / "passes"):
+    for root in (Path(hwcomp.schedules.__file__).parent, pkg / "quantize", pkg / "sparse_format", pkg / "passes"):
         for path in sorted(root.rglob("*.py")):
             h.update(path.read_bytes())
+    h.update((pkg / "erf_approx.py").read_bytes())
     h.update((pkg / "build.py").read_bytes())
     return h.hexdigest()[:10]
 

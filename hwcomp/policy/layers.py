@@ -54,7 +54,11 @@ def prune_linear_(linear, option: Option, gram=None) -> None:
     """
     import torch
 
-    from ..kernels.bsr import apply_block_mask, block_scores, prune_mask_from_scores
+    from ..sparse_format.bsr import (
+        apply_block_mask,
+        block_scores,
+        prune_mask_from_scores,
+    )
 
     if gram is not None:
         from ..compress.block_refit import block_prune_refit_
@@ -93,6 +97,6 @@ def full_width(k: int, n: int) -> int:
 def int8_weight_bits(target: Target) -> Callable[[int, int], int]:
     """``(k, n) -> width`` of a ``k -> n`` dense layer's int8 weights as realized for ``target``
     (the kernel provider's own choice: 7 where ``reduce_range`` selects a faster kernel)."""
-    from ..quantize.kernels import get_provider
+    from ..quantize.int8_compute import get_provider
 
     return get_provider(target).dense_weight_bits

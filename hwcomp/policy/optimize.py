@@ -18,22 +18,20 @@ import numpy as np
 from ..artifact import Artifact
 from ..metrics import cosine_eps
 from ..target import Target, get_target
+from .latency import latency_table, layer_option_passes
 from .latency_model import fit_latency_model
-from .policy_io import policy_table, save_policy
-from .profile import (
+from .layer_costs import Simulation, profile_layers
+from .layers import (
     NEEDS_GRAM,
     LinearLayer,
-    Simulation,
     factorize_low_rank,
     find_linear_layers,
     int8_weight_bits,
-    latency_table,
-    layer_grams,
-    layer_option_passes,
-    profile_layers,
     prune_linear_,
 )
+from .policy_io import policy_table, save_policy
 from .search import LayerProfile, Policy, pareto_front, policy_for, search
+from .simulate import layer_grams
 from .space import Option, option_space
 from .widths import (
     check_widths,

@@ -6,8 +6,9 @@ Entry point for the compiler (``hwcomp compile ... --quantize int8 --calib data.
     quantize_passes(target, config=None, calib_data=None, *, params=None, progress=True,
                     log=None) -> list[Callable[[IRModule], IRModule]]
 
-* ``target``: a :class:`~hwcomp.target.Target` or name; picks the int8 kernels (x86 AVX2
-  ``vpmaddwd`` / AVX-512 VNNI ``vpdpbusd``, ARM ``sdot`` / NEON, CUDA ``dp4a``, generic);
+* ``target``: a :class:`~hwcomp.target.Target` (``hwcomp.get_target(name)``); picks the int8
+  kernels (x86 AVX2 ``vpmaddwd`` / AVX-512 VNNI ``vpdpbusd``, ARM ``sdot`` / NEON, CUDA ``dp4a``,
+  generic);
 * ``config``: a :class:`QuantConfig` (bits, per-channel weights, symmetric/affine activations,
   skip patterns, calibration method, fidelity target); default ``QuantConfig()``;
 * ``calib_data``: a ``.npz`` path or an iterable of input lists (see ``calibrate``);
@@ -28,9 +29,9 @@ it). To keep the quantizer's state, build it yourself::
     q.fidelity.format()  # which layers lose most (and the model-level result with a target)
 
 Module map: ``config`` (QuantConfig), ``annotate``, ``observers``, ``calibrate``, ``smooth``,
-``realize``, ``kernels`` (TE computes + providers), ``qmath`` (the NumPy reference arithmetic),
-``fidelity``, ``qdq``, ``pipeline`` (Int8Quantizer); target kernels in ``hwcomp.schedules.{x86,
-arm,cuda}.int8``.
+``realize``, ``int8_compute`` (the int8 ops as TE computes, the provider lookup), ``qmath`` (the
+NumPy reference arithmetic), ``fidelity``, ``qdq``, ``pipeline`` (Int8Quantizer); target kernels in
+``hwcomp.schedules.{x86,arm,cuda}.int8``.
 
 Pre-quantized ONNX QDQ models: :func:`qdq_passes` (``hwcomp.quantize.qdq``) realizes the
 QuantizeLinear/DequantizeLinear pairs with the same kernels and no calibration.
@@ -38,10 +39,11 @@ QuantizeLinear/DequantizeLinear pairs with the same kernels and no calibration.
 
 from __future__ import annotations
 
+from ..target import Target
 from .config import CALIB_METHODS, QuantConfig
 
 
-def quantize_passes(target="host", config: QuantConfig | None = None, calib_data=None, *, params=None,
+def quantize_passes(target: Target, config: QuantConfig | None = None, calib_data=None, *, params=None,
                     progress: bool = True, log=None) -> list:
     """The passes for ``CompileOptions.passes`` (see the module docstring)."""
     from .pipeline import Int8Quantizer
@@ -49,7 +51,7 @@ def quantize_passes(target="host", config: QuantConfig | None = None, calib_data
     return Int8Quantizer(target, config, calib_data, params=params, progress=progress, log=log).passes()
 
 
-def qdq_passes(target="host", config: QuantConfig | None = None, *, params=None, log=None) -> list:
+def qdq_passes(target: Target, config: QuantConfig | None = None, *, params=None, log=None) -> list:
     """Passes that realize an imported ONNX QDQ model's own quantization (``qdq.py``)."""
     from .qdq import QDQRealizer
 

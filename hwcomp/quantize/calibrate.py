@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HwcompError
+from ..target import Target, get_target
 from .config import QuantConfig
 from .graph import OBSERVE
 from .observers import Observer, make_observer
@@ -146,14 +147,13 @@ def load_calibration(data, specs: list[InputSpec], limit: int | None = None) -> 
 class HostModel:
     """A Relax module (weights bound as constants) compiled with hwcomp for this machine."""
 
-    def __init__(self, mod, target=None):
+    def __init__(self, mod, target: Target | None = None):
         import tvm
         from tvm import relax
 
         from ..build import compile_module, finalize_weights, schedule
-        from ..target import get_target
 
-        self.target = get_target(target or "host")
+        self.target = target or get_target("host")  # the fp32 reference runs on this machine
         _register_observe()  # observation points resolve to it when the VM starts
         # finalize_weights' FoldWeightLayout assigns into the module it is given: work on a copy
         m, weights = finalize_weights(tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs))

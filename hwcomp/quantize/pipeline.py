@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 
-from ..target import get_target
+from ..target import Target, require_target
 from .annotate import annotate, weight_name_table
 from .calibrate import HostModel, calibrate, input_specs, load_calibration
 from .config import QuantConfig
 from .fidelity import FidelityReport, compare_outputs, fallback, layer_errors, worst_first
-from .kernels import get_provider
+from .int8_compute import get_provider
 from .realize import Realizer
 from .smooth import smoothed_minmax, smoothing_factors
 
@@ -19,9 +19,9 @@ from .smooth import smoothed_minmax, smoothing_factors
 class Int8Quantizer:
     """State shared by the passes; ``summary()`` reports what they did."""
 
-    def __init__(self, target="host", config: QuantConfig | None = None, calib_data=None, *, params=None,
+    def __init__(self, target: Target, config: QuantConfig | None = None, calib_data=None, *, params=None,
                  progress: bool = True, log=None):
-        self.target = get_target(target)
+        self.target = require_target(target, "Int8Quantizer")
         self.config = config or QuantConfig()
         self.calib_data = calib_data
         self.names = weight_name_table(params)
@@ -127,7 +127,7 @@ class Int8Quantizer:
 
     # ---- fidelity ------------------------------------------------------------------------------
     def _fallback(self, mod, ranges) -> list[str]:
-        host_provider = get_provider(get_target("host"))
+        host_provider = get_provider(self._host_model.target)
         heldout = self._heldout
         ref = [self._host_model.run(s) for s in heldout]
         probe = Realizer(self.config, host_provider, ranges, names=self.names, smooth=self.smooth)
@@ -153,7 +153,7 @@ class Int8Quantizer:
         ref = [self._host_model.run(s) for s in inputs]
         host_mod = mod_realized
         if self.target.name != "host" and not self.target.runs_here():
-            host_mod = Realizer(self.config, get_provider(get_target("host")), self.ranges, names=self.names,
+            host_mod = Realizer(self.config, get_provider(self._host_model.target), self.ranges, names=self.names,
                                 force_float=self.fidelity.fp32_layers if self.fidelity else (),
                                 smooth=self.smooth)(self._annotated)
         m = HostModel(host_mod)

@@ -23,11 +23,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..target import get_target
+from ..target import Target, require_target
 from .annotate import fingerprint, weight_name_table
 from .config import QuantConfig
 from .graph import Graph, observe_call, op_name, rebuild
-from .kernels import get_provider
+from .int8_compute import get_provider
 from .realize import QParams, Realizer
 
 
@@ -90,8 +90,8 @@ def prepare(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict, dict]:
 class QDQRealizer:
     """``passes()`` → one pass: :func:`prepare`, then realize with the model's parameters."""
 
-    def __init__(self, target="host", config: QuantConfig | None = None, *, params=None, log=None):
-        self.target = get_target(target)
+    def __init__(self, target: Target, config: QuantConfig | None = None, *, params=None, log=None):
+        self.target = require_target(target, "QDQRealizer")
         self.config = config or QuantConfig()
         self.names = weight_name_table(params)
         self.log = log or (lambda s: None)

@@ -34,8 +34,8 @@ from . import qmath
 from .annotate import Layer, find_layers, fingerprint
 from .config import QuantConfig
 from .graph import SKIP, Graph, is_observe, observe_key, op_name, rebuild, static_shape
-from .kernels import (Epilogue, KernelProvider, batch_matmul_func, conv2d_func, dense_func, dequantize_func,
-                      pack_weight, quantize_func)
+from .int8_compute import (Epilogue, KernelProvider, batch_matmul_func, conv2d_func, dense_func, dequantize_func,
+                           pack_weight, quantize_func)
 
 ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
@@ -299,7 +299,7 @@ class Realizer:
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
             bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
             if layer.id in sparse:
-                from ..kernels.bsr import pack_bsr
+                from ..sparse_format.bsr import pack_bsr
 
                 block = sparse[layer.id]
                 func = self.provider.sparse_dense_func(m, k, n, block, px.dtype, plan.act)
@@ -429,7 +429,7 @@ class Realizer:
         target = self.provider.target
         if cfg.sparse_threshold is None or target is None:
             return {}
-        from ..kernels.bsr import block_density
+        from ..sparse_format.bsr import block_density
 
         block = tuple(cfg.sparse_block or target.sparse_block)
         out = {}

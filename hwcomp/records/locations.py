@@ -101,15 +101,14 @@ def plain(obj: Any) -> Any:
 
 
 def tvm_dict(target: Any) -> dict:
-    """The TVM target dict of a hwcomp :class:`Target`, a target dict, a target name or a TVM target."""
+    """The TVM target dict of a hwcomp :class:`Target`, a target dict or a TVM target (not a name:
+    resolve it with :func:`~hwcomp.target.get_target` first)."""
     if isinstance(target, Target):
         return dict(target.tvm)
     if isinstance(target, dict):
         return target
     if isinstance(target, str):
-        from ..target import get_target
-
-        return tvm_dict(get_target(target))
+        raise TypeError(f"expected a Target, a target dict or a TVM target, got the name {target!r}")
     return plain(target.export())  # tvm.target.Target
 
 
@@ -146,7 +145,7 @@ def target_signature(target: Any) -> str:
 
     ``kind/arch/vector ISA`` for CPUs (``llvm/x86_64/avx2``), ``cuda/sm_XX`` for GPUs: the schedule
     space (vector width, instruction set) is the same, only the exact CPU model and core count differ.
-    A hwcomp :class:`Target`, a TVM target, a target dict (as stored in records) or a target name.
+    A hwcomp :class:`Target`, a TVM target or a target dict (as stored in records).
     """
     d = tvm_dict(target)
     mattr = d.get("mattr") or ()

@@ -262,12 +262,12 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
             builder = make_builder(cross, opts.builder_timeout_s)
             runner = make_runner(fleet, opts.runner_timeout_s)
 
+            run = _TuneRun(tasks, reports, selected, target, db, builder, runner, opts, deadline, log_dir, result, log)
             if opts.method in ("knobs", "both"):
-                _tune_knobs_phase(tasks, reports, selected, target, db, builder, runner, opts, deadline, result)
+                _tune_knobs_phase(run)
 
             if opts.method in ("metaschedule", "both") and result.stopped != "time budget":
-                _tune_ms_phase(tasks, reports, selected, target, db, builder, runner, opts, deadline, log_dir,
-                               result, log)
+                _tune_ms_phase(run)
             if opts.method in ("metaschedule", "both") and opts.baseline:
                 # The untuned schedule compile would otherwise use: a record must beat it to be served.
                 from .knobs import measure_defaults
@@ -282,7 +282,7 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
                 _keep_faster_knobs(tasks, reports, target, db, log)
                 knobs_kept = True
             if opts.confirm and result.stopped != "interrupted":
-                _confirm_phase(tasks, reports, selected, target, db, builder, runner, result, log)
+                _confirm_phase(run)
     except KeyboardInterrupt:
         result.stopped = "interrupted"
         log("interrupted: every record measured so far is in the database; run the same command to continue")
@@ -300,10 +300,30 @@ def _machine() -> str:
     return platform.machine()
 
 
-def _tune_knobs_phase(tasks, reports, selected, target: Target, db, builder, runner, opts: TuneOptions, deadline,
-                      result) -> None:
+@dataclasses.dataclass(frozen=True)
+class _TuneRun:
+    """What the phases of one :func:`tune` call share: the tasks and their reports, the selected
+    task indices, where records go, the builder and runner, the options and the deadline."""
+
+    tasks: list[Task]
+    reports: list[TaskReport]
+    selected: list[int]
+    target: Target
+    db: Path
+    builder: object
+    runner: object
+    opts: TuneOptions
+    deadline: float | None
+    log_dir: str
+    result: TuneResult
+    log: Callable[[str], None]
+
+
+def _tune_knobs_phase(run: _TuneRun) -> None:
     from .knobs import tune_knobs
 
+    tasks, reports, selected, target, db = run.tasks, run.reports, run.selected, run.target, run.db
+    builder, runner, opts, deadline, result = run.builder, run.runner, run.opts, run.deadline, run.result
     knob_trials, progress = opts.knob_trials, opts.progress
     order = sorted(selected, key=lambda i: -(tasks[i].flop * tasks[i].weight))
     bar = Progress(reports, knob_trials * len(order), progress, deadline, "knobs")
@@ -332,10 +352,12 @@ def _tune_knobs_phase(tasks, reports, selected, target: Target, db, builder, run
         bar.close()
 
 
-def _tune_ms_phase(tasks, reports, selected, target: Target, db, builder, runner, opts: TuneOptions, deadline,
-                   log_dir, result, log) -> None:
+def _tune_ms_phase(run: _TuneRun) -> None:
     from tvm.s_tir import meta_schedule as ms
 
+    tasks, reports, selected, target, db = run.tasks, run.reports, run.selected, run.target, run.db
+    builder, runner, opts, deadline, result = run.builder, run.runner, run.opts, run.deadline, run.result
+    log_dir, log = run.log_dir, run.log
     trials, max_trials_per_task, trials_per_round = opts.trials, opts.max_trials_per_task, opts.trials_per_round
     population, seed, progress = opts.population, opts.seed, opts.progress
     cost_model_kind, search = opts.cost_model, opts.search
@@ -380,9 +402,11 @@ def _tune_ms_phase(tasks, reports, selected, target: Target, db, builder, runner
         result.stopped = "trial budget reached"
 
 
-def _confirm_phase(tasks, reports, selected, target, db, builder, runner, result, log) -> None:
+def _confirm_phase(run: _TuneRun) -> None:
     from .confirm import confirm_records
 
+    tasks, reports, selected, target, db = run.tasks, run.reports, run.selected, run.target, run.db
+    builder, runner, result, log = run.builder, run.runner, run.result, run.log
     chosen = [tasks[i] for i in selected]
     result.confirmations = confirm_records(chosen, target, db, builder, runner, log=log)
     by_name = {c.task: c for c in result.confirmations}

@@ -9,10 +9,10 @@ def _int8_provider(target):
     return ArmInt8Provider(target)
 
 
-def _bsr_kernel(target, m, k, n, block, knobs=None, bias=False, activation="none"):
+def _bsr_kernel(target, spec, knobs=None):
     from .bsr import bsr_kernel
 
-    return bsr_kernel(target, m, k, n, block, knobs=knobs, bias=bias, activation=activation)
+    return bsr_kernel(target, spec, knobs)
 
 
 def _bsr_knob_space(target, block, m) -> list:

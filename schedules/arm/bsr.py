@@ -9,6 +9,7 @@ AArch64 has 32 vector registers, so :func:`default_knobs` gives a taller accumul
 
 from __future__ import annotations
 
+from hwcomp.schedules.bsr_spec import BsrSpec
 from hwcomp.schedules.cpu.bsr import (
     BSRKnobs,
     cpu_bsr_kernel,
@@ -17,11 +18,10 @@ from hwcomp.schedules.cpu.bsr import (
     knob_candidates,
 )
 
-__all__ = ["BSRKnobs", "bsr_kernel", "cpu_bsr_source", "default_knobs", "knob_candidates"]
+__all__ = ["BSRKnobs", "BsrSpec", "bsr_kernel", "cpu_bsr_source", "default_knobs", "knob_candidates"]
 
 
-def bsr_kernel(target, m: int, k: int, n: int, block: tuple[int, int], knobs: BSRKnobs | None = None,
-               bias: bool = False, activation: str = "none", dtype: str = "float32"):
+def bsr_kernel(target, spec: BsrSpec, knobs: BSRKnobs | None = None):
     """AArch64 kernel for an hwcomp :class:`~hwcomp.target.Target` (NEON: ``vector_bits`` = 128)."""
-    return cpu_bsr_kernel(m, k, n, block, knobs or default_knobs(target.vector_bits, block, m),
-                          target.num_cores, target.vector_bits, bias, activation, dtype)
+    return cpu_bsr_kernel(spec, knobs or default_knobs(target.vector_bits, spec.block, spec.m),
+                          target.num_cores, target.vector_bits)

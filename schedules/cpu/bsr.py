@@ -1,7 +1,7 @@
 """BSR × dense kernels for LLVM CPU targets: the generic CPU generator (``schedules/x86/bsr.py`` and
 ``schedules/arm/bsr.py`` are its specializations, parametrized by vector width).
 
-``y[M, N] = x[M, K] @ W.T (+ bias) (then ReLU or GELU)`` with ``W`` packed by :func:`hwcomp.kernels.bsr.pack_bsr`
+``y[M, N] = x[M, K] @ W.T (+ bias) (then ReLU or GELU)`` with ``W`` packed by :func:`hwcomp.sparse_format.bsr.pack_bsr`
 into ``data[nnzb, c, r]``, ``indices[nnzb]``, ``indptr[N_pad / r + 1]``. One PrimFunc is generated per
 shape and knob set as TVMScript text (TVMScript cannot close over Python values); ``nnzb`` is symbolic
 so layers with the same shape share a kernel.
@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from hwcomp.schedules.bsr_spec import BsrSpec
+
 # erf(x) ≈ x·P(x²)/Q(x²) on x clamped to [-4, 4]: vectorizes, where a call to libm's erff would not.
-from hwcomp.kernels.erf import ERF_CLAMP as _ERF_CLAMP
-from hwcomp.kernels.erf import ERF_P as _ERF_P
-from hwcomp.kernels.erf import ERF_Q as _ERF_Q
+from hwcomp.erf_approx import ERF_CLAMP as _ERF_CLAMP
+from hwcomp.erf_approx import ERF_P as _ERF_P
+from hwcomp.erf_approx import ERF_Q as _ERF_Q
 
 ACTIVATIONS = ("none", "relu", "gelu")
 
@@ -136,27 +138,17 @@ def _f(dtype: str, v: float) -> str:
     return f"T.{dtype}({v})"
 
 
-def cpu_bsr_source(
-    m: int,
-    k: int,
-    n: int,
-    block: tuple[int, int],
-    knobs: BSRKnobs,
-    num_cores: int,
-    vector_bits: int,
-    bias: bool = False,
-    activation: str = "none",
-    dtype: str = "float32",
-    name: str = "bsr_matmul",
-    x_dtype: str | None = None,
-) -> str:
-    """TVMScript source of the CPU kernel ``name(x, data, indices, indptr, [bias], y)``.
+def cpu_bsr_source(spec: BsrSpec, knobs: BSRKnobs, num_cores: int, vector_bits: int,
+                   name: str = "bsr_matmul") -> str:
+    """TVMScript source of the CPU kernel ``name(x, data, indices, indptr, [bias], y)`` for ``spec``.
 
-    With ``x_dtype`` (``int8``/``uint8``) it is the quantized kernel
+    With ``spec.x_dtype`` (``int8``/``uint8``) it is the quantized kernel
     ``name(xq, data_i8, indices, indptr, bias_i32, deq, y)``: ``int8 × int8 → int32`` accumulation in
     the same register tiles, and ``y = act((acc + bias) · deq[n])`` in float32 (``deq`` = the
     activation scale × the weight scale of each output; ``bias`` holds the folded zero point).
     """
+    m, k, n, block = spec.m, spec.k, spec.n, spec.block
+    bias, activation, dtype, x_dtype = spec.bias, spec.activation, spec.dtype, spec.x_dtype
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     r, c = block
@@ -320,33 +312,19 @@ def cpu_bsr_source(
     return "\n".join(body) + "\n"
 
 
-def cpu_bsr_kernel(
-    m: int,
-    k: int,
-    n: int,
-    block: tuple[int, int],
-    knobs: BSRKnobs | None = None,
-    num_cores: int = 1,
-    vector_bits: int = 256,
-    bias: bool = False,
-    activation: str = "none",
-    dtype: str = "float32",
-    x_dtype: str | None = None,
-):
-    """The scheduled ``tvm.tirx.PrimFunc`` for one shape (see :func:`cpu_bsr_source`)."""
+def cpu_bsr_kernel(spec: BsrSpec, knobs: BSRKnobs | None = None, num_cores: int = 1, vector_bits: int = 256):
+    """The scheduled ``tvm.tirx.PrimFunc`` for one :class:`BsrSpec` (see :func:`cpu_bsr_source`)."""
     import tvm
 
-    knobs = knobs or default_knobs(vector_bits, block, m)
-    src = cpu_bsr_source(m, k, n, block, knobs, num_cores, vector_bits, bias, activation, dtype, x_dtype=x_dtype)
-    return tvm.script.from_source(src)
+    knobs = knobs or default_knobs(vector_bits, spec.block, spec.m)
+    return tvm.script.from_source(cpu_bsr_source(spec, knobs, num_cores, vector_bits))
 
 
-def bsr_kernel(target, m: int, k: int, n: int, block: tuple[int, int], knobs: BSRKnobs | None = None,
-               bias: bool = False, activation: str = "none", dtype: str = "float32", x_dtype: str | None = None):
+def bsr_kernel(target, spec: BsrSpec, knobs: BSRKnobs | None = None):
     """CPU kernel for an hwcomp :class:`~hwcomp.target.Target` (vector width from its description);
-    ``x_dtype`` makes it the int8 kernel (see :func:`cpu_bsr_source`)."""
-    return cpu_bsr_kernel(m, k, n, block, knobs or default_knobs(target.vector_bits, block, m),
-                          target.num_cores, target.vector_bits, bias, activation, dtype, x_dtype)
+    ``spec.x_dtype`` makes it the int8 kernel (see :func:`cpu_bsr_source`)."""
+    return cpu_bsr_kernel(spec, knobs or default_knobs(target.vector_bits, spec.block, spec.m),
+                          target.num_cores, target.vector_bits)
 
 
 def target_knob_candidates(target, block: tuple[int, int], m: int) -> list[BSRKnobs]:

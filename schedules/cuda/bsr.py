@@ -1,6 +1,6 @@
 """BSR × dense kernel for CUDA targets.
 
-``y[M, N] = x[M, K] @ W.T (+ bias) (then ReLU or GELU)``, weights packed as in :mod:`hwcomp.kernels.bsr`
+``y[M, N] = x[M, K] @ W.T (+ bias) (then ReLU or GELU)``, weights packed as in :mod:`hwcomp.sparse_format.bsr`
 (``data[nnzb, c, r]``). Thread layout: a CUDA block per (block row, M tile); ``threadIdx.x`` runs over
 the ``r`` output rows of the block row, so the weight loads ``data[b, j, 0:r]`` and the stores
 ``y[m, n0:n0 + r]`` are coalesced; ``threadIdx.y`` over ``ty`` x rows, each thread accumulating
@@ -10,6 +10,8 @@ the ``r`` output rows of the block row, so the weight loads ``data[b, j, 0:r]`` 
 from __future__ import annotations
 
 import dataclasses
+
+from hwcomp.schedules.bsr_spec import BsrSpec
 
 ACTIVATIONS = ("none", "relu", "gelu")
 
@@ -30,18 +32,11 @@ def knob_candidates(m: int) -> list[CudaBSRKnobs]:
     return [CudaBSRKnobs(ty, mpt) for ty in (4, 8, 16) for mpt in (1, 2, 4, 8) if ty * mpt <= max(m, 4) * 2]
 
 
-def cuda_bsr_source(
-    m: int,
-    k: int,
-    n: int,
-    block: tuple[int, int],
-    knobs: CudaBSRKnobs,
-    bias: bool = False,
-    activation: str = "none",
-    dtype: str = "float32",
-    name: str = "bsr_matmul",
-) -> str:
-    """TVMScript source of the CUDA kernel ``name(x, data, indices, indptr, [bias], y)``."""
+def cuda_bsr_source(spec: BsrSpec, knobs: CudaBSRKnobs, name: str = "bsr_matmul") -> str:
+    """TVMScript source of the CUDA kernel ``name(x, data, indices, indptr, [bias], y)`` (fp32 only)."""
+    m, k, n, block, bias, activation, dtype = spec.m, spec.k, spec.n, spec.block, spec.bias, spec.activation, spec.dtype
+    if spec.x_dtype is not None:
+        raise ValueError(f"the CUDA BSR kernel has no quantized variant (x_dtype={spec.x_dtype!r})")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     r, c = block
@@ -99,11 +94,11 @@ def cuda_bsr_source(
     return "\n".join(lines) + "\n"
 
 
-def bsr_kernel(target, m: int, k: int, n: int, block: tuple[int, int], knobs: CudaBSRKnobs | None = None,
-               bias: bool = False, activation: str = "none", dtype: str = "float32"):
-    """The scheduled CUDA ``PrimFunc`` for one shape (``target`` is an hwcomp Target, unused but for API parity)."""
+def bsr_kernel(target, spec: BsrSpec, knobs: CudaBSRKnobs | None = None):
+    """The scheduled CUDA ``PrimFunc`` for one :class:`BsrSpec` (``target`` is an hwcomp Target, unused
+    but for API parity)."""
     import tvm
 
     # Measured on an H100 (128x768 -> 3072, 90% 16x1): ty=8, 2 rows per thread 19 us, 4 rows 27 us.
-    knobs = knobs or CudaBSRKnobs(ty=8 if m >= 16 else 4, m_per_thread=2 if m >= 16 else 1)
-    return tvm.script.from_source(cuda_bsr_source(m, k, n, block, knobs, bias, activation, dtype))
+    knobs = knobs or CudaBSRKnobs(ty=8 if spec.m >= 16 else 4, m_per_thread=2 if spec.m >= 16 else 1)
+    return tvm.script.from_source(cuda_bsr_source(spec, knobs))

@@ -3,6 +3,7 @@ x86 vector width (AVX2: 256 bits, 16 vector registers), taken from the target's 
 
 from __future__ import annotations
 
+from hwcomp.schedules.bsr_spec import BsrSpec
 from hwcomp.schedules.cpu.bsr import (
     ACTIVATIONS,
     BSRKnobs,
@@ -14,5 +15,5 @@ from hwcomp.schedules.cpu.bsr import (
     knob_candidates,
 )
 
-__all__ = ["ACTIVATIONS", "BSRKnobs", "bsr_kernel", "cpu_bsr_kernel", "cpu_bsr_source", "default_knobs",
+__all__ = ["ACTIVATIONS", "BSRKnobs", "BsrSpec", "bsr_kernel", "cpu_bsr_kernel", "cpu_bsr_source", "default_knobs",
            "epilogue_expr", "knob_candidates"]

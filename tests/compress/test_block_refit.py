@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from hwcomp.compress.block_refit import block_prune_refit_, input_gram
-from hwcomp.kernels.bsr import block_density, block_prune
+from hwcomp.sparse_format.bsr import block_density, block_prune
 
 
 def _correlated_inputs(rows=512, k=64, seed=0):

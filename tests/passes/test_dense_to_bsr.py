@@ -14,9 +14,10 @@ from tvm import relax
 from hwcomp.build import bind_weights, compile_module, finalize_weights, schedule
 from hwcomp.build_measure import bsr_latency
 from hwcomp.frontend import load_model
-from hwcomp.kernels.bsr import block_density, block_prune
 from hwcomp.passes.dense_to_bsr import BSR_CHOICES, DenseToBSR, parse_block, sparse_passes
 from hwcomp.passes.prune_weights import PruneWeights
+from hwcomp.sparse_format.bsr import block_density, block_prune
+from hwcomp.target import get_target
 
 
 class Net(torch.nn.Module):
@@ -98,7 +99,7 @@ def _run(mod, host, inputs):
 
 def test_rewrites_only_qualifying_layers_and_is_idempotent(bound, tmp_path):
     _, mod = bound
-    p = DenseToBSR("host", threshold=0.7, block=BLOCK, measure=False, cache_dir=tmp_path)
+    p = DenseToBSR(get_target("host"), threshold=0.7, block=BLOCK, measure=False, cache_dir=tmp_path)
     out = p(mod)
     chosen = {d.name.split(":")[0]: d for d in p.report.layers}
     assert len(p.report.layers) == 5  # fc1, fc2, head, 1x1 conv, 3x3 conv
@@ -109,14 +110,14 @@ def test_rewrites_only_qualifying_layers_and_is_idempotent(bound, tmp_path):
     assert len(_call_tirs(out)) == 3
     assert _ops(out, "relax.matmul") == 1 and _ops(out, "relax.nn.conv2d") == 1  # head, 3x3 conv untouched
     assert not list(tmp_path.iterdir())  # nothing measured
-    again = DenseToBSR("host", threshold=0.7, block=BLOCK, measure=False, cache_dir=tmp_path)(out)
+    again = DenseToBSR(get_target("host"), threshold=0.7, block=BLOCK, measure=False, cache_dir=tmp_path)(out)
     tvm.ir.assert_structural_equal(again, out)
     assert "L0" in chosen and p.report.table().splitlines()[-1].startswith("3/5 layers sparse")
 
 
 def test_high_threshold_changes_nothing(bound, tmp_path):
     _, mod = bound
-    p = DenseToBSR("host", threshold=0.95, block=BLOCK, measure=False, cache_dir=tmp_path)
+    p = DenseToBSR(get_target("host"), threshold=0.95, block=BLOCK, measure=False, cache_dir=tmp_path)
     out = p(mod)
     assert out is mod and p.report.n_sparse == 0
 
@@ -163,13 +164,11 @@ def test_measured_choice_is_cached(bound, host, tmp_path, monkeypatch):
 
 def test_cross_target_uses_threshold(bound, tmp_path):
     _, mod = bound
-    p = DenseToBSR("rpi4", cache_dir=tmp_path)  # 4x1 blocks; cannot run here
+    p = DenseToBSR(get_target("rpi4"), cache_dir=tmp_path)  # 4x1 blocks; cannot run here
     out = p(mod)
     assert p.report.n_sparse == 3 and all(d.basis == "threshold" for d in p.report.layers if d.chosen == "bsr")
     assert [d.kind for d in p.report.layers if d.chosen == "bsr"] == ["matmul", "matmul", "conv1x1"]
     assert all(d.expected_gain for d in p.report.layers if d.chosen == "bsr")
-    from hwcomp.target import get_target
-
     t = get_target("rpi4")
     m, _ = finalize_weights(out)
     compile_module(schedule(m, t), t)  # builds for AArch64
@@ -212,12 +211,13 @@ def test_prune_weights_layer_and_global(net):
 
 def test_sparse_passes_and_pre_pruned_detection(bound, tmp_path):
     _, mod = bound
-    ps = sparse_passes("host", sparsity=0.9, block=(16, 1), threshold=0.7, measure=False, cache_dir=tmp_path)
+    host = get_target("host")
+    ps = sparse_passes(host, sparsity=0.9, block=(16, 1), threshold=0.7, measure=False, cache_dir=tmp_path)
     assert [type(p).__name__ for p in ps] == ["PruneWeights", "DenseToBSR"] and ps[0].block == (16, 1)
-    ps = sparse_passes("host", sparsity=None, block=None, threshold=0.7, measure=False, cache_dir=tmp_path)
+    ps = sparse_passes(host, sparsity=None, block=None, threshold=0.7, measure=False, cache_dir=tmp_path)
     assert [type(p).__name__ for p in ps] == ["DenseToBSR"]
     # The model's weights were pruned in torch (8x1): used as they are, without a prune pass.
-    (d2b,) = sparse_passes("host", None, BLOCK, 0.7, measure=False, cache_dir=tmp_path)
+    (d2b,) = sparse_passes(host, None, BLOCK, 0.7, measure=False, cache_dir=tmp_path)
     d2b(mod)
     assert d2b.report.n_sparse == 3
     assert parse_block("16x1") == (16, 1)
@@ -251,8 +251,9 @@ def test_tune_flags_measure_every_knob_set_into_the_named_database(bound, host, 
     """``hwcomp tune --sparse-threshold 0.7 --db D``: BSR kernels tuned over the whole knob space, kept in D."""
     import argparse
 
-    from hwcomp.passes.dense_to_bsr import sparse_passes_from_options as sparse_passes_from_args
     from hwcomp.schedules.x86.bsr import BSRKnobs
+
+    from hwcomp.passes.dense_to_bsr import sparse_passes_from_options as sparse_passes_from_args
 
     _, mod = bound
     args = argparse.Namespace(sparsity=None, block="8x1", sparse_threshold=0.7, db=str(tmp_path))

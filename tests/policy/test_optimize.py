@@ -43,7 +43,8 @@ def _planted():
 def _simulated_cosine(model, choices, samples) -> float:
     """The PyTorch simulation of ``choices`` as optimize runs it: re-fit and int8 ranges on the first
     four samples, cosine on the rest, weights as wide as the host's kernels take them."""
-    from hwcomp.policy.profile import Simulation, find_linear_layers, int8_weight_bits
+    from hwcomp.policy.layer_costs import Simulation
+    from hwcomp.policy.layers import find_linear_layers, int8_weight_bits
     from hwcomp.target import get_target
 
     layers = find_linear_layers(model, (torch.from_numpy(samples[0][0]),))
@@ -172,7 +173,7 @@ def test_low_rank_option_compiles_as_two_layers_and_matches_simulation(tmp_path)
 def test_optimize_measures_on_an_rpc_device(tmp_path, monkeypatch):
     """``device=rpc://…``: the lone-layer latencies, the baselines and the chosen policy are timed,
     and the held-out outputs computed, on the RPC server (a local one here, driven as a board is)."""
-    from hwcomp.policy.profile import POLICY_LATENCY
+    from hwcomp.records.locations import POLICY_LATENCY
     from hwcomp.runtime.rpc import RPCServer
     from hwcomp.runtime.session import DeviceModel
 
@@ -206,7 +207,8 @@ def test_policy_measured_slower_than_a_feasible_baseline_gives_way_to_it(tmp_pat
     import os
 
     from hwcomp.artifact import Artifact
-    from hwcomp.policy.profile import POLICY_LATENCY, kernel_code_hash
+    from hwcomp.policy.latency import kernel_code_hash
+    from hwcomp.records.locations import POLICY_LATENCY
 
     monkeypatch.setenv("HWCOMP_CACHE", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "tuning" / "host" / POLICY_LATENCY

@@ -6,9 +6,9 @@ import torch
 
 from hwcomp.compress.block_refit import input_gram
 from hwcomp.policy import LayerProfile, Option, OptionCost, search
+from hwcomp.policy.layer_costs import simulate_error
 from hwcomp.policy.optimize import OptimizeOptions, compile_policy, measure, optimize
 from hwcomp.policy.policy_io import load_policy, policy_table, save_policy
-from hwcomp.policy.profile import simulate_error
 from hwcomp.policy.widths import WidthGroup, check_widths, kept_count, merge_groups, narrow_, width_groups
 
 
@@ -107,7 +107,8 @@ def test_width_policy_compiles_to_the_simulated_model(tmp_path, kind, tol):
 
 
 def _ranges(m, samples):
-    from hwcomp.policy.profile import activation_ranges, find_linear_layers
+    from hwcomp.policy.layers import find_linear_layers
+    from hwcomp.policy.simulate import activation_ranges
 
     return activation_ranges(m, samples, find_linear_layers(m, (torch.from_numpy(samples[0][0]),)))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
-from hwcomp.quantize import kernels as K
+from hwcomp.quantize import int8_compute as K
 from hwcomp.quantize import qmath
 from hwcomp.quantize.observers import make_observer
 

@@ -17,13 +17,14 @@ from hwcomp.quantize import QuantConfig, quantize_passes
 from hwcomp.quantize.calibrate import CalibrationError
 from hwcomp.quantize.pipeline import Int8Quantizer
 from hwcomp.quantize.qmath import cosine
+from hwcomp.target import get_target
 
 
 def _compile(model, example, calib, tmp_path, config=None, name="art"):
     from hwcomp.frontend import load_model
 
     imported = load_model(model, example)
-    q = Int8Quantizer("host", config or QuantConfig(), calib, params=imported.params, progress=False)
+    q = Int8Quantizer(get_target("host"), config or QuantConfig(), calib, params=imported.params, progress=False)
     art = hwcomp.compile(imported, "host", tmp_path / name,
                          options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
                                                        compression_summary=None))
@@ -46,7 +47,7 @@ def test_mlp_int8_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     calib = [[rng.standard_normal((4, 64)).astype(np.float32)] for _ in range(8)]
     np.savez(tmp_path / "calib.npz", x=np.stack([c[0] for c in calib]))  # [samples, *shape]
-    passes = quantize_passes("host", QuantConfig(calib_method="minmax"),
+    passes = quantize_passes(get_target("host"), QuantConfig(calib_method="minmax"),
                              str(tmp_path / "calib.npz"), progress=False)
     art = hwcomp.compile(model, "host", tmp_path / "mlp", example_inputs=(torch.randn(4, 64),),
                          options=hwcomp.CompileOptions(passes=passes, use_default_database=False))
@@ -129,7 +130,8 @@ def test_skip_list_keeps_layer_float():
     imported = load_model(model, (torch.randn(2, 32),))
     mod = bind_weights(imported.mod, imported.params)
     calib = [[np.random.default_rng(i).standard_normal((2, 32)).astype(np.float32)] for i in range(3)]
-    q = Int8Quantizer("host", QuantConfig(skip=("net.2", "dense2")), calib, params=imported.params, progress=False)
+    q = Int8Quantizer(get_target("host"), QuantConfig(skip=("net.2", "dense2")), calib, params=imported.params,
+                      progress=False)
     out = mod
     for p in q.passes():
         out = p(out)
@@ -146,7 +148,7 @@ def test_bad_calibration_data_is_rejected(tmp_path):
     ex = (torch.randn(2, 16),)
 
     def run(calib):
-        passes = quantize_passes("host", QuantConfig(), calib, progress=False)
+        passes = quantize_passes(get_target("host"), QuantConfig(), calib, progress=False)
         hwcomp.compile(model, "host", tmp_path / "bad", example_inputs=ex,
                        options=hwcomp.CompileOptions(passes=passes, use_default_database=False))
 
@@ -221,7 +223,7 @@ def test_onnx_qdq_model_realized(tmp_path):
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": True})
     imported = load_model(str(tmp_path / "q.onnx"))
-    r = QDQRealizer("host")
+    r = QDQRealizer(get_target("host"))
     out_mod = r(bind_weights(imported.mod, imported.params))
     text = _ops(out_mod)
     assert "R.quantize" not in text and "R.dequantize" not in text and "R.matmul" not in text
@@ -274,7 +276,7 @@ def _simulate_qdq(model, inits, x):
 
 def test_sparse_int8_matches_dense_int8(tmp_path):
     """Block-sparse layers through the int8 BSR kernel compute the same integers as the int8 dense kernel."""
-    from hwcomp.kernels.bsr import block_prune
+    from hwcomp.sparse_format.bsr import block_prune
 
     torch.manual_seed(0)
     model = MLP(64, 128, 10).eval()

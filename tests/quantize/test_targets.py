@@ -11,7 +11,7 @@ import pytest
 import torch
 import tvm
 
-from hwcomp.quantize import kernels as K
+from hwcomp.quantize import int8_compute as K
 from hwcomp.quantize import qmath
 from hwcomp.target import get_target
 
@@ -93,7 +93,7 @@ def test_int8_mlp_runs_on_emulated_rpi5(tmp_path):
     model = _MLP().eval()
     x = torch.randn(4, 32)
     calib = [[np.random.default_rng(i).standard_normal((4, 32)).astype(np.float32)] for i in range(6)]
-    passes = quantize_passes("rpi5", QuantConfig(), calib, progress=False)
+    passes = quantize_passes(get_target("rpi5"), QuantConfig(), calib, progress=False)
     art = hwcomp.compile(model, "rpi5", tmp_path / "art", example_inputs=(x,),
                          options=hwcomp.CompileOptions(passes=passes, use_default_database=False))
     assert "not_measured" in art.fidelity  # aarch64 library: not run here

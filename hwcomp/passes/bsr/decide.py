@@ -15,8 +15,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from hwcomp.kernels.bsr import BSRMatrix, block_density, pack_bsr
 from hwcomp.records.store import MeasurementStore
+from hwcomp.sparse_format.bsr import BSRMatrix, block_density, pack_bsr
 
 from .match import Site, rows
 

@@ -13,15 +13,16 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.relax_graph import static_shape
 from hwcomp.schedules.backends import backend_for
+from hwcomp.schedules.bsr_spec import BsrSpec
 from hwcomp.target import Target
 
 from .match import rows
 
 
-def bsr_primfunc(target: Target, m: int, k: int, n: int, block: tuple[int, int], bias: bool,
-                 activation: str, knobs=None):
-    """The target backend's BSR kernel for one shape (:func:`hwcomp.schedules.backends.backend_for`)."""
-    return backend_for(target).bsr_kernel(target, m, k, n, block, knobs=knobs, bias=bias, activation=activation)
+def bsr_primfunc(target: Target, spec: BsrSpec, knobs=None):
+    """The target backend's BSR kernel for one :class:`~hwcomp.schedules.bsr_spec.BsrSpec`
+    (:func:`hwcomp.schedules.backends.backend_for`)."""
+    return backend_for(target).bsr_kernel(target, spec, knobs)
 
 
 @mutator
@@ -51,7 +52,7 @@ def emit_site(rw: _Rewriter, planned, kernel: Callable) -> relax.Expr:
         x = bb.emit_te(site.conv.im2col(site.x_shape, site.out_shape[2:]), x, primfunc_name_hint="im2col")
     if static_shape(x) != (m, k):
         x = bb.emit(relax.op.reshape(x, (m, k)))
-    func = kernel(m, k, n, bsr.block, site.bias is not None, site.activation, knobs)
+    func = kernel(BsrSpec(m, k, n, bsr.block, site.bias is not None, site.activation), knobs)
     # Drop the script's symbol name: every kernel gets its own when the module is built.
     gv = bb.add_func(func.without_attr("global_symbol"), "bsr_matmul")
     args = [x, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
@@ -71,7 +72,8 @@ def emit_site(rw: _Rewriter, planned, kernel: Callable) -> relax.Expr:
 
 def rewrite_function(mod: tvm.IRModule, gv, func: relax.Function, plan: dict, kernel: Callable) -> tvm.IRModule:
     """``mod`` with ``func`` (bound to ``gv``) rewritten: ``plan`` maps a site's root var to
-    ``(site, bsr, knobs)``; ``kernel(m, k, n, block, bias, activation, knobs)`` makes each PrimFunc."""
+    ``(site, bsr, knobs)``; ``kernel(spec, knobs)`` makes each PrimFunc from a
+    :class:`~hwcomp.schedules.bsr_spec.BsrSpec`."""
     rewriter = _Rewriter(mod, plan, lambda rw, planned: emit_site(rw, planned, kernel))
     new_func = rewriter.visit_expr(func)
     out = rewriter.builder_.get()

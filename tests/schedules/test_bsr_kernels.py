@@ -1,5 +1,5 @@
-"""BSR packing/pruning helpers and the per-target BSR kernels (x86 run here, AArch64 cross-built and
-run under qemu-user when available, CUDA built only)."""
+"""The per-target BSR kernels (``schedules/{cpu,x86,arm,cuda}/bsr.py``): x86 run here, AArch64 cross-built and
+run under qemu-user when available, CUDA built only."""
 
 from __future__ import annotations
 
@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 import tvm
 
-from hwcomp.kernels.bsr import (
-    block_density,
-    block_prune,
-    bsr_matmul_reference,
-    pack_bsr,
-    random_block_sparse,
-)
+from hwcomp.sparse_format.bsr import pack_bsr, random_block_sparse
 from hwcomp.target import get_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,36 +22,6 @@ BOARD_ROOTFS = ROOT / ".board" / "aarch64" / "rootfs"
 
 def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-# ---- NumPy helpers ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape,block", [((37, 29), (8, 1)), ((64, 48), (16, 1)), ((10, 9), (4, 3)), ((5, 7), (1, 1))])
-def test_pack_roundtrip_and_scipy(shape, block):
-    w = random_block_sparse(*shape, block, 0.3, _rng())
-    bsr = pack_bsr(w, block)
-    np.testing.assert_array_equal(bsr.to_dense(), w)
-    r, c = block
-    padded = bsr.to_scipy().toarray()
-    assert padded.shape == (-(-shape[0] // r) * r, -(-shape[1] // c) * c)
-    np.testing.assert_array_equal(padded[: shape[0], : shape[1]], w)
-    assert bsr.data.shape == (bsr.nnzb, c, r) and bsr.indices.dtype == np.int32 and bsr.indptr.dtype == np.int32
-    assert bsr.density == pytest.approx(block_density(w, block))
-    x = _rng(1).standard_normal((3, shape[1])).astype("float32")
-    np.testing.assert_allclose(bsr_matmul_reference(x, bsr), x @ w.T, rtol=1e-5, atol=1e-5)
-
-
-def test_block_prune_sparsity_and_idempotence():
-    w = _rng().standard_normal((64, 96)).astype("float32")
-    for block in [(1, 1), (8, 1), (16, 1), (4, 4)]:
-        p = block_prune(w, 0.75, block)
-        assert 1 - block_density(p, block) == pytest.approx(0.75, abs=1 / p.size * block[0] * block[1] + 1e-9)
-        np.testing.assert_array_equal(block_prune(p, 0.75, block), p)
-        kept = p != 0
-        assert np.abs(w[kept]).mean() > np.abs(w[~kept]).mean()  # the large blocks survive
-    l2 = block_prune(w, 0.5, (8, 1), norm="l2")
-    assert 1 - block_density(l2, (8, 1)) == pytest.approx(0.5)
 
 
 # ---- x86 (host) kernel -----------------------------------------------------------------------
@@ -91,6 +55,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}->{c[2]}_{c[3][0]}x{c[3][1]}")
 def test_x86_kernel_matches_dense(case, host):
+    from hwcomp.schedules.bsr_spec import BsrSpec
     from hwcomp.schedules.x86.bsr import BSRKnobs, bsr_kernel
 
     m, k, n, block, density, knobs, bias, act = case
@@ -105,7 +70,7 @@ def test_x86_kernel_matches_dense(case, host):
     assert bsr.indptr[1] == 0
     x = rng.standard_normal((m, k)).astype("float32")
     b = rng.standard_normal(n).astype("float32") if bias else None
-    func = bsr_kernel(host, m, k, n, block, BSRKnobs(**knobs) if knobs else None, bias=bias, activation=act)
+    func = bsr_kernel(host, BsrSpec(m, k, n, block, bias=bias, activation=act), BSRKnobs(**knobs) if knobs else None)
     args = [x, bsr.data, bsr.indices, bsr.indptr] + ([b] if bias else []) + [np.zeros((m, n), "float32")]
     np.testing.assert_allclose(_run_cpu(func, host, args), _ref(x, w, b, act == "relu"), rtol=1e-4, atol=1e-4)
 
@@ -114,6 +79,7 @@ def test_x86_kernel_matches_dense(case, host):
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
 def test_x86_int8_kernel_is_exact(case, x_dtype, host):
     """int8 BSR: integer accumulation is exact, so the result equals (x·Wᵀ + bias)·deq to float32 rounding."""
+    from hwcomp.schedules.bsr_spec import BsrSpec
     from hwcomp.schedules.x86.bsr import BSRKnobs, bsr_kernel
 
     m, k, n, block, density, knobs, _, act = case
@@ -125,7 +91,8 @@ def test_x86_int8_kernel_is_exact(case, x_dtype, host):
     x = rng.integers(lo, hi, (m, k)).astype(x_dtype)
     bias = rng.integers(-5000, 5000, n).astype("int32")
     deq = rng.uniform(1e-4, 1e-3, n).astype("float32")
-    func = bsr_kernel(host, m, k, n, block, BSRKnobs(**knobs) if knobs else None, activation=act, x_dtype=x_dtype)
+    func = bsr_kernel(host, BsrSpec(m, k, n, block, activation=act, x_dtype=x_dtype),
+                      BSRKnobs(**knobs) if knobs else None)
     out = _run_cpu(func, host, [x, bsr.data, bsr.indices, bsr.indptr, bias, deq, np.zeros((m, n), "float32")])
     acc = x.astype(np.int64) @ w.T.astype(np.int64) + bias
     ref = acc.astype(np.float32) * deq
@@ -133,6 +100,7 @@ def test_x86_int8_kernel_is_exact(case, x_dtype, host):
 
 
 def test_x86_knob_candidates_all_correct(host):
+    from hwcomp.schedules.bsr_spec import BsrSpec
     from hwcomp.schedules.x86.bsr import bsr_kernel, knob_candidates
 
     m, k, n, block = 24, 40, 32, (16, 1)
@@ -141,7 +109,7 @@ def test_x86_knob_candidates_all_correct(host):
     bsr = pack_bsr(w, block)
     x = rng.standard_normal((m, k)).astype("float32")
     for knobs in knob_candidates(host.vector_bits, block, m)[:6]:
-        out = _run_cpu(bsr_kernel(host, m, k, n, block, knobs), host,
+        out = _run_cpu(bsr_kernel(host, BsrSpec(m, k, n, block), knobs), host,
                        [x, bsr.data, bsr.indices, bsr.indptr, np.zeros((m, n), "float32")])
         np.testing.assert_allclose(out, _ref(x, w), rtol=1e-4, atol=1e-4, err_msg=str(knobs))
 
@@ -161,6 +129,7 @@ np.save(sys.argv[3], y.numpy())
 
 def test_arm_kernel_cross_compiles_and_runs_under_qemu(tmp_path):
     from hwcomp.schedules.arm.bsr import bsr_kernel
+    from hwcomp.schedules.bsr_spec import BsrSpec
 
     target = get_target("rpi4")
     m, k, n, block = 9, 30, 22, target.sparse_block
@@ -169,8 +138,8 @@ def test_arm_kernel_cross_compiles_and_runs_under_qemu(tmp_path):
     bsr = pack_bsr(w, block)
     x = rng.standard_normal((m, k)).astype("float32")
     b = rng.standard_normal(n).astype("float32")
-    ex = tvm.compile(tvm.IRModule({"main": bsr_kernel(target, m, k, n, block, bias=True, activation="relu")}),
-                     target=target.tvm_target())
+    spec = BsrSpec(m, k, n, block, bias=True, activation="relu")
+    ex = tvm.compile(tvm.IRModule({"main": bsr_kernel(target, spec)}), target=target.tvm_target())
     asm = ex.mod.inspect_source("asm")
     assert "fmla" in asm  # NEON fused multiply-add
     if shutil.which(target.cross_compiler) is None:
@@ -200,10 +169,12 @@ def test_arm_kernel_cross_compiles_and_runs_under_qemu(tmp_path):
 
 
 def test_cuda_kernel_builds_for_h100():
+    from hwcomp.schedules.bsr_spec import BsrSpec
     from hwcomp.schedules.cuda.bsr import CudaBSRKnobs, bsr_kernel
 
     target = get_target("h100")
-    func = bsr_kernel(target, 13, 37, 29, (16, 2), CudaBSRKnobs(ty=4, m_per_thread=2), bias=True, activation="relu")
+    spec = BsrSpec(13, 37, 29, (16, 2), bias=True, activation="relu")
+    func = bsr_kernel(target, spec, CudaBSRKnobs(ty=4, m_per_thread=2))
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
     cuda_mods = [m for m in ex.mod.imports if m.kind == "cuda"]
     assert cuda_mods, "no CUDA module generated"
@@ -217,6 +188,7 @@ def test_cuda_kernel_matches_dense_on_gpu():
     dev = tvm.cuda(0)
     if not dev.exist:
         pytest.skip("no CUDA GPU")
+    from hwcomp.schedules.bsr_spec import BsrSpec
     from hwcomp.schedules.cuda.bsr import bsr_kernel
 
     target = get_target("h100")
@@ -226,7 +198,8 @@ def test_cuda_kernel_matches_dense_on_gpu():
     bsr = pack_bsr(w, block)
     x = rng.standard_normal((m, k)).astype("float32")
     b = rng.standard_normal(n).astype("float32")
-    ex = tvm.compile(tvm.IRModule({"main": bsr_kernel(target, m, k, n, block, bias=True)}), target=target.tvm_target())
+    ex = tvm.compile(tvm.IRModule({"main": bsr_kernel(target, BsrSpec(m, k, n, block, bias=True))}),
+                     target=target.tvm_target())
     args = [tvm.runtime.tensor(a, dev) for a in (x, bsr.data, bsr.indices, bsr.indptr, b, np.zeros((m, n), "float32"))]
     ex.mod["main"](*args)
     np.testing.assert_allclose(args[-1].numpy(), _ref(x, w, b), rtol=1e-4, atol=1e-4)

@@ -1,4 +1,5 @@
-"""Per-layer latency and sensitivity of each option.
+"""The cost of each option per layer — its latency and its sensitivity — and the simulated error of a
+whole policy (:class:`Simulation`).
 
 Latency is measured on the target with hwcomp's real kernels: one single-layer model per distinct
 ``(rows, in, out)`` shape and option, compiled like the full model and timed with TVM's time
@@ -16,30 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..records.locations import POLICY_LATENCY  # noqa: F401  (re-exported)
 from ..target import Target
-from .latency import (  # noqa: F401  (re-exported)
-    _cache_path,
-    _load_cache,
-    kernel_code_hash,
-    latency_table,
-    layer_option_passes,
-    measure_option_latency,
-)
-from .layers import (  # noqa: F401  (re-exported)
-    NEEDS_GRAM,
-    LinearLayer,
-    _fake_int8_weight,
-    factorize_low_rank,
-    find_linear_layers,
-    full_width,
-    int8_weight_bits,
-    prune_linear_,
-)
+from .latency import latency_table
+from .layers import NEEDS_GRAM, LinearLayer, full_width
 from .search import LayerProfile, OptionCost
-from .simulate import (  # noqa: F401  (re-exported)
-    _cosine,
-    _smoothing,
+from .simulate import (
     activation_ranges,
     apply_option_,
     layer_grams,

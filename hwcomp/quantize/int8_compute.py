@@ -1,4 +1,4 @@
-"""Integer kernels as TE computes, and the per-target providers that lay out and schedule them.
+"""The int8 ops as TE computes, and the lookup of the per-target provider that lays out and schedules them.
 
 One definition per op (the arithmetic of ``qmath``), whatever the target:
 
@@ -33,7 +33,7 @@ import math
 import numpy as np
 from tvm import te, tirx
 
-from hwcomp.kernels.erf import ERF_CLAMP, ERF_P, ERF_Q
+from hwcomp.erf_approx import ERF_CLAMP, ERF_P, ERF_Q
 from hwcomp.schedules.cpu.rules import MATERIALIZE
 from hwcomp.schedules.int8_base import (  # noqa: F401  (re-exported: the providers' shared scaffolding)
     LAYOUTS,
@@ -113,7 +113,7 @@ def _w_at(w, layout: str, n, k):
 # epilogue expressions
 # ---------------------------------------------------------------------------------------------
 def fast_erf(x):
-    """Rational erf approximation (Eigen's ``generic_fast_erf_float``, :mod:`hwcomp.kernels.erf`) that
+    """Rational erf approximation (Eigen's ``generic_fast_erf_float``, :mod:`hwcomp.erf_approx`) that
     vectorizes; ``tirx.erf`` becomes a scalar libm call per element."""
     f = lambda v: tirx.const(v, "float32")
     x = tirx.max(tirx.min(x, f(ERF_CLAMP)), f(-ERF_CLAMP))

@@ -1,4 +1,4 @@
-"""Coefficients of the vectorizable erf approximation used by the generated kernels.
+"""Coefficients of the vectorizable erf approximation the generated kernels use (GELU).
 
 ``erf(x) ≈ x · P(x²) / Q(x²)`` on ``x`` clamped to ``[-4, 4]`` (Eigen's ``generic_fast_erf_float``
 rational approximation; max error about 4e-7 against scipy). It vectorizes, where a call to libm's
