@@ -137,11 +137,12 @@ def _time_ms(ex, args) -> float:
 
 def test_tuned_beats_unscheduled_and_compile_applies_the_database(tuned_db, model_pt2, host):
     db, _, _ = tuned_db
-    from hwcomp.build import bind_weights, finalize_weights
+    from hwcomp.build import bind_weights, finalize_weights, layout_for_target
     from hwcomp.frontend import load_model
 
     imported = load_model(model_pt2)
-    mod, weights = finalize_weights(bind_weights(imported.mod, imported.params))
+    # as compile does: the target's weight layouts before the weights are lifted
+    mod, weights = finalize_weights(layout_for_target(bind_weights(imported.mod, imported.params), host))
     args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal((16, 128)).astype("float32"))]
     args += [tvm.runtime.tensor(w) for w in weights.values()]
 
@@ -176,11 +177,11 @@ def test_knob_tuning_is_stored_and_applied(model_pt2, tmp_path, host):
     assert table, "no knob measurements stored"
     lowered = lower_for_tuning(model_pt2, host)
     tasks = {t.key: t for t in extract_tasks(lowered, host)}
-    from hwcomp.build import bind_weights, finalize_weights
+    from hwcomp.build import bind_weights, finalize_weights, layout_for_target
     from hwcomp.frontend import load_model
 
     imported = load_model(model_pt2)
-    mod, _ = finalize_weights(bind_weights(imported.mod, imported.params))
+    mod, _ = finalize_weights(layout_for_target(bind_weights(imported.mod, imported.params), host))
     scheduled = schedule(mod, host, db)
     by_name = {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     for key, entry in table.items():
