@@ -230,6 +230,33 @@ class _Blocker(PyExprMutator):
         self.converted += 1
         return out, o
 
+    def _conv1d(self, binding: relax.VarBinding, call: relax.Call) -> bool:
+        """A ``conv1d`` (NCW/OIW, constant weight, groups 1: Whisper's audio front end) as the
+        blocked conv2d over a ``[N, C, 1, L]`` view, back to NCW right after (its 3-D epilogue is not
+        a region). Emits the result bound to ``binding.var``'s uses; False where it does not apply."""
+        a = call.attrs
+        w = self._const(call.args[1])
+        shape = _shape(call.args[0])
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCW", "OIW", "NCW") \
+                or int(a.groups) != 1 or w is None or w.dtype != np.float32 or shape is None or len(shape) != 3 \
+                or _dtype(call.args[0]) != "float32" or not isinstance(binding.var, relax.DataflowVar) \
+                and self.builder_.current_block_is_dataflow():
+            return False
+        n, c, length = shape
+        block_in = min(self.block, c)
+        x4 = self.builder_.emit(relax.op.reshape(self.visit_expr(call.args[0]), [n, c, 1, length]))
+        bx = self.builder_.emit_te(to_blocked, x4, block_in, primfunc_name_hint="to_blocked")
+        packed = pack_conv_weight(w[:, :, None, :], block_in, self.block)
+        (left, right), stride, dilation = [int(p) for p in a.padding], int(a.strides[0]), int(a.dilation[0])
+        out = self.builder_.emit_te(conv2d_nchwc, bx, relax.const(packed), [1, stride], [0, left, 0, right],
+                                    [1, dilation], primfunc_name_hint="conv2d_nchwc")
+        o = w.shape[0]
+        nchw = self.builder_.emit_te(from_blocked, out, o, primfunc_name_hint="from_blocked")
+        ncw = self.builder_.emit(relax.op.reshape(nchw, [n, o, _shape(nchw)[-1]]))
+        self.set_var_remap(binding.var, ncw)
+        self.converted += 1
+        return True
+
     def _elementwise(self, call: relax.Call):
         out_shape = _shape(call)
         if out_shape is None or len(out_shape) != 4:
@@ -307,6 +334,8 @@ class _Blocker(PyExprMutator):
             folded = self._fold_const(value, _shape(binding.var))
             if folded is not None:
                 self.consts[binding.var] = folded
+            elif value.op.name == "relax.nn.conv1d" and self._conv1d(binding, value):
+                return
             else:
                 done = self._rewrite(value)
                 if done is not None:

@@ -332,3 +332,19 @@ class Head(nn.Module):
 
 def test_mean_flatten_linear_head(tmp_path):
     _check(Head(), (2, 8, 6, 6), tmp_path, convs=1)
+
+
+class _AudioFrontEnd(nn.Module):
+    """Whisper's: conv1d k3 pad 1, GELU, conv1d k3 stride 2 pad 1, GELU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(20, 24, 3, padding=1)
+        self.c2 = nn.Conv1d(24, 24, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return nn.functional.gelu(self.c2(nn.functional.gelu(self.c1(x))))
+
+
+def test_conv1d_as_blocked_conv2d(tmp_path):
+    _check(_AudioFrontEnd(), (2, 20, 33), tmp_path, convs=2)
