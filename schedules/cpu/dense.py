@@ -23,13 +23,21 @@ def pack_dense_weight(w: np.ndarray, panel: int) -> np.ndarray:
 
 
 def dense_packed(x: te.Tensor, wp: te.Tensor) -> te.Tensor:
-    """``x [..., K]`` @ ``W`` with ``W`` packed as ``wp [N/x, K, x]`` → ``[..., N]``."""
+    """``x [..., K]`` @ ``W`` with ``W`` packed as ``wp [N/x, K, x]`` → ``[..., N]``.
+
+    The product is computed as ``[..., N/x, x]`` (plain indices: an einsum, so ``TiledReduction``
+    can pad a symbolic row count with ``pad_einsum``; with ``n // x`` in the weight's index it could
+    not, and a dynamic sequence length ran 2.6x slower than static) and unpacked to ``[..., N]`` in
+    the same function, where the schedule folds it into the tile's store."""
     panels, k_w, panel = (int(d) for d in wp.shape)
     k_x = x.shape[-1]
     if int(k_x) != k_w:
         raise ValueError(f"dense_packed: x has K={k_x}, the weight K={k_w}")
     k = te.reduce_axis((0, k_w), "k")
-    return te.compute(
-        (*x.shape[:-1], panels * panel),
-        lambda *idx: te.sum(x[(*idx[:-1], k)] * wp[idx[-1] // panel, k, idx[-1] % panel], axis=k),
+    lead = list(x.shape[:-1])
+    prod = te.compute(
+        (*lead, panels, panel),
+        lambda *idx: te.sum(x[(*idx[:-2], k)] * wp[idx[-2], k, idx[-1]], axis=k),
         name="dense_packed")
+    return te.compute((*lead, panels * panel),
+                      lambda *idx: prod[(*idx[:-1], idx[-1] // panel, idx[-1] % panel)], name="dense_unpack")
