@@ -1,13 +1,8 @@
 """Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
 
 from .conv import BlockedConv, ConvKnobs
-from .rules import (
-    Injective,
-    RowReduction,
-    TiledReduction,
-    TileKnobs,
-    schedule_injective,
-)
+from .rows import Injective, RowReduction
+from .rules import TiledReduction, TileKnobs, schedule_injective
 
 
 def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16) -> list:
