@@ -28,7 +28,8 @@ from .rules import (
     _CPURule,
     _is_spatial,
     _lanes,
-    schedule_injective,
+    inline_epilogues,
+    schedule_root_stages,
 )
 
 #: Block annotation naming hwcomp's blocked convolutions ("conv" or "depthwise").
@@ -169,17 +170,11 @@ class BlockedConv(_CPURule):
         # An epilogue that spreads the result over a larger tensor (a squeeze-and-excitation gate
         # fused after its last 1x1 conv) stays a stage of its own: TVM 0.27 answers its
         # reverse_compute_inline with an InternalError, not a ScheduleError.
-        changed = not _broadcasts_result(sch, main)
+        broadcast = _broadcasts_result(sch, main)
         cw = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(cw, ow_o, preserve_unit_loops=True)
-        while changed:  # epilogues run on the tile while it is in registers
-            changed = False
-            for c in sch.get_consumers(cw):
-                try:
-                    sch.reverse_compute_inline(c)
-                    changed = True
-                except s_tir.ScheduleError:
-                    pass
+        if not broadcast:
+            inline_epilogues(sch, cw)
         sch.unroll(ow_i)
         sch.vectorize(ob)
         if self.knobs.unroll_kw:
@@ -192,9 +187,5 @@ class BlockedConv(_CPURule):
         sch.parallel(par)
         sch.decompose_reduction(main, rc if rc is not None else ry)
 
-        tile_root = sch.get(par)
-        for b in sch.get_child_blocks(get_root_block(sch)):
-            loops_b = sch.get_loops(b)
-            if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
-                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        schedule_root_stages(sch, par, self.vector_bits)
         return sch

@@ -157,6 +157,30 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int
         sch.parallel(fused)
 
 
+def inline_epilogues(sch: s_tir.Schedule, tile) -> None:
+    """Inline every consumer chain of the register ``tile`` (a cache-write block) into it, so bias,
+    activation and residual run on the tile while it is in registers."""
+    changed = True
+    while changed:
+        changed = False
+        for c in sch.get_consumers(tile):
+            try:
+                sch.reverse_compute_inline(c)
+                changed = True
+            except s_tir.ScheduleError:
+                pass
+
+
+def schedule_root_stages(sch: s_tir.Schedule, par, vector_bits: int) -> None:
+    """Give the injective schedule to the spatial stages left at the root beside the tiled loop
+    ``par`` (padding, epilogues that change layout)."""
+    tile_root = sch.get(par)
+    for b in sch.get_child_blocks(get_root_block(sch)):
+        loops_b = sch.get_loops(b)
+        if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
+            schedule_injective(sch, b, _lanes(vector_bits, sch.get(b).writes[0].source.dtype.bits))
+
+
 class _CPURule(ScheduleRule):
     """A dlight rule for LLVM CPU targets: ``_apply`` returns a schedule, or None (or raises a
     schedule error) where the function is not of its kind."""
@@ -316,16 +340,7 @@ class TiledReduction(_CPURule):
 
         cw = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(cw, tile_outer[-1], preserve_unit_loops=True)
-        # Epilogues (bias, activation, residual) run on the tile while it is in registers.
-        changed = True
-        while changed:
-            changed = False
-            for c in sch.get_consumers(cw):
-                try:
-                    sch.reverse_compute_inline(c)
-                    changed = True
-                except s_tir.ScheduleError:
-                    pass
+        inline_epilogues(sch, cw)
 
         if i is not None and mr > 1:
             sch.unroll(i1)
@@ -341,12 +356,7 @@ class TiledReduction(_CPURule):
         sch.parallel(par)
         sch.decompose_reduction(main, r_loops[0])
 
-        # Stages left at the root (padding, epilogues that change layout) get the injective schedule.
-        tile_root = sch.get(par)
-        for b in sch.get_child_blocks(get_root_block(sch)):
-            loops_b = sch.get_loops(b)
-            if loops_b and _is_spatial(sch, b) and not sch.get(loops_b[0]).same_as(tile_root):
-                schedule_injective(sch, b, _lanes(self.vector_bits, sch.get(b).writes[0].source.dtype.bits))
+        schedule_root_stages(sch, par, self.vector_bits)
         return sch
 
     def _pad_symbolic(self, sch, main) -> dict[int, int]:
