@@ -26,6 +26,7 @@ from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.relax_graph import op_name
+from hwcomp.relax_graph import static_shape as _shape
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
 
 # Element-wise ops a blocked value passes through (finite in, finite out, any shape).
@@ -41,14 +42,6 @@ _CONST_FOLD = {
     "relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
     "relax.divide": np.divide, "relax.sqrt": np.sqrt, "relax.rsqrt": lambda a: 1.0 / np.sqrt(a),
 }
-
-
-def _shape(expr) -> list[int] | None:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
-        return None
-    dims = [d.value if isinstance(d, tirx.IntImm) else None for d in ty.shape.values]
-    return None if None in dims else dims
 
 
 def _dtype(expr) -> str | None:
