@@ -31,11 +31,20 @@ import tvm
 from tvm import relax
 
 from . import qmath
+from . import realize_conv as rc
 from .annotate import Layer, find_layers, fingerprint
 from .config import QuantConfig
 from .graph import SKIP, Graph, is_observe, observe_key, op_name, rebuild, static_shape
-from .int8_compute import (Epilogue, KernelProvider, batch_matmul_func, conv2d_func, dense_func, dequantize_func,
-                           pack_weight, quantize_func)
+from .int8_compute import (
+    Epilogue,
+    KernelProvider,
+    batch_matmul_func,
+    dense_func,
+    dequantize_func,
+    pack_weight,
+    quantize_func,
+)
+from .int8_conv import in_block
 
 ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
@@ -219,6 +228,7 @@ class Realizer:
             else:
                 plans[layer.id] = Plan(layer, [], layer.var, None, None)
         sparse = self._sparse_layers(quantized, plans)
+        blocked = {layer.id for layer in quantized if rc.blocked_dot(self.provider, layer) is not None}
         # which outputs stay int8 (not those of int8 BSR layers: that kernel dequantizes)
         out_q: dict[str, tuple[str, QParams]] = {}
         for layer in quantized:
@@ -233,6 +243,9 @@ class Realizer:
             cons = self._int8_consumers(g, m, layer_by_var)
             if not cons:
                 continue
+            # a blocked conv's int8 output is blocked: only blocked convs may read it, directly
+            if layer.id in blocked and not rc.direct_conv_consumers(g, m, blocked, layer_by_var):
+                continue
             key = observe_key(g.value(m))
             if key in self.smooth and (layer.kind != "dense" or not self.chain_smoothed):
                 continue
@@ -244,6 +257,7 @@ class Realizer:
         by_var = {layer.var: layer for layer in quantized}
         final: dict = {}
         int8_out: dict = {}
+        int8_blocked: dict = {}  # key -> (blocked int8 value, QParams) from blocked int8 convs
         qcache: dict = {}
 
         def qroot(bb, key, root_old, vmap, p: QParams):
@@ -280,6 +294,28 @@ class Realizer:
                 cur = bb.emit(relax.Call(st.op, args, st.attrs, st.ty_args))
             ocache[ck] = (cur, QParams(p.scale * factor, p.zp, p.dtype))
             return ocache[ck]
+
+        bcache: dict = {}
+
+        def qoperand_blocked(bb, operand, vmap, p: QParams, xi: int):
+            """The operand as blocked int8: a blocked conv's output, or quantized and blocked."""
+            root, steps, _factor, key = g.trace(operand)
+            if not steps:
+                hit = int8_blocked.get(key)
+                if hit is not None and hit[1] == p:
+                    return hit[0], p
+                hit = int8_out.get(key)
+                if (hit is None or hit[1] != p) and key not in self.smooth:
+                    ck = (key, p, xi)
+                    if ck not in bcache:
+                        bcache[ck] = rc.quantize_blocked(bb, _add_func, vmap.get(root, root), static_shape(root), p,
+                                                         cfg.bits, xi)
+                    return bcache[ck], p
+            xq, px = qoperand(bb, operand, vmap, p)
+            ck = (operand, px)
+            if ck not in bcache:
+                bcache[ck] = rc.block_int(bb, _add_func, xq, px, xi)
+            return bcache[ck], px
 
         def emit_dense(bb, layer: Layer, vmap):
             plan = plans[layer.id]
@@ -330,24 +366,32 @@ class Realizer:
             plan = plans[layer.id]
             x_old = layer.operands[0]
             p_in = self.act_params(layer.keys[0], "conv2d")
-            xq, px = qoperand(bb, x_old, vmap, p_in)
             at = g.value(layer.var).attrs
+            is_blocked = layer.id in blocked
+            if is_blocked and layer.id not in self.given_weights:
+                bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range)
+                if bits != cfg.bits:
+                    self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
-            o = wq.shape[0]
-            epi, eparams, extra = self._epilogue(layer, plan, px, s_w, o, out_q.get(layer.id))
+            dot = rc.blocked_dot(self.provider, layer, wq) if is_blocked else None
+            if dot is not None:
+                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[1], dot[1]))
+            else:
+                xq, px = qoperand(bb, x_old, vmap, p_in)
+            epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
             bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
-            f = conv2d_func(static_shape(x_old), wq.shape, [int(v) for v in at.strides], [int(v) for v in at.padding],
-                            [int(v) for v in at.dilation], px.dtype, epi, pad_value=px.zp)
-            gv = _add_func(bb, f, f"q_{layer.id}")
-            args = [xq, relax.const(wq), relax.const(bias)] + [relax.const(a) for a in eparams]
-            oshape = static_shape(layer.var)
-            out = bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)),
-                          name_hint=f"{layer.id}_out")
+            if dot is not None:
+                out = rc.emit_blocked_conv(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
+                                           dot)
+            else:
+                out = rc.emit_nchw_conv(bb, _add_func, layer, at, static_shape(x_old), xq, px, wq, bias, epi, eparams)
             end_shape = static_shape(plan.end)
-            if end_shape != oshape:
+            if epi.kind == "float" and end_shape != static_shape(layer.var):
                 out = bb.emit(relax.op.reshape(out, end_shape))
-            self._record(layer, plan, px, s_w, epi, "oihw", extra)
-            return self._finish(bb, layer, plan, out, epi)
+            self._record(layer, plan, px, s_w, epi, f"nchw{in_block(wq.shape[1], dot[1])}c" if dot else "oihw", extra)
+            if dot is not None:
+                self.report[-1]["kernel"] = f"{self.provider.name} blocked int8 conv"
+            return self._finish(bb, layer, plan, out, epi, blocked=dot is not None)
 
         def emit_bmm(bb, layer: Layer, vmap):
             a_old, b_old = layer.operands
@@ -378,7 +422,8 @@ class Realizer:
                 layer = by_var[var]
                 res = {"dense": emit_dense, "conv2d": emit_conv, "batch_matmul": emit_bmm}[layer.kind](bb, layer, vmap)
                 if layer.id in out_q:
-                    int8_out[out_q[layer.id][0]] = (res[1], out_q[layer.id][1])
+                    dest = int8_blocked if layer.id in blocked else int8_out
+                    dest[out_q[layer.id][0]] = (res[1], out_q[layer.id][1])
                 final[plans[layer.id].end] = res[0]
                 return res[0] if plans[layer.id].end.same_as(var) else SKIP
             if var in chain_skip:
@@ -480,11 +525,13 @@ class Realizer:
             "output": epi.out_dtype, "layout": layout, "weight_bits": self.weight_bits.get(layer.id, self.config.bits),
             "kernel": self.provider.name if layout not in ("nk", "oihw") else "default schedule"})
 
-    def _finish(self, bb, layer, plan, out, epi):
+    def _finish(self, bb, layer, plan, out, epi, blocked: bool = False):
         """``(value for the chain's end var, int8 output or None)``."""
         if epi.kind == "float":
             return out, None
         shape = static_shape(plan.end)
+        if blocked:
+            return rc.dequantize_blocked(bb, _add_func, out, shape, epi), out
         gv = _add_func(bb, dequantize_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype), "q_dequantize")
         deq = bb.emit(relax.call_tir(gv, [out], relax.TensorType(shape, "float32")))
         return deq, out

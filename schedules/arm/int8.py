@@ -87,6 +87,9 @@ class ArmInt8Provider(KernelProvider):
         return schedule_blocked_dense(func, 4, 4, SDOT if self.sdot else NEON, mr_prefs=(4, 2, 1),
                                       nrv_prefs=(4, 2, 1))
 
+    def conv_dot(self, w_absmax: int = 127):
+        return (4, 4, SDOT if self.sdot else NEON)
+
     def describe(self) -> str:
         return ("NEON sdot (int8 dot product), weights [N/4, K/4, 4, 4]" if self.sdot
                 else "NEON smull/saddlp fallback, weights [N/4, K/4, 4, 4]")

@@ -125,6 +125,13 @@ class X86Int8Provider(KernelProvider):
                                           mr_prefs=(4, 3, 2, 1), nrv_prefs=(3, 2, 1))
         return None
 
+    def conv_dot(self, w_absmax: int = 127):
+        if self.vnni:
+            return (16, 4, VNNI_U8)
+        if self.avx2:
+            return (8, 4, AVX2_U8S7) if w_absmax <= 64 else (8, 2, AVX2_U8)
+        return None
+
     def describe(self) -> str:
         return {"x86-vnni": "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]",
                 "x86-avx2": "AVX2 vpmaddubsw u8 x s7 (7-bit weights, exact), weights [N/8, K/4, 8, 4]; "

@@ -1,0 +1,204 @@
+"""Int8 convolution in the blocked channel layout NCHW[x]c: computes, weight packing, layout I/O.
+
+Activations between int8 convolutions are ``[N, C/x, H, W, x]`` bytes with ``x`` = :data:`BLOCK`
+(16: two AVX2 or one AVX-512 register of int32 outputs, four NEON ones); channels past ``C`` are
+padded (their weights are zero, so whatever they hold never reaches a real output). The weights are
+packed at compile time for the target's dot instruction (``lanes`` int32 outputs x ``kb`` bytes):
+``[O/x, C/xi, KH, KW, xi/kb, x, kb]``. The int32 accumulator gets the bias and an :class:`Epilogue`:
+requantized (fixed point) to the next layer's int8 — the output stays blocked — or dequantized to
+float32 and written NCHW for float consumers. Layout transforms exist only where a float value
+enters (``quantize_blocked_func``: quantize and block in one pass) or an int8 value leaves
+(``dequantize_blocked_func``). The schedules are ``schedules/cpu/int8_conv.py``'s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from .int8_compute import Epilogue, _apply_epilogue, _s, epilogue_inputs
+
+#: Channel block of int8 activations between blocked int8 convolutions.
+BLOCK = 16
+REG_N_ATTR = "hwcomp.reg_n"
+
+
+def in_block(channels: int, kb: int) -> int:
+    """Channel block of a float tensor quantized into the blocked layout: :data:`BLOCK`, or fewer
+    (a multiple of ``kb``) for narrow inputs such as an image's 3 channels."""
+    return min(BLOCK, -(-channels // kb) * kb)
+
+
+def out_size(size, k, stride, dilation, before, after) -> int:
+    return (size + before + after - (k - 1) * dilation - 1) // stride + 1
+
+
+def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int) -> np.ndarray:
+    """``wq [O, C, KH, KW]`` int8 → ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` (channels zero-padded)."""
+    o, c, kh, kw = wq.shape
+    op, cp = -(-o // xo) * xo, -(-c // xi) * xi
+    w = np.zeros((op, cp, kh, kw), np.int8)
+    w[:o, :c] = wq
+    w = w.reshape(op // xo, xo, cp // xi, xi // kb, kb, kh, kw)
+    return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_depthwise_weight(wq: np.ndarray, x: int) -> np.ndarray:
+    """``wq [C, 1, KH, KW]`` int8 → ``[C/x, KH, KW, x]`` (channels zero-padded)."""
+    c, _, kh, kw = wq.shape
+    cp = -(-c // x) * x
+    w = np.zeros((cp, kh, kw), np.int8)
+    w[:c] = wq[:, 0]
+    return np.ascontiguousarray(w.reshape(cp // x, x, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pad_channels(v: np.ndarray, n: int, fill=0) -> np.ndarray:
+    """A per-channel vector padded to ``n`` entries with ``fill``."""
+    out = np.full((n,), fill, v.dtype)
+    out[: v.shape[0]] = v
+    return out
+
+
+def _padded_input(x, padding, pad_value, dtype):
+    n, cb, h, w, xi = (int(d) for d in x.shape)
+    pt, pl, pb, pr = padding
+    if not any(padding):
+        return x, w
+    wp = w + pl + pr
+    xp = te.compute(
+        _s((n, cb, h + pt + pb, wp, xi)),
+        lambda b, c, y, z, v: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl), x[b, c, y - pt, z - pl, v],
+            tirx.const(pad_value, dtype)),
+        name="pad")
+    return xp, wp
+
+
+def _col(z, wp: int, ow: int, owp: int):
+    # Columns of the padded tile past the real output read a clamped (valid) input column; their
+    # results are never stored.
+    return z if owp == ow else tirx.min(z, tirx.IntImm("int64", wp - 1))
+
+
+def _output(acc, bias, params, epi: Epilogue, channels: int, x: int, nchw: bool, shape5):
+    n, _, oh, ow, _ = shape5
+    if nchw:
+        return te.compute(
+            _s((n, channels, oh, ow)),
+            lambda b, f, y, z: _apply_epilogue(acc[b, f // x, y, z, f % x] + bias[f], params, f, epi), name="out")
+    return te.compute(
+        _s(shape5),
+        lambda b, c, y, z, v: _apply_epilogue(acc[b, c, y, z, v] + bias[c * x + v], params, c * x + v, epi),
+        name="out")
+
+
+def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding, dilation,
+                           a_dtype: str, epi: Epilogue, pad_value: int, kb: int, reg_n: int,
+                           nchw_out: bool) -> tirx.PrimFunc:
+    """``(A [N, C/xi, H, W, xi], W packed, bias[O'], *epilogue params[O'], out)`` with ``O'`` the
+    output channels padded to :data:`BLOCK`; ``out`` is ``[N, O/x, OH, OW, x]`` (int8 epilogues)
+    or NCHW ``[N, O, OH, OW]`` (``nchw_out``). ``padding`` is (top, left, bottom, right), padded
+    positions hold ``pad_value`` (the input zero point)."""
+    n, cb, h, w, xi = x_shape
+    kh, kw = kernel
+    x = BLOCK
+    ob = -(-channels_out // x)
+    oh = out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
+    ow = out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
+    owp = -(-ow // reg_n) * reg_n
+    a = te.placeholder(_s(x_shape), a_dtype, "A")
+    wt = te.placeholder(_s((ob, cb, kh, kw, xi // kb, x, kb)), "int8", "W")
+    bias = te.placeholder(_s((ob * x,)), "int32", "bias")
+    params = epilogue_inputs(epi, ob * x)
+    xp, wp = _padded_input(a, padding, pad_value, a_dtype)
+    rc = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", cb)), "rc")
+    ry = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kh)), "ry")
+    rx = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kw)), "rx")
+    rf = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", xi // kb)), "rf")
+    rk = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kb)), "rk")
+    sh, sw = strides
+    dh, dw = dilation
+    acc = te.compute(
+        _s((n, ob, oh, owp, x)),
+        lambda b, o, y, z, v: te.sum(
+            xp[b, rc, y * sh + ry * dh, _col(z * sw + rx * dw, wp, ow, owp), rf * kb + rk].astype("int32")
+            * wt[o, rc, ry, rx, rf, v, rk].astype("int32"), axis=[rc, ry, rx, rf, rk]),
+        name="acc")
+    out = _output(acc, bias, params, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x))
+    return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
+
+
+def depthwise_nchwc_int8_func(x_shape, channels: int, kernel: tuple[int, int], strides, padding, dilation,
+                              a_dtype: str, epi: Epilogue, pad_value: int, reg_n: int,
+                              nchw_out: bool) -> tirx.PrimFunc:
+    """Depthwise: ``A [N, C/x, H, W, x]`` x ``W [C/x, KH, KW, x]`` → int32 + bias → epilogue."""
+    n, cb, h, w, x = x_shape
+    kh, kw = kernel
+    oh = out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
+    ow = out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
+    owp = -(-ow // reg_n) * reg_n
+    a = te.placeholder(_s(x_shape), a_dtype, "A")
+    wt = te.placeholder(_s((cb, kh, kw, x)), "int8", "W")
+    bias = te.placeholder(_s((cb * x,)), "int32", "bias")
+    params = epilogue_inputs(epi, cb * x)
+    xp, wp = _padded_input(a, padding, pad_value, a_dtype)
+    ry = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kh)), "ry")
+    rx = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kw)), "rx")
+    sh, sw = strides
+    dh, dw = dilation
+    acc = te.compute(
+        _s((n, cb, oh, owp, x)),
+        lambda b, c, y, z, v: te.sum(
+            xp[b, c, y * sh + ry * dh, _col(z * sw + rx * dw, wp, ow, owp), v].astype("int32")
+            * wt[c, ry, rx, v].astype("int32"), axis=[ry, rx]),
+        name="acc")
+    out = _output(acc, bias, params, epi, channels, x, nchw_out, (n, cb, oh, ow, x))
+    return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
+
+
+def quantize_blocked_func(shape, scale: float, zp: int, dtype: str, bits: int, block: int) -> tirx.PrimFunc:
+    """float32 NCHW → int8/uint8 ``[N, C/block, H, W, block]`` in one pass (``quantize_func``'s
+    arithmetic); padded channels hold the zero point."""
+    from .qmath import qrange
+
+    lo, hi = qrange(dtype, bits)
+    n, c, h, w = shape
+    cb = -(-c // block)
+    x = te.placeholder(_s(shape), "float32", "x")
+    f32 = lambda v: tirx.const(float(v), "float32")
+
+    def q(b, j, y, z, v):
+        ch = j * block + v
+        val = tirx.round(x[b, tirx.min(ch, tirx.IntImm("int64", c - 1)), y, z] / f32(scale)) + f32(zp)
+        val = tirx.max(tirx.min(val, f32(hi)), f32(lo))
+        return tirx.if_then_else(ch < c, val, f32(zp)).astype(dtype)
+
+    y = te.compute(_s((n, cb, h, w, block)), q, name="quantize")
+    return te.create_prim_func([x, y])
+
+
+def dequantize_blocked_func(shape, scale: float, zp: int, dtype: str, block: int) -> tirx.PrimFunc:
+    """int8/uint8 ``[N, C/block, H, W, block]`` → float32 NCHW ``shape``."""
+    n, c, h, w = shape
+    cb = -(-c // block)
+    q = te.placeholder(_s((n, cb, h, w, block)), dtype, "q")
+    y = te.compute(_s(shape), lambda b, f, yy, z: tirx.const(scale, "float32") * (
+        q[b, f // block, yy, z, f % block].astype("int32") - tirx.const(zp, "int32")).astype("float32"),
+        name="dequantize")
+    return te.create_prim_func([q, y])
+
+
+def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
+    """int8/uint8 NCHW → ``[N, C/block, H, W, block]`` (padded channels ``fill``)."""
+    n, c, h, w = shape
+    cb = -(-c // block)
+    q = te.placeholder(_s(shape), dtype, "q")
+    y = te.compute(_s((n, cb, h, w, block)), lambda b, j, yy, z, v: tirx.if_then_else(
+        j * block + v < c, q[b, tirx.min(j * block + v, tirx.IntImm("int64", c - 1)), yy, z],
+        tirx.const(fill, dtype)), name="to_blocked")
+    return te.create_prim_func([q, y])
+
+
+__all__ = ["BLOCK", "block_int_func", "conv2d_nchwc_int8_func", "depthwise_nchwc_int8_func",
+           "dequantize_blocked_func", "in_block", "pack_conv_weight", "pack_depthwise_weight", "pad_channels",
+           "quantize_blocked_func"]

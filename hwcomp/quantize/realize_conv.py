@@ -1,0 +1,117 @@
+"""How ``Realizer`` emits a quantized convolution: blocked NCHW[x]c int8 or the plain NCHW kernel.
+
+Where the target's provider has a dot step for convolutions (``KernelProvider.conv_dot``: AVX2,
+AVX-512 VNNI, AArch64), a conv runs ``int8_conv``'s blocked kernel: its input arrives blocked —
+straight from the previous int8 conv when that one requantizes into it, otherwise quantized and
+blocked in one pass from the float value — and its output is either requantized int8, still
+blocked, for the next convs (only when every consumer is such a conv reading it directly), or
+float32 NCHW for float consumers (residual adds, pooling, heads). Everything else gets the plain
+NCHW x OIHW kernel (``int8_compute.conv2d_func``) under the default schedule rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from . import int8_conv as ic
+from .graph import static_shape
+from .int8_compute import conv2d_func
+
+
+def blocked_dot(provider, layer, wq: np.ndarray | None = None):
+    """The provider's dot step for this conv layer (see ``KernelProvider.conv_dot``), or None
+    where the layer takes the NCHW kernel (no dot, not 4-D static)."""
+    if layer.kind != "conv2d" or provider.target is None:
+        return None
+    shape = static_shape(layer.operands[0])
+    if shape is None or len(shape) != 4 or layer.weight is None or layer.weight.ndim != 4:
+        return None
+    w_absmax = 127 if wq is None else int(np.abs(wq.astype(np.int16)).max(initial=0))
+    return provider.conv_dot(w_absmax)
+
+
+def direct_conv_consumers(g, var, blocked_ids: set, layer_by_var: dict) -> bool:
+    """Whether every user of ``var`` is a blocked int8 conv reading it as its input, unchanged."""
+    users = g.users.get(var, [])
+    if not users:
+        return False
+    for u in users:
+        layer = layer_by_var.get(u)
+        if layer is None or layer.id not in blocked_ids or not layer.operands[0].same_as(var):
+            return False
+    return True
+
+
+def _padded_epilogue_params(eparams: list, epi, n_pad: int) -> list:
+    if epi.kind == "requant":
+        mult, shift = eparams
+        return [ic.pad_channels(np.asarray(mult, np.int32), n_pad), ic.pad_channels(np.asarray(shift, np.int32),
+                                                                                      n_pad, 1)]
+    out = [ic.pad_channels(np.asarray(eparams[0], np.float32), n_pad)]
+    if epi.kind == "float_requant":
+        out.append(ic.pad_channels(np.asarray(eparams[1], np.float32), n_pad, 1.0))
+    return out
+
+
+def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot):
+    """Emit the blocked int8 conv; returns its output: float32 NCHW, or int8 ``[N, O/x, OH, OW, x]``."""
+    lanes, kb, _ = dot
+    n, cb, h, w, xi = static_shape(xq)
+    o, _, kh, kw = wq.shape
+    strides = [int(v) for v in at.strides]
+    padding = [int(v) for v in at.padding]
+    dilation = [int(v) for v in at.dilation]
+    ow = ic.out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
+    oh = ic.out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
+    from hwcomp.schedules.cpu.int8_conv import int8_reg_n
+
+    registers = getattr(provider.target, "vector_registers", 16)
+    reg_n = int8_reg_n(ow, ic.BLOCK // lanes, registers)
+    nchw_out = epi.kind == "float"
+    f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
+                                  px.zp, kb, reg_n, nchw_out)
+    f = provider.schedule_blocked_conv(f, dot)
+    gv = add_func(bb, f, f"q_{layer.id}")
+    n_pad = -(-o // ic.BLOCK) * ic.BLOCK
+    args = [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, kb)),
+            relax.const(ic.pad_channels(bias, n_pad))]
+    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
+    oshape = (n, o, oh, ow) if nchw_out else (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+
+
+def emit_nchw_conv(bb, add_func, layer, at, x_shape, xq, px, wq, bias, epi, eparams):
+    f = conv2d_func(x_shape, wq.shape, [int(v) for v in at.strides], [int(v) for v in at.padding],
+                    [int(v) for v in at.dilation], px.dtype, epi, pad_value=px.zp)
+    gv = add_func(bb, f, f"q_{layer.id}")
+    args = [xq, relax.const(wq), relax.const(bias)] + [relax.const(a) for a in eparams]
+    oshape = static_shape(layer.var)
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+
+
+def quantize_blocked(bb, add_func, x, shape, p, bits: int, block: int):
+    """Quantize the float NCHW ``x`` straight into the blocked layout."""
+    gv = add_func(bb, ic.quantize_blocked_func(shape, p.scale, p.zp, p.dtype, bits, block), "q_quantize_blocked")
+    n, c, h, w = shape
+    out = (n, -(-c // block), h, w, block)
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType(out, p.dtype)))
+
+
+def block_int(bb, add_func, xq, p, block: int):
+    """An int8 NCHW value (after layout steps) into the blocked layout."""
+    shape = static_shape(xq)
+    gv = add_func(bb, ic.block_int_func(shape, p.dtype, block, p.zp), "q_to_blocked")
+    n, c, h, w = shape
+    return bb.emit(relax.call_tir(gv, [xq], relax.TensorType((n, -(-c // block), h, w, block), p.dtype)))
+
+
+def dequantize_blocked(bb, add_func, q, shape, epi):
+    gv = add_func(bb, ic.dequantize_blocked_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype, ic.BLOCK),
+                  "q_dequantize_blocked")
+    return bb.emit(relax.call_tir(gv, [q], relax.TensorType(shape, "float32")))
+
+
+
+__all__ = ["block_int", "blocked_dot", "dequantize_blocked", "direct_conv_consumers", "emit_blocked_conv",
+           "emit_nchw_conv", "quantize_blocked"]

@@ -1,0 +1,95 @@
+"""Int8 convolution in the blocked channel layout (NCHW[x]c) on LLVM CPU targets: the schedule.
+
+The computes are ``hwcomp.quantize.int8_conv``'s: activations ``[N, C/xi, H, W, xi]`` (uint8 or
+int8), weights packed ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` so that ``lanes x kb`` bytes — the
+operand of the target's dot instruction (AVX2 ``vpmaddubsw`` 8x4, AVX-512 VNNI ``vpdpbusd`` 16x4,
+AArch64 ``sdot`` 4x4) — are contiguous. As in the fp32 NeoCPU schedule (``conv.py``), a register
+tile of ``reg_n`` output pixels x ``xo`` output channels of int32 accumulators stays in registers
+while the reduction runs over input-channel blocks, kernel rows and columns and the ``xi/kb`` dot
+steps of a block; each step broadcasts ``kb`` input bytes and issues one dot per ``lanes`` outputs.
+The epilogue (bias, requantize to the next layer's int8, or dequantize to float and activate) runs
+on the tile before the store, so int32 never reaches memory.
+
+The compute pads the output row to whole tiles (``reg_n`` divides its width), so the tensorized
+loop never runs under a guard.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .conv import choose_reg_n
+from .rules import _const_int, schedule_root_stages
+
+
+def int8_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
+    """Output pixels per register tile for ``vectors`` accumulator registers per pixel; the dot
+    sequences need two more temporaries than an FMA (AVX2: the s16 pairs and the ones vector)."""
+    return choose_reg_n(ow, vectors, registers - 2)
+
+
+def schedule_conv_nchwc_int8(func, lanes: int, intrin: str | None, vector_bits: int):
+    """Schedule ``hwcomp.quantize.int8_conv.conv2d_nchwc_int8_func``'s PrimFunc (blocks ``acc``,
+    ``out`` and an optional ``pad``): tensorize the ``lanes x kb`` dot with ``intrin`` (None: leave
+    the inner product to LLVM's vectorizer)."""
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    n, oc, oh, ow, v, rc, ry, rx, rf, rk = sch.get_loops(acc)
+    reg_n = int(func.attrs["hwcomp.reg_n"])
+    xo = _const_int(sch.get(v).extent)
+    ow_o, ow_i = sch.split(ow, [None, reg_n])
+    v_o, v_i = sch.split(v, [None, lanes])
+    sch.reorder(n, oc, oh, ow_o, rc, ry, rx, rf, ow_i, v_o, v_i, rk)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)
+    par = sch.fuse(n, oc, oh)
+    sch.parallel(par)
+    init = sch.decompose_reduction(acc, rc)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    sch.unroll(ow_i)
+    sch.unroll(v_o)
+    if intrin is not None:
+        sch.tensorize(v_i, intrin)
+    else:
+        sch.vectorize(v_i)
+    out_loops = sch.get_loops(out)[4:]  # below par and ow_o
+    if out_loops:
+        ext = _const_int(sch.get(out_loops[-1]).extent)
+        if ext is not None and ext == xo:  # blocked output: the channel lanes are innermost
+            sch.vectorize(out_loops[-1])
+        elif ext is not None and ext > 1:
+            sch.unroll(out_loops[-1])
+    schedule_root_stages(sch, par, vector_bits)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_depthwise_nchwc_int8(func, vector_bits: int):
+    """Schedule ``depthwise_nchwc_int8_func``: ``reg_n`` pixels x ``x`` channels of int32 in
+    registers, the kernel window reduced around them, the channel lanes vectorized (LLVM widens
+    the bytes and multiplies in 32-bit lanes)."""
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    n, cc, oh, ow, v, ry, rx = sch.get_loops(acc)
+    reg_n = int(func.attrs["hwcomp.reg_n"])
+    ow_o, ow_i = sch.split(ow, [None, reg_n])
+    sch.reorder(n, cc, oh, ow_o, ry, rx, ow_i, v)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)
+    par = sch.fuse(n, cc, oh)
+    sch.parallel(par)
+    init = sch.decompose_reduction(acc, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(ow_i)
+    sch.vectorize(v)
+    out_loops = sch.get_loops(out)[4:]
+    if out_loops:
+        sch.vectorize(out_loops[-1]) if _const_int(sch.get(out_loops[-1]).extent) == _const_int(
+            sch.get(v).extent) else sch.unroll(out_loops[-1])
+    schedule_root_stages(sch, par, vector_bits)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+__all__ = ["int8_reg_n", "schedule_conv_nchwc_int8", "schedule_depthwise_nchwc_int8"]
