@@ -6,8 +6,21 @@ registration, and the blocked dense schedule the CPU providers tensorize.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tvm import tirx
 from tvm.script import tirx as T
+
+
+class ConvDot(NamedTuple):
+    """The dot step of the blocked int8 convolution: ``lanes`` int32 outputs, each reducing ``kb``
+    bytes, taken as ``halves`` vectors (weights ``[halves, lanes, kb/halves]``); ``intrin`` is the
+    tensor intrinsic (None: LLVM's vectorizer)."""
+
+    lanes: int
+    kb: int
+    intrin: str | None
+    halves: int = 1
 
 # name: (n block, k block); "nk" is the plain [N, K] layout.
 LAYOUTS = {"nk": (1, 1), "kn": (1, 1), "avx2": (8, 2), "avx2u8": (8, 4), "vnni": (16, 4), "sdot": (4, 4)}
@@ -48,7 +61,7 @@ class KernelProvider:
     def schedule_dense(self, func: tirx.PrimFunc, layout: str, m: int, k: int, n: int) -> tirx.PrimFunc | None:
         return None
 
-    def conv_dot(self, w_absmax: int = 127) -> tuple[int, int, str | None] | None:
+    def conv_dot(self, w_absmax: int = 127) -> ConvDot | None:
         """The dot step of the blocked int8 convolution (``hwcomp.quantize.int8_conv``) for weight
         codes up to ``w_absmax``: ``(int32 lanes, bytes reduced per lane, tensor intrinsic or None
         for LLVM's vectorizer)``; None: no blocked int8 convolution (the NCHW kernel runs)."""
@@ -61,7 +74,7 @@ class KernelProvider:
             return bits - 1
         return bits
 
-    def schedule_blocked_conv(self, func: tirx.PrimFunc, dot: tuple[int, int, str | None],
+    def schedule_blocked_conv(self, func: tirx.PrimFunc, dot: ConvDot,
                               depthwise: bool = False) -> tirx.PrimFunc:
         """Schedule a blocked int8 conv (or depthwise) PrimFunc for this target's CPU."""
         from hwcomp.schedules.cpu.int8_conv import (

@@ -25,6 +25,7 @@ from tvm import relax, te, tirx
 from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from hwcomp.passes.fold_conv_pad import zero_spatial_pad
 from hwcomp.relax_graph import op_name
 from hwcomp.relax_graph import static_shape as _shape
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
@@ -168,14 +169,10 @@ class _Blocker(PyExprMutator):
         "same" padding) becomes the convolution's own padding: no padded copy in memory, and the
         region does not end at the pad."""
         val = self.var2val.get(x) if isinstance(x, relax.Var) else None
-        if op_name(val) != "relax.nn.pad" or str(val.attrs.pad_mode) != "constant" \
-                or float(val.attrs.pad_value) != 0.0:
+        pad = zero_spatial_pad(val)
+        if pad is None:
             return x, padding
-        pw = [int(v) for v in val.attrs.pad_width]
-        if len(pw) != 8 or any(pw[:4]) or min(pw) < 0:
-            return x, padding
-        top, left, bottom, right = padding
-        return val.args[0], [top + pw[4], left + pw[6], bottom + pw[5], right + pw[7]]
+        return val.args[0], [p + q for p, q in zip(padding, pad)]
 
     def _conv(self, call: relax.Call):
         a = call.attrs

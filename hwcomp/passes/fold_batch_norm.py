@@ -53,7 +53,7 @@ class _Folder(PyExprMutator):
             data_layout="NCHW", kernel_layout="OIHW", out_dtype=at.out_dtype))
         return relax.op.add(y, relax.const(b2))
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:  # noqa: N802 (TVM visitor name)
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if isinstance(binding.value, relax.TupleGetItem):
             folded = self._fold(binding.value)
             if folded is not None:
@@ -63,7 +63,7 @@ class _Folder(PyExprMutator):
 
 
 @tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
-def FoldBatchNorm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (pass naming as in TVM)
+def FoldBatchNorm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Fold constant-statistics batch-norms into the convolutions they follow (module docstring)."""
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)  # never mutate the caller's module
     for gv, func in mod.functions_items():

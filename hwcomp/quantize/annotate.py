@@ -146,8 +146,8 @@ def find_layers(func: relax.Function, config: QuantConfig, names: dict | None = 
             reason = ""
             if str(at.data_layout) != "NCHW" or str(at.kernel_layout) != "OIHW" or str(at.out_layout) != "NCHW":
                 reason = "layout is not NCHW/OIHW"
-            elif int(at.groups) != 1:
-                reason = "grouped convolution"
+            elif int(at.groups) != 1 and not (int(at.groups) == c.shape[0] == static_shape(x)[1] and c.shape[1] == 1):
+                reason = "grouped convolution"  # depthwise is taken (blocked int8 kernels only)
             add("conv2d", b.var, [x], c, c, reason)
     return layers
 

@@ -60,6 +60,10 @@ def _apply_steps(x: np.ndarray, steps) -> np.ndarray | None:
 def _act(y: np.ndarray, act: str | None) -> np.ndarray:
     if act == "relu":
         return np.maximum(y, 0)
+    if act == "relu6":
+        return np.clip(y, 0, 6)
+    if act == "silu":
+        return y / (1 + np.exp(-y))
     if act == "gelu":
         return qmath.gelu(y.astype(np.float32)).astype(np.float64)
     if act == "gelu_tanh":
@@ -73,7 +77,7 @@ def _conv(x, w, at):
     pt, pl, pb, pr = (int(v) for v in at.padding)
     xt = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
     return torch.nn.functional.conv2d(xt, torch.from_numpy(w), stride=[int(v) for v in at.strides],
-                                      dilation=[int(v) for v in at.dilation]).numpy()
+                                      dilation=[int(v) for v in at.dilation], groups=int(at.groups)).numpy()
 
 
 def layer_errors(mod, realizer, kept: list[dict]) -> list[dict]:

@@ -46,7 +46,7 @@ from hwcomp.schedules.int8_base import (  # noqa: F401  (re-exported: the provid
     scheduled,
 )
 
-ACTS = (None, "relu", "gelu", "gelu_tanh")
+ACTS = (None, "relu", "relu6", "silu", "gelu", "gelu_tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +134,10 @@ def activation(x, act: str | None):
         return x
     if act == "relu":
         return tirx.max(x, f(0.0))
+    if act == "relu6":
+        return tirx.min(tirx.max(x, f(0.0)), f(6.0))
+    if act == "silu":
+        return x / (f(1.0) + tirx.exp(-x))
     if act == "gelu":
         return x * (f(0.5) + fast_erf(x * f(math.sqrt(0.5))) * f(0.5))
     if act == "gelu_tanh":

@@ -33,14 +33,19 @@ def out_size(size, k, stride, dilation, before, after) -> int:
     return (size + before + after - (k - 1) * dilation - 1) // stride + 1
 
 
-def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int) -> np.ndarray:
-    """``wq [O, C, KH, KW]`` int8 → ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` (channels zero-padded)."""
+def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int, halves: int = 1) -> np.ndarray:
+    """``wq [O, C, KH, KW]`` int8 → ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` (channels zero-padded);
+    with ``halves`` = 2, ``[O/xo, C/xi, KH, KW, xi/kb, 2, xo, kb/2]`` (a dot that takes each lane's
+    ``kb`` bytes as two vectors)."""
     o, c, kh, kw = wq.shape
     op, cp = -(-o // xo) * xo, -(-c // xi) * xi
     w = np.zeros((op, cp, kh, kw), np.int8)
     w[:o, :c] = wq
-    w = w.reshape(op // xo, xo, cp // xi, xi // kb, kb, kh, kw)
-    return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
+    w = w.reshape(op // xo, xo, cp // xi, xi // kb, halves, kb // halves, kh, kw)
+    w = w.transpose(0, 2, 6, 7, 3, 4, 1, 5)
+    if halves == 1:
+        w = w.reshape(op // xo, cp // xi, kh, kw, xi // kb, xo, kb)
+    return np.ascontiguousarray(w)
 
 
 def pack_depthwise_weight(wq: np.ndarray, x: int) -> np.ndarray:
@@ -94,7 +99,7 @@ def _output(acc, bias, params, epi: Epilogue, channels: int, x: int, nchw: bool,
 
 def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding, dilation,
                            a_dtype: str, epi: Epilogue, pad_value: int, kb: int, reg_n: int,
-                           nchw_out: bool) -> tirx.PrimFunc:
+                           nchw_out: bool, halves: int = 1) -> tirx.PrimFunc:
     """``(A [N, C/xi, H, W, xi], W packed, bias[O'], *epilogue params[O'], out)`` with ``O'`` the
     output channels padded to :data:`BLOCK`; ``out`` is ``[N, O/x, OH, OW, x]`` (int8 epilogues)
     or NCHW ``[N, O, OH, OW]`` (``nchw_out``). ``padding`` is (top, left, bottom, right), padded
@@ -107,7 +112,9 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
     ow = out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
     owp = -(-ow // reg_n) * reg_n
     a = te.placeholder(_s(x_shape), a_dtype, "A")
-    wt = te.placeholder(_s((ob, cb, kh, kw, xi // kb, x, kb)), "int8", "W")
+    half = kb // halves
+    wshape = (ob, cb, kh, kw, xi // kb, x, kb) if halves == 1 else (ob, cb, kh, kw, xi // kb, halves, x, half)
+    wt = te.placeholder(_s(wshape), "int8", "W")
     bias = te.placeholder(_s((ob * x,)), "int32", "bias")
     params = epilogue_inputs(epi, ob * x)
     xp, wp = _padded_input(a, padding, pad_value, a_dtype)
@@ -115,15 +122,21 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
     ry = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kh)), "ry")
     rx = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kw)), "rx")
     rf = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", xi // kb)), "rf")
-    rk = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kb)), "rk")
+    rk = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", half)), "rk")
+    rh = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", halves)), "rh") if halves > 1 else None
     sh, sw = strides
     dh, dw = dilation
-    acc = te.compute(
-        _s((n, ob, oh, owp, x)),
-        lambda b, o, y, z, v: te.sum(
-            xp[b, rc, y * sh + ry * dh, _col(z * sw + rx * dw, wp, ow, owp), rf * kb + rk].astype("int32")
-            * wt[o, rc, ry, rx, rf, v, rk].astype("int32"), axis=[rc, ry, rx, rf, rk]),
-        name="acc")
+
+    def body(b, o, y, z, v):
+        col = _col(z * sw + rx * dw, wp, ow, owp)
+        if rh is None:
+            return (xp[b, rc, y * sh + ry * dh, col, rf * kb + rk].astype("int32")
+                    * wt[o, rc, ry, rx, rf, v, rk].astype("int32"))
+        return (xp[b, rc, y * sh + ry * dh, col, rf * kb + rh * half + rk].astype("int32")
+                * wt[o, rc, ry, rx, rf, rh, v, rk].astype("int32"))
+
+    axes = [rc, ry, rx, rf, rk] if rh is None else [rc, ry, rx, rf, rh, rk]
+    acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=axes), name="acc")
     out = _output(acc, bias, params, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x))
     return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
 

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from ..passes.fold_batch_norm import FoldBatchNorm
+from ..passes.fold_conv_pad import FoldConvPad
 from ..target import Target, require_target
 from .annotate import annotate, weight_name_table
 from .calibrate import HostModel, calibrate, input_specs, load_calibration
@@ -51,7 +52,7 @@ class Int8Quantizer:
     def annotate_pass(self, mod):
         t = time.perf_counter()
         # batch-norm into the conv weights first: the int8 codes and bias then carry it
-        mod = FoldBatchNorm(mod)
+        mod = FoldBatchNorm(FoldConvPad(mod))
         out, self.annotation = annotate(mod, self.config, self.names)
         self._annotated = out
         self.timings["annotate_s"] = time.perf_counter() - t

@@ -46,7 +46,18 @@ from .int8_compute import (
 )
 from .int8_conv import in_block
 
-ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
+ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh", "relax.nn.silu": "silu",
+           "relax.clip": "relu6"}
+
+
+def _act_of(value) -> str | None:
+    """The fusable activation ``value`` computes (``clip`` only as ReLU6), or None."""
+    act = ACT_OPS.get(op_name(value))
+    if act == "relu6":
+        lo, hi = (getattr(a, "value", None) for a in value.args[1:3])
+        lo, hi = (getattr(v, "value", v) for v in (lo, hi))
+        return "relu6" if (lo, hi) == (0, 6) else None
+    return act
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +181,8 @@ class Realizer:
                 continue
             break
         u = g.single_user(probe)
-        if u is not None and op_name(g.value(u)) in ACT_OPS and (layer.kind == "dense" or not reshapes):
-            act = ACT_OPS[op_name(g.value(u))]
+        if u is not None and _act_of(g.value(u)) and (layer.kind == "dense" or not reshapes):
+            act = _act_of(g.value(u))
             chain += reshapes + [u]
             cur = u
         return Plan(layer, chain, cur, bias, act)
@@ -217,6 +228,9 @@ class Realizer:
                     params = [self.act_params(k, layer.kind) for k in layer.keys]
                     if any(p is None for p in params):
                         layer.skipped, layer.reason = True, "activation parameters unusable for this kernel"
+                    elif rc.is_depthwise(layer, g.value(layer.var).attrs) and rc.blocked_dot(self.provider,
+                                                                                               layer) is None:
+                        layer.skipped, layer.reason = True, "depthwise: no int8 kernel for this target"
             if not layer.skipped:
                 quantized.append(layer)
         layer_by_var = {layer.var: layer for layer in quantized}
@@ -235,7 +249,7 @@ class Realizer:
             plan = plans[layer.id]
             if layer.id in sparse:
                 continue
-            if plan.act not in (None, "relu", "gelu", "gelu_tanh"):
+            if plan.act not in (None, "relu", "relu6", "silu", "gelu", "gelu_tanh"):
                 continue
             m = g.single_user(plan.end)
             if m is None or not is_observe(g.value(m)):
@@ -297,20 +311,35 @@ class Realizer:
 
         bcache: dict = {}
 
+        def blocked_root(bb, root, key, vmap, p: QParams, xi: int):
+            """The observed value ``root`` as blocked int8: a blocked conv's output, or quantized
+            (and blocked) from float; None where only the NCHW route applies."""
+            hit = int8_blocked.get(key)
+            if hit is not None and hit[1] == p:
+                return hit[0]
+            hit = int8_out.get(key)
+            if (hit is not None and hit[1] == p) or key in self.smooth:
+                return None
+            ck = (key, p, xi)
+            if ck not in bcache:
+                bcache[ck] = rc.quantize_blocked(bb, _add_func, vmap.get(root, root), static_shape(root), p, cfg.bits,
+                                                 xi)
+            return bcache[ck]
+
         def qoperand_blocked(bb, operand, vmap, p: QParams, xi: int):
-            """The operand as blocked int8: a blocked conv's output, or quantized and blocked."""
+            """The operand as blocked int8 (see ``blocked_root``), through max-pools (they commute
+            with quantization) in the blocked layout; other layout steps take the NCHW route."""
             root, steps, _factor, key = g.trace(operand)
-            if not steps:
-                hit = int8_blocked.get(key)
-                if hit is not None and hit[1] == p:
-                    return hit[0], p
-                hit = int8_out.get(key)
-                if (hit is None or hit[1] != p) and key not in self.smooth:
-                    ck = (key, p, xi)
-                    if ck not in bcache:
-                        bcache[ck] = rc.quantize_blocked(bb, _add_func, vmap.get(root, root), static_shape(root), p,
-                                                         cfg.bits, xi)
-                    return bcache[ck], p
+            pools = [st for st in steps if not isinstance(st, relax.TupleGetItem)]
+            if all(op_name(st) == "relax.nn.max_pool2d" for st in pools):
+                cur = blocked_root(bb, root, key, vmap, p, xi)
+                if cur is not None:
+                    ck = (operand, p, "pooled")
+                    if pools and ck not in bcache:
+                        for st in pools:
+                            cur = rc.max_pool_blocked(bb, cur, st.attrs)
+                        bcache[ck] = cur
+                    return (bcache[ck] if pools else cur), p
             xq, px = qoperand(bb, operand, vmap, p)
             ck = (operand, px)
             if ck not in bcache:
@@ -368,6 +397,16 @@ class Realizer:
             p_in = self.act_params(layer.keys[0], "conv2d")
             at = g.value(layer.var).attrs
             is_blocked = layer.id in blocked
+            if rc.is_depthwise(layer, at):
+                wq, s_w = self._weights(layer)
+                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[0], 16))
+                epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
+                bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+                out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
+                                                eparams)
+                self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c", extra)
+                self.report[-1]["kernel"] = f"{self.provider.name} blocked int8 depthwise"
+                return self._finish(bb, layer, plan, out, epi, blocked=True)
             if is_blocked and layer.id not in self.given_weights:
                 bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range)
                 if bits != cfg.bits:
@@ -494,9 +533,14 @@ class Realizer:
             return Epilogue("float", plan.act), [deq], None
         key, po = oq
         s_out = np.float64(po.scale) * self.smooth.get(key, np.ones(n)).astype(np.float64)  # per channel
-        if plan.act in (None, "relu"):
+        act = plan.act
+        if act == "relu6" and key not in self.smooth:
+            _, hi = qmath.qrange(po.dtype, cfg.bits)
+            if (hi - po.zp) * po.scale <= 6.0 * (1 + 1e-6):
+                act = "relu"  # the output's own clamp stops at or below 6: ReLU6 is a ReLU here
+        if act in (None, "relu"):
             mult, shift = qmath.fixed_point(np.float64(px.scale) * s_w.astype(np.float64) / s_out)
-            return Epilogue("requant", plan.act, po.dtype, po.scale, po.zp, cfg.bits), [mult, shift], po
+            return Epilogue("requant", act, po.dtype, po.scale, po.zp, cfg.bits), [mult, shift], po
         return (Epilogue("float_requant", plan.act, po.dtype, po.scale, po.zp, cfg.bits),
                 [deq, (1.0 / s_out).astype(np.float32)], po)
 

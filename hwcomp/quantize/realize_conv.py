@@ -56,7 +56,7 @@ def _padded_epilogue_params(eparams: list, epi, n_pad: int) -> list:
 
 def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot):
     """Emit the blocked int8 conv; returns its output: float32 NCHW, or int8 ``[N, O/x, OH, OW, x]``."""
-    lanes, kb, _ = dot
+    lanes, kb = dot.lanes, dot.kb
     n, cb, h, w, xi = static_shape(xq)
     o, _, kh, kw = wq.shape
     strides = [int(v) for v in at.strides]
@@ -70,14 +70,43 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     reg_n = int8_reg_n(ow, ic.BLOCK // lanes, registers)
     nchw_out = epi.kind == "float"
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
-                                  px.zp, kb, reg_n, nchw_out)
+                                  px.zp, kb, reg_n, nchw_out, dot.halves)
     f = provider.schedule_blocked_conv(f, dot)
     gv = add_func(bb, f, f"q_{layer.id}")
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
-    args = [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, kb)),
+    args = [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, kb, dot.halves)),
             relax.const(ic.pad_channels(bias, n_pad))]
     args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
     oshape = (n, o, oh, ow) if nchw_out else (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+
+
+def is_depthwise(layer, at) -> bool:
+    return layer.kind == "conv2d" and int(at.groups) > 1
+
+
+def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams):
+    """Emit the blocked int8 depthwise conv (input blocked with :data:`int8_conv.BLOCK` lanes)."""
+    n, cb, h, w, x = static_shape(xq)
+    c, _, kh, kw = wq.shape
+    strides = [int(v) for v in at.strides]
+    padding = [int(v) for v in at.padding]
+    dilation = [int(v) for v in at.dilation]
+    oh = ic.out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
+    ow = ic.out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
+    from hwcomp.schedules.cpu.int8_conv import int8_reg_n
+
+    lanes = max(getattr(provider.target, "vector_bits", 128) // 32, 1)
+    reg_n = int8_reg_n(ow, -(-x // lanes), getattr(provider.target, "vector_registers", 16))
+    nchw_out = epi.kind == "float"
+    f = ic.depthwise_nchwc_int8_func((n, cb, h, w, x), c, (kh, kw), strides, padding, dilation, px.dtype, epi, px.zp,
+                                     reg_n, nchw_out)
+    f = provider.schedule_blocked_conv(f, None, depthwise=True)
+    gv = add_func(bb, f, f"q_{layer.id}")
+    n_pad = cb * x
+    args = [xq, relax.const(ic.pack_depthwise_weight(wq, x)), relax.const(ic.pad_channels(bias, n_pad))]
+    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
+    oshape = (n, c, oh, ow) if nchw_out else (n, cb, oh, ow, x)
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
 
 
@@ -106,6 +135,14 @@ def block_int(bb, add_func, xq, p, block: int):
     return bb.emit(relax.call_tir(gv, [xq], relax.TensorType((n, -(-c // block), h, w, block), p.dtype)))
 
 
+def max_pool_blocked(bb, xq, attrs):
+    """``max_pool2d`` with ``attrs`` (an NCHW pool's) on a blocked int8 value."""
+    block = static_shape(xq)[-1]
+    return bb.emit(relax.op.nn.max_pool2d(
+        xq, pool_size=attrs.pool_size, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+        ceil_mode=bool(attrs.ceil_mode), layout=f"NCHW{block}c"))
+
+
 def dequantize_blocked(bb, add_func, q, shape, epi):
     gv = add_func(bb, ic.dequantize_blocked_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype, ic.BLOCK),
                   "q_dequantize_blocked")
@@ -113,5 +150,15 @@ def dequantize_blocked(bb, add_func, q, shape, epi):
 
 
 
-__all__ = ["block_int", "blocked_dot", "dequantize_blocked", "direct_conv_consumers", "emit_blocked_conv",
-           "emit_nchw_conv", "quantize_blocked"]
+__all__ = [
+    "block_int",
+    "blocked_dot",
+    "dequantize_blocked",
+    "direct_conv_consumers",
+    "emit_blocked_conv",
+    "emit_blocked_depthwise",
+    "emit_nchw_conv",
+    "is_depthwise",
+    "max_pool_blocked",
+    "quantize_blocked",
+]

@@ -15,6 +15,7 @@ epilogue (requantize / dequantize + activation) applied before the store, as on 
 from __future__ import annotations
 
 from hwcomp.schedules.int8_base import (
+    ConvDot,
     KernelProvider,
     cpu_dot_desc,
     layout_fits,
@@ -88,7 +89,7 @@ class ArmInt8Provider(KernelProvider):
                                       nrv_prefs=(4, 2, 1))
 
     def conv_dot(self, w_absmax: int = 127):
-        return (4, 4, SDOT if self.sdot else NEON)
+        return ConvDot(4, 4, SDOT if self.sdot else NEON)
 
     def describe(self) -> str:
         return ("NEON sdot (int8 dot product), weights [N/4, K/4, 4, 4]" if self.sdot

@@ -19,13 +19,30 @@ from __future__ import annotations
 from tvm import s_tir
 
 from .conv import choose_reg_n
-from .rules import _const_int, schedule_root_stages
+from .rules import _const_int
 
 
 def int8_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
     """Output pixels per register tile for ``vectors`` accumulator registers per pixel; the dot
     sequences need two more temporaries than an FMA (AVX2: the s16 pairs and the ones vector)."""
     return choose_reg_n(ow, vectors, registers - 2)
+
+
+def _schedule_pad(sch: s_tir.Schedule, vector_bits: int) -> None:
+    """The zero-point padding stage, if any: rows in parallel, each row's bytes as whole vectors
+    (the generic injective schedule fuses every loop and pays a 64-bit division per vector)."""
+    try:
+        pad = sch.get_sblock("pad")
+    except s_tir.ScheduleError:
+        return
+    b, c, y, z, v = sch.get_loops(pad)
+    sch.parallel(sch.fuse(b, c, y))
+    row = sch.fuse(z, v)
+    ext = _const_int(sch.get(row).extent)
+    lanes = vector_bits // 8
+    if ext is not None and ext % lanes == 0:
+        _, vec = sch.split(row, [None, lanes])
+        sch.vectorize(vec)
 
 
 def schedule_conv_nchwc_int8(func, lanes: int, intrin: str | None, vector_bits: int):
@@ -35,12 +52,14 @@ def schedule_conv_nchwc_int8(func, lanes: int, intrin: str | None, vector_bits: 
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     out = sch.get_sblock("out")
-    n, oc, oh, ow, v, rc, ry, rx, rf, rk = sch.get_loops(acc)
+    loops = sch.get_loops(acc)
+    n, oc, oh, ow, v, rc, ry, rx, rf = loops[:9]
+    inner = loops[9:]  # (rk) or (rh, rk): the dot's bytes per lane
     reg_n = int(func.attrs["hwcomp.reg_n"])
     xo = _const_int(sch.get(v).extent)
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     v_o, v_i = sch.split(v, [None, lanes])
-    sch.reorder(n, oc, oh, ow_o, rc, ry, rx, rf, ow_i, v_o, v_i, rk)
+    sch.reorder(n, oc, oh, ow_o, rc, ry, rx, rf, ow_i, v_o, v_i, *inner)
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)
     par = sch.fuse(n, oc, oh)
@@ -61,7 +80,7 @@ def schedule_conv_nchwc_int8(func, lanes: int, intrin: str | None, vector_bits: 
             sch.vectorize(out_loops[-1])
         elif ext is not None and ext > 1:
             sch.unroll(out_loops[-1])
-    schedule_root_stages(sch, par, vector_bits)
+    _schedule_pad(sch, vector_bits)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
@@ -80,15 +99,15 @@ def schedule_depthwise_nchwc_int8(func, vector_bits: int):
     sch.reverse_compute_at(out, ow_o, preserve_unit_loops=True)
     par = sch.fuse(n, cc, oh)
     sch.parallel(par)
-    init = sch.decompose_reduction(acc, ry)
-    sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ow_i)
     sch.vectorize(v)
+    init = sch.decompose_reduction(acc, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
     out_loops = sch.get_loops(out)[4:]
     if out_loops:
         sch.vectorize(out_loops[-1]) if _const_int(sch.get(out_loops[-1]).extent) == _const_int(
             sch.get(v).extent) else sch.unroll(out_loops[-1])
-    schedule_root_stages(sch, par, vector_bits)
+    _schedule_pad(sch, vector_bits)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 

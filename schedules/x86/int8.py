@@ -25,6 +25,7 @@ registers a corrected intrinsic under its own name (TVM's registry entry is not 
 from __future__ import annotations
 
 from hwcomp.schedules.int8_base import (
+    ConvDot,
     KernelProvider,
     cpu_dot_desc,
     layout_fits,
@@ -36,6 +37,7 @@ from tvm.script import tirx as T
 AVX2_S8 = "hwcomp_x86_avx2_s8s8s32_8x2"
 AVX2_U8 = "hwcomp_x86_avx2_u8s8s32_8x2"
 AVX2_U8S7 = "hwcomp_x86_avx2_u8s7s32_8x4"
+AVX2_U8S7_SAT = "hwcomp_x86_avx2_u8s7s32_8x2x4_sat"
 VNNI_U8 = "hwcomp_x86_vnni_u8s8s32_16x4"
 
 
@@ -71,6 +73,40 @@ def _avx2_u8s7_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8,
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
 
 
+def _pairs_desc():
+    """``C[i] += sum_{h, r} A[4h + r] B[h, i, r]``: two 4-byte halves per lane, weights ``[2, 8, 4]``."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((8,), "uint8", offset_factor=1), B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
+            T.writes(C[0:8])
+            for i, h, r in T.grid(8, 2, 4):
+                with T.sblock("update"):
+                    vi, vh, vr = T.axis.remap("SRR", [i, h, r])
+                    C[vi] = C[vi] + T.cast(A[vh * 4 + vr], "int32") * T.cast(B[vh, vi, vr], "int32")
+
+    return desc
+
+
+@T.prim_func(s_tir=True)
+def _avx2_u8s7_sat_impl(A: T.Buffer((8,), "uint8", offset_factor=1), B: T.Buffer((2, 8, 4), "int8", offset_factor=1),
+                        C: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8], B[0:2, 0:8, 0:4])
+        T.writes(C[0:8])
+        a0 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        a1 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([4], "uint8x4"), dtype="int32"), 8), dtype="int8x32")
+        p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a0,
+                                     B.vload([0, 0, 0], "int8x32"), dtype="int16x16")
+        p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a1,
+                                     B.vload([1, 0, 0], "int8x32"), dtype="int16x16")
+        s = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.sadd.sat"), p0, p1, dtype="int16x16")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), s, T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+
 @T.prim_func(s_tir=True)
 def _vnni_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
                C: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
@@ -89,6 +125,7 @@ def register_intrinsics() -> None:
     register_intrin(AVX2_U8, *_avx2_intrin("uint8"))
     register_intrin(AVX2_U8S7, cpu_dot_desc("uint8", 8, 4), _avx2_u8s7_impl)
     register_intrin(VNNI_U8, cpu_dot_desc("uint8", 16, 4), _vnni_impl)
+    register_intrin(AVX2_U8S7_SAT, _pairs_desc(), _avx2_u8s7_sat_impl)
 
 
 class X86Int8Provider(KernelProvider):
@@ -127,9 +164,11 @@ class X86Int8Provider(KernelProvider):
 
     def conv_dot(self, w_absmax: int = 127):
         if self.vnni:
-            return (16, 4, VNNI_U8)
+            return ConvDot(16, 4, VNNI_U8)
         if self.avx2:
-            return (8, 4, AVX2_U8S7) if w_absmax <= 64 else (8, 2, AVX2_U8)
+            # 7-bit weights: two exact vpmaddubsw pair sums added in int16 (saturating) before one
+            # vpmaddwd, which is this CPU class's bottleneck (module docstring)
+            return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if w_absmax <= 64 else ConvDot(8, 2, AVX2_U8)
         return None
 
     def describe(self) -> str:
