@@ -169,6 +169,37 @@ def depthwise_nchwc_int8_func(x_shape, channels: int, kernel: tuple[int, int], s
     return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
 
 
+def reference_conv(x: np.ndarray, wq: np.ndarray, strides, padding, dilation, pad_value: int,
+                   halves: int = 1) -> np.ndarray:
+    """The blocked int8 conv's int32 accumulator in NumPy, bit for bit: ``x [N, C, H, W]`` codes,
+    ``wq [O, C, KH, KW]``, padded positions ``pad_value``. With ``halves`` = 2 (AVX2's saturating
+    step, ``schedules/x86/int8.py``), each lane adds two exact pair sums of every 8-channel group in
+    int16 with saturation: ``sat16(p01 + p45) + sat16(p23 + p67)``."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = wq.shape
+    pt, pl, pb, pr = padding
+    xp = np.full((n, c, h + pt + pb, w + pl + pr), pad_value, np.int64)
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    oh = out_size(h, kh, strides[0], dilation[0], pt, pb)
+    ow = out_size(w, kw, strides[1], dilation[1], pl, pr)
+    cp = -(-c // 8) * 8
+    cols = np.zeros((n, cp, kh, kw, oh, ow), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dilation[0], kx * dilation[1]
+            cols[:, :c, ky, kx] = xp[:, :, y0:y0 + strides[0] * (oh - 1) + 1:strides[0],
+                                     x0:x0 + strides[1] * (ow - 1) + 1:strides[1]]
+    wp = np.zeros((o, cp, kh, kw), np.int64)
+    wp[:, :c] = wq
+    if halves == 1:
+        return np.einsum("nckxhw,ockx->nohw", cols, wp).astype(np.int32)
+    prod = np.einsum("nckxhw,ockx->nockxhw", cols, wp)  # [N, O, Cp, KH, KW, OH, OW]
+    prod = prod.reshape(n, o, cp // 8, 2, 2, 2, kh, kw, oh, ow)  # channel = 8 g + 4 half + 2 pair + elem
+    pairs = prod.sum(axis=5)  # [N, O, G, half, pair, KH, KW, OH, OW], exact
+    sat = np.clip(pairs[:, :, :, 0] + pairs[:, :, :, 1], -32768, 32767)
+    return sat.sum(axis=(2, 3, 4, 5)).astype(np.int32)
+
+
 def quantize_blocked_func(shape, scale: float, zp: int, dtype: str, bits: int, block: int) -> tirx.PrimFunc:
     """float32 NCHW → int8/uint8 ``[N, C/block, H, W, block]`` in one pass (``quantize_func``'s
     arithmetic); padded channels hold the zero point."""
@@ -212,6 +243,16 @@ def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
     return te.create_prim_func([q, y])
 
 
-__all__ = ["BLOCK", "block_int_func", "conv2d_nchwc_int8_func", "depthwise_nchwc_int8_func",
-           "dequantize_blocked_func", "in_block", "pack_conv_weight", "pack_depthwise_weight", "pad_channels",
-           "quantize_blocked_func"]
+__all__ = [
+    "BLOCK",
+    "block_int_func",
+    "conv2d_nchwc_int8_func",
+    "depthwise_nchwc_int8_func",
+    "dequantize_blocked_func",
+    "in_block",
+    "pack_conv_weight",
+    "pack_depthwise_weight",
+    "pad_channels",
+    "quantize_blocked_func",
+    "reference_conv",
+]

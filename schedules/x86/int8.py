@@ -14,6 +14,16 @@ AVX2 (this project's AMD Zen hosts) has no int8 dot product; two paths:
   (16 bytes, widened with ``vpmovsxbw``); two activations broadcast as one 32-bit lane. Used when
   the weights do not fit 7 bits (``reduce_range=False``, pre-quantized QDQ weights).
 
+Convolutions (``hwcomp.quantize.int8_conv``, blocked NCHW[x]c) on AVX2 with 7-bit weights use a
+faster step, ``hwcomp_x86_avx2_u8s7s32_8x2x4_sat``: two ``vpmaddubsw`` (8 bytes of one pixel per
+output lane, as two 4-byte halves) whose exact s16 pair sums are added with ``vpaddsw`` before one
+``vpmaddwd``. On Zen 3 ``vpmaddwd`` is the bottleneck of the 8x4 step; halving it measured
+350-390 GOP/s on ResNet's 3x3 convs against 160 (2 cores), past the 8x4 step's ceiling
+(``bench/peak.py``: 205). The s16 add saturates only where four products of one lane and one
+8-byte group sum past ±32767 (2 x 2 x 255 x 64 can reach 65280): the same trade as ONNX Runtime's
+MLAS u8s8 kernels (whose single ``vpmaddubsw`` already saturates at 8-bit weights), much rarer
+here because each pair is exact. ``hwcomp.quantize.int8_conv.reference_conv`` models it bit for bit.
+
 VNNI (``x86-avx512-vnni``): weights packed ``[N/16, K/4, 16, 4]`` (64 bytes = one zmm), activations
 uint8 (symmetric int8 codes are stored with zero point 128; the compensation ``-128 * sum_k W``
 is folded into the int32 bias at compile time), ``vpdpbusd`` accumulates 16 x 4 products per
