@@ -24,8 +24,6 @@ has no observation points left; dead float code is removed.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import tvm
 from tvm import relax
@@ -45,40 +43,7 @@ from .int8_compute import (
     quantize_func,
 )
 from .int8_conv import in_block
-
-ACT_OPS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh", "relax.nn.silu": "silu",
-           "relax.clip": "relu6"}
-
-
-def _act_of(value) -> str | None:
-    """The fusable activation ``value`` computes (``clip`` only as ReLU6), or None."""
-    act = ACT_OPS.get(op_name(value))
-    if act == "relu6":
-        lo, hi = (getattr(a, "value", None) for a in value.args[1:3])
-        lo, hi = (getattr(v, "value", v) for v in (lo, hi))
-        return "relu6" if (lo, hi) == (0, 6) else None
-    return act
-
-
-@dataclasses.dataclass(frozen=True)
-class QParams:
-    scale: float
-    zp: int
-    dtype: str  # int8 | uint8
-
-    def to_dict(self) -> dict:
-        return {"scale": self.scale, "zero_point": self.zp, "dtype": self.dtype}
-
-
-@dataclasses.dataclass
-class Plan:
-    """A dense/conv layer and the epilogue ops fused into it."""
-
-    layer: Layer
-    chain: list  # vars after the op that the kernel absorbs (bias add, reshapes, activation)
-    end: relax.Var
-    bias: np.ndarray | None
-    act: str | None
+from .realize_plan import Plan, QParams, int8_consumers, plan_epilogue
 
 
 class Realizer:
@@ -137,78 +102,6 @@ class Realizer:
         return QParams(s, zp, "int8") if "int8" in dts else QParams(s, zp + half, "uint8")
 
     # ---- analysis ----------------------------------------------------------------------------
-    def _plan_epilogue(self, g: Graph, layer: Layer, used_keys=frozenset()) -> Plan:
-        chain, cur, bias, act = [], layer.var, None, None
-        out_shape = static_shape(layer.var)
-        n_axis = -1 if layer.kind == "dense" else 1
-        n = out_shape[n_axis]
-
-        def skip_markers(v):
-            # an observation point with one user inside the chain (QDQ models have them between the
-            # op and its activation) is an identity: absorb it
-            while True:
-                u = g.single_user(v)
-                if u is None or not is_observe(g.value(u)) or g.single_user(u) is None:
-                    return v
-                if observe_key(g.value(u)) in used_keys:  # a quantized op reads it: keep it
-                    return v
-                nxt_u = g.single_user(u)
-                if op_name(g.value(nxt_u)) not in ("relax.add", "relax.reshape", *ACT_OPS):
-                    return v
-                chain.append(u)
-                v = u
-
-        cur = skip_markers(cur)
-        nxt = g.single_user(cur)
-        if nxt is not None and op_name(g.value(nxt)) == "relax.add":
-            val = g.value(nxt)
-            other = val.args[1] if val.args[0].same_as(cur) else val.args[0]
-            c = g.const_value(other)
-            if c is not None and c.size == n and static_shape(nxt) == out_shape:
-                ok = (c.ndim >= 1 and c.shape[-1] == n) if layer.kind == "dense" else (
-                    c.ndim >= 3 and c.shape[-3] == n and c.shape[-1] == 1 and c.shape[-2] == 1)
-                if ok and c.dtype == np.float32:
-                    bias = c.reshape(n)
-                    chain.append(nxt)
-                    cur = skip_markers(nxt)
-        # reshapes, then one activation
-        probe, reshapes = cur, []
-        while True:
-            u = g.single_user(probe)
-            if u is not None and op_name(g.value(u)) == "relax.reshape":
-                reshapes.append(u)
-                probe = u
-                continue
-            break
-        u = g.single_user(probe)
-        if u is not None and _act_of(g.value(u)) and (layer.kind == "dense" or not reshapes):
-            act = _act_of(g.value(u))
-            chain += reshapes + [u]
-            cur = u
-        return Plan(layer, chain, cur, bias, act)
-
-    def _int8_consumers(self, g: Graph, var, layer_by_var: dict) -> list | None:
-        """Quantized consumers ``(layer, operand index)`` of ``var``, or None if a float one exists."""
-        found = []
-        for u in g.users.get(var, []):
-            if u is None:
-                return None
-            layer = layer_by_var.get(u)
-            if layer is not None:
-                idx = [i for i, o in enumerate(layer.operands) if o.same_as(var)]
-                if not idx:
-                    return None
-                found += [(layer, i) for i in idx]
-                continue
-            st = g.layout_step(u)
-            if st is None or not st[0].same_as(var):
-                return None
-            sub = self._int8_consumers(g, u, layer_by_var)
-            if sub is None:
-                return None
-            found += sub
-        return found
-
     # ---- rewrite -----------------------------------------------------------------------------
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         cfg = self.config
@@ -238,7 +131,7 @@ class Realizer:
         used_keys = {k for layer in quantized for k in layer.keys}
         for layer in quantized:
             if layer.kind in ("dense", "conv2d"):
-                plans[layer.id] = self._plan_epilogue(g, layer, used_keys)
+                plans[layer.id] = plan_epilogue(g, layer, used_keys)
             else:
                 plans[layer.id] = Plan(layer, [], layer.var, None, None)
         sparse = self._sparse_layers(quantized, plans)
@@ -254,7 +147,7 @@ class Realizer:
             m = g.single_user(plan.end)
             if m is None or not is_observe(g.value(m)):
                 continue
-            cons = self._int8_consumers(g, m, layer_by_var)
+            cons = int8_consumers(g, m, layer_by_var)
             if not cons:
                 continue
             # a blocked conv's int8 output is blocked: only blocked convs may read it, directly
