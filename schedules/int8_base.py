@@ -61,10 +61,11 @@ class KernelProvider:
     def schedule_dense(self, func: tirx.PrimFunc, layout: str, m: int, k: int, n: int) -> tirx.PrimFunc | None:
         return None
 
-    def conv_dot(self, w_absmax: int = 127) -> ConvDot | None:
+    def conv_dot(self, w_absmax: int = 127, act_zero_point: int = 0) -> ConvDot | None:
         """The dot step of the blocked int8 convolution (``hwcomp.quantize.int8_conv``) for weight
         codes up to ``w_absmax``: ``(int32 lanes, bytes reduced per lane, tensor intrinsic or None
-        for LLVM's vectorizer)``; None: no blocked int8 convolution (the NCHW kernel runs)."""
+        for LLVM's vectorizer)``, for activations stored with ``act_zero_point``; None: no blocked
+        int8 convolution (the NCHW kernel runs)."""
         return None
 
     def conv_weight_bits(self, bits: int = 8, reduce_range: bool | None = None) -> int:

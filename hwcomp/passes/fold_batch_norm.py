@@ -1,7 +1,8 @@
 """FoldBatchNorm: fold an inference batch-norm into the convolution before it, in NumPy.
 
-``batch_norm(conv2d(x, W), gamma, beta, mean, var)[0]`` with constant ``W`` and statistics becomes
-``conv2d(x, W * a) + (beta - mean * a)`` with ``a = gamma / sqrt(var + eps)`` per output channel.
+``batch_norm(conv2d(x, W) [+ b], gamma, beta, mean, var)[0]`` with constant ``W``, ``b`` and
+statistics becomes ``conv2d(x, W * a) + (beta + (b - mean) * a)`` with ``a = gamma / sqrt(var + eps)``
+per output channel.
 The fp32 path gets the same arithmetic from ``DecomposeOpsForInference`` and the blocked layout's
 constant folding; the int8 quantizer needs it *before* it quantizes the weights, so the scale lands
 in the int8 codes and the shift in the int32 bias, and the requantizing epilogue can hand the next
@@ -31,6 +32,13 @@ class _Folder(PyExprMutator):
         if op_name(bn) != "relax.nn.batch_norm" or int(bn.attrs.axis) != 1:
             return None
         conv = self.var2val.get(bn.args[0]) if isinstance(bn.args[0], relax.Var) else None
+        bias = None
+        if op_name(conv) == "relax.add" and isinstance(conv.args[0], relax.Var):
+            # a conv with its own bias: batch_norm(add(conv2d, bias)) (PyTorch's default Conv2d)
+            bias = const_array(conv.args[1], self.var2val)
+            conv = self.var2val.get(conv.args[0])
+            if bias is None or op_name(conv) != "relax.nn.conv2d" or bias.size != int(conv.ty.shape.values[1]):
+                return None
         if op_name(conv) != "relax.nn.conv2d" or str(conv.attrs.data_layout) != "NCHW" \
                 or str(conv.attrs.kernel_layout) != "OIHW":
             return None
@@ -45,7 +53,8 @@ class _Folder(PyExprMutator):
             beta = np.zeros_like(beta)
         a = gamma / np.sqrt(var + float(bn.attrs.epsilon))
         w2 = (w.astype(np.float64) * a.reshape(-1, 1, 1, 1)).astype(np.float32)
-        b2 = (beta - mean * a).astype(np.float32).reshape(1, -1, 1, 1)
+        b0 = 0.0 if bias is None else bias.astype(np.float64).reshape(-1)
+        b2 = (beta + (b0 - mean) * a).astype(np.float32).reshape(1, -1, 1, 1)
         x = self.visit_expr(conv.args[0])
         at = conv.attrs
         y = self.builder_.emit(relax.op.nn.conv2d(

@@ -305,7 +305,7 @@ class Realizer:
                 if bits != cfg.bits:
                     self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
-            dot = rc.blocked_dot(self.provider, layer, wq) if is_blocked else None
+            dot = rc.blocked_dot(self.provider, layer, wq, p_in.zp) if is_blocked else None
             if dot is not None:
                 xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[1], dot[1]))
             else:

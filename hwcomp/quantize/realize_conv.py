@@ -19,7 +19,7 @@ from .graph import static_shape
 from .int8_compute import conv2d_func
 
 
-def blocked_dot(provider, layer, wq: np.ndarray | None = None):
+def blocked_dot(provider, layer, wq: np.ndarray | None = None, act_zero_point: int = 0):
     """The provider's dot step for this conv layer (see ``KernelProvider.conv_dot``), or None
     where the layer takes the NCHW kernel (no dot, not 4-D static)."""
     if layer.kind != "conv2d" or provider.target is None:
@@ -28,7 +28,7 @@ def blocked_dot(provider, layer, wq: np.ndarray | None = None):
     if shape is None or len(shape) != 4 or layer.weight is None or layer.weight.ndim != 4:
         return None
     w_absmax = 127 if wq is None else int(np.abs(wq.astype(np.int16)).max(initial=0))
-    return provider.conv_dot(w_absmax)
+    return provider.conv_dot(w_absmax, act_zero_point)
 
 
 def direct_conv_consumers(g, var, blocked_ids: set, layer_by_var: dict) -> bool:

@@ -88,7 +88,7 @@ class ArmInt8Provider(KernelProvider):
         return schedule_blocked_dense(func, 4, 4, SDOT if self.sdot else NEON, mr_prefs=(4, 2, 1),
                                       nrv_prefs=(4, 2, 1))
 
-    def conv_dot(self, w_absmax: int = 127):
+    def conv_dot(self, w_absmax: int = 127, act_zero_point: int = 0):
         return ConvDot(4, 4, SDOT if self.sdot else NEON)
 
     def describe(self) -> str:

@@ -172,13 +172,17 @@ class X86Int8Provider(KernelProvider):
                                           mr_prefs=(4, 3, 2, 1), nrv_prefs=(3, 2, 1))
         return None
 
-    def conv_dot(self, w_absmax: int = 127):
+    def conv_dot(self, w_absmax: int = 127, act_zero_point: int = 0):
         if self.vnni:
             return ConvDot(16, 4, VNNI_U8)
         if self.avx2:
-            # 7-bit weights: two exact vpmaddubsw pair sums added in int16 (saturating) before one
-            # vpmaddwd, which is this CPU class's bottleneck (module docstring)
-            return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if w_absmax <= 64 else ConvDot(8, 2, AVX2_U8)
+            if w_absmax > 64:
+                return ConvDot(8, 2, AVX2_U8)
+            # 7-bit weights on post-ReLU codes (zero point 0, mostly small): two exact vpmaddubsw
+            # pair sums added in int16 (saturating) before one vpmaddwd, this CPU class's
+            # bottleneck (module docstring). Codes centred on a zero point (signed values stored
+            # as uint8) saturate far more often there: the exact 8x4 step.
+            return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if act_zero_point == 0 else ConvDot(8, 4, AVX2_U8S7)
         return None
 
     def describe(self) -> str:

@@ -1,0 +1,674 @@
+"""Int8 convolution in the blocked layout NCHW[x]c (``hwcomp.quantize.int8_conv``, the schedules of
+``hwcomp.schedules.cpu.int8_conv``), ``FoldBatchNorm``, and the quantizer's use of both.
+
+What is checked, and how exactly:
+
+* kernels (x86, built for and run on this host): the blocked int8 conv through the provider's own
+  schedule, for each AVX2 dot step -- 7-bit weights: the provider's ``vpmaddubsw`` step (since
+  e8f2b64 the 8x8 one that adds two exact pair sums in int16 with saturation) and the exact 8x4
+  ``vpmaddubsw`` step; 8-bit weights: ``vpmaddwd`` 8x2; AVX-512 VNNI 16x4 where the host has it
+  -- against an int64 NumPy convolution written here (for the saturating step the same sums with
+  the documented ``sat16(p01 + p45) + sat16(p23 + p67)`` per tap and 8-channel group):
+  requantizing epilogues **bit for bit** (the blocked output unblocked, padded channels dropped);
+  the float epilogue (NCHW float32 out) within a relative 1e-5 of the float64
+  ``act((acc + bias) * scale)`` (float32 rounding of the product only). Padded input-channel
+  lanes hold garbage, so a kernel that reads them with a non-zero weight fails. Each step's
+  kernel is also checked for its instructions in the assembly;
+* the depthwise kernel bit for bit the same way; ``quantize_blocked_func`` /
+  ``dequantize_blocked_func`` / ``block_int_func`` bit for bit against ``qmath`` (padded lanes hold
+  the zero point);
+* ``FoldBatchNorm``: no ``relax.nn.batch_norm`` left, and the compiled module matches PyTorch within
+  1e-4 of the output's largest magnitude;
+* the int8 pipeline on small CNNs (``Int8Quantizer`` through ``hwcomp.compile``): the realize report
+  names the blocked int8 conv kernel for every conv; in the module after the quantize passes
+  consecutive int8 convs hand each other their blocked uint8 output directly (no
+  ``q_dequantize*``/``q_quantize*`` between them); the compiled int8 output has cosine >= 0.99
+  with PyTorch's fp32 output on a fixed-seed input that was not in the calibration set;
+* AArch64 (``board`` marker): the kernel cross-compiled for rpi4 (NEON ``smull``) and rpi5
+  (``sdot``) runs on the emulated board bit for bit against the same reference (skipped when the
+  board cannot run here); the instruction choice itself is checked from the assembly without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from hwcomp.schedules.cpu.int8_conv import int8_reg_n
+from hwcomp.schedules.int8_base import ConvDot
+from torch import nn
+
+from hwcomp.quantize import int8_conv as ic
+from hwcomp.quantize import qmath
+from hwcomp.quantize.int8_compute import Epilogue, get_provider
+from hwcomp.target import get_target
+
+FLOAT_RTOL = 1e-5  # float epilogue vs float64 (acc + bias) * scale
+FOLD_TOL = 1e-4  # FoldBatchNorm vs PyTorch, relative to max |ref|
+MIN_COSINE = 0.99  # int8 pipeline vs fp32
+
+
+# ---- shared helpers --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    c: int
+    o: int
+    h: int
+    w: int
+    k: tuple[int, int] = (3, 3)
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int, int, int] = (1, 1, 1, 1)  # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+    n: int = 1
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = self.k, self.stride, self.pad, self.dilation
+        return ic.out_size(self.h, kh, sh, dh, pt, pb), ic.out_size(self.w, kw, sw, dw, pl, pr)
+
+
+def ref_conv(x: np.ndarray, w: np.ndarray, case: Conv, pad_value: int, groups: int = 1,
+             sat16: bool = False) -> np.ndarray:
+    """int64 ``[N, O, OH, OW]`` accumulator of ``x [N, C, H, W]`` (padding holds ``pad_value``) and
+    ``w [O, C/groups, KH, KW]``; groups is 1 or C (depthwise). ``sat16``: AVX2's saturating dot step
+    -- per kernel tap and 8-channel group ``c = 8g + j``, lane products ``p_j``, the exact pair sums
+    of each 4-byte half are added in int16 with saturation: ``sat16(p0+p1 + p4+p5) + sat16(p2+p3 + p6+p7)``."""
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = case.k, case.stride, case.pad, case.dilation
+    oh, ow = case.out_hw
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    w = w.astype(np.int64)
+    n, c = x.shape[:2]
+    acc = np.zeros((n, w.shape[0], oh, ow), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            patch = xp[:, :, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw]
+            if groups != 1:
+                acc += patch * w[None, :, 0, ky, kx, None, None]
+            elif not sat16:
+                acc += np.einsum("nchw,oc->nohw", patch, w[:, :, ky, kx])
+            else:
+                cp = -(-c // 8) * 8  # zero weights past C
+                wk = np.zeros((w.shape[0], cp), np.int64)
+                wk[:, :c] = w[:, :, ky, kx]
+                pp = np.zeros((n, cp, oh, ow), np.int64)
+                pp[:, :c] = patch
+                prod = (pp[:, None] * wk[None, :, :, None, None]).reshape(n, w.shape[0], cp // 8, 8, oh, ow)
+                even = prod[:, :, :, [0, 1, 4, 5]].sum(axis=3)
+                odd = prod[:, :, :, [2, 3, 6, 7]].sum(axis=3)
+                acc += (np.clip(even, -32768, 32767) + np.clip(odd, -32768, 32767)).sum(axis=2)
+    return acc
+
+
+def to_blocked(x: np.ndarray, block: int, fill) -> np.ndarray:
+    """``[N, C, H, W]`` → ``[N, C/block, H, W, block]``; the padded channels hold ``fill`` (an array
+    of the padded shape's garbage or a scalar)."""
+    n, c, h, w = x.shape
+    cp = -(-c // block) * block
+    out = np.empty((n, cp, h, w), x.dtype)
+    out[:, c:] = fill if np.isscalar(fill) else fill[:, : cp - c]
+    out[:, :c] = x
+    return np.ascontiguousarray(out.reshape(n, cp // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def from_blocked(y: np.ndarray, c: int) -> np.ndarray:
+    n, cb, h, w, x = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * x, h, w)[:, :c]
+
+
+def run_local(func, target, args: list[np.ndarray], out_shape, out_dtype) -> np.ndarray:
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    ex.mod(*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
+    return out.numpy()
+
+
+def act_range(dtype: str) -> tuple[int, int]:
+    return (0, 255) if dtype == "uint8" else (-128, 127)
+
+
+EPILOGUES = {
+    # name: (kind, act, out dtype, out zero point)
+    "requant_relu_u8": ("requant", "relu", "uint8", 0),
+    "requant_i8_zp": ("requant", None, "int8", -3),
+    "float_relu": ("float", "relu", "float32", 0),
+    "float": ("float", None, "float32", 0),
+}
+
+
+def epilogue_for(name: str, acc: np.ndarray, rng) -> tuple[Epilogue, list[np.ndarray]]:
+    """The epilogue and its per-channel parameters (unpadded) for the int64 ``acc + bias``: the
+    requantizing multipliers map each channel's largest |value| a little past the code range, so
+    both the rounding and the clamp are exercised."""
+    kind, act, dtype, zp = EPILOGUES[name]
+    o = acc.shape[1]
+    if kind == "requant":
+        lo, hi = qmath.qrange(dtype)
+        amax = np.maximum(np.abs(acc).max(axis=(0, 2, 3)), 1).astype(np.float64)
+        m = (hi - lo) * 0.6 / amax * rng.uniform(0.8, 1.2, o)
+        mult, shift = qmath.fixed_point(m)
+        return Epilogue("requant", act, dtype, 0.1, zp, 8), [mult.astype(np.int32), shift.astype(np.int32)]
+    scale = rng.uniform(1e-4, 1e-2, o).astype(np.float32)
+    return Epilogue("float", act), [scale]
+
+
+def padded_params(epi: Epilogue, params: list[np.ndarray], n_pad: int) -> list[np.ndarray]:
+    if epi.kind == "requant":
+        return [ic.pad_channels(params[0], n_pad), ic.pad_channels(params[1], n_pad, 1)]
+    return [ic.pad_channels(params[0], n_pad)]
+
+
+def check_output(got: np.ndarray, acc_b: np.ndarray, epi: Epilogue, params: list[np.ndarray], c: int):
+    """Compare a kernel's output (blocked for requant, NCHW for float) with the reference."""
+    if epi.kind == "requant":
+        ref = qmath.requantize(acc_b.transpose(0, 2, 3, 1), params[0], params[1], epi.out_zp, epi.out_dtype, 8,
+                               relu=epi.act == "relu").transpose(0, 3, 1, 2)
+        got = from_blocked(got, c)
+        assert got.dtype == ref.dtype
+        assert len(np.unique(ref)) > min(16, ref.size // 4), "degenerate reference"
+        bad = np.argwhere(got != ref)
+        assert bad.size == 0, (f"{len(bad)} of {ref.size} codes differ; first at {tuple(bad[0])}: got "
+                               f"{got[tuple(bad[0])]}, expected {ref[tuple(bad[0])]} (acc+bias {acc_b[tuple(bad[0])]})")
+        return
+    ref = acc_b.astype(np.float64) * params[0].astype(np.float64)[None, :, None, None]
+    if epi.act == "relu":
+        ref = np.maximum(ref, 0.0)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=FLOAT_RTOL, atol=0)
+
+
+@dataclasses.dataclass
+class Problem:
+    """One blocked conv kernel with its inputs and the reference accumulator."""
+
+    func: object
+    args: list
+    out_shape: tuple
+    out_dtype: str
+    acc_b: np.ndarray  # int64 acc + bias, NCHW, real channels, as the dot step computes it
+    exact: np.ndarray  # int64 acc + bias of the exact convolution
+    epi: Epilogue
+    params: list
+    channels: int
+
+
+def conv_problem(provider, case: Conv, dot, epi_name: str, a_dtype: str, w_absmax: int, seed: int = 0,
+                 x_override=None, w_override=None) -> Problem:
+    """A blocked int8 conv for ``provider`` / ``dot`` (what ``realize_conv.emit_blocked_conv`` builds),
+    random codes (activations over the dtype's full range, weights in ``[-w_absmax, w_absmax]``)."""
+    rng = np.random.default_rng(seed)
+    lanes, kb, halves = dot.lanes, dot.kb, dot.halves
+    lo, hi = act_range(a_dtype)
+    x = rng.integers(lo, hi + 1, (case.n, case.c, case.h, case.w)).astype(a_dtype) if x_override is None \
+        else x_override
+    w = rng.integers(-w_absmax, w_absmax + 1, (case.o, case.c, *case.k)).astype(np.int8) if w_override is None \
+        else w_override
+    bias = rng.integers(-3000, 3000, case.o).astype(np.int32)
+    pad_value = int(rng.integers(lo, hi + 1)) // 4  # the input zero point
+    xi = ic.in_block(case.c, kb)
+    garbage = rng.integers(lo, hi + 1, (case.n, xi, case.h, case.w)).astype(a_dtype)
+    xb = to_blocked(x, xi, garbage)
+    exact = ref_conv(x, w, case, pad_value) + bias[None, :, None, None]
+    acc_b = ref_conv(x, w, case, pad_value, sat16=True) + bias[None, :, None, None] if halves == 2 else exact
+    epi, params = epilogue_for(epi_name, acc_b, rng)
+    oh, ow = case.out_hw
+    reg_n = int8_reg_n(ow, ic.BLOCK // lanes, provider.target.vector_registers)
+    nchw = epi.kind == "float"
+    func = ic.conv2d_nchwc_int8_func(xb.shape, case.o, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
+                                     pad_value, kb, reg_n, nchw, halves)
+    func = provider.schedule_blocked_conv(func, dot)
+    n_pad = -(-case.o // ic.BLOCK) * ic.BLOCK
+    args = [xb, ic.pack_conv_weight(w, xi, ic.BLOCK, kb, halves), ic.pad_channels(bias, n_pad),
+            *padded_params(epi, params, n_pad)]
+    out_shape = (case.n, case.o, oh, ow) if nchw else (case.n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
+    return Problem(func, args, out_shape, epi.out_dtype, acc_b, exact, epi, params, case.o)
+
+
+# ---- x86 providers ---------------------------------------------------------------------------------
+DOTS = {
+    # name: (target whose provider has it, largest weight code); the dot is that provider's conv_dot
+    "avx2_7bit": ("x86-avx2", 64),  # the provider's vpmaddubsw step for 7-bit weights (8x8, saturating)
+    "avx2_8bit": ("x86-avx2", 127),  # vpmaddwd s16 x s16, 8x2, exact
+    "avx2_u8s7_8x4": ("x86-avx2", 64),  # the 8x4 vpmaddubsw intrinsic itself (exact: 2 * 255 * 64 < 2^15)
+    "vnni_16x4": ("x86-avx512-vnni", 127),
+}
+
+
+def dot_of(provider, dot_name: str) -> ConvDot:
+    """The named dot step: the provider's own for the weight width, or the 8x4 ``vpmaddubsw`` step
+    (registered, no longer what the provider picks for convs since e8f2b64)."""
+    if dot_name == "avx2_u8s7_8x4":
+        from hwcomp.schedules.x86.int8 import AVX2_U8S7
+
+        return ConvDot(8, 4, AVX2_U8S7)
+    return provider.conv_dot(DOTS[dot_name][1])
+
+
+def x86_dot(host, dot_name: str):
+    """``(target, provider, dot)``: the host's own provider where it is the one that has this dot
+    step, else the named target where this CPU runs its code (AVX2 code on an AVX-512 host), else skip."""
+    name = DOTS[dot_name][0]
+    if host.arch != "x86_64":
+        pytest.skip("x86 kernels on an x86 host only")
+    if name == "x86-avx512-vnni" and host.int8_dot != "vnni":
+        pytest.skip("this host has no AVX-512 VNNI")
+    if "avx2" not in host.features:
+        pytest.skip("this host has no AVX2")
+    hp = get_provider(host)
+    target, provider = (host, hp) if hp.name == get_provider(get_target(name)).name else \
+        (get_target(name), get_provider(get_target(name)))
+    return target, provider, dot_of(provider, dot_name)
+
+
+def test_host_provider_dot_steps(host):
+    """On an AVX2 host without VNNI (this project's Zen hosts) the host provider itself takes both
+    AVX2 steps (so the kernel tests below test the host's kernels): a ``vpmaddubsw`` one for 7-bit
+    weights, the s16 8x2 one for 8-bit weights."""
+    if host.arch != "x86_64" or host.int8_dot == "vnni" or "avx2" not in host.features:
+        pytest.skip("checks the AVX2 host provider")
+    p = get_provider(host)
+    assert p.name == "x86-avx2" and p.act_dtypes == ("uint8",)
+    seven, eight = p.conv_dot(64), p.conv_dot(65)
+    assert "u8s7" in seven.intrin and seven.lanes == 8, seven
+    assert (eight.lanes, eight.kb, eight.halves) == (8, 2, 1) and eight.intrin.endswith("u8s8s32_8x2"), eight
+    assert p.conv_dot(127) == eight
+    assert p.conv_weight_bits(8) == 7 and p.conv_weight_bits(8, reduce_range=False) == 8
+
+
+ASM = {
+    # dot step: instructions its kernel must contain
+    "avx2_7bit": ("vpmaddubsw", "vpaddsw", "vpmaddwd"),
+    "avx2_u8s7_8x4": ("vpmaddubsw", "vpmaddwd"),
+    "avx2_8bit": ("vpmaddwd", "vpmovsxbw"),
+    "vnni_16x4": ("vpdpbusd",),
+}
+
+
+@pytest.mark.parametrize("dot_name", list(ASM))
+def test_x86_dot_steps_emit_their_instructions(dot_name):
+    """Each step's kernel is built from its instructions (compiled only: VNNI needs no VNNI host)."""
+    target = get_target(DOTS[dot_name][0])
+    provider = get_provider(target)
+    p = conv_problem(provider, Conv(16, 16, 5, 7), dot_of(provider, dot_name), "requant_relu_u8", "uint8",
+                     DOTS[dot_name][1])
+    asm = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target()).mod.inspect_source("asm")
+    for instr in ASM[dot_name]:
+        assert re.search(rf"\b{instr}\b", asm), f"no {instr} in the {dot_name} kernel"
+
+
+CONV_CASES = {
+    "3x3_s1_p1": Conv(16, 32, 9, 9),
+    "3x3_s2_p1": Conv(16, 16, 10, 11, stride=(2, 2)),
+    "1x1": Conv(32, 48, 7, 7, k=(1, 1), pad=(0, 0, 0, 0)),
+    "1x1_s2": Conv(16, 32, 8, 8, k=(1, 1), stride=(2, 2), pad=(0, 0, 0, 0)),
+    "stem_7x7_s2_p3_c3": Conv(3, 16, 20, 20, k=(7, 7), stride=(2, 2), pad=(3, 3, 3, 3)),
+    "dilation2": Conv(16, 16, 10, 10, pad=(2, 2, 2, 2), dilation=(2, 2)),
+    "c24_o40": Conv(24, 40, 8, 8),
+    "ow7": Conv(16, 16, 5, 7),
+    "ow13_c20_o36": Conv(20, 36, 4, 13),
+    "out_1x1_spatial": Conv(16, 32, 3, 3, pad=(0, 0, 0, 0)),
+    "batch2": Conv(16, 24, 6, 6, n=2),
+    "asym_pad_rect_kernel": Conv(8, 20, 6, 9, k=(1, 3), stride=(1, 2), pad=(0, 1, 1, 2)),
+}
+
+
+def test_ragged_cases_really_are_ragged():
+    """The ``ow*`` cases leave a partial register tile on every AVX2 row (the padded-tile path)."""
+    for name in ("ow7", "ow13_c20_o36"):
+        ow = CONV_CASES[name].out_hw[1]
+        assert ow % int8_reg_n(ow, 2, 16) != 0, name
+
+
+X86_MATRIX = [(d, c, e) for d in ("avx2_7bit", "avx2_8bit", "avx2_u8s7_8x4") for c in CONV_CASES
+              for e in ("requant_relu_u8", "float_relu") if d != "avx2_u8s7_8x4" or e == "requant_relu_u8"]
+
+
+@pytest.mark.parametrize("dot_name,case_name,epi_name", X86_MATRIX)
+def test_blocked_conv_x86(host, dot_name, case_name, epi_name):
+    target, provider, dot = x86_dot(host, dot_name)
+    case = CONV_CASES[case_name]
+    p = conv_problem(provider, case, dot, epi_name, "uint8", DOTS[dot_name][1])
+    got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+@pytest.mark.parametrize("epi_name", ["requant_i8_zp", "float"])
+@pytest.mark.parametrize("dot_name", list(DOTS))
+def test_blocked_conv_x86_other_epilogues(host, dot_name, epi_name):
+    """Signed output with a zero point and no activation, and plain float output; every dot step."""
+    target, provider, dot = x86_dot(host, dot_name)
+    p = conv_problem(provider, CONV_CASES["ow13_c20_o36"], dot, epi_name, "uint8", DOTS[dot_name][1], seed=5)
+    got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+@pytest.mark.parametrize("dot_name", ["avx2_7bit", "avx2_u8s7_8x4", "avx2_8bit"])
+def test_blocked_conv_x86_extreme_codes(host, dot_name):
+    """All-255 activations against weights at the step's limit: +-64 for 7-bit weights (one
+    ``vpmaddubsw`` pair sum reaches 2 * 255 * 64 = 32640, just inside int16: the 8x4 step stays
+    exact, the saturating 8x8 step clamps two of them at 32767 as modelled), -128..127 for the
+    s16 step (exact)."""
+    target, provider, dot = x86_dot(host, dot_name)
+    case = Conv(32, 16, 5, 6)
+    rng = np.random.default_rng(7)
+    x = np.full((1, 32, 5, 6), 255, np.uint8)
+    x[:, :, 2, 3] = rng.integers(0, 256, 32)
+    if DOTS[dot_name][1] == 64:
+        w = np.where(rng.random((16, 32, 3, 3)) < 0.5, 64, -64).astype(np.int8)
+        w[::2] = 64  # whole channels of +64: every pair sum at 32640
+    else:
+        w = np.where(rng.random((16, 32, 3, 3)) < 0.5, 127, -128).astype(np.int8)
+        w[::2] = -128
+    p = conv_problem(provider, case, dot, "float", "uint8", 64, x_override=x, w_override=w)
+    assert (not np.array_equal(p.acc_b, p.exact)) == (dot.halves == 2)
+    got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+def test_reference_conv_agrees_with_this_model():
+    """hwcomp's own NumPy reference (``int8_conv.reference_conv``) computes this file's sums, exact
+    and saturating; and uniform codes with 7-bit weights do saturate the 8x8 step."""
+    case = Conv(20, 12, 7, 9, stride=(2, 1), pad=(1, 0, 2, 1), dilation=(1, 2))
+    rng = np.random.default_rng(17)
+    x = rng.integers(0, 256, (2, 20, 7, 9)).astype(np.uint8)
+    w = rng.integers(-64, 65, (12, 20, 3, 3)).astype(np.int8)
+    exact, sat = ref_conv(x, w, case, 5), ref_conv(x, w, case, 5, sat16=True)
+    for halves, mine in ((1, exact), (2, sat)):
+        theirs = ic.reference_conv(x, w, case.stride, case.pad, case.dilation, 5, halves)
+        np.testing.assert_array_equal(theirs.astype(np.int64), mine)
+    assert 0 < (exact != sat).mean() < 0.5
+
+
+# ---- depthwise -------------------------------------------------------------------------------------
+DW_CASES = {
+    "3x3_s1_c40": Conv(40, 40, 9, 9),
+    "3x3_s2_c24": Conv(24, 24, 11, 11, stride=(2, 2)),
+    "5x5_c40": Conv(40, 40, 7, 7, k=(5, 5), pad=(2, 2, 2, 2)),
+    "3x3_s2_c24_batch2": Conv(24, 24, 8, 8, stride=(2, 2), n=2),
+}
+
+
+@pytest.mark.parametrize("epi_name", ["requant_relu_u8", "float_relu"])
+@pytest.mark.parametrize("case_name", list(DW_CASES))
+def test_depthwise_x86(host, case_name, epi_name):
+    if host.arch != "x86_64":
+        pytest.skip("x86 host")
+    provider = get_provider(host)
+    a_dtype = provider.act_dtypes[0]
+    case = DW_CASES[case_name]
+    rng = np.random.default_rng(11)
+    lo, hi = act_range(a_dtype)
+    x = rng.integers(lo, hi + 1, (case.n, case.c, case.h, case.w)).astype(a_dtype)
+    w = rng.integers(-127, 128, (case.c, 1, *case.k)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, case.c).astype(np.int32)
+    pad_value = 9
+    garbage = rng.integers(lo, hi + 1, (case.n, ic.BLOCK, case.h, case.w)).astype(a_dtype)
+    xb = to_blocked(x, ic.BLOCK, garbage)
+    acc_b = ref_conv(x, w, case, pad_value, groups=case.c) + bias[None, :, None, None]
+    epi, params = epilogue_for(epi_name, acc_b, rng)
+    oh, ow = case.out_hw
+    nchw = epi.kind == "float"
+    func = ic.depthwise_nchwc_int8_func(xb.shape, case.c, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
+                                        pad_value, int8_reg_n(ow, 2, host.vector_registers), nchw)
+    func = provider.schedule_blocked_conv(func, None, depthwise=True)
+    cp = xb.shape[1] * ic.BLOCK
+    args = [xb, ic.pack_depthwise_weight(w, ic.BLOCK), ic.pad_channels(bias, cp), *padded_params(epi, params, cp)]
+    out_shape = (case.n, case.c, oh, ow) if nchw else (case.n, cp // ic.BLOCK, oh, ow, ic.BLOCK)
+    got = run_local(func, host, args, out_shape, epi.out_dtype)
+    check_output(got, acc_b, epi, params, case.c)
+
+
+# ---- layout I/O ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,zp,scale,bits", [("uint8", 131, 0.037, 8), ("int8", -5, 0.25, 8),
+                                                 ("uint8", 0, 0.05, 7)])
+@pytest.mark.parametrize("shape,block", [((1, 3, 5, 6), 4), ((2, 24, 3, 5), 16)])
+def test_quantize_dequantize_blocked(host, shape, block, dtype, zp, scale, bits):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:6] = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 1e4], np.float32) * np.float32(scale)  # ties; saturation
+    q = run_local(ic.quantize_blocked_func(shape, scale, zp, dtype, bits, block), host, [x],
+                  (shape[0], -(-shape[1] // block), *shape[2:], block), dtype)
+    expect = qmath.quantize(x, scale, zp, dtype, bits)
+    np.testing.assert_array_equal(from_blocked(q, shape[1]), expect)
+    assert (from_blocked(q, q.shape[1] * block)[:, shape[1]:] == zp).all(), "padded lanes must hold the zero point"
+    d = run_local(ic.dequantize_blocked_func(shape, scale, zp, dtype, block), host, [q], shape, "float32")
+    np.testing.assert_array_equal(d, qmath.dequantize(expect, scale, zp))
+    lo, hi = qmath.qrange(dtype, bits)
+    inside = (x >= (lo - zp) * scale) & (x <= (hi - zp) * scale)
+    assert inside.mean() > 0.3
+    assert np.abs(d - x)[inside].max() <= scale / 2 * (1 + 1e-5)
+    # int8 NCHW → blocked (block_int_func): padded lanes hold ``fill``
+    b = run_local(ic.block_int_func(shape, dtype, block, zp), host, [expect], q.shape, dtype)
+    np.testing.assert_array_equal(b, q)
+
+
+# ---- FoldBatchNorm ---------------------------------------------------------------------------------
+def _ops(mod) -> str:
+    return mod["main"].script(show_meta=False)
+
+
+@pytest.mark.parametrize("conv_bias", [False, True], ids=["conv_nobias", "conv_bias"])
+def test_fold_batch_norm(conv_bias):
+    from hwcomp.build import bind_weights
+    from hwcomp.frontend import load_model
+    from hwcomp.models import randomize_batchnorm
+    from hwcomp.passes.fold_batch_norm import FoldBatchNorm
+    from hwcomp.quantize.calibrate import HostModel
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(nn.Sequential(
+        nn.Conv2d(5, 12, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.Conv2d(12, 20, 3, stride=2, padding=1, bias=conv_bias), nn.BatchNorm2d(20)), seed=4).eval()
+    with torch.no_grad():
+        model[1].running_mean.add_(0.7)  # make the shift matter
+        model[4].running_var.mul_(3.0)
+    x = torch.randn(2, 5, 9, 9)
+    imported = load_model(model, (x,))
+    mod = bind_weights(imported.mod, imported.params)
+    assert _ops(mod).count("R.nn.batch_norm(") == 2
+    folded = FoldBatchNorm(mod)
+    text = _ops(folded)
+    left = text.count("R.nn.batch_norm(")
+    assert left == 0, f"FoldBatchNorm left {left} of 2 batch_norm(s) (conv bias={conv_bias})"
+    assert text.count("R.nn.conv2d(") == 2
+    assert _ops(mod).count("R.nn.batch_norm(") == 2, "the pass changed its input module"
+    xt = torch.randn(2, 5, 9, 9)
+    with torch.no_grad():
+        ref = model(xt).numpy()
+    out = HostModel(folded).run([xt.numpy()])[0]
+    err = float(np.abs(out - ref).max())
+    assert err <= FOLD_TOL * float(np.abs(ref).max()), err
+
+
+# ---- the int8 pipeline -----------------------------------------------------------------------------
+class ConvChain(nn.Module):
+    """conv-bn-relu, conv(stride 2)-bn-relu, conv 1x1: two int8 hand-offs; channels 3 → 24 → 40 → 20.
+    ``bias``: the convs before a batch-norm have their own bias (PyTorch's default; VGG-BN style)."""
+
+    def __init__(self, bias: bool = False):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 24, 3, padding=1, bias=bias), nn.BatchNorm2d(24), nn.ReLU(),
+            nn.Conv2d(24, 40, 3, stride=2, padding=1, bias=bias), nn.BatchNorm2d(40), nn.ReLU(),
+            nn.Conv2d(40, 20, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Residual(nn.Module):
+    """stem, then conv-bn-relu-conv-bn + identity, relu, head conv: the stem's output has a float
+    consumer (the add) so it leaves as float; the block's two convs hand off in int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head(torch.relu(self.b(self.a(y)) + y))
+
+
+PIPELINE = {
+    # name: (model, input shape, int8 hand-offs (producer conv, consumer conv), convs with float output)
+    "chain": (ConvChain, (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}),
+    "chain_conv_bias": (lambda: ConvChain(bias=True), (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")],
+                        {"conv2"}),
+    "residual": (Residual, (2, 3, 10, 10), [("conv1", "conv2")], {"conv0", "conv2", "conv3"}),
+}
+
+
+def _call_tir_bindings(mod) -> list[tuple]:
+    """``(var, callee name, args)`` of every ``call_tir`` in ``main``, in order."""
+    from tvm import relax
+
+    out = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and v.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+                out.append((b.var, v.args[0].name_hint, list(v.args[1].fields)))
+    return out
+
+
+@pytest.mark.parametrize("name", list(PIPELINE))
+def test_int8_cnn_pipeline(host, name, tmp_path):
+    import hwcomp
+    from hwcomp.frontend import load_model
+    from hwcomp.models import randomize_batchnorm
+    from hwcomp.quantize import QuantConfig
+    from hwcomp.quantize.pipeline import Int8Quantizer
+    from hwcomp.relax_graph import static_shape
+
+    make, shape, handoffs, float_out = PIPELINE[name]
+    torch.manual_seed(0)
+    model = randomize_batchnorm(make(), seed=1).eval()
+    rng = np.random.default_rng(21)
+    calib = [[rng.standard_normal(shape).astype(np.float32)] for _ in range(6)]
+    imported = load_model(model, (torch.randn(*shape),))
+    q = Int8Quantizer(get_target("host"), QuantConfig(), calib, params=imported.params, progress=False)
+    seen = []
+
+    def capture(mod):
+        seen.append(mod)
+        return mod
+
+    art = hwcomp.compile(imported, "host", tmp_path / "art",
+                         options=hwcomp.CompileOptions(passes=[*q.passes(), capture], use_default_database=False,
+                                                       compression_summary=None))
+    # (a) every conv on the blocked int8 kernel
+    convs = {r["layer"]: r for r in q.realizer.report if r["kind"] == "conv2d"}
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert len(convs) == n_convs
+    if get_provider(host).conv_dot() is not None:
+        for r in convs.values():
+            assert r["status"] == "int8" and r["kernel"].endswith("blocked int8 conv"), r
+            assert r["layout"].startswith("nchw") and r["layout"].endswith("c"), r
+        got_float = {k for k, r in convs.items() if r["output"] == "float32"}
+        assert got_float == float_out, f"convs with float32 output: {sorted(got_float)}, expected {sorted(float_out)}"
+    # (b) int8 hand-offs in the realized module: the consumer's call_tir reads the producer's
+    # blocked output var itself
+    (mod,) = seen
+    calls = _call_tir_bindings(mod)
+    by_callee = {callee: (var, args) for var, callee, args in calls}
+    for src, dst in handoffs:
+        src_var, _ = by_callee[f"q_{src}"]
+        _, dst_args = by_callee[f"q_{dst}"]
+        assert dst_args[0].same_as(src_var), f"q_{dst} does not read q_{src}'s output directly"
+        shape5 = static_shape(src_var)
+        assert len(shape5) == 5 and shape5[-1] == ic.BLOCK and src_var.ty.dtype == "uint8", src_var.ty
+        users = [callee for _, callee, args in calls if any(a.same_as(src_var) for a in args)]
+        assert users == [f"q_{dst}"], users
+    names = [callee for _, callee, _ in calls]
+    conv_in = [args[0] for _, callee, args in calls if re.fullmatch(r"q_conv\d+", callee)]
+    n_float_inputs = n_convs - len(handoffs)  # convs whose input is quantized from a float value
+    assert sum(n.startswith("q_quantize") for n in names) == n_float_inputs, names
+    assert not any(n.startswith("q_dequantize") for n in names), names  # float outputs come out of the conv
+    assert len(conv_in) == n_convs
+    # (c) close to fp32 on an input outside the calibration set
+    x = np.random.default_rng(99).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out = art.run([x])[0]
+    assert qmath.cosine(out, ref) >= MIN_COSINE, qmath.cosine(out, ref)
+
+
+# ---- AArch64: rpi4 (NEON) and rpi5 (sdot) -----------------------------------------------------------
+ARM_CASES = {
+    # name: (case, epilogue) -- few: the board is emulated
+    "3x3_c24_o40_ow7_requant": (Conv(24, 40, 7, 7), "requant_i8_zp"),
+    "stem_7x7_s2_c3_float": (Conv(3, 16, 13, 13, k=(7, 7), stride=(2, 2), pad=(3, 3, 3, 3)), "float_relu"),
+}
+ARM_INSTR = {"rpi4": "smull", "rpi5": "sdot"}
+
+
+def arm_problem(target_name: str, case_name: str) -> tuple:
+    target = get_target(target_name)
+    provider = get_provider(target)
+    dot = provider.conv_dot(127)
+    case, epi_name = ARM_CASES[case_name]
+    return target, conv_problem(provider, case, dot, epi_name, provider.act_dtypes[0], 127, seed=13)
+
+
+@pytest.mark.parametrize("target_name", list(ARM_INSTR))
+def test_arm_blocked_conv_cross_compiles(target_name):
+    target, p = arm_problem(target_name, "3x3_c24_o40_ow7_requant")
+    assert get_provider(target).act_dtypes == ("int8",)
+    ex = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target())
+    asm = ex.mod.inspect_source("asm")
+    assert re.search(rf"\b{ARM_INSTR[target_name]}\b", asm), f"no {ARM_INSTR[target_name]} for {target_name}"
+    if target_name == "rpi4":
+        assert not re.search(r"\bsdot\b", asm)
+
+
+@pytest.fixture(scope="module")
+def board():
+    """The emulated aarch64 board, as ``tests/runtime/conftest.py`` brings it up (shared root)."""
+    from hwcomp.runtime.board import board_available, board_down, board_up
+
+    ok, reason = board_available()
+    if not ok:
+        pytest.skip(reason)
+    root = Path(__file__).resolve().parents[2] / ".board" / "aarch64"
+    handle = board_up(root)
+    yield handle
+    if not handle.reused:  # leave a board someone else brought up running
+        board_down(root)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("case_name", list(ARM_CASES))
+@pytest.mark.parametrize("target_name", list(ARM_INSTR))
+def test_arm_blocked_conv_on_board(board, target_name, case_name, tmp_path):
+    from tvm.support import cc
+
+    from hwcomp.runtime.rpc import upload_library
+
+    target, p = arm_problem(target_name, case_name)
+    ex = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target())
+    path = tmp_path / f"conv_{target_name}_{case_name}.so"
+    ex.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+    remote = board.connect(session_timeout=120)
+    try:
+        dev = remote.cpu()
+        lib = upload_library(remote, path, board.arch)
+        out = tvm.runtime.tensor(np.zeros(p.out_shape, p.out_dtype), dev)
+        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in p.args], out)
+        got = out.numpy()
+    finally:
+        # end the session now (it holds the single-session server until collected: the session
+        # and its deadline watchdog refer to each other)
+        lib = out = dev = remote = None
+        gc.collect()
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
