@@ -60,6 +60,13 @@ def kernel_for(func, target: Target) -> str:
     return CONV_KERNEL if conv.apply(func, target.tvm_target(), False) is not None else KERNEL
 
 
+def is_window_reduction(func, target: Target) -> bool:
+    """Whether ``func`` is a pooling function (``schedules/cpu/pool.py``'s rule takes it)."""
+    from hwcomp.schedules.cpu.pool import WindowReduction
+
+    return WindowReduction(target.vector_bits).apply(func, target.tvm_target(), False) is not None
+
+
 def default_knobs(kernel: str = KERNEL):
     return kernel_types()[kernel]()
 
@@ -166,6 +173,10 @@ def tune_knobs(task: Task, target: Target, directory: Path, builder, runner, tri
 
     res = KnobResult(task.name, task.key)
     func = task.func
+    if is_window_reduction(func, target):
+        # pooling has its own rule and no knobs; a TiledReduction record would replace it
+        res.applicable = False
+        return res
     kernel = kernel_for(func, target)
     default = default_knobs(kernel)
     # Distinct schedules only: many knob sets collapse for a given shape (divisors, kc ≥ K, ...).

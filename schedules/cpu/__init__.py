@@ -1,6 +1,7 @@
 """Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
 
 from .conv import BlockedConv, ConvKnobs
+from .pool import WindowReduction
 from .rows import Injective, RowReduction
 from .rules import TiledReduction, TileKnobs, schedule_injective
 
@@ -10,8 +11,12 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
     ``registers``: the target's vector registers (sizes the convolution's register tile)."""
     from tvm.s_tir import dlight as dl
 
-    return [BlockedConv(vector_bits, registers=registers), TiledReduction(vector_bits, knobs),
+    # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
+    # take it for a matmul (10x slower)
+    return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
+            TiledReduction(vector_bits, knobs),
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "default_rules", "schedule_injective"]
+__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "WindowReduction", "default_rules",
+           "schedule_injective"]
