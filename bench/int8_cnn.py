@@ -1,0 +1,499 @@
+"""Int8 CNNs: hwcomp int8 against hwcomp fp32, ONNX Runtime fp32 and ONNX Runtime int8 (issue 19).
+
+Models: the zoo CNNs of ``hwcomp.zoo`` at their realistic size (``hwcomp.zoo.build(name,
+"realistic")``: random weights, batch-norm statistics gathered on random images; batch 1, 3x224x224):
+resnet18, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny. Variants per model:
+
+- hwcomp fp32: ``hwcomp.compile(model, "host")`` with default options;
+- hwcomp int8: ``CompileOptions(passes=Int8Quantizer(host, QuantConfig(), calib).passes())`` (what
+  ``hwcomp.quantize.quantize_passes`` returns, the quantizer kept to report its int8/fp32 layers),
+  calibrated on 16 random N(0, 1) images drawn from seed 0;
+- ONNX Runtime fp32: the model exported with ``bench/peers.py``'s ``export_onnx`` (dynamo, opset 18),
+  CPUExecutionProvider, all graph optimizations;
+- ONNX Runtime int8 static: that ONNX file through ``quant_pre_process`` (shape inference, fusions
+  such as Conv+BatchNorm) and ``quantize_static`` (QDQ format, per-channel int8 weights, min-max
+  calibration) on the SAME 16 calibration images through a ``CalibrationDataReader``. Both
+  activation types are quantized and timed — int8 (S8S8, ``quantize_static``'s default) and uint8
+  (U8S8) — and the ORT int8 column is the faster of the two on this CPU (ORT's best int8; on an
+  AVX2 CPU without VNNI U8S8 measured 2x faster than S8S8 on ResNet-18); the JSON has both.
+
+OpenVINO int8 (NNCF) is not measured: ``nncf`` is not installed in this environment.
+
+Fidelity: cosine of the output (``last_hidden_state``) against PyTorch fp32 on 4 held-out random
+images (seed 1), mean over the images (the JSON also has the minimum and the fp32 variants' cosine).
+Latency: all variants of a model round-robin (every variant ``--number`` calls per round, a 0.3 s
+pause before each so the previous framework's spinning threads park), median over ``--rounds``
+rounds, after a warm-up. Every framework runs ``--threads`` threads (default 2; ``TVM_NUM_THREADS``
+is set before TVM is loaded, ORT's ``intra_op_num_threads``, ``torch.set_num_threads``). A variant
+that fails (export, quantization, compile, run) shows its error's first line in the table instead of
+stopping the run.
+
+Digits CNN (``bench/accuracy.py``'s ``digits_cnn`` on sklearn digits, trained as that file does):
+compiled by hwcomp fp32 and int8 (calibrated on 64 training images, batch 1), top-1 on the test
+split for both and the drop in points. Runs unless ``--quick`` (then only with ``--digits``).
+
+    python bench/int8_cnn.py [--quick] [--models resnet18,mobilenet_v2] [--rounds 10] [--number 1]
+                             [--threads 2] [--digits | --no-digits]
+
+``--quick``: resnet18 only, 3 rounds, no digits section (~45 s on 2 cores; ``--models mobilenet_v2
+--rounds 2`` with the digits section ~100 s). Writes ``bench/results/int8_cnn.json``.
+Last line: ``int8_cnn_geomean_hwcomp_over_ort_int8=<x>``: the geometric mean over the models of
+hwcomp int8 latency / ONNX Runtime int8 latency (lower is better; below 1 = hwcomp int8 faster);
+``nan`` when no model has both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers
+from common import write_results
+
+MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
+VARIANTS = ("hwcomp_fp32", "hwcomp_int8", "ort_fp32", "ort_int8")  # the table's latency columns
+ORT_INT8 = {"int8": "ort_int8_s8s8", "uint8": "ort_int8_u8s8"}  # activation type -> timed variant
+N_CALIB, CALIB_SEED = 16, 0
+N_HELD, HELD_SEED = 4, 1
+DIGITS_CALIB = 64
+PAUSE_S = 0.3
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one line (TVM's errors are long C++ traces)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:200]}"
+
+
+def _cos(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _images(shape: tuple[int, ...], n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+# ---- ONNX Runtime ------------------------------------------------------------------------------
+
+def _ort_session(path: Path, threads: int):
+    """A CPU session set up as ``peers.ort_runner``'s (``threads`` intra-op threads, sequential)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: x})[0])
+
+    return run
+
+
+def ort_int8_static(onnx_path: Path, out_path: Path, calib: list[np.ndarray], activations: str = "int8") -> dict:
+    """Quantize ``onnx_path`` with ``quantize_static`` (QDQ, per-channel int8 weights, ``activations``
+    int8 or uint8) on ``calib``; returns what was done (the pre-processing step is skipped, and said
+    so, where it fails)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {input_name: x}
+
+        def rewind(self):
+            self.it = iter(calib)
+
+    info: dict = {"format": "QDQ", "per_channel": True, "calibration_images": len(calib)}
+    src = onnx_path
+    pre = out_path.with_name(out_path.stem + "_pre.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(onnx_path), str(pre))
+        src = pre
+        info["pre_process"] = True
+    except Exception as e:  # noqa: BLE001 - quantize the exported file as it is
+        info["pre_process"] = f"skipped: {_reason(e)}"
+    act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
+    info["activation_type"], info["weight_type"] = act.name, QuantType.QInt8.name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(src), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=act, weight_type=QuantType.QInt8)
+    return info
+
+
+# ---- one model ---------------------------------------------------------------------------------
+
+def bench_model(name: str, args, workdir: Path) -> dict:
+    """Build, compile and quantize every variant, check fidelity, time them round-robin."""
+    import hwcomp
+    from hwcomp import zoo
+    from hwcomp.frontend import load_model
+    from hwcomp.quantize import QuantConfig
+    from hwcomp.quantize.pipeline import Int8Quantizer
+    from hwcomp.runtime.measure import prepared_call
+    from hwcomp.target import get_target
+
+    row: dict = {"model": name, "errors": {}, "cosine_mean": {}, "cosine_min": {}, "compile_s": {}}
+    t0 = time.perf_counter()
+    model = zoo.build(name, "realistic")
+    module = model.module
+    shape = tuple(model.inputs[0].shape)
+    row["input"] = list(shape)
+    row["params_m"] = model.n_params / 1e6
+    calib = _images(shape, N_CALIB, CALIB_SEED)
+    held = _images(shape, N_HELD, HELD_SEED)
+    with torch.no_grad():
+        refs = [module(torch.from_numpy(x)).numpy() for x in held]
+    row["build_s"] = time.perf_counter() - t0
+    wd = workdir / name
+    wd.mkdir(parents=True, exist_ok=True)
+
+    runs: dict = {}   # label -> f(np image) -> np output
+    calls: dict = {}  # label -> zero-argument timed call on held[0]
+
+    def attempt(label: str, make) -> None:
+        t = time.perf_counter()
+        try:
+            run, call = make()
+            runs[label], calls[label] = run, call
+        except Exception as e:  # noqa: BLE001 - one variant's failure is a result, not the end of the run
+            row["errors"][label] = _reason(e)
+            row.setdefault("tracebacks", {})[label] = traceback.format_exc(limit=-4)
+        row["compile_s"][label] = time.perf_counter() - t
+        print(f"  {label}: {'ok' if label in runs else 'FAILED ' + row['errors'][label]} "
+              f"({row['compile_s'][label]:.1f} s)", flush=True)
+
+    host = get_target("host")
+    imported = {}
+
+    def hwcomp_variant(label: str, options_fn):
+        def make():
+            if "m" not in imported:
+                imported["m"] = load_model(module, model.inputs)
+            art = hwcomp.compile(imported["m"], "host", wd / label, options=options_fn())
+            fid = art.manifest.get("fidelity") or {}
+            if isinstance(fid, dict) and "cosine" in fid:
+                row.setdefault("compile_fidelity_cosine", {})[label] = fid["cosine"]
+            call = prepared_call(art.vm(), art.device(), art.device_args([held[0]]))
+            return (lambda x: art.run([x])[0]), call
+        return make
+
+    def int8_options():
+        q = Int8Quantizer(host, QuantConfig(), [[x] for x in calib], params=imported["m"].params, progress=False)
+        row["_quantizer"] = q
+        return hwcomp.CompileOptions(passes=q.passes(), compression_summary={"passes": ["int8"]})
+
+    print(f"[{name}] {row['params_m']:.1f}M params, input {list(shape)}", flush=True)
+    attempt("hwcomp_fp32", hwcomp_variant("hwcomp_fp32", hwcomp.CompileOptions))
+    attempt("hwcomp_int8", hwcomp_variant("hwcomp_int8", int8_options))
+    q = row.pop("_quantizer", None)
+    if q is not None and q.realizer is not None:
+        row["hwcomp_int8_layers"] = sum(r["status"] == "int8" for r in q.realizer.report)
+        row["hwcomp_fp32_layers"] = sum(r["status"] == "fp32" for r in q.realizer.report)
+        row["hwcomp_int8_kernel"] = q.provider.describe()
+
+    onnx_path = wd / "model.onnx"
+    exported: dict = {}
+
+    def export():
+        if "names" not in exported:
+            try:
+                exported["names"], row["onnx_exporter"] = peers.export_onnx(module, model.inputs, onnx_path)
+            except Exception as e:  # noqa: BLE001 - both ORT variants need it: remember why it failed
+                exported["names"] = e
+        if isinstance(exported["names"], Exception):
+            raise exported["names"]
+
+    def ort_variant(path_fn):
+        def make():
+            export()
+            run = _ort_session(path_fn(), args.threads)
+            x0 = held[0]
+            return run, (lambda: run(x0))
+        return make
+
+    def int8_path(activations: str):
+        def path():
+            out = wd / f"model_int8_{activations}.onnx"
+            row.setdefault("ort_int8_quantization", {})[ORT_INT8[activations]] = \
+                ort_int8_static(onnx_path, out, calib, activations)
+            return out
+        return path
+
+    attempt("ort_fp32", ort_variant(lambda: onnx_path))
+    for act, label in ORT_INT8.items():
+        attempt(label, ort_variant(int8_path(act)))
+
+    # fidelity against PyTorch fp32 on the held-out images
+    for label in list(runs):
+        try:
+            cos = [_cos(runs[label](x), r) for x, r in zip(held, refs)]
+            row["cosine_mean"][label], row["cosine_min"][label] = float(np.mean(cos)), float(np.min(cos))
+        except Exception as e:  # noqa: BLE001
+            row["errors"][label] = _reason(e)
+            runs.pop(label), calls.pop(label)
+
+    # latency: warm-up, then round-robin
+    samples: dict = {label: [] for label in calls}
+    for label in list(calls):
+        try:
+            for _ in range(args.warmup):
+                calls[label]()
+        except Exception as e:  # noqa: BLE001
+            row["errors"][label] = _reason(e)
+            calls.pop(label)
+    print(f"  timing {len(calls)} variants x {args.rounds} rounds", flush=True)
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for label in list(calls):
+                time.sleep(PAUSE_S)  # let the previous framework's spinning threads park
+                t = time.perf_counter()
+                try:
+                    for _ in range(args.number):
+                        calls[label]()
+                except Exception as e:  # noqa: BLE001
+                    row["errors"][label] = _reason(e)
+                    calls.pop(label)
+                    continue
+                samples[label].append((time.perf_counter() - t) / args.number * 1e3)
+    row["samples_ms"] = {k: [round(s, 4) for s in v] for k, v in samples.items() if v and k in calls}
+    for label, s in row["samples_ms"].items():
+        row[f"{label}_ms"] = float(np.median(s))
+    # "ORT int8" = the faster of its two activation types on this CPU (its best int8 configuration)
+    timed = [(row[f"{lb}_ms"], lb) for lb in ORT_INT8.values() if f"{lb}_ms" in row]
+    if timed:
+        best = min(timed)[1]
+        row["ort_int8_ms"], row["ort_int8_config"] = row[f"{best}_ms"], best
+        row["cosine_mean"]["ort_int8"] = row["cosine_mean"][best]
+        row["cosine_min"]["ort_int8"] = row["cosine_min"][best]
+    else:
+        row["errors"]["ort_int8"] = "; ".join(f"{lb.split('_')[-1]}: {row['errors'][lb]}"
+                                              for lb in ORT_INT8.values() if lb in row["errors"]) or "not timed"
+    if "hwcomp_fp32_ms" in row and "hwcomp_int8_ms" in row:
+        row["hwcomp_int8_speedup"] = row["hwcomp_fp32_ms"] / row["hwcomp_int8_ms"]
+    if "hwcomp_int8_ms" in row and "ort_int8_ms" in row:
+        row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
+    if not row["errors"]:
+        del row["errors"]
+    shutil.rmtree(wd, ignore_errors=True)
+    return row
+
+
+# ---- digits CNN --------------------------------------------------------------------------------
+
+def bench_digits(args) -> dict:
+    """``bench/accuracy.py``'s digits CNN, trained as there, compiled fp32 and int8: test top-1."""
+    from accuracy import Shuffled, accuracy, digits_cnn, digits_data
+
+    import hwcomp
+    from hwcomp.compress.finetune import FinetuneConfig, finetune
+    from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
+
+    t0 = time.perf_counter()
+    x_tr, y_tr, x_te, y_te = digits_data()
+    torch.manual_seed(0)
+    model = digits_cnn()
+    epochs = 8 if args.quick else 15  # as bench/accuracy.py (quick / full)
+    finetune(model, Shuffled(x_tr, y_tr, 64, seed=0), FinetuneConfig(epochs=epochs, lr=3e-3))
+    model.eval()
+    out: dict = {"train": len(x_tr), "test": len(x_te), "epochs": epochs, "calibration_images": DIGITS_CALIB,
+                 "torch_fp32_acc": accuracy(model, x_te, y_te)}
+    out["train_s"] = time.perf_counter() - t0
+    print(f"[digits] trained {epochs} epochs in {out['train_s']:.1f} s: PyTorch fp32 top-1 "
+          f"{out['torch_fp32_acc']:.2f} %", flush=True)
+    host = get_target("host")
+    calib = [[x_tr[i:i + 1].numpy()] for i in range(DIGITS_CALIB)]
+    options = {"hwcomp_fp32": lambda: hwcomp.CompileOptions(),
+               "hwcomp_int8": lambda: hwcomp.CompileOptions(
+                   passes=quantize_passes(host, QuantConfig(), calib, progress=False))}
+    y = y_te.numpy()
+    for label, opts in options.items():
+        try:
+            art = hwcomp.compile(model, "host", None, example_inputs=(x_te[:1],), options=opts())
+            pred = np.array([int(np.argmax(art.run([x_te[i:i + 1].numpy()])[0])) for i in range(len(x_te))])
+            out[f"{label}_acc"] = 100.0 * float((pred == y).mean())
+            print(f"  {label}: top-1 {out[f'{label}_acc']:.2f} %", flush=True)
+        except Exception as e:  # noqa: BLE001
+            out.setdefault("errors", {})[label] = _reason(e)
+            print(f"  {label}: FAILED {out['errors'][label]}", flush=True)
+    if "hwcomp_fp32_acc" in out and "hwcomp_int8_acc" in out:
+        out["int8_drop_points"] = out["hwcomp_fp32_acc"] - out["hwcomp_int8_acc"]
+    out["total_s"] = time.perf_counter() - t0
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+HEADER = ["model", "hwcomp fp32 ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms", "int8/fp32 speedup (hwcomp)",
+          "hwcomp int8 / ORT int8", "cosine hwcomp int8", "cosine ORT int8"]
+
+
+def _cells(r: dict) -> list[str]:
+    """One table row: a failed variant's cells hold its error's first line."""
+    if "error" in r:  # the model itself (building it) failed
+        return [r["model"], "ERROR: " + r["error"][:120]] + ["-"] * (len(HEADER) - 2)
+    errors = r.get("errors", {})
+
+    def value(label: str, v, fmt: str) -> str:
+        if label in errors:
+            return "ERROR: " + errors[label][:120]
+        return "-" if v is None else format(v, fmt)
+
+    def ratio(key: str) -> str:
+        return "-" if key not in r else f"{r[key]:.2f}"
+
+    ms = [value(lb, r.get(f"{lb}_ms"), ".2f") for lb in VARIANTS]
+    if "ort_int8_config" in r:  # which activation type was the faster
+        ms[-1] += f" ({r['ort_int8_config'].split('_')[-1]})"
+    return [r["model"], *ms,
+            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_over_ort_int8"),
+            *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8"))]
+
+
+def print_markdown(rows: list[dict]) -> None:
+    lines = [_cells(r) for r in rows]
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(HEADER)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(HEADER, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for ln in lines:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
+
+
+def _tvm_threads() -> int | None:
+    import tvm
+
+    f = tvm.get_global_func("runtime.NumThreads", True)
+    return int(f()) if f else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="resnet18 only, 3 rounds, no digits section")
+    p.add_argument("--models", help=f"comma-separated zoo CNNs (default: {','.join(MODELS)})")
+    p.add_argument("--rounds", type=int, help="round-robin rounds (default 10, --quick 3)")
+    p.add_argument("--number", type=int, default=1, help="calls per variant per round (their mean is a sample)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant first")
+    p.add_argument("--threads", type=int, default=2, help="threads for every framework")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--digits", dest="digits", action="store_true", default=None,
+                   help="run the digits CNN section (default: on unless --quick)")
+    g.add_argument("--no-digits", dest="digits", action="store_false")
+    args = p.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 10)
+    digits = (not args.quick) if args.digits is None else args.digits
+    names = args.models.split(",") if args.models else (["resnet18"] if args.quick else list(MODELS))
+
+    # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    t_start = time.perf_counter()
+    machine = peers.machine_info(args.threads)
+    print(f"CPU: {machine['cpu']}; {args.threads} threads per framework "
+          f"({machine['cpus_available']} CPUs available)", flush=True)
+
+    rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="hwcomp-int8-cnn-"))
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                row = bench_model(name, args, workdir)
+            except Exception as e:  # noqa: BLE001 - one model's failure is a result, not the end of the run
+                row = {"model": name, "error": _reason(e), "traceback": traceback.format_exc(limit=-6)}
+                print(f"  {name} FAILED: {row['error']}", flush=True)
+            row["total_s"] = time.perf_counter() - t0
+            rows.append(row)
+            gc.collect()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    dig = None
+    if digits:
+        try:
+            dig = bench_digits(args)
+        except Exception as e:  # noqa: BLE001
+            dig = {"error": _reason(e), "traceback": traceback.format_exc(limit=-6)}
+            print(f"[digits] FAILED: {dig['error']}", flush=True)
+
+    threads = {"tvm": _tvm_threads(), "torch": torch.get_num_threads(), "onnxruntime": args.threads}
+    print()
+    print(f"CPU: {machine['cpu']} (AVX2 {machine['avx2']}, AVX-512 {machine['avx512']}, "
+          f"VNNI {'avx512_vnni' in machine['avx512_flags']}); threads: {threads}; batch 1; median of "
+          f"{args.rounds} round-robin rounds x {args.number} call(s)")
+    print()
+    print_markdown(rows)
+    print("ORT int8 = the faster of S8S8 and U8S8 (in brackets); cosine = mean over "
+          f"{N_HELD} held-out images vs PyTorch fp32")
+    for r in rows:
+        both = [f"{lb.split('_')[-1]} {r[lb + '_ms']:.2f} ms (cos {r['cosine_mean'][lb]:.5f})"
+                for lb in ORT_INT8.values() if lb + "_ms" in r]
+        if both:
+            print(f"  {r['model']} ORT int8: " + ", ".join(both))
+        for label, why in r.get("errors", {}).items():
+            print(f"  {r['model']} {label}: {why}")
+    if dig is not None:
+        print()
+        if "error" in dig:
+            print(f"digits CNN: FAILED {dig['error']}")
+        else:
+            def acc(k):
+                return f"{dig[k]:.2f} %" if k in dig else "ERROR: " + dig.get("errors", {}).get(k[:-4], "?")
+            drop = f"{dig['int8_drop_points']:+.2f}" if "int8_drop_points" in dig else "-"
+            print(f"digits CNN ({dig['test']} test images; int8 calibrated on {DIGITS_CALIB} training images): "
+                  f"PyTorch fp32 {dig['torch_fp32_acc']:.2f} %, hwcomp fp32 {acc('hwcomp_fp32_acc')}, "
+                  f"hwcomp int8 {acc('hwcomp_int8_acc')}, int8 drop {drop} points")
+
+    ratios = [r["hwcomp_int8_over_ort_int8"] for r in rows if "hwcomp_int8_over_ort_int8" in r]
+    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+    total_s = time.perf_counter() - t_start
+    write_results("int8_cnn", {
+        "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,
+        "warmup": args.warmup, "pause_s": PAUSE_S, "quick": args.quick,
+        "calibration": {"images": N_CALIB, "seed": CALIB_SEED, "distribution": "N(0, 1)"},
+        "held_out": {"images": N_HELD, "seed": HELD_SEED},
+        "models": rows, "digits": dig, "geomean_hwcomp_int8_over_ort_int8": geomean,
+        "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
+        "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
+                 "the faster of S8S8 and U8S8; "
+                 "OpenVINO int8 not measured (nncf not installed); machine shared with other jobs"})
+    print(f"total {total_s:.0f} s")
+    print(f"int8_cnn_geomean_hwcomp_over_ort_int8={geomean:.3f}")
+
+
+if __name__ == "__main__":
+    main()
