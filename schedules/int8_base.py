@@ -41,6 +41,10 @@ class KernelProvider:
     name = "generic"
     act_dtypes: tuple[str, ...] = ("int8", "uint8")
     reduce_range_pays: bool = False
+    #: Convolutions requantize through float32 (``float_requant``) rather than a 64-bit fixed-point
+    #: multiply: x86 has no vector 64-bit multiply before AVX-512, and LLVM's emulation of it cost
+    #: more than the dot products in MobileNet's narrow 1x1 convs.
+    conv_requant_in_float: bool = False
 
     def __init__(self, target=None):
         self.target = target

@@ -150,6 +150,7 @@ class X86Int8Provider(KernelProvider):
         self.name = "x86-vnni" if self.vnni else "x86-avx2" if self.avx2 else "generic"
         self.act_dtypes = ("uint8",) if self.vnni or self.avx2 else ("int8", "uint8")
         self.reduce_range_pays = self.avx2 and not self.vnni
+        self.conv_requant_in_float = True
         register_intrinsics()
 
     def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
