@@ -95,7 +95,30 @@ def plan_epilogue(g: Graph, layer: Layer, used_keys=frozenset()) -> Plan:
         act = _act_of(g.value(u))
         chain += reshapes + [u]
         cur = u
+    elif not reshapes and (silu := _silu_of(g, probe)) is not None:
+        act = "silu"
+        chain += list(silu)
+        cur = silu[1]
     return Plan(layer, chain, cur, bias, act)
+
+
+def _silu_of(g: Graph, x):
+    """``(s, y)`` where ``x``'s only users are ``s = sigmoid(x)`` and ``y = x * s`` (SiLU written out,
+    as EfficientNet's exported graph has it), else None."""
+    users = g.users.get(x, [])
+    if len(users) != 2 or any(u is None for u in users):
+        return None
+    sig = next((u for u in users if op_name(g.value(u)) == "relax.sigmoid"), None)
+    if sig is None:
+        return None
+    mul = next(u for u in users if u is not sig)
+    val = g.value(mul)
+    if op_name(val) != "relax.multiply" or g.users.get(sig, []) != [mul]:
+        return None
+    args = list(val.args)
+    if not (args[0].same_as(x) and args[1].same_as(sig) or args[1].same_as(x) and args[0].same_as(sig)):
+        return None
+    return sig, mul
 
 def int8_consumers(g: Graph, var, layer_by_var: dict) -> list | None:
     """Quantized consumers ``(layer, operand index)`` of ``var``, or None if a float one exists."""
