@@ -520,12 +520,33 @@ class Residual(nn.Module):
         return self.head(torch.relu(self.b(self.a(y)) + y))
 
 
+class MobileBlock(nn.Module):
+    """MobileNetV2's inverted residual without the skip: 1x1 expand-bn-ReLU6, depthwise 3x3-bn-ReLU6,
+    1x1 project; ``silu``: EfficientNet's SiLU written out as ``x * sigmoid(x)`` instead."""
+
+    def __init__(self, silu: bool = False):
+        super().__init__()
+        self.silu = silu
+        self.expand = nn.Sequential(nn.Conv2d(8, 48, 1, bias=False), nn.BatchNorm2d(48))
+        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48, bias=False), nn.BatchNorm2d(48))
+        self.project = nn.Conv2d(48, 24, 1)
+
+    def act(self, x):
+        return x * torch.sigmoid(x) if self.silu else torch.nn.functional.relu6(x)
+
+    def forward(self, x):
+        return self.project(self.act(self.dw(self.act(self.expand(x)))))
+
+
 PIPELINE = {
     # name: (model, input shape, int8 hand-offs (producer conv, consumer conv), convs with float output)
     "chain": (ConvChain, (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}),
     "chain_conv_bias": (lambda: ConvChain(bias=True), (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")],
                         {"conv2"}),
     "residual": (Residual, (2, 3, 10, 10), [("conv1", "conv2")], {"conv0", "conv2", "conv3"}),
+    "mobile_relu6": (MobileBlock, (1, 8, 15, 15), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}),
+    "mobile_silu": (lambda: MobileBlock(silu=True), (1, 8, 15, 15), [("conv0", "conv1"), ("conv1", "conv2")],
+                    {"conv2"}),
 }
 
 
@@ -573,7 +594,9 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     assert len(convs) == n_convs
     if get_provider(host).conv_dot() is not None:
         for r in convs.values():
-            assert r["status"] == "int8" and r["kernel"].endswith("blocked int8 conv"), r
+            assert r["status"] == "int8" and r["kernel"].endswith(("blocked int8 conv", "blocked int8 depthwise")), r
+            if name.startswith("mobile") and r["layer"] != "conv2":  # the activation is inside the kernel
+                assert r["epilogue"]["act"] in ("relu", "relu6", "silu"), r
             assert r["layout"].startswith("nchw") and r["layout"].endswith("c"), r
         got_float = {k for k, r in convs.items() if r["output"] == "float32"}
         assert got_float == float_out, f"convs with float32 output: {sorted(got_float)}, expected {sorted(float_out)}"
@@ -595,6 +618,7 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     n_float_inputs = n_convs - len(handoffs)  # convs whose input is quantized from a float value
     assert sum(n.startswith("q_quantize") for n in names) == n_float_inputs, names
     assert not any(n.startswith("q_dequantize") for n in names), names  # float outputs come out of the conv
+    assert all(n.startswith("q_") for n in names), names  # activations absorbed: no float op between convs
     assert len(conv_in) == n_convs
     # (c) close to fp32 on an input outside the calibration set
     x = np.random.default_rng(99).standard_normal(shape).astype(np.float32)
@@ -672,3 +696,19 @@ def test_arm_blocked_conv_on_board(board, target_name, case_name, tmp_path):
         lib = out = dev = remote = None
         gc.collect()
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+def test_fast_exp_matches_numpy():
+    """The vectorizing exp of the SiLU epilogue: relative error below 1e-5 over [-87, 87] (float32 rounding of x log2(e) dominates at the ends)."""
+    from tvm import te
+
+    from hwcomp.quantize.int8_compute import fast_exp
+
+    xs = np.concatenate([np.linspace(-87, 87, 4001), [-0.0, 1e-7, -1e-7]]).astype(np.float32)
+    x = te.placeholder((xs.size,), "float32", "x")
+    y = te.compute(x.shape, lambda i: fast_exp(x[i]), name="y")
+    lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([x, y])}), target=tvm.target.Target({"kind": "llvm"}))
+    out = tvm.runtime.tensor(np.zeros_like(xs))
+    lib["main"](tvm.runtime.tensor(xs), out)
+    rel = np.abs(out.numpy().astype(np.float64) / np.exp(xs.astype(np.float64)) - 1)
+    assert rel.max() < 1e-5, float(rel.max())
