@@ -72,7 +72,7 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
                                   px.zp, kb, reg_n, nchw_out, dot.halves)
     # op_pattern opaque: FuseOps must not merge later element-wise ops into this scheduled kernel
-    f = provider.schedule_blocked_conv(f, dot).with_attr("op_pattern", 8)
+    f = provider.schedule_blocked_conv(f, dot)
     gv = add_func(bb, f, f"q_{layer.id}")
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
     args = [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, kb, dot.halves)),
@@ -102,7 +102,7 @@ def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, 
     nchw_out = epi.kind == "float"
     f = ic.depthwise_nchwc_int8_func((n, cb, h, w, x), c, (kh, kw), strides, padding, dilation, px.dtype, epi, px.zp,
                                      reg_n, nchw_out)
-    f = provider.schedule_blocked_conv(f, None, depthwise=True).with_attr("op_pattern", 8)
+    f = provider.schedule_blocked_conv(f, None, depthwise=True)
     gv = add_func(bb, f, f"q_{layer.id}")
     n_pad = cb * x
     args = [xq, relax.const(ic.pack_depthwise_weight(wq, x)), relax.const(ic.pad_channels(bias, n_pad))]
