@@ -19,6 +19,11 @@ Epilogues (``Epilogue.kind``):
 * ``float``: ``y = act(float32(acc + bias) * scale[n])`` → float32;
 * ``requant``: ``q = clip(rshift_round(int64(acc + bias) * mult[n], shift[n]) + zp)`` → int8/uint8,
   ``relu`` clamps at ``zp``; exactly :func:`hwcomp.quantize.qmath.requantize`;
+* ``requant_f32``: ``q = clip(round_half_even(float32(acc + bias) * mult[n]) + zp)`` with
+  ``mult = s_x s_w / s_y`` in float32 (ONNX Runtime's requantization): one multiply, no 64-bit
+  arithmetic, for targets without a vector 64-bit multiply (x86 before AVX-512); ``relu`` clamps at
+  ``zp``. Within one code of ``requant`` (float32 rounding of ``acc + bias`` past 2^24 and of
+  ``mult``);
 * ``float_requant``: ``q = clip(round_half_even(act(float32(acc + bias) * scale[n]) * inv_out[n]) + zp)``
   with ``inv_out = 1 / s_y`` (divided by the next op's smoothing factors where it has them): a
   float activation such as GELU between two quantized ops; the result never leaves the kernel
@@ -59,9 +64,9 @@ class Epilogue:
     bits: int = 8
 
     def __post_init__(self):
-        assert self.kind in ("float", "requant", "float_requant"), self.kind
+        assert self.kind in ("float", "requant", "requant_f32", "float_requant"), self.kind
         assert self.act in ACTS, self.act
-        if self.kind == "requant":
+        if self.kind in ("requant", "requant_f32"):
             assert self.act in (None, "relu"), "requant only fuses relu; use float_requant"
 
     @property
@@ -188,6 +193,8 @@ def epilogue_inputs(epi: Epilogue, n: int) -> list:
     """The per-channel parameter placeholders an epilogue reads (after A, W, bias)."""
     if epi.kind == "requant":
         return [te.placeholder(_s((n,)), "int32", "mult"), te.placeholder(_s((n,)), "int32", "shift")]
+    if epi.kind == "requant_f32":  # s_x s_w / s_y per channel
+        return [te.placeholder(_s((n,)), "float32", "mult")]
     if epi.kind == "float_requant":  # dequant scale, and 1/s_y per channel (smoothing makes it vary)
         return [te.placeholder(_s((n,)), "float32", "scale"), te.placeholder(_s((n,)), "float32", "inv_out")]
     return [te.placeholder(_s((n,)), "float32", "scale")]
@@ -196,6 +203,8 @@ def epilogue_inputs(epi: Epilogue, n: int) -> list:
 def _apply_epilogue(acc_plus_bias, params, j, epi: Epilogue):
     if epi.kind == "requant":
         return _requant_expr(acc_plus_bias, params[0][j], params[1][j], epi)
+    if epi.kind == "requant_f32":  # one multiply; ReLU is the clamp at the zero point (qrange)
+        return _float_requant_expr(acc_plus_bias.astype("float32"), epi, params[0][j])
     y = activation(acc_plus_bias.astype("float32") * params[0][j], epi.act)
     if epi.kind == "float":
         return y

@@ -431,7 +431,10 @@ class Realizer:
             _, hi = qmath.qrange(po.dtype, cfg.bits)
             if (hi - po.zp) * po.scale <= 6.0 * (1 + 1e-6):
                 act = "relu"  # the output's own clamp stops at or below 6: ReLU6 is a ReLU here
-        if act in (None, "relu") and not (layer.kind == "conv2d" and self.provider.conv_requant_in_float):
+        if act in (None, "relu") and layer.kind == "conv2d" and self.provider.conv_requant_in_float:
+            m = (np.float64(px.scale) * s_w.astype(np.float64) / s_out).astype(np.float32)
+            return Epilogue("requant_f32", act, po.dtype, po.scale, po.zp, cfg.bits), [m], po
+        if act in (None, "relu"):
             mult, shift = qmath.fixed_point(np.float64(px.scale) * s_w.astype(np.float64) / s_out)
             return Epilogue("requant", act, po.dtype, po.scale, po.zp, cfg.bits), [mult, shift], po
         return (Epilogue("float_requant", plan.act, po.dtype, po.scale, po.zp, cfg.bits),
