@@ -91,15 +91,8 @@ def _images(shape: tuple[int, ...], n: int, seed: int) -> list[np.ndarray]:
 # ---- ONNX Runtime ------------------------------------------------------------------------------
 
 def _ort_session(path: Path, threads: int):
-    """A CPU session set up as ``peers.ort_runner``'s (``threads`` intra-op threads, sequential)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A run function over ``peers.ort_session`` (``threads`` intra-op threads, sequential)."""
+    sess = peers.ort_session(path, threads)
     name = sess.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:

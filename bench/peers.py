@@ -83,7 +83,8 @@ def _feeds(model_input_names: list[str], names: list[str], arrays: list[np.ndarr
     return {n: by_name[n] for n in model_input_names}
 
 
-def ort_runner(onnx_path: Path, names: list[str], arrays: list[np.ndarray], threads: int):
+def ort_session(onnx_path: Path, threads: int):
+    """An ONNX Runtime CPU session: all graph optimizations, ``threads`` intra-op threads, sequential."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -91,7 +92,11 @@ def ort_runner(onnx_path: Path, names: list[str], arrays: list[np.ndarray], thre
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(onnx_path: Path, names: list[str], arrays: list[np.ndarray], threads: int):
+    sess = ort_session(onnx_path, threads)
     feeds = _feeds([i.name for i in sess.get_inputs()], names, arrays)
 
     def call():

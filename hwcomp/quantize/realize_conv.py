@@ -54,32 +54,40 @@ def _padded_epilogue_params(eparams: list, epi, n_pad: int) -> list:
     return out
 
 
-def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot):
-    """Emit the blocked int8 conv; returns its output: float32 NCHW, or int8 ``[N, O/x, OH, OW, x]``."""
-    lanes, kb = dot.lanes, dot.kb
-    n, cb, h, w, xi = static_shape(xq)
-    o, _, kh, kw = wq.shape
+def _geometry(at, xq, wq) -> tuple:
+    """``(strides, padding, dilation, (OH, OW))`` of a conv with attrs ``at`` on the blocked ``xq``."""
+    _, _, h, w, _ = static_shape(xq)
+    _, _, kh, kw = wq.shape
     strides = [int(v) for v in at.strides]
     padding = [int(v) for v in at.padding]
     dilation = [int(v) for v in at.dilation]
-    ow = ic.out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
     oh = ic.out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
+    ow = ic.out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
+    return strides, padding, dilation, (oh, ow)
+
+
+def _emit(bb, add_func, layer, f, xq, w_packed, bias, epi, eparams, n_pad: int, out_nchw: tuple, out_blocked: tuple):
+    gv = add_func(bb, f, f"q_{layer.id}")
+    args = [xq, relax.const(w_packed), relax.const(ic.pad_channels(bias, n_pad))]
+    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
+    oshape = out_nchw if epi.kind == "float" else out_blocked
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+
+
+def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot):
+    """Emit the blocked int8 conv; returns its output: float32 NCHW, or int8 ``[N, O/x, OH, OW, x]``."""
     from hwcomp.schedules.cpu.int8_conv import int8_reg_n
 
-    registers = getattr(provider.target, "vector_registers", 16)
-    reg_n = int8_reg_n(ow, ic.BLOCK // lanes, registers)
-    nchw_out = epi.kind == "float"
+    n, cb, h, w, xi = static_shape(xq)
+    o, _, kh, kw = wq.shape
+    strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
+    reg_n = int8_reg_n(ow, ic.BLOCK // dot.lanes, getattr(provider.target, "vector_registers", 16))
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
-                                  px.zp, kb, reg_n, nchw_out, dot.halves)
-    # op_pattern opaque: FuseOps must not merge later element-wise ops into this scheduled kernel
-    f = provider.schedule_blocked_conv(f, dot)
-    gv = add_func(bb, f, f"q_{layer.id}")
+                                  px.zp, dot.kb, reg_n, epi.kind == "float", dot.halves)
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
-    args = [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, kb, dot.halves)),
-            relax.const(ic.pad_channels(bias, n_pad))]
-    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
-    oshape = (n, o, oh, ow) if nchw_out else (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
-    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), xq,
+                 ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves), bias, epi, eparams, n_pad,
+                 (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK))
 
 
 def is_depthwise(layer, at) -> bool:
@@ -88,27 +96,17 @@ def is_depthwise(layer, at) -> bool:
 
 def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams):
     """Emit the blocked int8 depthwise conv (input blocked with :data:`int8_conv.BLOCK` lanes)."""
-    n, cb, h, w, x = static_shape(xq)
-    c, _, kh, kw = wq.shape
-    strides = [int(v) for v in at.strides]
-    padding = [int(v) for v in at.padding]
-    dilation = [int(v) for v in at.dilation]
-    oh = ic.out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
-    ow = ic.out_size(w, kw, strides[1], dilation[1], padding[1], padding[3])
     from hwcomp.schedules.cpu.int8_conv import int8_reg_n
 
+    n, cb, h, w, x = static_shape(xq)
+    c, _, kh, kw = wq.shape
+    strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
     lanes = max(getattr(provider.target, "vector_bits", 128) // 32, 1)
     reg_n = int8_reg_n(ow, -(-x // lanes), getattr(provider.target, "vector_registers", 16))
-    nchw_out = epi.kind == "float"
     f = ic.depthwise_nchwc_int8_func((n, cb, h, w, x), c, (kh, kw), strides, padding, dilation, px.dtype, epi, px.zp,
-                                     reg_n, nchw_out)
-    f = provider.schedule_blocked_conv(f, None, depthwise=True)
-    gv = add_func(bb, f, f"q_{layer.id}")
-    n_pad = cb * x
-    args = [xq, relax.const(ic.pack_depthwise_weight(wq, x)), relax.const(ic.pad_channels(bias, n_pad))]
-    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
-    oshape = (n, c, oh, ow) if nchw_out else (n, cb, oh, ow, x)
-    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+                                     reg_n, epi.kind == "float")
+    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, None, depthwise=True), xq,
+                 ic.pack_depthwise_weight(wq, x), bias, epi, eparams, cb * x, (n, c, oh, ow), (n, cb, oh, ow, x))
 
 
 def emit_nchw_conv(bb, add_func, layer, at, x_shape, xq, px, wq, bias, epi, eparams):

@@ -46,6 +46,7 @@ from .rules import (
     _vars_in,
     inline_epilogues,
     schedule_root_stages,
+    spatial_then_reduction,
 )
 
 #: Block annotation on the reduction block scheduled by :class:`WindowReduction`.
@@ -219,12 +220,10 @@ class WindowReduction(_CPURule):
         stmt = sch.get(main)
         loops = sch.get_loops(main)
         ivars = list(stmt.iter_vars)
-        if len(loops) != len(ivars):
+        kinds = spatial_then_reduction(sch, main)
+        if kinds is None or kinds.count("S") < 2:
             return None
-        kinds = ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivars]
         n_s = kinds.count("S")
-        if kinds != ["S"] * n_s + ["R"] * (len(kinds) - n_s) or n_s < 2:
-            return None
         extents = [_const_int(iv.dom.extent) for iv in ivars]
         if any(e is None for e in extents):
             return None

@@ -171,6 +171,19 @@ def inline_epilogues(sch: s_tir.Schedule, tile) -> None:
                 pass
 
 
+def spatial_then_reduction(sch: s_tir.Schedule, block) -> list[str] | None:
+    """``"S"``/``"R"`` per loop of a block whose loops are its iter vars, every spatial one before
+    every reduction one, at least one spatial; None otherwise."""
+    ivars = list(sch.get(block).iter_vars)
+    if len(sch.get_loops(block)) != len(ivars):
+        return None
+    kinds = ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivars]
+    n_s = kinds.count("S")
+    if kinds != ["S"] * n_s + ["R"] * (len(kinds) - n_s) or n_s == 0:
+        return None
+    return kinds
+
+
 def schedule_root_stages(sch: s_tir.Schedule, par, vector_bits: int) -> None:
     """Give the injective schedule to the spatial stages left at the root beside the tiled loop
     ``par`` (padding, epilogues that change layout)."""
@@ -245,12 +258,10 @@ class TiledReduction(_CPURule):
         stmt = sch.get(main)
         loops = sch.get_loops(main)
         ivars = list(stmt.iter_vars)
-        if len(loops) != len(ivars):
+        kinds = spatial_then_reduction(sch, main)
+        if kinds is None:
             return None
-        kinds = ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivars]
         n_s = kinds.count("S")
-        if kinds != ["S"] * n_s + ["R"] * (len(kinds) - n_s) or n_s == 0:
-            return None
         # None: a symbolic extent (a dynamic sequence length). Rows padded by _pad_symbolic split
         # exactly; otherwise the last row tile is guarded by a predicate (a split that need not
         # divide); symbolic columns get whole-row tiles (_symbolic_columns).

@@ -14,6 +14,7 @@ import pytest
 import torch
 import tvm
 from hwcomp.schedules.cpu.dense import pack_dense_weight
+from numeric import assert_close_to_scale
 from torch import nn
 from tvm import relax
 
@@ -39,11 +40,7 @@ def _compile(model, inputs, tmp_path):
 
 
 def _assert_close(out, ref):
-    assert out.shape == ref.shape
-    scale = float(np.abs(ref).max())
-    assert scale > 0
-    err = float(np.abs(out.astype(np.float64) - ref).max())
-    assert err <= REL_TOL * scale, f"max abs err {err:.3g} vs output scale {scale:.3g}"
+    assert_close_to_scale(out, ref, REL_TOL)
 
 
 # -- Linear ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 import tvm
 from hwcomp.schedules.cpu import TiledReduction, WindowReduction, default_rules
 from hwcomp.schedules.cpu.pool import WINDOW_ATTR
+from numeric import assert_close_to_scale
 from torch import nn
 from torch.nn import functional as F
 from tvm import relax, te, topi
@@ -60,11 +61,7 @@ class Pool(nn.Module):
 
 
 def _assert_close(out, ref):
-    assert out.shape == ref.shape
-    scale = float(np.abs(ref).max())
-    assert scale > 0
-    err = float(np.abs(out.astype(np.float64) - ref).max())
-    assert err <= REL_TOL * scale, f"max abs err {err:.3g} vs output scale {scale:.3g}"
+    assert_close_to_scale(out, ref, REL_TOL)
 
 
 def _pool_funcs(scheduled: tvm.IRModule) -> dict[str, str]:
