@@ -112,3 +112,69 @@ def test_int8_mlp_runs_on_emulated_rpi5(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert qmath.cosine(out, ref) > 0.999
+
+
+class _SmallCNN(torch.nn.Module):
+    """Stem conv-bn-relu + max-pool, a residual block, a MobileNet-style depthwise + ReLU6 pair and a
+    1x1 head: every int8 conv path (blocked hand-offs, float outputs into an add, depthwise)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.a = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False), nn.BatchNorm2d(16),
+                                nn.ReLU6())
+        self.head = nn.Conv2d(16, 24, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(self.b(self.a(y)) + y)
+        return self.head(self.dw(y))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("name", ["rpi4", "rpi5"])
+def test_int8_cnn_runs_on_emulated_board(tmp_path, name):
+    """A small int8 CNN (blocked int8 convs, NEON on rpi4, sdot on rpi5) quantized on the host and
+    run over RPC: close to PyTorch fp32 (cosine > 0.99) and to the same model compiled for the host."""
+    from hwcomp.models import randomize_batchnorm
+    from hwcomp.runtime.board import board_available, board_down, board_up
+    from hwcomp.runtime.rpc import upload_library
+
+    board_root = Path(__file__).resolve().parents[2] / ".board" / "aarch64"  # shared with tests/runtime
+    ok, reason = board_available()
+    if not ok:
+        pytest.skip(reason)
+    import hwcomp
+    from hwcomp.quantize import QuantConfig, quantize_passes
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(_SmallCNN(), seed=1).eval()
+    x = torch.randn(1, 3, 16, 16)
+    calib = [[np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)] for i in range(6)]
+    arts = {}
+    for tgt in (name, "host"):
+        passes = quantize_passes(get_target(tgt), QuantConfig(), calib, progress=False)
+        arts[tgt] = hwcomp.compile(model, tgt, tmp_path / tgt, example_inputs=(x,),
+                                   options=hwcomp.CompileOptions(passes=passes, use_default_database=False))
+    board = board_up(board_root)
+    try:
+        from tvm import relax
+
+        remote = board.connect(session_timeout=120)
+        dev = remote.cpu()
+        art = arts[name]
+        vm = relax.VirtualMachine(upload_library(remote, art.path / "model.so", board.arch), dev)
+        args = [tvm.runtime.tensor(x.numpy(), dev)] + [tvm.runtime.tensor(w, dev) for w in art.weights()]
+        out = vm["main"](*args).numpy()
+        del vm, args, remote
+    finally:
+        if not board.reused:
+            board_down(board_root)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert qmath.cosine(out, ref) > 0.99, qmath.cosine(out, ref)
+    assert qmath.cosine(out, arts["host"].run([x.numpy()])[0]) > 0.99
