@@ -42,7 +42,7 @@ from .int8_compute import (
     pack_weight,
     quantize_func,
 )
-from .int8_conv import in_block
+from .int8_conv import BLOCK, in_block
 from .realize_plan import Plan, QParams, int8_consumers, plan_epilogue
 
 
@@ -292,7 +292,7 @@ class Realizer:
             is_blocked = layer.id in blocked
             if rc.is_depthwise(layer, at):
                 wq, s_w = self._weights(layer)
-                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[0], 16))
+                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, BLOCK)
                 epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
                 bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
                 out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
@@ -320,7 +320,7 @@ class Realizer:
             end_shape = static_shape(plan.end)
             if epi.kind == "float" and end_shape != static_shape(layer.var):
                 out = bb.emit(relax.op.reshape(out, end_shape))
-            self._record(layer, plan, px, s_w, epi, f"nchw{in_block(wq.shape[1], dot[1])}c" if dot else "oihw", extra)
+            self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c" if dot else "oihw", extra)
             if dot is not None:
                 self.report[-1]["kernel"] = f"{self.provider.name} blocked int8 conv"
             return self._finish(bb, layer, plan, out, epi, blocked=dot is not None)
