@@ -101,7 +101,6 @@ class Realizer:
         s, zp, _ = qmath.activation_params(lo, hi, "affine", bits)
         return QParams(s, zp, "int8") if "int8" in dts else QParams(s, zp + half, "uint8")
 
-    # ---- analysis ----------------------------------------------------------------------------
     # ---- rewrite -----------------------------------------------------------------------------
     def __call__(self, mod: tvm.IRModule) -> tvm.IRModule:
         cfg = self.config
@@ -289,30 +288,25 @@ class Realizer:
             x_old = layer.operands[0]
             p_in = self.act_params(layer.keys[0], "conv2d")
             at = g.value(layer.var).attrs
-            is_blocked = layer.id in blocked
-            if rc.is_depthwise(layer, at):
-                wq, s_w = self._weights(layer)
-                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, BLOCK)
-                epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
-                bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
-                out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
-                                                eparams)
-                self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c", extra)
-                self.report[-1]["kernel"] = f"{self.provider.name} blocked int8 depthwise"
-                return self._finish(bb, layer, plan, out, epi, blocked=True)
-            if is_blocked and layer.id not in self.given_weights:
+            depthwise = rc.is_depthwise(layer, at)  # skipped above where the target has no blocked kernel
+            if layer.id in blocked and not depthwise and layer.id not in self.given_weights:
                 bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range)
                 if bits != cfg.bits:
                     self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
-            dot = rc.blocked_dot(self.provider, layer, wq, p_in.zp) if is_blocked else None
-            if dot is not None:
-                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[1], dot[1]))
+            dot = rc.blocked_dot(self.provider, layer, wq, p_in.zp) if layer.id in blocked and not depthwise else None
+            if depthwise:
+                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, BLOCK)
+            elif dot is not None:
+                xq, px = qoperand_blocked(bb, x_old, vmap, p_in, in_block(wq.shape[1], dot.kb))
             else:
                 xq, px = qoperand(bb, x_old, vmap, p_in)
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
             bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
-            if dot is not None:
+            if depthwise:
+                out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
+                                                eparams)
+            elif dot is not None:
                 out = rc.emit_blocked_conv(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
                                            dot)
             else:
@@ -320,10 +314,12 @@ class Realizer:
             end_shape = static_shape(plan.end)
             if epi.kind == "float" and end_shape != static_shape(layer.var):
                 out = bb.emit(relax.op.reshape(out, end_shape))
-            self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c" if dot else "oihw", extra)
-            if dot is not None:
-                self.report[-1]["kernel"] = f"{self.provider.name} blocked int8 conv"
-            return self._finish(bb, layer, plan, out, epi, blocked=dot is not None)
+            is_blocked = depthwise or dot is not None
+            self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c" if is_blocked else "oihw", extra)
+            if is_blocked:
+                self.report[-1]["kernel"] = (f"{self.provider.name} blocked int8 "
+                                             f"{'depthwise' if depthwise else 'conv'}")
+            return self._finish(bb, layer, plan, out, epi, blocked=is_blocked)
 
         def emit_bmm(bb, layer: Layer, vmap):
             a_old, b_old = layer.operands
