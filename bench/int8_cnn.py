@@ -411,6 +411,9 @@ def main() -> None:
     args.rounds = args.rounds or (3 if args.quick else 10)
     digits = (not args.quick) if args.digits is None else args.digits
     names = args.models.split(",") if args.models else (["resnet18"] if args.quick else list(MODELS))
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:  # before anything runs: a typo must not overwrite the results file with an empty run
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
