@@ -104,7 +104,7 @@ def test_measured_latency_within_budget(result):
     # Judged against dense timed round-robin beside it, not minutes earlier: a sub-millisecond model
     # on a shared 2-core machine drifts by more than the margin between the two.
     pair = [dataclasses.replace(dense), got]
-    retime(pair, {"dense fp32": res.artifacts["dense fp32"], "budget": art}, samples[-1])
+    retime(pair, {"dense fp32": res.artifacts["dense fp32"], "budget": art}, samples[-1], rounds=30)
     assert pair[1].latency_ms <= 0.7 * 1.25 * pair[0].latency_ms, pair  # 25% margin for noise
 
 
@@ -140,11 +140,13 @@ import torch
 
 def make():
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    # The first layer is large and already 95% block-sparse, so bsr90 beats dense by ~10x in work:
+    # at 64x256 over 16 rows both ran in microseconds and a noisy host picked either.
+    m = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 64)).eval()
     with torch.no_grad():
-        keep = torch.rand(256 // 8, 64) < 0.05  # the first layer is already 95% block-sparse
+        keep = torch.rand(1024 // 8, 256) < 0.05
         m[0].weight.mul_(keep.repeat_interleave(8, 0).float())
-    return m, torch.randn(16, 64)
+    return m, torch.randn(64, 256)
 '''
 
 
@@ -152,7 +154,7 @@ def test_optimize_cli_writes_policy_artifact_and_plot(tmp_path, capsys):
     from hwcomp.cli import main
 
     (tmp_path / "f.py").write_text(FACTORY)
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 16, 64)).astype("float32"))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, 64, 256)).astype("float32"))
     out = tmp_path / "opt"
     assert main(["optimize", f"{tmp_path / 'f.py'}:make", "--fidelity-target", "0.995", "--calib",
                  str(tmp_path / "calib.npz"), "-o", str(out), "--sparsities", "0.9", "--no-int8",
