@@ -12,10 +12,10 @@ from hwcomp.policy.policy_io import load_policy, policy_table, save_policy
 from hwcomp.policy.widths import WidthGroup, check_widths, kept_count, merge_groups, narrow_, width_groups
 
 
-def _mlp(dead: int = 0, seed: int = 0):
-    """64 → 256 → 64 with ReLU; the last ``dead`` hidden units never fire (bias −100)."""
+def _mlp(dead: int = 0, seed: int = 0, d: int = 64, hidden: int = 256):
+    """d → hidden → d with ReLU; the last ``dead`` hidden units never fire (bias −100)."""
     torch.manual_seed(seed)
-    m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    m = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d)).eval()
     if dead:
         with torch.no_grad():
             m[0].bias[-dead:] = -100.0
@@ -136,12 +136,21 @@ def test_merged_group_is_one_item_and_the_search_takes_a_harmless_width(tmp_path
 
 def test_optimize_removes_dead_units(tmp_path):
     """Half the hidden units never fire: optimize offers width 50 % and takes it (no loss, less work)."""
-    m = _mlp(dead=128, seed=2)
+    # large enough that half the work is ~0.3 ms saved: at 64 → 256 → 64 both ran in microseconds
+    # and a loaded host picked either
+    m = _mlp(dead=512, seed=2, d=256, hidden=1024)
     rng = np.random.default_rng(0)
-    samples = [[rng.standard_normal((64, 64)).astype("float32")] for _ in range(6)]
+    samples = [[rng.standard_normal((64, 256)).astype("float32")] for _ in range(6)]
     res = optimize(m, (torch.from_numpy(samples[0][0]),), "host", samples,
                    OptimizeOptions(fidelity_target=0.9999, out_dir=tmp_path, sparsities=(0.9,), int8=False,
                                    widths=(50,), baselines=False), log=lambda s: None)
-    assert res.policy.choices["0"] == Option("dense", width=50) and res.policy.choices["2"] == Option("dense")
+    # width 50 loses nothing; it is taken unless the measured profile says full width is faster
+    # (a timing question for bench/: a loaded host can measure anything)
+    prof = next(p for p in res.profiles if p.members == ("0", "2"))
+    half = next(c for c in prof.costs if prof.choices_of(c)["0"] == Option("dense", width=50)
+                and prof.choices_of(c)["2"] == Option("dense"))
+    assert half.error < 1e-6
+    assert prof.cost_of(res.policy.choices).latency_ms <= half.latency_ms
+    assert res.policy.choices["2"] == Option("dense")
     assert res.chosen.cosine > 0.9999
     assert any(p.members == ("0", "2") for p in res.profiles)
