@@ -45,6 +45,9 @@ class QuantConfig:
     ``reduce_range``: dense weights one bit narrower (7 of 8) so AVX2's ``vpmaddubsw`` cannot
     saturate; ``None``: where the target's fastest kernel needs it (x86 with AVX2 and no VNNI:
     13 % faster per matmul), ``False``: always full-width weights.
+    ``fuse_residual``: a residual add (and a ReLU after it) right after a blocked int8 conv runs in
+    that conv's epilogue, reading the other operand blocked (ResNet, MobileNet blocks stay int8
+    between blocks); ``False``: the add runs in float32 between the kernels.
     """
 
     bits: int = 8
@@ -63,6 +66,7 @@ class QuantConfig:
     sparse_threshold: float | None = None
     sparse_block: tuple[int, int] | None = None
     reduce_range: bool | None = None
+    fuse_residual: bool = True
 
     def __post_init__(self):
         if isinstance(self.skip, str):

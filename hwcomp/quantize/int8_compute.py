@@ -200,7 +200,14 @@ def epilogue_inputs(epi: Epilogue, n: int) -> list:
     return [te.placeholder(_s((n,)), "float32", "scale")]
 
 
-def _apply_epilogue(acc_plus_bias, params, j, epi: Epilogue):
+def _apply_epilogue(acc_plus_bias, params, j, epi: Epilogue, residual=None):
+    """The epilogue of output channel ``j``; ``residual`` (a float32 expression, only with the
+    ``float`` and ``float_requant`` kinds) is added before the activation: a residual add fused
+    into the conv (``y = act(acc * scale + r)``)."""
+    if residual is not None:
+        assert epi.kind in ("float", "float_requant"), epi.kind
+        y = activation(acc_plus_bias.astype("float32") * params[0][j] + residual, epi.act)
+        return y if epi.kind == "float" else _float_requant_expr(y, epi, params[1][j])
     if epi.kind == "requant":
         return _requant_expr(acc_plus_bias, params[0][j], params[1][j], epi)
     if epi.kind == "requant_f32":  # one multiply; ReLU is the clamp at the zero point (qrange)

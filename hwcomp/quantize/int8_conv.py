@@ -13,6 +13,8 @@ enters (``quantize_blocked_func``: quantize and block in one pass) or an int8 va
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from tvm import te, tirx
 
@@ -85,25 +87,51 @@ def _col(z, wp: int, ow: int, owp: int):
     return z if owp == ow else tirx.min(z, tirx.IntImm("int64", wp - 1))
 
 
-def _output(acc, bias, params, epi: Epilogue, channels: int, x: int, nchw: bool, shape5):
+@dataclasses.dataclass(frozen=True)
+class Residual:
+    """A residual add fused into a blocked conv's epilogue: the other operand, blocked like the output
+    (``[N, O/x, OH, OW, x]``), float32 or int8/uint8 codes with ``scale`` and ``zp``."""
+
+    dtype: str = "float32"
+    scale: float = 1.0
+    zp: int = 0
+
+    def placeholder(self, shape5):
+        return te.placeholder(_s(shape5), self.dtype, "R")
+
+    def value(self, r, *idx):
+        """The residual at ``idx`` as float32."""
+        if self.dtype == "float32":
+            return r[idx]
+        v = r[idx].astype("float32")
+        if self.zp:
+            v = v - tirx.const(float(self.zp), "float32")
+        return v * tirx.const(float(np.float32(self.scale)), "float32")
+
+
+def _output(acc, bias, params, epi: Epilogue, channels: int, x: int, nchw: bool, shape5, res=None, r=None):
     n, _, oh, ow, _ = shape5
     if nchw:
         return te.compute(
             _s((n, channels, oh, ow)),
-            lambda b, f, y, z: _apply_epilogue(acc[b, f // x, y, z, f % x] + bias[f], params, f, epi), name="out")
+            lambda b, f, y, z: _apply_epilogue(acc[b, f // x, y, z, f % x] + bias[f], params, f, epi,
+                                               None if res is None else res.value(r, b, f // x, y, z, f % x)),
+            name="out")
     return te.compute(
         _s(shape5),
-        lambda b, c, y, z, v: _apply_epilogue(acc[b, c, y, z, v] + bias[c * x + v], params, c * x + v, epi),
+        lambda b, c, y, z, v: _apply_epilogue(acc[b, c, y, z, v] + bias[c * x + v], params, c * x + v, epi,
+                                              None if res is None else res.value(r, b, c, y, z, v)),
         name="out")
 
 
 def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding, dilation,
                            a_dtype: str, epi: Epilogue, pad_value: int, kb: int, reg_n: int,
-                           nchw_out: bool, halves: int = 1) -> tirx.PrimFunc:
-    """``(A [N, C/xi, H, W, xi], W packed, bias[O'], *epilogue params[O'], out)`` with ``O'`` the
-    output channels padded to :data:`BLOCK`; ``out`` is ``[N, O/x, OH, OW, x]`` (int8 epilogues)
-    or NCHW ``[N, O, OH, OW]`` (``nchw_out``). ``padding`` is (top, left, bottom, right), padded
-    positions hold ``pad_value`` (the input zero point)."""
+                           nchw_out: bool, halves: int = 1, residual: Residual | None = None) -> tirx.PrimFunc:
+    """``(A [N, C/xi, H, W, xi], W packed, bias[O'], *epilogue params[O'], [R,] out)`` with ``O'`` the
+    output channels padded to :data:`BLOCK`; ``out`` is ``[N, O/x, OH, OW, x]`` (int8 epilogues,
+    or float32 blocked) or NCHW ``[N, O, OH, OW]`` (``nchw_out``). ``padding`` is (top, left,
+    bottom, right), padded positions hold ``pad_value`` (the input zero point). ``residual``: a
+    blocked operand ``R`` added before the activation."""
     n, cb, h, w, xi = x_shape
     kh, kw = kernel
     x = BLOCK
@@ -137,14 +165,22 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
 
     axes = [rc, ry, rx, rf, rk] if rh is None else [rc, ry, rx, rf, rh, rk]
     acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=axes), name="acc")
-    out = _output(acc, bias, params, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x))
-    return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
+    return _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
+                   residual, reg_n)
+
+
+def _finish(acc, inputs, params, bias, epi, channels, x, nchw_out, shape5, residual, reg_n) -> tirx.PrimFunc:
+    r = residual.placeholder(shape5) if residual is not None else None
+    out = _output(acc, bias, params, epi, channels, x, nchw_out, shape5, residual, r)
+    args = inputs + ([r] if r is not None else []) + [out]
+    return te.create_prim_func(args).with_attr(REG_N_ATTR, reg_n)
 
 
 def depthwise_nchwc_int8_func(x_shape, channels: int, kernel: tuple[int, int], strides, padding, dilation,
                               a_dtype: str, epi: Epilogue, pad_value: int, reg_n: int,
-                              nchw_out: bool) -> tirx.PrimFunc:
-    """Depthwise: ``A [N, C/x, H, W, x]`` x ``W [C/x, KH, KW, x]`` → int32 + bias → epilogue."""
+                              nchw_out: bool, residual: Residual | None = None) -> tirx.PrimFunc:
+    """Depthwise: ``A [N, C/x, H, W, x]`` x ``W [C/x, KH, KW, x]`` → int32 + bias → epilogue
+    (``residual`` as in :func:`conv2d_nchwc_int8_func`)."""
     n, cb, h, w, x = x_shape
     kh, kw = kernel
     oh = out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
@@ -165,8 +201,8 @@ def depthwise_nchwc_int8_func(x_shape, channels: int, kernel: tuple[int, int], s
             xp[b, c, y * sh + ry * dh, _col(z * sw + rx * dw, wp, ow, owp), v].astype("int32")
             * wt[c, ry, rx, v].astype("int32"), axis=[ry, rx]),
         name="acc")
-    out = _output(acc, bias, params, epi, channels, x, nchw_out, (n, cb, oh, ow, x))
-    return te.create_prim_func([a, wt, bias, *params, out]).with_attr(REG_N_ATTR, reg_n)
+    return _finish(acc, [a, wt, bias, *params], params, bias, epi, channels, x, nchw_out, (n, cb, oh, ow, x),
+                   residual, reg_n)
 
 
 def reference_conv(x: np.ndarray, wq: np.ndarray, strides, padding, dilation, pad_value: int,
@@ -233,7 +269,7 @@ def dequantize_blocked_func(shape, scale: float, zp: int, dtype: str, block: int
 
 
 def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
-    """int8/uint8 NCHW → ``[N, C/block, H, W, block]`` (padded channels ``fill``)."""
+    """int8/uint8 (or float32) NCHW → ``[N, C/block, H, W, block]`` (padded channels ``fill``)."""
     n, c, h, w = shape
     cb = -(-c // block)
     q = te.placeholder(_s(shape), dtype, "q")
@@ -245,6 +281,7 @@ def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
 
 __all__ = [
     "BLOCK",
+    "Residual",
     "block_int_func",
     "conv2d_nchwc_int8_func",
     "depthwise_nchwc_int8_func",

@@ -42,8 +42,8 @@ from .int8_compute import (
     pack_weight,
     quantize_func,
 )
-from .int8_conv import BLOCK, in_block
-from .realize_plan import Plan, QParams, int8_consumers, plan_epilogue
+from .int8_conv import BLOCK, Residual, in_block
+from .realize_plan import Plan, QParams, int8_consumers, plan_epilogue, plan_residual
 
 
 class Realizer:
@@ -135,6 +135,21 @@ class Realizer:
                 plans[layer.id] = Plan(layer, [], layer.var, None, None)
         sparse = self._sparse_layers(quantized, plans)
         blocked = {layer.id for layer in quantized if rc.blocked_dot(self.provider, layer) is not None}
+        # residual adds fused into the blocked conv computed last of the two operands
+        fused_adds: dict = {}  # add var -> the operand it reads from outside the fusing conv
+        float_blocked: set = set()  # blocked convs whose float output feeds such an add: kept blocked
+        if cfg.fuse_residual:
+            by_end = {p.end: p for p in plans.values()}
+            for layer in quantized:
+                ext = plan_residual(g, plans[layer.id]) if layer.id in blocked else None
+                if ext is None:
+                    continue
+                plans[layer.id] = ext
+                add = ext.chain[-2] if ext.act else ext.chain[-1]
+                fused_adds[add] = ext.residual
+                src = by_end.get(ext.residual)
+                if src is not None and src.layer.id in blocked and g.single_user(ext.residual) is not None:
+                    float_blocked.add(src.layer.id)
         # which outputs stay int8 (not those of int8 BSR layers: that kernel dequantizes)
         out_q: dict[str, tuple[str, QParams]] = {}
         for layer in quantized:
@@ -146,11 +161,13 @@ class Realizer:
             m = g.single_user(plan.end)
             if m is None or not is_observe(g.value(m)):
                 continue
-            cons = int8_consumers(g, m, layer_by_var)
+            # fused residual adds read a blocked conv's int8 output as it is
+            readers = {a for a, o in fused_adds.items() if o.same_as(m)} if layer.id in blocked else set()
+            cons = int8_consumers(g, m, layer_by_var, readers)
             if not cons:
                 continue
             # a blocked conv's int8 output is blocked: only blocked convs may read it, directly
-            if layer.id in blocked and not rc.direct_conv_consumers(g, m, blocked, layer_by_var):
+            if layer.id in blocked and not rc.direct_conv_consumers(g, m, blocked, layer_by_var, readers):
                 continue
             key = observe_key(g.value(m))
             if key in self.smooth and (layer.kind != "dense" or not self.chain_smoothed):
@@ -238,6 +255,18 @@ class Realizer:
                 bcache[ck] = rc.block_int(bb, _add_func, xq, px, xi)
             return bcache[ck], px
 
+        def residual_operand(bb, other, vmap):
+            """``(int8_conv.Residual, blocked value)`` for a fused residual add's other operand: a
+            blocked conv's int8 output as it is, a blocked float output, or float NCHW blocked here."""
+            _root, steps, _f, key = g.trace(other)
+            hit = int8_blocked.get(key) if not [s for s in steps if not isinstance(s, relax.TupleGetItem)] else None
+            if hit is not None:
+                return Residual(hit[1].dtype, hit[1].scale, hit[1].zp), hit[0]
+            val = final.get(other, vmap.get(other, other))
+            if len(static_shape(val)) == 5:  # a float-blocked conv output
+                return Residual(), val
+            return Residual(), rc.block_float(bb, _add_func, val)
+
         def emit_dense(bb, layer: Layer, vmap):
             plan = plans[layer.id]
             x_old = layer.operands[0]
@@ -303,22 +332,28 @@ class Realizer:
                 xq, px = qoperand(bb, x_old, vmap, p_in)
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
             bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+            res = None if plan.residual is None else residual_operand(bb, plan.residual, vmap)
+            nchw_out = epi.kind == "float" and layer.id not in float_blocked
             if depthwise:
                 out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
-                                                eparams)
+                                                eparams, nchw_out, res)
             elif dot is not None:
                 out = rc.emit_blocked_conv(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
-                                           dot)
+                                           dot, nchw_out, res)
             else:
                 out = rc.emit_nchw_conv(bb, _add_func, layer, at, static_shape(x_old), xq, px, wq, bias, epi, eparams)
             end_shape = static_shape(plan.end)
-            if epi.kind == "float" and end_shape != static_shape(layer.var):
+            if epi.kind == "float" and end_shape != static_shape(layer.var) and layer.id not in float_blocked:
                 out = bb.emit(relax.op.reshape(out, end_shape))
             is_blocked = depthwise or dot is not None
             self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c" if is_blocked else "oihw", extra)
             if is_blocked:
                 self.report[-1]["kernel"] = (f"{self.provider.name} blocked int8 "
                                              f"{'depthwise' if depthwise else 'conv'}")
+            if res is not None:
+                self.report[-1]["epilogue"]["residual"] = res[0].dtype
+            if layer.id in float_blocked:
+                self.report[-1]["output"] = "float32 blocked"
             return self._finish(bb, layer, plan, out, epi, blocked=is_blocked)
 
         def emit_bmm(bb, layer: Layer, vmap):
@@ -423,6 +458,9 @@ class Realizer:
         key, po = oq
         s_out = np.float64(po.scale) * self.smooth.get(key, np.ones(n)).astype(np.float64)  # per channel
         act = plan.act
+        if plan.residual is not None:  # the residual is added in float32 before requantizing
+            return (Epilogue("float_requant", act, po.dtype, po.scale, po.zp, cfg.bits),
+                    [deq, (1.0 / s_out).astype(np.float32)], po)
         if act == "relu6" and key not in self.smooth:
             _, hi = qmath.qrange(po.dtype, cfg.bits)
             if (hi - po.zp) * po.scale <= 6.0 * (1 + 1e-6):

@@ -31,9 +31,10 @@ def blocked_dot(provider, layer, wq: np.ndarray | None = None, act_zero_point: i
     return provider.conv_dot(w_absmax, act_zero_point)
 
 
-def direct_conv_consumers(g, var, blocked_ids: set, layer_by_var: dict) -> bool:
-    """Whether every user of ``var`` is a blocked int8 conv reading it as its input, unchanged."""
-    users = g.users.get(var, [])
+def direct_conv_consumers(g, var, blocked_ids: set, layer_by_var: dict, ignore=frozenset()) -> bool:
+    """Whether every user of ``var`` (but those in ``ignore``) is a blocked int8 conv reading it as
+    its input, unchanged."""
+    users = [u for u in g.users.get(var, []) if u not in ignore]
     if not users:
         return False
     for u in users:
@@ -66,16 +67,22 @@ def _geometry(at, xq, wq) -> tuple:
     return strides, padding, dilation, (oh, ow)
 
 
-def _emit(bb, add_func, layer, f, xq, w_packed, bias, epi, eparams, n_pad: int, out_nchw: tuple, out_blocked: tuple):
+def _emit(bb, add_func, layer, f, xq, w_packed, bias, epi, eparams, n_pad: int, out_nchw: tuple, out_blocked: tuple,
+          nchw_out: bool, residual):
     gv = add_func(bb, f, f"q_{layer.id}")
     args = [xq, relax.const(w_packed), relax.const(ic.pad_channels(bias, n_pad))]
     args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
-    oshape = out_nchw if epi.kind == "float" else out_blocked
+    if residual is not None:
+        args.append(residual[1])
+    oshape = out_nchw if nchw_out else out_blocked
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
 
 
-def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot):
-    """Emit the blocked int8 conv; returns its output: float32 NCHW, or int8 ``[N, O/x, OH, OW, x]``."""
+def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, dot, nchw_out: bool,
+                      residual=None):
+    """Emit the blocked int8 conv; returns its output: float32 NCHW (``nchw_out``), or blocked
+    ``[N, O/x, OH, OW, x]`` (int8, or float32 for a residual add fused into a later conv).
+    ``residual``: ``(int8_conv.Residual, blocked value)`` added before the activation."""
     from hwcomp.schedules.cpu.int8_conv import int8_reg_n
 
     n, cb, h, w, xi = static_shape(xq)
@@ -83,19 +90,21 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
     reg_n = int8_reg_n(ow, ic.BLOCK // dot.lanes, getattr(provider.target, "vector_registers", 16))
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
-                                  px.zp, dot.kb, reg_n, epi.kind == "float", dot.halves)
+                                  px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0])
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
     return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), xq,
                  ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves), bias, epi, eparams, n_pad,
-                 (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK))
+                 (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK), nchw_out, residual)
 
 
 def is_depthwise(layer, at) -> bool:
     return layer.kind == "conv2d" and int(at.groups) > 1
 
 
-def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams):
-    """Emit the blocked int8 depthwise conv (input blocked with :data:`int8_conv.BLOCK` lanes)."""
+def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, nchw_out: bool,
+                           residual=None):
+    """Emit the blocked int8 depthwise conv (input blocked with :data:`int8_conv.BLOCK` lanes;
+    outputs and ``residual`` as :func:`emit_blocked_conv`'s)."""
     from hwcomp.schedules.cpu.int8_conv import int8_reg_n
 
     n, cb, h, w, x = static_shape(xq)
@@ -104,9 +113,10 @@ def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, 
     lanes = max(getattr(provider.target, "vector_bits", 128) // 32, 1)
     reg_n = int8_reg_n(ow, -(-x // lanes), getattr(provider.target, "vector_registers", 16))
     f = ic.depthwise_nchwc_int8_func((n, cb, h, w, x), c, (kh, kw), strides, padding, dilation, px.dtype, epi, px.zp,
-                                     reg_n, epi.kind == "float")
+                                     reg_n, nchw_out, residual and residual[0])
     return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, None, depthwise=True), xq,
-                 ic.pack_depthwise_weight(wq, x), bias, epi, eparams, cb * x, (n, c, oh, ow), (n, cb, oh, ow, x))
+                 ic.pack_depthwise_weight(wq, x), bias, epi, eparams, cb * x, (n, c, oh, ow), (n, cb, oh, ow, x),
+                 nchw_out, residual)
 
 
 def emit_nchw_conv(bb, add_func, layer, at, x_shape, xq, px, wq, bias, epi, eparams):
@@ -134,6 +144,14 @@ def block_int(bb, add_func, xq, p, block: int):
     return bb.emit(relax.call_tir(gv, [xq], relax.TensorType((n, -(-c // block), h, w, block), p.dtype)))
 
 
+def block_float(bb, add_func, x):
+    """A float32 NCHW value into the blocked layout (a residual read by a blocked conv's epilogue)."""
+    shape = static_shape(x)
+    gv = add_func(bb, ic.block_int_func(shape, "float32", ic.BLOCK, 0), "q_to_blocked_f32")
+    n, c, h, w = shape
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType((n, -(-c // ic.BLOCK), h, w, ic.BLOCK), "float32")))
+
+
 def max_pool_blocked(bb, xq, attrs):
     """``max_pool2d`` with ``attrs`` (an NCHW pool's) on a blocked int8 value."""
     block = static_shape(xq)[-1]
@@ -150,6 +168,7 @@ def dequantize_blocked(bb, add_func, q, shape, epi):
 
 
 __all__ = [
+    "block_float",
     "block_int",
     "blocked_dot",
     "dequantize_blocked",

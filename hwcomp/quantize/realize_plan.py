@@ -45,6 +45,31 @@ class Plan:
     end: relax.Var
     bias: np.ndarray | None
     act: str | None
+    residual: relax.Var | None = None  # the other operand of a residual add fused after the bias
+
+
+def plan_residual(g: Graph, plan: Plan) -> Plan | None:
+    """``plan`` extended by a residual add after it — ``add(end, other)`` of the same 4-D shape,
+    ``other`` computed earlier in the program — and one ReLU/ReLU6 after the add, or None."""
+    if plan.act is not None or plan.layer.kind != "conv2d":
+        return None
+    u = g.single_user(plan.end)
+    if u is None or op_name(g.value(u)) != "relax.add":
+        return None
+    a, b = g.value(u).args
+    other = b if a.same_as(plan.end) else a
+    shape = static_shape(plan.end)
+    if (not isinstance(other, relax.Var) or other.same_as(plan.end) or static_shape(other) != shape
+            or static_shape(u) != shape or len(shape) != 4 or g.order.get(other, -1) >= g.order[plan.layer.var]
+            or str(other.ty.dtype) != "float32"):
+        return None
+    chain, end, act = plan.chain + [u], u, None
+    nxt = g.single_user(u)
+    if nxt is not None and _act_of(g.value(nxt)) in ("relu", "relu6"):
+        act = _act_of(g.value(nxt))
+        chain.append(nxt)
+        end = nxt
+    return dataclasses.replace(plan, chain=chain, end=end, act=act, residual=other)
 
 
 def plan_epilogue(g: Graph, layer: Layer, used_keys=frozenset()) -> Plan:
@@ -120,10 +145,13 @@ def _silu_of(g: Graph, x):
         return None
     return sig, mul
 
-def int8_consumers(g: Graph, var, layer_by_var: dict) -> list | None:
-    """Quantized consumers ``(layer, operand index)`` of ``var``, or None if a float one exists."""
+def int8_consumers(g: Graph, var, layer_by_var: dict, ignore=frozenset()) -> list | None:
+    """Quantized consumers ``(layer, operand index)`` of ``var``, or None if a float one exists
+    (users in ``ignore`` are neither)."""
     found = []
     for u in g.users.get(var, []):
+        if u in ignore:
+            continue
         if u is None:
             return None
         layer = layer_by_var.get(u)

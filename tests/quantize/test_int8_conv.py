@@ -166,7 +166,7 @@ def epilogue_for(name: str, acc: np.ndarray, rng) -> tuple[Epilogue, list[np.nda
 
 
 def padded_params(epi: Epilogue, params: list[np.ndarray], n_pad: int) -> list[np.ndarray]:
-    if epi.kind == "requant":
+    if epi.kind in ("requant", "float_requant"):
         return [ic.pad_channels(params[0], n_pad), ic.pad_channels(params[1], n_pad, 1)]
     return [ic.pad_channels(params[0], n_pad)]
 
@@ -217,8 +217,8 @@ class Problem:
     channels: int
 
 
-def conv_problem(provider, case: Conv, dot, epi_name: str, a_dtype: str, w_absmax: int, seed: int = 0,
-                 x_override=None, w_override=None) -> Problem:
+def conv_problem(provider, case: Conv, dot, epi_name, a_dtype: str, w_absmax: int, seed: int = 0,
+                 x_override=None, w_override=None, residual=None, nchw=None) -> Problem:
     """A blocked int8 conv for ``provider`` / ``dot`` (what ``realize_conv.emit_blocked_conv`` builds),
     random codes (activations over the dtype's full range, weights in ``[-w_absmax, w_absmax]``)."""
     rng = np.random.default_rng(seed)
@@ -235,12 +235,13 @@ def conv_problem(provider, case: Conv, dot, epi_name: str, a_dtype: str, w_absma
     xb = to_blocked(x, xi, garbage)
     exact = ref_conv(x, w, case, pad_value) + bias[None, :, None, None]
     acc_b = ref_conv(x, w, case, pad_value, sat16=True) + bias[None, :, None, None] if halves == 2 else exact
-    epi, params = epilogue_for(epi_name, acc_b, rng)
+    # epi_name: an EPILOGUES name, or a function of the accumulator giving (Epilogue, params)
+    epi, params = epilogue_for(epi_name, acc_b, rng) if isinstance(epi_name, str) else epi_name(acc_b)
     oh, ow = case.out_hw
     reg_n = int8_reg_n(ow, ic.BLOCK // lanes, provider.target.vector_registers)
-    nchw = epi.kind == "float"
+    nchw = epi.kind == "float" if nchw is None else nchw
     func = ic.conv2d_nchwc_int8_func(xb.shape, case.o, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
-                                     pad_value, kb, reg_n, nchw, halves)
+                                     pad_value, kb, reg_n, nchw, halves, residual)
     func = provider.schedule_blocked_conv(func, dot)
     n_pad = -(-case.o // ic.BLOCK) * ic.BLOCK
     args = [xb, ic.pack_conv_weight(w, xi, ic.BLOCK, kb, halves), ic.pad_channels(bias, n_pad),
@@ -366,6 +367,50 @@ def test_blocked_conv_x86_other_epilogues(host, dot_name, epi_name):
     p = conv_problem(provider, CONV_CASES["ow13_c20_o36"], dot, epi_name, "uint8", DOTS[dot_name][1], seed=5)
     got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+@pytest.mark.parametrize("res_dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("out", ["requant_relu_u8", "float_blocked", "float_nchw"])
+def test_blocked_conv_x86_fused_residual(host, res_dtype, out):
+    """A residual add in the epilogue, ``y = relu(float(acc + bias) * scale + r)``, with ``r`` blocked
+    like the output: int8 codes with a zero point and scale (the block input, a previous conv's int8
+    output) or float32 (another conv's float output); ``y`` requantized (``float_requant``), float32
+    blocked or float32 NCHW. Float32 arithmetic: within one code / FLOAT_RTOL of float64."""
+    target, provider, dot = x86_dot(host, "avx2_7bit")
+    case = CONV_CASES["ow13_c20_o36"]
+    rng = np.random.default_rng(8)
+    oh, ow = case.out_hw
+    n_pad = -(-case.o // ic.BLOCK) * ic.BLOCK
+    rshape = (case.n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
+    scale = rng.uniform(1e-4, 1e-3, case.o).astype(np.float32)
+    if res_dtype == "uint8":
+        res = ic.Residual("uint8", 0.043, 37)
+        r = rng.integers(0, 256, rshape).astype(np.uint8)
+        r_f = (r.astype(np.float64) - res.zp) * np.float64(np.float32(res.scale))
+    else:
+        res = ic.Residual()
+        r = rng.standard_normal(rshape).astype(np.float32) * 4
+        r_f = r.astype(np.float64)
+    out_scale = 0.3
+
+    def epilogue(acc_b):
+        if out == "requant_relu_u8":
+            return (Epilogue("float_requant", "relu", "uint8", out_scale, 0, 8),
+                    [scale, np.full(case.o, 1 / out_scale, np.float32)])
+        return Epilogue("float", "relu"), [scale]
+
+    p = conv_problem(provider, case, dot, epilogue, "uint8", 64, seed=8, residual=res, nchw=out == "float_nchw")
+    out_shape = (case.n, case.o, oh, ow) if out == "float_nchw" else rshape
+    got = run_local(p.func, target, [*p.args, r], out_shape, p.out_dtype)
+    ref = np.maximum(p.acc_b * scale.astype(np.float64)[None, :, None, None] + from_blocked(r_f, case.o), 0)
+    assert np.abs(ref).max() > 1 and (ref == 0).mean() < 0.9, "degenerate reference"
+    if out == "requant_relu_u8":
+        q = np.clip(np.round(ref / out_scale), 0, 255)
+        diff = np.abs(from_blocked(got, case.o).astype(np.int32) - q.astype(np.int32))
+        assert got.dtype == np.uint8 and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+        return
+    got = got if out == "float_nchw" else from_blocked(got, case.o)
+    np.testing.assert_allclose(got, ref, rtol=FLOAT_RTOL, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("dot_name", ["avx2_7bit", "avx2_u8s7_8x4", "avx2_8bit"])
@@ -539,33 +584,68 @@ class Residual(nn.Module):
         return self.head(torch.relu(self.b(self.a(y)) + y))
 
 
-class MobileBlock(nn.Module):
-    """MobileNetV2's inverted residual without the skip: 1x1 expand-bn-ReLU6, depthwise 3x3-bn-ReLU6,
-    1x1 project; ``silu``: EfficientNet's SiLU written out as ``x * sigmoid(x)`` instead."""
+class Downsample(nn.Module):
+    """ResNet's first bottleneck of a stage: ``relu(c2(relu(c1(x))) + shortcut(x))`` with the
+    shortcut conv (1x1, stride 2) computed after the main path, then a head conv."""
 
-    def __init__(self, silu: bool = False):
+    def __init__(self):
         super().__init__()
-        self.silu = silu
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.c1 = nn.Sequential(nn.Conv2d(24, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(24, 40, 1, bias=False), nn.BatchNorm2d(40))
+        self.shortcut = nn.Sequential(nn.Conv2d(24, 40, 1, stride=2, bias=False), nn.BatchNorm2d(40))
+        self.head = nn.Conv2d(40, 8, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head(torch.relu(self.c2(self.c1(y)) + self.shortcut(y)))
+
+
+class MobileBlock(nn.Module):
+    """MobileNetV2's inverted residual: 1x1 expand-bn-ReLU6, depthwise 3x3-bn-ReLU6, 1x1 project
+    (``skip``: stride 1 and ``x +`` the block's input, else stride 2 and no skip); ``silu``:
+    EfficientNet's SiLU written out as ``x * sigmoid(x)`` instead. The input comes from a stem conv."""
+
+    def __init__(self, silu: bool = False, skip: bool = False):
+        super().__init__()
+        self.silu, self.skip = silu, skip
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.expand = nn.Sequential(nn.Conv2d(8, 48, 1, bias=False), nn.BatchNorm2d(48))
-        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48, bias=False), nn.BatchNorm2d(48))
-        self.project = nn.Conv2d(48, 24, 1)
+        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, stride=1 if skip else 2, padding=1, groups=48, bias=False),
+                                nn.BatchNorm2d(48))
+        self.project = nn.Conv2d(48, 8 if skip else 24, 1)
 
     def act(self, x):
         return x * torch.sigmoid(x) if self.silu else torch.nn.functional.relu6(x)
 
     def forward(self, x):
-        return self.project(self.act(self.dw(self.act(self.expand(x)))))
+        x = self.stem(x)
+        y = self.project(self.act(self.dw(self.act(self.expand(x)))))
+        return x + y if self.skip else y
 
 
+MOBILE = [("conv0", "conv1"), ("conv1", "conv2"), ("conv2", "conv3")]
 PIPELINE = {
-    # name: (model, input shape, int8 hand-offs (producer conv, consumer conv), convs with float output)
-    "chain": (ConvChain, (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}),
+    # name: (model, input shape, int8 hand-offs (producer conv, consumer conv), convs with float
+    # output ("conv2 blocked": float32 blocked), fused residuals {conv: (producer of the other
+    # operand, "int8" codes or "float32")}, QuantConfig overrides)
+    "chain": (ConvChain, (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}, {}, {}),
     "chain_conv_bias": (lambda: ConvChain(bias=True), (1, 3, 14, 13), [("conv0", "conv1"), ("conv1", "conv2")],
-                        {"conv2"}),
-    "residual": (Residual, (2, 3, 10, 10), [("conv1", "conv2")], {"conv0", "conv2", "conv3"}),
-    "mobile_relu6": (MobileBlock, (1, 8, 15, 15), [("conv0", "conv1"), ("conv1", "conv2")], {"conv2"}),
-    "mobile_silu": (lambda: MobileBlock(silu=True), (1, 8, 15, 15), [("conv0", "conv1"), ("conv1", "conv2")],
-                    {"conv2"}),
+                        {"conv2"}, {}, {}),
+    # the identity is the stem's int8 output, read by the second conv's epilogue; relu fused after the add
+    "residual": (Residual, (2, 3, 10, 10), [("conv0", "conv1"), ("conv1", "conv2"), ("conv2", "conv3")],
+                 {"conv3"}, {"conv2": ("conv0", "int8")}, {}),
+    "residual_unfused": (Residual, (2, 3, 10, 10), [("conv1", "conv2")], {"conv0", "conv2", "conv3"}, {},
+                         {"fuse_residual": False}),
+    # the main path's last conv leaves float32 blocked; the shortcut conv, computed last, adds it
+    "downsample": (Downsample, (1, 3, 12, 11), [("conv0", "conv1"), ("conv0", "conv3"), ("conv1", "conv2"),
+                                                ("conv3", "conv4")],
+                   {"conv2 blocked", "conv4"}, {"conv3": ("conv2", "float32")}, {}),
+    "mobile_relu6": (MobileBlock, (1, 3, 15, 15), MOBILE, {"conv3"}, {}, {}),
+    "mobile_silu": (lambda: MobileBlock(silu=True), (1, 3, 15, 15), MOBILE, {"conv3"}, {}, {}),
+    # MobileNetV2's skip: no activation after the add, output float (the model's output)
+    "mobile_skip": (lambda: MobileBlock(skip=True), (1, 3, 9, 10), MOBILE, {"conv3"}, {"conv3": ("conv0", "int8")},
+                    {}),
 }
 
 
@@ -591,13 +671,13 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     from hwcomp.quantize.pipeline import Int8Quantizer
     from hwcomp.relax_graph import static_shape
 
-    make, shape, handoffs, float_out = PIPELINE[name]
+    make, shape, handoffs, float_out, residuals, overrides = PIPELINE[name]
     torch.manual_seed(0)
     model = randomize_batchnorm(make(), seed=1).eval()
     rng = np.random.default_rng(21)
     calib = [[rng.standard_normal(shape).astype(np.float32)] for _ in range(6)]
     imported = load_model(model, (torch.randn(*shape),))
-    q = Int8Quantizer(get_target("host"), QuantConfig(), calib, params=imported.params, progress=False)
+    q = Int8Quantizer(get_target("host"), QuantConfig(**overrides), calib, params=imported.params, progress=False)
     seen = []
 
     def capture(mod):
@@ -614,31 +694,45 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     if get_provider(host).conv_dot() is not None:
         for r in convs.values():
             assert r["status"] == "int8" and r["kernel"].endswith(("blocked int8 conv", "blocked int8 depthwise")), r
-            if name.startswith("mobile") and r["layer"] != "conv2":  # the activation is inside the kernel
+            if name.startswith("mobile") and r["layer"] not in ("conv0", "conv3"):  # activation inside
                 assert r["epilogue"]["act"] in ("relu", "relu6", "silu"), r
             assert r["layout"].startswith("nchw") and r["layout"].endswith("c"), r
-        got_float = {k for k, r in convs.items() if r["output"] == "float32"}
+        got_float = {k if r["output"] == "float32" else f"{k} blocked" for k, r in convs.items()
+                     if r["output"].startswith("float32")}
         assert got_float == float_out, f"convs with float32 output: {sorted(got_float)}, expected {sorted(float_out)}"
+        got_res = {k: r["epilogue"]["residual"] for k, r in convs.items() if "residual" in r["epilogue"]}
+        assert {k: v != "float32" for k, v in got_res.items()} == {k: v[1] == "int8" for k, v in residuals.items()}
     # (b) int8 hand-offs in the realized module: the consumer's call_tir reads the producer's
-    # blocked output var itself
+    # blocked output var itself; a fused residual add's conv reads the other operand as its last
+    # input, blocked, and no float add is left
     (mod,) = seen
     calls = _call_tir_bindings(mod)
     by_callee = {callee: (var, args) for var, callee, args in calls}
+    readers = {}  # producer -> the convs reading its output
+    for src, dst in handoffs:
+        readers.setdefault(src, set()).add(f"q_{dst}")
+    for dst, (src, _) in residuals.items():
+        readers.setdefault(src, set()).add(f"q_{dst}")
+        src_var, _ = by_callee[f"q_{src}"]
+        assert by_callee[f"q_{dst}"][1][-1].same_as(src_var), f"q_{dst} does not add q_{src}'s output"
+        assert len(static_shape(src_var)) == 5
     for src, dst in handoffs:
         src_var, _ = by_callee[f"q_{src}"]
         _, dst_args = by_callee[f"q_{dst}"]
         assert dst_args[0].same_as(src_var), f"q_{dst} does not read q_{src}'s output directly"
         shape5 = static_shape(src_var)
-        assert len(shape5) == 5 and shape5[-1] == ic.BLOCK and src_var.ty.dtype == "uint8", src_var.ty
-        users = [callee for _, callee, args in calls if any(a.same_as(src_var) for a in args)]
-        assert users == [f"q_{dst}"], users
+        assert len(shape5) == 5 and shape5[-1] == ic.BLOCK and src_var.ty.dtype in ("uint8", "int8"), src_var.ty
+        users = {callee for _, callee, args in calls if any(a.same_as(src_var) for a in args)}
+        assert users == readers[src], users
     names = [callee for _, callee, _ in calls]
     conv_in = [args[0] for _, callee, args in calls if re.fullmatch(r"q_conv\d+", callee)]
-    n_float_inputs = n_convs - len(handoffs)  # convs whose input is quantized from a float value
+    n_float_inputs = n_convs - len({dst for _, dst in handoffs})  # convs whose input is quantized from float
     assert sum(n.startswith("q_quantize") for n in names) == n_float_inputs, names
     assert not any(n.startswith("q_dequantize") for n in names), names  # float outputs come out of the conv
     assert all(n.startswith("q_") for n in names), names  # activations absorbed: no float op between convs
     assert len(conv_in) == n_convs
+    if overrides.get("fuse_residual", True):
+        assert "R.add(" not in _ops(mod), "a residual add was left in float"
     # (c) close to fp32 on an input outside the calibration set
     x = np.random.default_rng(99).standard_normal(shape).astype(np.float32)
     with torch.no_grad():
