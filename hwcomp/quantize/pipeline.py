@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tvm import relax
 
 from ..passes.fold_batch_norm import FoldBatchNorm
 from ..passes.fold_conv_pad import FoldConvPad
@@ -51,6 +52,9 @@ class Int8Quantizer:
     # ---- passes --------------------------------------------------------------------------------
     def annotate_pass(self, mod):
         t = time.perf_counter()
+        # the torch importer's max_pool2d is (pool, zeros_like indices)[0]: canonicalized to the pool
+        # itself, so a pooled int8 tensor is one value for its convs and a residual add
+        mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
         # batch-norm into the conv weights first: the int8 codes and bias then carry it
         mod = FoldBatchNorm(FoldConvPad(mod))
         out, self.annotation = annotate(mod, self.config, self.names)

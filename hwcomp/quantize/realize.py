@@ -162,7 +162,8 @@ class Realizer:
             if m is None or not is_observe(g.value(m)):
                 continue
             # fused residual adds read a blocked conv's int8 output as it is
-            readers = {a for a, o in fused_adds.items() if o.same_as(m)} if layer.id in blocked else set()
+            readers = {a for a, o in fused_adds.items() if rc.unpooled(g, o).same_as(m)} if layer.id in blocked \
+                else set()
             cons = int8_consumers(g, m, layer_by_var, readers)
             if not cons:
                 continue
@@ -259,9 +260,11 @@ class Realizer:
             """``(int8_conv.Residual, blocked value)`` for a fused residual add's other operand: a
             blocked conv's int8 output as it is, a blocked float output, or float NCHW blocked here."""
             _root, steps, _f, key = g.trace(other)
-            hit = int8_blocked.get(key) if not [s for s in steps if not isinstance(s, relax.TupleGetItem)] else None
-            if hit is not None:
-                return Residual(hit[1].dtype, hit[1].scale, hit[1].zp), hit[0]
+            pools = [s for s in steps if not isinstance(s, relax.TupleGetItem)]
+            hit = int8_blocked.get(key) if all(op_name(s) == "relax.nn.max_pool2d" for s in pools) else None
+            if hit is not None:  # a blocked conv's int8 output, max-pooled as the convs reading it are
+                val, p = qoperand_blocked(bb, other, vmap, hit[1], BLOCK) if pools else hit
+                return Residual(p.dtype, p.scale, p.zp), val
             val = final.get(other, vmap.get(other, other))
             if len(static_shape(val)) == 5:  # a float-blocked conv output
                 return Residual(), val

@@ -15,7 +15,7 @@ import numpy as np
 from tvm import relax
 
 from . import int8_conv as ic
-from .graph import static_shape
+from .graph import op_name, static_shape
 from .int8_compute import conv2d_func
 
 
@@ -33,15 +33,33 @@ def blocked_dot(provider, layer, wq: np.ndarray | None = None, act_zero_point: i
 
 def direct_conv_consumers(g, var, blocked_ids: set, layer_by_var: dict, ignore=frozenset()) -> bool:
     """Whether every user of ``var`` (but those in ``ignore``) is a blocked int8 conv reading it as
-    its input, unchanged."""
+    its input, unchanged or through NCHW max-pools (they run on the blocked int8 codes)."""
     users = [u for u in g.users.get(var, []) if u not in ignore]
     if not users:
         return False
     for u in users:
+        if is_blocked_pool(g, u):
+            if not direct_conv_consumers(g, u, blocked_ids, layer_by_var, ignore):
+                return False
+            continue
         layer = layer_by_var.get(u)
         if layer is None or layer.id not in blocked_ids or not layer.operands[0].same_as(var):
             return False
     return True
+
+
+def is_blocked_pool(g, var) -> bool:
+    """Whether ``var`` is an NCHW ``max_pool2d`` (which ``max_pool_blocked`` runs blocked)."""
+    val = g.value(var) if var is not None else None
+    return op_name(val) == "relax.nn.max_pool2d" and str(val.attrs.layout) == "NCHW" and \
+        str(val.attrs.out_layout) in ("NCHW", "") and len(static_shape(val.args[0]) or ()) == 4
+
+
+def unpooled(g, var):
+    """``var`` with the NCHW max-pools it is computed by walked back."""
+    while is_blocked_pool(g, var):
+        var = g.value(var).args[0]
+    return var
 
 
 def _padded_epilogue_params(eparams: list, epi, n_pad: int) -> list:
@@ -176,7 +194,9 @@ __all__ = [
     "emit_blocked_conv",
     "emit_blocked_depthwise",
     "emit_nchw_conv",
+    "is_blocked_pool",
     "is_depthwise",
     "max_pool_blocked",
     "quantize_blocked",
+    "unpooled",
 ]

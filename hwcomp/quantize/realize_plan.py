@@ -164,7 +164,7 @@ def int8_consumers(g: Graph, var, layer_by_var: dict, ignore=frozenset()) -> lis
         st = g.layout_step(u)
         if st is None or not st[0].same_as(var):
             return None
-        sub = int8_consumers(g, u, layer_by_var)
+        sub = int8_consumers(g, u, layer_by_var, ignore)
         if sub is None:
             return None
         found += sub

@@ -584,6 +584,15 @@ class Residual(nn.Module):
         return self.head(torch.relu(self.b(self.a(y)) + y))
 
 
+class PooledResidual(Residual):
+    """ResNet's stem: the stem conv's output is max-pooled (on its int8 codes, blocked) before
+    the first block, whose identity is the pooled tensor."""
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(self.stem(x), 3, 2, 1)
+        return self.head(torch.relu(self.b(self.a(y)) + y))
+
+
 class Downsample(nn.Module):
     """ResNet's first bottleneck of a stage: ``relu(c2(relu(c1(x))) + shortcut(x))`` with the
     shortcut conv (1x1, stride 2) computed after the main path, then a head conv."""
@@ -635,6 +644,9 @@ PIPELINE = {
     # the identity is the stem's int8 output, read by the second conv's epilogue; relu fused after the add
     "residual": (Residual, (2, 3, 10, 10), [("conv0", "conv1"), ("conv1", "conv2"), ("conv2", "conv3")],
                  {"conv3"}, {"conv2": ("conv0", "int8")}, {}),
+    # ResNet's stem: conv, max-pool on the int8 codes, the first block's identity is the pooled tensor
+    "pooled_residual": (PooledResidual, (1, 3, 15, 14), [("conv0", "conv1"), ("conv1", "conv2"), ("conv2", "conv3")],
+                        {"conv3"}, {"conv2": ("conv0", "int8")}, {}),
     "residual_unfused": (Residual, (2, 3, 10, 10), [("conv1", "conv2")], {"conv0", "conv2", "conv3"}, {},
                          {"fuse_residual": False}),
     # the main path's last conv leaves float32 blocked; the shortcut conv, computed last, adds it
@@ -708,21 +720,31 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     (mod,) = seen
     calls = _call_tir_bindings(mod)
     by_callee = {callee: (var, args) for var, callee, args in calls}
+    pools = {b.var: b.value for blk in mod["main"].body.blocks for b in blk.bindings
+             if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.max_pool2d"}
+    for pool in pools.values():  # max-pools between int8 convs run on the blocked codes
+        assert str(pool.attrs.layout) == f"NCHW{ic.BLOCK}c" and pool.args[0].ty.dtype in ("uint8", "int8")
+
+    def source(v):
+        while v in pools:
+            v = pools[v].args[0]
+        return v
+
     readers = {}  # producer -> the convs reading its output
     for src, dst in handoffs:
         readers.setdefault(src, set()).add(f"q_{dst}")
     for dst, (src, _) in residuals.items():
         readers.setdefault(src, set()).add(f"q_{dst}")
         src_var, _ = by_callee[f"q_{src}"]
-        assert by_callee[f"q_{dst}"][1][-1].same_as(src_var), f"q_{dst} does not add q_{src}'s output"
+        assert source(by_callee[f"q_{dst}"][1][-1]).same_as(src_var), f"q_{dst} does not add q_{src}'s output"
         assert len(static_shape(src_var)) == 5
     for src, dst in handoffs:
         src_var, _ = by_callee[f"q_{src}"]
         _, dst_args = by_callee[f"q_{dst}"]
-        assert dst_args[0].same_as(src_var), f"q_{dst} does not read q_{src}'s output directly"
+        assert source(dst_args[0]).same_as(src_var), f"q_{dst} does not read q_{src}'s output directly"
         shape5 = static_shape(src_var)
         assert len(shape5) == 5 and shape5[-1] == ic.BLOCK and src_var.ty.dtype in ("uint8", "int8"), src_var.ty
-        users = {callee for _, callee, args in calls if any(a.same_as(src_var) for a in args)}
+        users = {callee for _, callee, args in calls if any(source(a).same_as(src_var) for a in args)}
         assert users == readers[src], users
     names = [callee for _, callee, _ in calls]
     conv_in = [args[0] for _, callee, args in calls if re.fullmatch(r"q_conv\d+", callee)]
