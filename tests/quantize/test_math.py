@@ -1,7 +1,8 @@
 """Quantization arithmetic and calibrators against NumPy, and the int8 kernels bit for bit.
 
-Every kernel test builds the TVM kernel for this host (the AVX2 ``vpmaddwd`` path here) and
-compares it with the NumPy int32 reference of ``hwcomp.quantize.qmath`` with ``array_equal``.
+Every kernel test builds the TVM kernel and runs it here, comparing with the NumPy int32 reference
+of ``hwcomp.quantize.qmath`` with ``array_equal``: the AVX2 kernels for the ``x86-avx2`` target (which
+any AVX2 host runs, VNNI hosts included), the VNNI kernel where this host has AVX-512 VNNI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from hwcomp.quantize import qmath
 from hwcomp.quantize.observers import make_observer
 
 RNG = np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def avx2(host):
+    """The AVX2 target: its kernels (``vpmaddwd``/``vpmaddubsw``) run on any AVX2 host."""
+    from hwcomp.target import get_target
+
+    if host.arch != "x86_64" or "avx2" not in host.features:
+        pytest.skip("the AVX2 kernels need an x86 host with AVX2")
+    return get_target("x86-avx2")
 
 
 def _run(func, arrays, out_shape, out_dtype, target):
@@ -112,7 +123,7 @@ def test_mse_threshold_minimizes_error_on_the_samples():
 # ---- kernels, bit-exact --------------------------------------------------------------------------
 @pytest.mark.parametrize("a_dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_dense_requant_bit_exact(host, a_dtype, relu):
+def test_dense_requant_bit_exact(avx2, a_dtype, relu):
     m, k, n = 12, 96, 48
     lo = 0 if a_dtype == "uint8" else -128
     a = RNG.integers(lo, lo + 256, (m, k)).astype(a_dtype)
@@ -120,18 +131,18 @@ def test_dense_requant_bit_exact(host, a_dtype, relu):
     bias = RNG.integers(-20000, 20000, n).astype(np.int32)
     mult, shift = qmath.fixed_point(RNG.uniform(2e-5, 4e-4, n))
     epi = K.Epilogue("requant", "relu" if relu else None, "int8", out_zp=-5)
-    prov = K.get_provider(host)
+    prov = K.get_provider(avx2)
     layout = prov.dense_layout(m, k, n)
     func = prov.schedule_dense(K.dense_func(m, k, n, a_dtype, layout, epi), layout, m, k, n)
     assert layout == "avx2" and func.attrs["tirx.is_scheduled"]
-    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "int8", host)
+    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "int8", avx2)
     acc = a.astype(np.int32) @ w.astype(np.int32).T + bias
     np.testing.assert_array_equal(got, qmath.requantize(acc, mult, shift, -5, relu=relu))
     asm = ex.mod.inspect_source("asm")
     assert "vpmaddwd" in asm and "vpdpbusd" not in asm
 
 
-def test_dense_u8s7_vpmaddubsw_bit_exact_at_the_saturation_edge(host):
+def test_dense_u8s7_vpmaddubsw_bit_exact_at_the_saturation_edge(avx2):
     """The 7-bit-weight AVX2 kernel: exact against int64 NumPy, including rows where every pair of
     products is at the largest value ``vpmaddubsw`` must not saturate on (2 · 255 · 64 = 32640)."""
     m, k, n = 12, 96, 48
@@ -141,28 +152,49 @@ def test_dense_u8s7_vpmaddubsw_bit_exact_at_the_saturation_edge(host):
     bias = RNG.integers(-20000, 20000, n).astype(np.int32)
     mult, shift = qmath.fixed_point(RNG.uniform(2e-6, 4e-5, n))
     epi = K.Epilogue("requant", None, "int8")
-    prov = K.get_provider(host)
+    prov = K.get_provider(avx2)
     layout = prov.dense_layout(m, k, n, w_absmax=64)
     assert layout == "avx2u8" and prov.dense_layout(m, k, n, w_absmax=65) == "avx2"
     func = prov.schedule_dense(K.dense_func(m, k, n, "uint8", layout, epi), layout, m, k, n)
-    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "int8", host)
+    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "int8", avx2)
     acc = a.astype(np.int64) @ w.astype(np.int64).T + bias
     np.testing.assert_array_equal(got, qmath.requantize(acc, mult, shift, 0))
     assert "vpmaddubsw" in ex.mod.inspect_source("asm")
 
+def test_dense_vnni_bit_exact(host):
+    """The AVX-512 VNNI kernel (``vpdpbusd``, u8 activations x s8 weights) on a host that has it."""
+    if host.int8_dot != "vnni":
+        pytest.skip(f"this host has no AVX-512 VNNI (int8 dot: {host.int8_dot})")
+    m, k, n = 12, 96, 48
+    a = RNG.integers(0, 256, (m, k)).astype(np.uint8)
+    w = RNG.integers(-128, 128, (n, k)).astype(np.int8)
+    a[0], w[0], w[1] = 255, 127, -128  # the extremes of both operands along all of K
+    bias = RNG.integers(-20000, 20000, n).astype(np.int32)
+    mult, shift = qmath.fixed_point(RNG.uniform(2e-6, 4e-5, n))
+    epi = K.Epilogue("requant", "relu", "uint8", out_zp=3)
+    prov = K.get_provider(host)
+    layout = prov.dense_layout(m, k, n)
+    assert layout == "vnni"
+    func = prov.schedule_dense(K.dense_func(m, k, n, "uint8", layout, epi), layout, m, k, n)
+    got, ex = _run(func, [a, K.pack_weight(w, layout), bias, mult, shift], (m, n), "uint8", host)
+    acc = a.astype(np.int64) @ w.astype(np.int64).T + bias
+    np.testing.assert_array_equal(got, qmath.requantize(acc, mult, shift, 3, "uint8", relu=True))
+    assert "vpdpbusd" in ex.mod.inspect_source("asm")
 
-def test_dense_float_epilogue_exact_and_gelu_close(host):
+
+
+def test_dense_float_epilogue_exact_and_gelu_close(avx2):
     m, k, n = 8, 64, 40
     a = RNG.integers(-128, 128, (m, k)).astype(np.int8)
     w = RNG.integers(-127, 128, (n, k)).astype(np.int8)
     bias = RNG.integers(-5000, 5000, n).astype(np.int32)
     scale = RNG.uniform(1e-4, 1e-3, n).astype(np.float32)
-    prov = K.get_provider(host)
+    prov = K.get_provider(avx2)
     acc = a.astype(np.int32) @ w.astype(np.int32).T + bias
     for act in (None, "gelu"):
         layout = prov.dense_layout(m, k, n)
         func = prov.schedule_dense(K.dense_func(m, k, n, "int8", layout, K.Epilogue("float", act)), layout, m, k, n)
-        got, _ = _run(func, [a, K.pack_weight(w, layout), bias, scale], (m, n), "float32", host)
+        got, _ = _run(func, [a, K.pack_weight(w, layout), bias, scale], (m, n), "float32", avx2)
         y = acc.astype(np.float32) * scale
         if act is None:
             np.testing.assert_array_equal(got, y)

@@ -20,12 +20,12 @@ from hwcomp.quantize.qmath import cosine
 from hwcomp.target import get_target
 
 
-def _compile(model, example, calib, tmp_path, config=None, name="art"):
+def _compile(model, example, calib, tmp_path, config=None, name="art", target="host"):
     from hwcomp.frontend import load_model
 
     imported = load_model(model, example)
-    q = Int8Quantizer(get_target("host"), config or QuantConfig(), calib, params=imported.params, progress=False)
-    art = hwcomp.compile(imported, "host", tmp_path / name,
+    q = Int8Quantizer(get_target(target), config or QuantConfig(), calib, params=imported.params, progress=False)
+    art = hwcomp.compile(imported, target, tmp_path / name,
                          options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
                                                        compression_summary=None))
     return art, q, imported
@@ -74,7 +74,7 @@ def test_cnn_int8_end_to_end(tmp_path):
     assert cosine(art.run([x])[0], _held_out(model, [x])) >= 0.999
 
 
-def test_tiny_bert_int8_end_to_end_and_int8_chains(tmp_path):
+def test_tiny_bert_int8_end_to_end_and_int8_chains(tmp_path, host):
     model = tiny_bert(layers=2, hidden=64, heads=4, vocab=1000).eval()
     rng = np.random.default_rng(2)
 
@@ -93,15 +93,16 @@ def test_tiny_bert_int8_end_to_end_and_int8_chains(tmp_path):
     assert report["dense0"]["epilogue"]["kind"] == "requant" and report["dense0"]["output"] == "int8"
     assert report["dense4"]["epilogue"] == {"kind": "float_requant", "act": "gelu", "bias": True}
     assert report["dense0"]["names"][-1] == "model_encoder_layer_0_attention_self_query"
-    assert report["dense0"]["layout"] == "avx2u8"  # AVX2 hosts: vpmaddubsw with 7-bit weights
+    # VNNI hosts: vpdpbusd; AVX2 hosts: vpmaddubsw with 7-bit weights
+    assert report["dense0"]["layout"] == ("vnni" if host.int8_dot == "vnni" else "avx2u8")
     for _ in range(2):
         s = sample()
         assert cosine(art.run(s)[0], _held_out(model, s)) >= 0.999
 
 
-def test_reduce_range_chooses_the_kernel(tmp_path):
-    """AVX2 without VNNI: 7-bit weights and the vpmaddubsw layout by default, full 8-bit weights and
-    the vpmaddwd layout with ``reduce_range=False``. Without SmoothQuant this MLP's error comes from
+def test_reduce_range_chooses_the_kernel(tmp_path, host):
+    """AVX2 without VNNI (the ``x86-avx2`` target, which any AVX2 host runs): 7-bit weights and the
+    vpmaddubsw layout by default, full 8-bit weights and the vpmaddwd layout with ``reduce_range=False``. Without SmoothQuant this MLP's error comes from
     the activations (measured 1 - cosine 0.00188 with 7-bit weights, 0.00182 with 8): the narrower
     weights may cost at most half as much again."""
     torch.manual_seed(0)
@@ -110,9 +111,11 @@ def test_reduce_range_chooses_the_kernel(tmp_path):
     calib = [[rng.standard_normal((4, 64)).astype(np.float32)] for _ in range(6)]
     x = rng.standard_normal((4, 64)).astype(np.float32)
     errors = []
+    if host.arch != "x86_64" or "avx2" not in host.features:
+        pytest.skip("the AVX2 int8 kernels need an x86 host with AVX2")
     for reduce, layout, qmax in ((None, "avx2u8", 63), (False, "avx2", 127)):
         art, q, _ = _compile(model, (torch.randn(4, 64),), calib, tmp_path,
-                             QuantConfig(reduce_range=reduce, smooth=None), name=f"r{reduce}")
+                             QuantConfig(reduce_range=reduce, smooth=None), name=f"r{reduce}", target="x86-avx2")
         dense = [r for r in q.realizer.report if r["kind"] == "dense"]
         assert {r["layout"] for r in dense} == {layout}
         codes = max(int(np.abs(w.astype(np.int16)).max()) for w in art.weights() if w.dtype == np.int8)
