@@ -177,6 +177,12 @@ def _read_index(sch, block, load) -> int:
     raise ValueError("window input not among the block's reads")
 
 
+def _fits_stack(unit_bytes: int) -> int:
+    """How many ``unit_bytes`` rows an accumulator tile may hold and stay under :data:`_STACK_BYTES`
+    (AVX-512's 16 accumulator vectors are exactly 1 KiB: one row fewer)."""
+    return max((_STACK_BYTES - 1) // max(unit_bytes, 1), 1)
+
+
 def _tile(ext: int, limit: int) -> int:
     """Largest divisor of ``ext`` not above ``limit``."""
     for t in range(min(ext, max(limit, 1)), 0, -1):
@@ -254,7 +260,7 @@ class WindowReduction(_CPURule):
                 _tile(ext, 2 * lanes))
             # several vectors per tile: independent accumulation chains (a float add's latency:
             # one vector per tile ran a 3x3 average 1.5x slower)
-            u = _tile(ext // vec, budget if vec > 1 else 1)
+            u = _tile(ext // vec, min(budget, _fits_stack(vec * dtype_bits // 8)) if vec > 1 else 1)
             if pad is not None or stride > 1:
                 # The rows are staged (below) per output row, or per tile where the row's stage is
                 # over the stack bound and a tile of >= 2 vectors fits under it.
@@ -286,7 +292,7 @@ class WindowReduction(_CPURule):
             if ext_c > 2 * lanes and ext_c % lanes == 0:  # wide channels (NHWC): lane groups outside
                 c_loops = list(sch.split(loops[j], [None, _tile(ext_c, 2 * lanes)]))
                 ext_c = _const_int(sch.get(c_loops[-1]).extent)
-            t = _tile(extents[w], max(budget // -(-ext_c // lanes), 1))
+            t = _tile(extents[w], min(max(budget // -(-ext_c // lanes), 1), _fits_stack(ext_c * dtype_bits // 8)))
             outer = [loops[p] for p in range(n_s) if p not in (w, j)]
             w0, w1 = sch.split(loops[w], [None, t])
             sch.reorder(*outer, w0, *c_loops[:-1], *r_loops, w1, c_loops[-1])
