@@ -1,7 +1,9 @@
-/* Arithmetic peaks of this CPU, measured: fp32 FMA and the two AVX2 int8 multiply-add sequences.
+/* Arithmetic peaks of this CPU, measured: fp32 FMA and the two AVX2 int8 multiply-add sequences,
+ * and where the CPU has them AVX-512 fp32 FMA (zmm) and AVX-512 VNNI vpdpbusd (zmm).
  * Each loop keeps independent accumulators in registers (no memory traffic); an empty asm
  * statement marks the inputs as changed every iteration so the compiler cannot hoist the work.
- * Built and run by bench/peak.py (gcc -O2 -mavx2 -mfma -fopenmp). */
+ * Built and run by bench/peak.py (gcc -O2 -mavx2 -mfma -fopenmp); the AVX-512 loops are compiled
+ * with per-function target attributes and run only where __builtin_cpu_supports says so. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
@@ -76,6 +78,41 @@ static int maddubs_loop(long n) {
   return o[0];
 }
 
+/* AVX-512: 10 chains x 16 lanes x 2 flops per iteration */
+__attribute__((target("avx512f"))) static float fma512_loop(long n) {
+  __m512 b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
+  __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3),
+         a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7),
+         a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9);
+  for (long k = 0; k < n; k++) {
+    a0 = _mm512_fmadd_ps(a0, b, c); a1 = _mm512_fmadd_ps(a1, b, c); a2 = _mm512_fmadd_ps(a2, b, c);
+    a3 = _mm512_fmadd_ps(a3, b, c); a4 = _mm512_fmadd_ps(a4, b, c); a5 = _mm512_fmadd_ps(a5, b, c);
+    a6 = _mm512_fmadd_ps(a6, b, c); a7 = _mm512_fmadd_ps(a7, b, c); a8 = _mm512_fmadd_ps(a8, b, c);
+    a9 = _mm512_fmadd_ps(a9, b, c);
+  }
+  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                           _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(_mm512_add_ps(a6, a7), _mm512_add_ps(a8, a9))));
+  return _mm512_reduce_add_ps(s);
+}
+
+/* AVX-512 VNNI: u8 x s8 -> s32 (vpdpbusd, 64 MACs per instruction), 10 independent chains */
+__attribute__((target("avx512f,avx512vnni"))) static int vnni_loop(long n) {
+  __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-2);
+  __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
+          c8 = c0, c9 = c0;
+  for (long k = 0; k < n; k++) {
+    __asm__ volatile("" : "+v"(a), "+v"(b));
+    c0 = _mm512_dpbusd_epi32(c0, a, b); c1 = _mm512_dpbusd_epi32(c1, a, b); c2 = _mm512_dpbusd_epi32(c2, a, b);
+    c3 = _mm512_dpbusd_epi32(c3, a, b); c4 = _mm512_dpbusd_epi32(c4, a, b); c5 = _mm512_dpbusd_epi32(c5, a, b);
+    c6 = _mm512_dpbusd_epi32(c6, a, b); c7 = _mm512_dpbusd_epi32(c7, a, b); c8 = _mm512_dpbusd_epi32(c8, a, b);
+    c9 = _mm512_dpbusd_epi32(c9, a, b);
+  }
+  __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                               _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(_mm512_add_epi32(c6, c7),
+                                                                                           _mm512_add_epi32(c8, c9))));
+  return _mm512_reduce_add_epi32(s);
+}
+
 int main(int argc, char **argv) {
   long n = argc > 1 ? atol(argv[1]) : 50000000L;
   int th = omp_get_max_threads();
@@ -90,8 +127,22 @@ int main(int argc, char **argv) {
 #pragma omp parallel reduction(+ : sink)
   sink += maddubs_loop(n);
   double t3 = now();
-  printf("{\"threads\": %d, \"fp32_fma_gflops\": %.2f, \"int8_vpmaddwd_gops\": %.2f, \"int8_vpmaddubsw_gops\": %.2f}\n",
+  double fma512 = -1, vnni = -1; /* -1: this CPU lacks the instructions */
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) {
+#pragma omp parallel reduction(+ : sink)
+    sink += fma512_loop(n);
+    fma512 = th * n * 10.0 * 32 / (now() - t3) / 1e9;
+  }
+  double t4 = now();
+  if (__builtin_cpu_supports("avx512vnni")) {
+#pragma omp parallel reduction(+ : sink)
+    sink += vnni_loop(n);
+    vnni = th * n * 10.0 * 64 / (now() - t4) / 1e9;
+  }
+  printf("{\"threads\": %d, \"fp32_fma256_gflops\": %.2f, \"int8_vpmaddwd_gops\": %.2f, \"int8_vpmaddubsw_gops\": %.2f, "
+         "\"fp32_fma512_gflops\": %.2f, \"int8_vnni_gops\": %.2f}\n",
          th, th * n * 10.0 * 16 / (t1 - t0) / 1e9, th * n * 12.0 * 32 / (t2 - t1) / 1e9,
-         th * n * 6.0 * 64 / (t3 - t2) / 1e9);
+         th * n * 6.0 * 64 / (t3 - t2) / 1e9, fma512, vnni);
   return sink == 12345.678;
 }

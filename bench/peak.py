@@ -1,9 +1,11 @@
-"""Measured arithmetic peaks of this CPU: fp32 FMA and AVX2 int8 multiply-add, 1 and all threads.
+"""Measured arithmetic peaks of this CPU: fp32 FMA and int8 multiply-add, 1 and all threads.
 
 The roofline every other benchmark is read against: ``bench/peak.c`` runs register-only loops of
-``vfmadd`` (fp32), ``vpmaddwd`` (s16 pairs, hwcomp's exact AVX2 int8 path) and ``vpmaddubsw`` +
-``vpmaddwd`` (u8 x s8, the path ONNX Runtime's MLAS uses). ``int8_peak_gops`` is the faster of the two
-int8 sequences. Needs gcc with AVX2 (x86-64 only).
+``vfmadd`` (fp32, ymm and, where the CPU has AVX-512, zmm), ``vpmaddwd`` (s16 pairs, hwcomp's exact
+AVX2 int8 path), ``vpmaddubsw`` + ``vpmaddwd`` (u8 x s8, the path ONNX Runtime's MLAS uses on AVX2)
+and, where the CPU has AVX-512 VNNI, ``vpdpbusd`` (zmm). ``fp32_fma_gflops`` is the wider FMA's,
+``int8_peak_gops`` the fastest int8 sequence's; an instruction set the CPU lacks reads null.
+Needs gcc with AVX2 (x86-64 only).
 
     python bench/peak.py
 
@@ -39,7 +41,11 @@ def measure_peaks(threads: int | None = None, iterations: int = 50_000_000, runs
                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout
             for key, v in json.loads(out).items():
                 res[key] = max(res.get(key, v), v)
-    res["int8_peak_gops"] = max(res["int8_vpmaddwd_gops"], res["int8_vpmaddubsw_gops"])
+    for key in ("fp32_fma512_gflops", "int8_vnni_gops"):
+        if res[key] < 0:
+            res[key] = None
+    res["fp32_fma_gflops"] = max(res["fp32_fma256_gflops"], res["fp32_fma512_gflops"] or 0)
+    res["int8_peak_gops"] = max(res["int8_vpmaddwd_gops"], res["int8_vpmaddubsw_gops"], res["int8_vnni_gops"] or 0)
     return res
 
 
@@ -47,8 +53,11 @@ def main() -> None:
     if platform.machine() != "x86_64":
         sys.exit("bench/peak.py measures x86-64 AVX2 peaks")
     rows = [measure_peaks(1), measure_peaks()]
-    print_table(rows, ["threads", "fp32_fma_gflops", "int8_vpmaddwd_gops", "int8_vpmaddubsw_gops", "int8_peak_gops"])
-    write_results("peak", {"cpu": platform.processor() or platform.machine(), "rows": rows})
+    print_table(rows, ["threads", "fp32_fma256_gflops", "fp32_fma512_gflops", "int8_vpmaddwd_gops",
+                       "int8_vpmaddubsw_gops", "int8_vnni_gops", "fp32_fma_gflops", "int8_peak_gops"])
+    from peers import machine_info
+
+    write_results("peak", {"machine": machine_info(rows[-1]["threads"]), "rows": rows})
     print(f"int8_over_fp32_peak={rows[-1]['int8_peak_gops'] / rows[-1]['fp32_fma_gflops']:.3f}")
 
 
