@@ -35,8 +35,13 @@ def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = 
     if target.is_gpu:
         return mod
     from .passes.blocked_layout import BlockedLayout
+    from .passes.fold_batch_norm import FoldBatchNorm
     from .passes.pack_dense import PackDenseWeights
 
+    # Batch-norm into the conv weights while they are constants: after the weights are lifted,
+    # DecomposeOpsForInference leaves subtract/divide/multiply/add on runtime parameters in every
+    # conv's epilogue (a vector division per output element: ~10 % of ResNet-50 on AVX-512).
+    mod = FoldBatchNorm(mod)
     if blocked_layout:
         layout = BlockedLayout(target.conv_block)
         mod = layout(mod)

@@ -3,10 +3,12 @@
 ``batch_norm(conv2d(x, W) [+ b], gamma, beta, mean, var)[0]`` with constant ``W``, ``b`` and
 statistics becomes ``conv2d(x, W * a) + (beta + (b - mean) * a)`` with ``a = gamma / sqrt(var + eps)``
 per output channel.
-The fp32 path gets the same arithmetic from ``DecomposeOpsForInference`` and the blocked layout's
-constant folding; the int8 quantizer needs it *before* it quantizes the weights, so the scale lands
-in the int8 codes and the shift in the int32 bias, and the requantizing epilogue can hand the next
-convolution its int8 input directly (no float batch-norm between two int8 convolutions).
+The fp32 path runs it in ``build.layout_for_target`` while the weights are still constants (later
+the weights are lifted to parameters, and ``DecomposeOpsForInference`` would leave a per-element
+subtract/divide/multiply/add on them in every conv's epilogue); the int8 quantizer runs it *before*
+it quantizes the weights, so the scale lands in the int8 codes and the shift in the int32 bias, and
+the requantizing epilogue can hand the next convolution its int8 input directly (no float
+batch-norm between two int8 convolutions).
 """
 
 from __future__ import annotations

@@ -334,3 +334,20 @@ def test_to_and_from_blocked_round_trip(host):
     np.testing.assert_array_equal(blocked[:, 1, ..., :4], xa[:, 16:].transpose(0, 2, 3, 1))
     assert not blocked[:, 1, ..., 4:].any()  # padded channels are zero
     np.testing.assert_array_equal(ya.numpy(), xa)
+
+
+@pytest.mark.parametrize("make,shape", [(Chain, (1, 16, 10, 10)), (MobileBlock, (1, 8, 9, 9))],
+                         ids=["chain", "mobile_block"])
+def test_layout_for_target_folds_batch_norm_into_the_weights(make, shape, host):
+    """The fp32 path folds every conv's batch-norm into its constant weights before the layout pass
+    (after the weights are lifted, the decomposed batch-norm would be per-element runtime arithmetic
+    in each conv's epilogue), and the compiled model still matches PyTorch."""
+    from hwcomp.build import layout_for_target
+
+    model, _, mod = _import(make(), torch.randn(*shape))
+    assert _ops(mod, "relax.nn.batch_norm") > 0
+    out = layout_for_target(mod, host)
+    assert _ops(out, "relax.nn.batch_norm") == 0
+    lowered = relax.transform.DecomposeOpsForInference()(finalize_weights(out)[0])
+    assert _ops(lowered, "relax.subtract") == 0  # no batch-norm left to decompose (x - mean) / std ...
+    _check_numerics(model, out, host, torch.randn(*shape))
