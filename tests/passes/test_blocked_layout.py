@@ -190,12 +190,14 @@ class Grouped(nn.Module):
         return self.g8(x), self.w4(x), self.mult(x)
 
 
-def test_grouped_conv(host):
-    """Groups of whole blocks (of 16, or of 8) are converted; narrower groups and a depthwise conv
-    with a channel multiplier stay ``relax.nn.conv2d``."""
+@pytest.mark.parametrize("block", [BLOCK, 32], ids=["avx2", "avx512"])
+def test_grouped_conv(host, block):
+    """Groups of whole blocks (of 16, or of 8; AVX-512's 32-channel layout also goes down to 8:
+    RegNet's 8-wide groups) are converted; narrower groups and a depthwise conv with a channel
+    multiplier stay ``relax.nn.conv2d``."""
     x = torch.randn(1, 16, 6, 6)
     model, _, mod = _import(Grouped(), x)
-    p = BlockedLayout(BLOCK)
+    p = BlockedLayout(block)
     out = p(mod)
     assert p.converted == 1
     assert _ops(out, "relax.nn.conv2d") == 2
