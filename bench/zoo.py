@@ -17,7 +17,8 @@ same ``--threads`` (default: every CPU this process may use):
 - hwcomp tuned: ``CompileOptions(database=DB_DIR)``, with ``--tuned DB_DIR``;
 - PyTorch eager (``torch.set_num_threads``);
 - ONNX Runtime (``torch.onnx.export``, CPUExecutionProvider, ``intra_op_num_threads``);
-- OpenVINO (the same ONNX file, CPU plugin, ``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT=LATENCY``).
+- OpenVINO (the same ONNX file, CPU plugin, ``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT=LATENCY``,
+  ``INFERENCE_PRECISION_HINT=f32``: fp32 like everyone else, not the bf16 default of AMX CPUs).
 
 A peer that fails on a model is a "-" in the table with its reason in the JSON. Per model: ms per
 framework, hwcomp (tuned when given) / best peer, the model's GFLOP (``FlopCounterMode``) and
