@@ -64,8 +64,11 @@ def _conv(*args, **kwargs):
 
 def _grouped_blocked(host, width: int) -> bool:
     """Whether groups ``width`` channels wide go into the blocked layout on ``host``: whole blocks of
-    the target's block (16 with AVX2, 32 with AVX-512, 8 on NEON) or of half of it, at least 4."""
-    return any(b >= 4 and width % b == 0 for b in (host.conv_block, host.conv_block // 2))
+    the target's block (16 with AVX2, 32 with AVX-512, 8 on NEON) or of half of it — or, with
+    AVX-512's 32, of a quarter (RegNet's 8-wide groups) — at least 4."""
+    b = host.conv_block
+    sizes = (b, b // 2) + ((b // 4,) if b >= 32 else ())
+    return any(s >= 4 and width % s == 0 for s in sizes)
 
 
 CONV_CASES = {
