@@ -17,7 +17,12 @@ resnet18, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny. Variants per m
   (U8S8) — and the ORT int8 column is the faster of the two on this CPU (ORT's best int8; on an
   AVX2 CPU without VNNI U8S8 measured 2x faster than S8S8 on ResNet-18); the JSON has both.
 
-OpenVINO int8 (NNCF) is not measured: ``nncf`` is not installed in this environment.
+- OpenVINO int8: the same ONNX file read by OpenVINO and quantized by NNCF's post-training
+  quantization (``nncf.quantize``, its default symmetric preset, per-channel weights) on the SAME 16
+  calibration images, run by the CPU plugin with ``INFERENCE_NUM_THREADS``,
+  ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_PRECISION_HINT=f32`` (the layers NNCF leaves in float
+  run fp32, not the bf16 default of AMX CPUs). Needs ``nncf`` (a bench extra); without it the column
+  says why.
 
 Fidelity: cosine of the output (``last_hidden_state``) against PyTorch fp32 on 4 held-out random
 images (seed 1), mean over the images (the JSON also has the minimum and the fp32 variants' cosine).
@@ -66,7 +71,7 @@ import peers
 from common import write_results
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
-VARIANTS = ("hwcomp_fp32", "hwcomp_int8", "ort_fp32", "ort_int8")  # the table's latency columns
+VARIANTS = ("hwcomp_fp32", "hwcomp_int8", "ort_fp32", "ort_int8", "ov_int8")  # the table's latency columns
 ORT_INT8 = {"int8": "ort_int8_s8s8", "uint8": "ort_int8_u8s8"}  # activation type -> timed variant
 N_CALIB, CALIB_SEED = 16, 0
 N_HELD, HELD_SEED = 4, 1
@@ -99,6 +104,25 @@ def _ort_session(path: Path, threads: int):
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(sess.run(None, {name: x})[0])
+
+    return run
+
+
+def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int):
+    """OpenVINO int8 through NNCF post-training quantization on ``calib``; a run function."""
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return np.asarray(request.get_output_tensor(0).data).copy()
 
     return run
 
@@ -252,6 +276,14 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     for act, label in ORT_INT8.items():
         attempt(label, ort_variant(int8_path(act)))
 
+    def ov_variant():
+        export()
+        run = ov_int8_nncf(onnx_path, calib, args.threads)
+        x0 = held[0]
+        return run, (lambda: run(x0))
+
+    attempt("ov_int8", ov_variant)
+
     # fidelity against PyTorch fp32 on the held-out images
     for label in list(runs):
         try:
@@ -301,6 +333,8 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         row["hwcomp_int8_speedup"] = row["hwcomp_fp32_ms"] / row["hwcomp_int8_ms"]
     if "hwcomp_int8_ms" in row and "ort_int8_ms" in row:
         row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
+    if "hwcomp_int8_ms" in row and "ov_int8_ms" in row:
+        row["hwcomp_int8_over_ov_int8"] = row["hwcomp_int8_ms"] / row["ov_int8_ms"]
     if not row["errors"]:
         del row["errors"]
     shutil.rmtree(wd, ignore_errors=True)
@@ -353,8 +387,9 @@ def bench_digits(args) -> dict:
 
 # ---- report ------------------------------------------------------------------------------------
 
-HEADER = ["model", "hwcomp fp32 ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms", "int8/fp32 speedup (hwcomp)",
-          "hwcomp int8 / ORT int8", "cosine hwcomp int8", "cosine ORT int8"]
+HEADER = ["model", "hwcomp fp32 ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms", "OpenVINO int8 ms",
+          "int8/fp32 speedup (hwcomp)", "hwcomp int8 / ORT int8", "hwcomp int8 / OpenVINO int8",
+          "cosine hwcomp int8", "cosine ORT int8", "cosine OpenVINO int8"]
 
 
 def _cells(r: dict) -> list[str]:
@@ -373,10 +408,10 @@ def _cells(r: dict) -> list[str]:
 
     ms = [value(lb, r.get(f"{lb}_ms"), ".2f") for lb in VARIANTS]
     if "ort_int8_config" in r:  # which activation type was the faster
-        ms[-1] += f" ({r['ort_int8_config'].split('_')[-1]})"
+        ms[VARIANTS.index("ort_int8")] += f" ({r['ort_int8_config'].split('_')[-1]})"
     return [r["model"], *ms,
-            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_over_ort_int8"),
-            *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8"))]
+            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_over_ort_int8"), ratio("hwcomp_int8_over_ov_int8"),
+            *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8", "ov_int8"))]
 
 
 def print_markdown(rows: list[dict]) -> None:
@@ -478,6 +513,8 @@ def main() -> None:
 
     ratios = [r["hwcomp_int8_over_ort_int8"] for r in rows if "hwcomp_int8_over_ort_int8" in r]
     geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+    ov = [r["hwcomp_int8_over_ov_int8"] for r in rows if "hwcomp_int8_over_ov_int8" in r]
+    geomean_ov = math.exp(sum(map(math.log, ov)) / len(ov)) if ov else float("nan")
     total_s = time.perf_counter() - t_start
     write_results("int8_cnn", {
         "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,
@@ -485,11 +522,13 @@ def main() -> None:
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED, "distribution": "N(0, 1)"},
         "held_out": {"images": N_HELD, "seed": HELD_SEED},
         "models": rows, "digits": dig, "geomean_hwcomp_int8_over_ort_int8": geomean,
+        "geomean_hwcomp_int8_over_ov_int8": geomean_ov,
         "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
         "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
                  "the faster of S8S8 and U8S8; "
-                 "OpenVINO int8 not measured (nncf not installed); machine shared with other jobs"})
+                 "OpenVINO int8 = NNCF post-training quantization, fp32 precision hint; machine shared with other jobs"})
     print(f"total {total_s:.0f} s")
+    print(f"int8_cnn_geomean_hwcomp_over_openvino_int8={geomean_ov:.3f}")
     print(f"int8_cnn_geomean_hwcomp_over_ort_int8={geomean:.3f}")
 
 
