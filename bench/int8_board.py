@@ -27,25 +27,20 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results
+from int8_cnn import (  # the same models and images
+    CALIB_SEED,
+    HELD_SEED,
+    MODELS,
+    N_CALIB,
+    _cos,
+    _images,
+)
 
-MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
-N_CALIB, CALIB_SEED, HELD_SEED = 16, 0, 1
 BOARD_ROOT = Path(__file__).resolve().parents[1] / ".board" / "aarch64"
-
-
-def _images(shape, n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
-
-
-def _cos(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
 def main() -> None:
@@ -65,6 +60,7 @@ def main() -> None:
 
     import hwcomp
     from hwcomp import zoo
+    from hwcomp.errors import HwcompError
     from hwcomp.frontend import load_model
     from hwcomp.quantize import QuantConfig
     from hwcomp.quantize.pipeline import Int8Quantizer
@@ -73,8 +69,13 @@ def main() -> None:
     from hwcomp.target import get_target
 
     targets = args.targets.split(",")
-    for t in targets:
-        get_target(t)  # a one-line error for an unknown target before any work
+    for t in targets:  # a one-line error for an unknown or non-board target before any work
+        try:
+            arch = get_target(t).arch
+        except HwcompError as e:
+            p.error(str(e))
+        if arch != "aarch64":
+            p.error(f"target {t!r} is {arch}, not a target of the emulated aarch64 board (rpi4, rpi5, ...)")
     ok, reason = board_available()
     if not ok:
         sys.exit(f"int8_board: the emulated board is not available here: {reason}")

@@ -423,6 +423,12 @@ def print_markdown(rows: list[dict]) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
 
 
+def _geomean(rows: list[dict], key: str) -> float:
+    """Geometric mean of ``key`` over the rows that have it (nan when none does)."""
+    xs = [r[key] for r in rows if key in r]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+
+
 def _tvm_threads() -> int | None:
     import tvm
 
@@ -511,10 +517,7 @@ def main() -> None:
                   f"PyTorch fp32 {dig['torch_fp32_acc']:.2f} %, hwcomp fp32 {acc('hwcomp_fp32_acc')}, "
                   f"hwcomp int8 {acc('hwcomp_int8_acc')}, int8 drop {drop} points")
 
-    ratios = [r["hwcomp_int8_over_ort_int8"] for r in rows if "hwcomp_int8_over_ort_int8" in r]
-    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
-    ov = [r["hwcomp_int8_over_ov_int8"] for r in rows if "hwcomp_int8_over_ov_int8" in r]
-    geomean_ov = math.exp(sum(map(math.log, ov)) / len(ov)) if ov else float("nan")
+    geomean, geomean_ov = _geomean(rows, "hwcomp_int8_over_ort_int8"), _geomean(rows, "hwcomp_int8_over_ov_int8")
     total_s = time.perf_counter() - t_start
     write_results("int8_cnn", {
         "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,

@@ -40,7 +40,7 @@ def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = 
 
     # Batch-norm into the conv weights while they are constants: after the weights are lifted,
     # DecomposeOpsForInference leaves subtract/divide/multiply/add on runtime parameters in every
-    # conv's epilogue (a vector division per output element: ~10 % of ResNet-50 on AVX-512).
+    # conv's epilogue (measured on AVX-512: EfficientNet-B0 -9 %, MobileNetV2 -6 %, ResNets ~1 %).
     mod = FoldBatchNorm(mod)
     if blocked_layout:
         layout = BlockedLayout(target.conv_block)

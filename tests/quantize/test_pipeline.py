@@ -102,17 +102,18 @@ def test_tiny_bert_int8_end_to_end_and_int8_chains(tmp_path, host):
 
 def test_reduce_range_chooses_the_kernel(tmp_path, host):
     """AVX2 without VNNI (the ``x86-avx2`` target, which any AVX2 host runs): 7-bit weights and the
-    vpmaddubsw layout by default, full 8-bit weights and the vpmaddwd layout with ``reduce_range=False``. Without SmoothQuant this MLP's error comes from
-    the activations (measured 1 - cosine 0.00188 with 7-bit weights, 0.00182 with 8): the narrower
-    weights may cost at most half as much again."""
+    vpmaddubsw layout by default, full 8-bit weights and the vpmaddwd layout with
+    ``reduce_range=False``. Without SmoothQuant this MLP's error comes from the activations
+    (measured 1 - cosine 0.00188 with 7-bit weights, 0.00182 with 8): the narrower weights may cost
+    at most half as much again."""
+    if host.arch != "x86_64" or "avx2" not in host.features:
+        pytest.skip("the AVX2 int8 kernels need an x86 host with AVX2")
     torch.manual_seed(0)
     model = MLP(64, 128, 16).eval()
     rng = np.random.default_rng(3)
     calib = [[rng.standard_normal((4, 64)).astype(np.float32)] for _ in range(6)]
     x = rng.standard_normal((4, 64)).astype(np.float32)
     errors = []
-    if host.arch != "x86_64" or "avx2" not in host.features:
-        pytest.skip("the AVX2 int8 kernels need an x86 host with AVX2")
     for reduce, layout, qmax in ((None, "avx2u8", 63), (False, "avx2", 127)):
         art, q, _ = _compile(model, (torch.randn(4, 64),), calib, tmp_path,
                              QuantConfig(reduce_range=reduce, smooth=None), name=f"r{reduce}", target="x86-avx2")
