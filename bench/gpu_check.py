@@ -15,7 +15,11 @@ Two modes:
     (``time_evaluator`` over ``invoke_stateful``) against PyTorch eager (CUDA events).
 
 Models (fixed seeds): ``mlp`` 512→1024→10 on a batch of 8; ``cnn`` (conv3x3-bn-relu-maxpool)×2 +
-linear on 1×3×32×32.
+linear on 1×3×32×32; ``mlp_sparse``: the MLP pre-pruned in PyTorch to 90 % of 16×1 blocks, compiled
+with no flag (the BSR kernel is chosen by detection); ``mlp_int8``: the MLP quantized
+(``quantize_passes``, default config, 16 calibration samples; CUDA ``dp4a``), checked on the GPU
+against the same int8 model built for this host's CPU (``OUTDIR/<artifact>.cpu_out.npy``) as well
+as against fp32 PyTorch.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "mlp_sparse", "mlp_int8")
 
 
 # ---- models (PyTorch; built the same way in both modes) ----------------------------------------
@@ -45,8 +49,13 @@ def make_model(name: str):
     from torch import nn
 
     torch.manual_seed(0)
-    if name == "mlp":
+    if name in ("mlp", "mlp_int8"):
         model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    elif name == "mlp_sparse":
+        model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        w = model[0].weight.data  # [out, in]: zero 90 % of the 16x1 blocks (16 output rows x 1 input)
+        keep = torch.rand(w.shape[0] // 16, w.shape[1], generator=torch.Generator().manual_seed(2)) >= 0.9
+        w.mul_(keep.repeat_interleave(16, dim=0).to(w.dtype))
     elif name == "cnn":
         model = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
@@ -65,7 +74,7 @@ def make_model(name: str):
 
 
 def example_input(name: str, seed: int = 0) -> np.ndarray:
-    shape = {"mlp": (8, 512), "cnn": (1, 3, 32, 32)}[name]
+    shape = (1, 3, 32, 32) if name == "cnn" else (8, 512)
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
@@ -89,18 +98,35 @@ def build(outdir: Path, targets: list[str]) -> dict:
                 continue  # other archs: the MLP is enough to check the PTX path
             d = outdir / f"{name}-{tname}"
             t0 = time.perf_counter()
-            art = hwcomp.compile(model, tname, d, example_inputs=(x,))
+            art = hwcomp.compile(model, tname, d, example_inputs=(x,), options=_options(name, tname), log=print)
+            if name == "mlp_int8":  # the same int8 model on this CPU: what the GPU's int8 must match
+                cpu = hwcomp.compile(model, "host", None, example_inputs=(x,), options=_options(name, "host"))
+                np.save(outdir / f"{d.name}.cpu_out.npy", cpu.run(art.reference()[0])[0])
             summary["artifacts"][d.name] = {
                 "model": name, "target": tname, "build_s": round(time.perf_counter() - t0, 1),
                 "model_so_bytes": (d / "model.so").stat().st_size,
                 "cuda_modules": cuda.describe_library(d / "model.so"),
                 "fidelity_here": art.fidelity,
+                "compression": art.manifest.get("compression"),
             }
             print(f"built {d.name} in {summary['artifacts'][d.name]['build_s']} s", flush=True)
             if name == "mlp" and tname == "h100":
                 _build_source_control(model, x, outdir, summary)
     (outdir / "build.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _options(name: str, target: str):
+    """Compile options per model: the int8 MLP gets the quantizer, calibrated on 16 fresh inputs."""
+    if name != "mlp_int8":
+        return None
+    import hwcomp
+    from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
+
+    calib = [[example_input(name, seed=100 + i)] for i in range(16)]
+    return hwcomp.CompileOptions(passes=quantize_passes(get_target(target), QuantConfig(), calib,
+                                                        progress=False))
 
 
 def _build_source_control(model, x, outdir: Path, summary: dict) -> None:
@@ -238,6 +264,9 @@ def _check_one(d: Path, name: str, artifact_mod, cuda, tvm, torch, dev, number: 
     out = art.run(ref_in)  # first run: module load (+ driver PTX JIT when no SASS matches)
     r["first_run_s"] = round(time.perf_counter() - t0, 3)
     r["vs_reference_cpu"] = artifact_mod.compare(out, ref_out)
+    cpu_out = d.parent / f"{d.name}.cpu_out.npy"
+    if cpu_out.is_file():  # the same compiled (int8) model run on the build machine's CPU
+        r["vs_same_model_on_cpu"] = _err(out[0], np.load(cpu_out))
 
     # 2. Against the same PyTorch model on this GPU (fp32), on the reference input and a fresh one.
     model = make_model(name)
