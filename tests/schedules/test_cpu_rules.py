@@ -46,6 +46,24 @@ def test_tiled_matmul_epilogue(host, m, k, n, batch):
     np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mr", [4, 8])
+@pytest.mark.parametrize("m", [197, 7, 13])
+def test_ragged_rows_are_padded_not_guarded(host, m, mr):
+    """Row counts with no divisor near the tile (197 tokens) are padded to the tile: a guarded last
+    tile keeps its rows' accumulators in memory. No predicate may remain in the reduction (the
+    write-back of the last tile keeps one)."""
+    func, sa, sb = _matmul_bias_relu(m, 48, 64)
+    sch = TiledReduction(host.vector_bits, TileKnobs(mr=mr)).apply(func, host.tvm_target(), False)
+    update = str(sch.mod["main"]).split('T.sblock("matmul_update")')[1].split("T.sblock(")[0]
+    assert "T.where" not in update
+    ex = tvm.compile(sch.mod, target=host.tvm_target())
+    rng = np.random.default_rng(m)
+    a, b, bias = (rng.standard_normal(s).astype("float32") for s in (sa, sb, (64,)))
+    out = tvm.runtime.tensor(np.zeros((m, 64), "float32"))
+    ex["main"](*(tvm.runtime.tensor(x) for x in (a, b, bias)), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_direct(host):
     x = te.placeholder((1, 4, 10, 10), name="x")
     w = te.placeholder((6, 4, 3, 3), name="w")
