@@ -70,9 +70,14 @@ def _database(database: str | Path | None, target: Target | None = None):
 
 
 def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRModule:
-    """Decompose, (on CPUs) approximate transcendental ops, legalize and fuse: the PrimFuncs that
-    get scheduled, tuned and built. Call inside ``target.tvm_target()``."""
+    """Decompose, (on CPUs) softmax onto hwcomp's row softmax and transcendental ops onto
+    approximations, legalize and fuse: the PrimFuncs that get scheduled, tuned and built. Call
+    inside ``target.tvm_target()``."""
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    if not target.is_gpu:
+        from .passes.row_softmax import RowSoftmax
+
+        mod = RowSoftmax(2 * target.vector_bits // 32, fast_exp=fast_math)(mod)
     if fast_math and not target.is_gpu:
         mod = FastMath()(mod)
     return relax.get_pipeline("zero")(mod)

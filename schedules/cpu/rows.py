@@ -112,4 +112,10 @@ class RowReduction(_CPURule):
                 sch.vectorize(v)
             elif ext is not None and 1 < ext <= lanes:
                 sch.vectorize(inner)
+            elif ext is not None and ext > lanes and b == last:
+                # a ragged row (a padded softmax sliced back to 1500 columns): whole vectors, then
+                # the remainder in a loop of its own (a guard under the vector loop would scalarize it)
+                main, _ = sch.loop_partition(inner, [ext // lanes * lanes, None])
+                _, v = sch.split(main, [None, lanes])
+                sch.vectorize(v)
         return sch
