@@ -51,3 +51,18 @@ def test_matches_libm_and_torch(host):
         assert np.max(np.abs(e - r) / scale) < 2e-6, name
     assert not all(np.array_equal(f, e) for f, e in zip(fast, exact)), "fast_math=False changed nothing"
     assert math.isfinite(float(fast[0].sum()))
+
+
+class _Powers(torch.nn.Module):
+    def forward(self, x):  # GPT-2's gelu_new cubes its input; RMSNorm squares
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0)))), x.pow(2)
+
+
+def test_small_integer_powers_become_multiplications(host):
+    x = torch.linspace(-5, 5, 4 * 96).reshape(4, 96)
+    imported = load_model(_Powers().eval(), (x,))
+    assert "R.power(" in imported.mod.script()
+    assert "R.power(" not in FastMath()(imported.mod).script()
+    ref = [t.numpy() for t in _Powers()(x)]
+    for out, r in zip(_run(imported, x, host, True), ref):
+        np.testing.assert_allclose(out, r, rtol=2e-6, atol=2e-6)
