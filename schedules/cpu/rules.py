@@ -218,6 +218,46 @@ class _CPURule(ScheduleRule):
         raise NotImplementedError
 
 
+def _tile_axes(sch: s_tir.Schedule, main):
+    """The register tile's axes of a one-reduction block: ``(stmt, loops, ivars, kinds, n_s,
+    extents, j, i, broadcast_used)`` with ``j`` the vectorized column axis and ``i`` the row axis
+    (None if there is none); None when the block is not spatial-then-reduction with a spatial
+    column. Extents are None where symbolic (a dynamic sequence length)."""
+    stmt = sch.get(main)
+    loops = sch.get_loops(main)
+    ivars = list(stmt.iter_vars)
+    kinds = spatial_then_reduction(sch, main)
+    if kinds is None:
+        return None
+    n_s = kinds.count("S")
+    extents = [_const_int(iv.dom.extent) for iv in ivars]
+    var_pos = {iv.var: p for p, iv in enumerate(ivars)}
+
+    out_region = stmt.writes[0].region
+    j = var_pos.get(out_region[-1].min) if out_region else None
+    if j is None or kinds[j] != "S":
+        return None
+    # The row axis is the one the "broadcast" operand (A of A@B, the weight of a conv) is
+    # indexed by while it ignores the vectorized column axis.
+    i = None
+    broadcast_used: set[int] = set()
+    for read in stmt.reads:
+        if read.source.same_as(stmt.writes[0].source):
+            continue
+        used = set()
+        for r in read.region:
+            used |= {var_pos[v] for v in _vars_in(r.min) if v in var_pos}
+        if j not in used:
+            cands = [p for p in used if kinds[p] == "S" and (extents[p] is None or extents[p] > 1)]
+            if cands:
+                i = max(cands)
+                broadcast_used = used
+    if i is None:
+        spatial_before = [p for p in range(n_s) if p != j and (extents[p] is None or extents[p] > 1)]
+        i = spatial_before[-1] if spatial_before else None
+    return stmt, loops, ivars, kinds, n_s, extents, j, i, broadcast_used
+
+
 class TiledReduction(_CPURule):
     """Register-tiled schedule for one-reduction functions (matmul, batch matmul, conv)."""
 
@@ -242,7 +282,8 @@ class TiledReduction(_CPURule):
         if _broadcasts_result(sch, main):
             return None
 
-        padded = self._pad_symbolic(sch, main, pad_rows)
+        before = _tile_axes(sch, main)
+        padded = self._pad_symbolic(sch, main, pad_rows, before[7] if before else None)
 
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
         # stage because an if_then_else in the innermost loop defeats vectorization, and so do
@@ -255,41 +296,10 @@ class TiledReduction(_CPURule):
                 except s_tir.ScheduleError:
                     pass
 
-        stmt = sch.get(main)
-        loops = sch.get_loops(main)
-        ivars = list(stmt.iter_vars)
-        kinds = spatial_then_reduction(sch, main)
-        if kinds is None:
+        axes = _tile_axes(sch, main)
+        if axes is None:
             return None
-        n_s = kinds.count("S")
-        # None: a symbolic extent (a dynamic sequence length). Rows padded by _pad_symbolic split
-        # exactly; otherwise the last row tile is guarded by a predicate (a split that need not
-        # divide); symbolic columns get whole-row tiles (_symbolic_columns).
-        extents = [_const_int(iv.dom.extent) for iv in ivars]
-        var_pos = {iv.var: p for p, iv in enumerate(ivars)}
-
-        out_region = stmt.writes[0].region
-        j = var_pos.get(out_region[-1].min) if out_region else None
-        if j is None or kinds[j] != "S":
-            return None
-        # The row axis is the one the "broadcast" operand (A of A@B, the weight of a conv) is
-        # indexed by while it ignores the vectorized column axis.
-        i = None
-        broadcast_used: set[int] = set()
-        for read in stmt.reads:
-            if read.source.same_as(stmt.writes[0].source):
-                continue
-            used = set()
-            for r in read.region:
-                used |= {var_pos[v] for v in _vars_in(r.min) if v in var_pos}
-            if j not in used:
-                cands = [p for p in used if kinds[p] == "S" and (extents[p] is None or extents[p] > 1)]
-                if cands:
-                    i = max(cands)
-                    broadcast_used = used
-        if i is None:
-            spatial_before = [p for p in range(n_s) if p != j and (extents[p] is None or extents[p] > 1)]
-            i = spatial_before[-1] if spatial_before else None
+        stmt, loops, ivars, kinds, n_s, extents, j, i, broadcast_used = axes
 
         # Row axes side by side (a Linear over [B, H, W, C]: ConvNeXt, Swin) become one row axis:
         # 14 x 14 = 196 rows tile by 4, where 14 alone gave tiles of 2 rows (13.5 GFLOP/s).
@@ -379,7 +389,7 @@ class TiledReduction(_CPURule):
         schedule_root_stages(sch, par, self.vector_bits)
         return sch
 
-    def _pad_symbolic(self, sch, main, pad_rows: int | None = None) -> dict[int, int]:
+    def _pad_symbolic(self, sch, main, pad_rows: int | None = None, row: int | None = None) -> dict[int, int]:
         """Pad axes of the reduction whose tiles would otherwise need a guard in the inner loops
         (``pad_einsum``: the inputs are copied into padded buffers and the result sliced back):
         each symbolic row axis (a dynamic sequence length) up to a multiple of the register tile,
@@ -387,6 +397,7 @@ class TiledReduction(_CPURule):
         over 197 or 1500 tokens) up to a multiple of two vectors. A guard there keeps the tile out
         of registers, and TVM scalarizes a vector loop under one (197 columns ran as 1-wide tiles).
         ``pad_rows``: also pad that static axis (the row axis) to a multiple of the row tile.
+        ``row``: the row axis (``_tile_axes``), the only static axis padded for padded columns.
         Returns axis position → padding factor; {} when nothing needs it or the block is not an
         einsum (then the guarded tiles are used)."""
         stmt = sch.get(main)
@@ -413,13 +424,14 @@ class TiledReduction(_CPURule):
                 padding[p] = self.knobs.mr
         if all(f == 1 for f in padding):
             return {}
-        # padded columns: ragged static rows are padded too (a guarded row tile over a padded
-        # einsum computed wrong results at 197 x 197 in TVM 0.27)
-        for p, iv in enumerate(ivars):
-            ext = _const_int(iv.dom.extent)
-            if iv.iter_type == tirx.IterVar.DataPar and padding[p] == 1 and ext is not None \
-                    and ext > self.knobs.mr and ext % self.knobs.mr:
-                padding[p] = self.knobs.mr
+        # padded columns: a ragged static row axis is padded too (a guarded row tile over a padded
+        # einsum computed wrong results at 197 x 197 in TVM 0.27). Only the row axis: padding every
+        # ragged axis also padded 6 or 12 attention heads to 8 or 16 (a third more work at 8-row
+        # tiles) and a 32-lane weight panel to 36 (40x slower at 6-row tiles).
+        if row is not None and padding[row] == 1:
+            ext = _const_int(ivars[row].dom.extent)
+            if ext is not None and ext > self.knobs.mr and ext % self.knobs.mr:
+                padding[row] = self.knobs.mr
         try:
             sch.pad_einsum(main, padding)
         except Exception:  # noqa: BLE001 - not an einsum (TVM raises assorted errors): use guarded tiles
