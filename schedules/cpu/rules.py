@@ -147,6 +147,13 @@ def schedule_injective(sch: s_tir.Schedule, block, lanes: int, min_parallel: int
     elif 1 < extents[-1] <= 2 * lanes:
         sch.vectorize(inner)
         loops = loops[:-1]
+    elif extents[-1] > 2 * lanes:
+        # a ragged row (197 tokens): whole vectors, then the remainder in a loop of its own (a
+        # lane guard under the vector loop would scalarize all of it)
+        body, _ = sch.loop_partition(inner, [extents[-1] // lanes * lanes, None])
+        _, vec = sch.split(body, [None, lanes])
+        sch.vectorize(vec)
+        loops = loops[:-1]
     # Fusing a loop of symbolic extent under another one divides the fused index by that extent
     # (a 64-bit division by a run-time value, per element): fuse only up to the first symbolic
     # loop after the first loop, and leave the loops below serial.
@@ -370,7 +377,14 @@ class TiledReduction(_CPURule):
 
         cw = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(cw, tile_outer[-1], preserve_unit_loops=True)
-        inline_epilogues(sch, cw)
+        if j in padded:
+            # Padded columns: the tile is stored whole into the padded result, and the slice back
+            # (with the epilogues) is a stage of its own, vectorized over whole vectors. Folded into
+            # the tile's store, its lane guard scalarized every store (ViT's 197 x 197 scores).
+            for c in sch.get_consumers(cw):
+                inline_epilogues(sch, c)
+        else:
+            inline_epilogues(sch, cw)
 
         if i is not None and mr > 1:
             sch.unroll(i1)
