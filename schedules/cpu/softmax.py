@@ -10,6 +10,9 @@ Differences from ``topi.nn.softmax``/``fast_softmax``, each measured on an AVX-5
   max's identity, and ``exp`` gives 0 there); the result is written at the original length.
 - **One reciprocal per row, then a multiply**: ``vdivps`` on 512-bit vectors was the hottest
   instruction of the old kernel (about 16 cycles each).
+- ``safe``: rows whose entries are all ``-inf`` (fully masked) give 0, as PyTorch's
+  ``_safe_softmax`` (what ``scaled_dot_product_attention`` exports to) does with a second pass
+  over the scores (``x == -inf`` reduced per row); here the row's max tells.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import tvm
 from tvm import te, topi
 
 
-def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True) -> te.Tensor:
-    """``softmax(x, axis=-1)`` for a static last dimension; ``multiple``: pad rows to it."""
+def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True, safe: bool = False) -> te.Tensor:
+    """``softmax(x, axis=-1)`` for a static last dimension; ``multiple``: pad rows to it;
+    ``safe``: fully ``-inf`` rows give 0 (else NaN, like ``torch.softmax``; a row whose max is
+    the lowest finite float counts as masked too)."""
     *rows, length = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.shape)
     if not isinstance(length, int):
         raise ValueError("row_softmax: the row length must be static")
     dtype = x.dtype
     width = -(-length // multiple) * multiple if length > multiple else length
+    # padding: the max's identity. In safe mode -inf itself, so a fully masked row's max is -inf.
+    pad = tvm.tirx.const(float("-inf"), dtype) if safe else tvm.tirx.min_value(dtype)
     if width != length:
-        xp = te.compute((*rows, width), lambda *i: tvm.tirx.if_then_else(
-            i[-1] < length, x(*i), tvm.tirx.min_value(dtype)), name="row_pad")
+        xp = te.compute((*rows, width), lambda *i: tvm.tirx.if_then_else(i[-1] < length, x(*i), pad),
+                        name="row_pad")
     else:
         xp = x
     k = te.reduce_axis((0, width), "k")
@@ -37,4 +44,9 @@ def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True) -> te.Te
     k2 = te.reduce_axis((0, width), "k2")
     s = te.compute(tuple(rows), lambda *r: te.sum(e(*r, k2), axis=k2), name="row_sum")
     one = tvm.tirx.const(1.0, dtype)
-    return te.compute((*rows, length), lambda *i: e(*i) * (one / s(*i[:-1])), name="row_softmax")
+    if not safe:
+        return te.compute((*rows, length), lambda *i: e(*i) * (one / s(*i[:-1])), name="row_softmax")
+    # te.max starts from the lowest finite value, so a row of -inf has that as its max
+    zero, lowest = tvm.tirx.const(0.0, dtype), tvm.tirx.min_value(dtype)
+    return te.compute((*rows, length), lambda *i: tvm.tirx.Select(
+        mx(*i[:-1]) <= lowest, zero, e(*i) * (one / s(*i[:-1]))), name="row_softmax")

@@ -72,3 +72,33 @@ def test_ragged_rows_are_vectorized(host):
     text = next(f.script() for gv, f in mod.functions.items() if "softmax" in gv.name_hint
                 and isinstance(f, tvm.tirx.PrimFunc))
     assert "row_max_rf" in text and "row_sum_rf" in text
+
+
+class _Attention(torch.nn.Module):
+    """PyTorch's scaled_dot_product_attention: exports as _safe_softmax (softmax, then fully
+    masked rows -> 0 through a row test of x == -inf)."""
+
+    def forward(self, q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("tokens", [197, 16])
+def test_safe_softmax_is_one_kernel_and_keeps_masked_rows_zero(host, tokens):
+    g = torch.Generator().manual_seed(tokens)
+    q, k, v = (torch.randn(1, 3, tokens, 16, generator=g) for _ in range(3))
+    mask = torch.zeros(1, 1, tokens, tokens)
+    mask[..., -3:, :] = float("-inf")  # three fully masked query rows: 0 in PyTorch, not NaN
+    mask[..., :5, -4:] = float("-inf")
+    imported = load_model(_Attention().eval(), (q, k, v, mask))
+    before = imported.mod.script()
+    assert "R.equal(" in before and "R.nn.softmax(" in before
+    p = RowSoftmax(32)
+    after = p(imported.mod)
+    assert p.rewritten == 1 and "R.equal(" not in after.script() and "R.nn.softmax(" not in after.script()
+    ref = _Attention()(q, k, v, mask).numpy()
+    assert np.isfinite(ref).all()
+    vm = relax.VirtualMachine(compile_module(schedule(imported.mod, host), host), tvm.cpu())
+    out = vm["main"](*(tvm.runtime.tensor(t.numpy()) for t in (q, k, v, mask)))
+    out = (out if hasattr(out, "numpy") else out[0]).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
