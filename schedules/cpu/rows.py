@@ -80,8 +80,10 @@ class RowReduction(_CPURule):
                 ordered.append(block)
                 continue
             _, rl = sch.split(r, [None, lanes])
+            # The partial accumulators keep the default scope: compacted to one row's vector
+            # under the row loop, LLVM keeps them in registers. In "local" scope TVM 0.27 gave
+            # each row a TVMBackendAllocWorkspace call (BERT-shaped softmax 0.128 -> 0.085 ms).
             rf = sch.rfactor(rl, factor_axis=len(sch.get(block).writes[0].region))
-            sch.set_scope(rf, 0, "local")
             ordered += [rf, block]
             rf_blocks.append(rf)
 
