@@ -225,6 +225,20 @@ class _CPURule(ScheduleRule):
         raise NotImplementedError
 
 
+#: Largest padded result (bytes) sliced back in a stage of its own rather than in the tile's store.
+_SLICE_STAGE_BYTES = 4 << 20
+
+
+def _result_bytes(stmt) -> int:
+    """Bytes of the block's (padded) result; a symbolic extent counts as large."""
+    n = stmt.writes[0].source.dtype.bits // 8
+    for iv in stmt.iter_vars:
+        if iv.iter_type == tirx.IterVar.DataPar:
+            ext = _const_int(iv.dom.extent)
+            n *= ext if ext is not None else 1 << 20
+    return n
+
+
 def _tile_axes(sch: s_tir.Schedule, main):
     """The register tile's axes of a one-reduction block: ``(stmt, loops, ivars, kinds, n_s,
     extents, j, i, broadcast_used)`` with ``j`` the vectorized column axis and ``i`` the row axis
@@ -377,10 +391,12 @@ class TiledReduction(_CPURule):
 
         cw = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(cw, tile_outer[-1], preserve_unit_loops=True)
-        if j in padded:
+        if j in padded and _result_bytes(stmt) <= _SLICE_STAGE_BYTES:
             # Padded columns: the tile is stored whole into the padded result, and the slice back
             # (with the epilogues) is a stage of its own, vectorized over whole vectors. Folded into
-            # the tile's store, its lane guard scalarized every store (ViT's 197 x 197 scores).
+            # the tile's store, its lane guard scalarized every store (ViT's 6 x 197 x 197 scores:
+            # 0.24 -> 0.18 ms). A large result stays folded: the extra pass over it costs more
+            # (Whisper's 6 x 1500 x 1504 scores: 10.0 -> 12.4 ms).
             for c in sch.get_consumers(cw):
                 inline_epilogues(sch, c)
         else:
