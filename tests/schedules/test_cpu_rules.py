@@ -225,3 +225,15 @@ def test_padding_touches_only_the_row_axis(host, mr):
     ex["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(wv), out)
     ref = xv @ wv.transpose(1, 0, 2).reshape(96, 4 * panel)
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_function_reshape_is_not_partitioned(host):
+    """A plain reshape over a ragged row (Whisper's 1500-frame scores) keeps a shape Relax's
+    RewriteDataflowReshape recognises (it then views the tensor instead of copying it): the
+    ragged-row partition is only for a tiled function's own stages."""
+    from hwcomp.schedules.cpu import Injective
+
+    x = te.placeholder((6, 150, 150), name="x")
+    y = te.compute((1, 6, 150, 150), lambda a, b, c, d: x[b, c, d], name="T_reshape")
+    sch = Injective(host.vector_bits).apply(te.create_prim_func([x, y]), host.tvm_target(), False)
+    assert sch is not None and "_partition" not in str(sch.mod["main"])
