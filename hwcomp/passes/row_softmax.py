@@ -85,7 +85,7 @@ class _Rewriter(PyExprMutator):
         self.consumed = [_bound(v.args[2], var2val) for v in var2val.values()
                          if op_name(v) == "relax.where" and _safe_softmax_input(v, var2val) is not None]
 
-    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM visitor name)
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
         op = op_name(call)
         x = _last_axis_softmax(call, self.var2val) if op == "relax.nn.softmax" else \
             _safe_softmax_input(call, self.var2val) if op == "relax.where" else None

@@ -27,7 +27,7 @@ def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True, safe: bo
     the lowest finite float counts as masked too)."""
     *rows, length = (int(d) if isinstance(d, tvm.tirx.IntImm) else d for d in x.shape)
     if not isinstance(length, int):
-        raise ValueError("row_softmax: the row length must be static")
+        raise TypeError("row_softmax: the row length must be static")
     dtype = x.dtype
     width = -(-length // multiple) * multiple if length > multiple else length
     # padding: the max's identity. In safe mode -inf itself, so a fully masked row's max is -inf.
