@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -244,11 +245,23 @@ def _result_bytes(stmt) -> int:
     return n
 
 
-def _tile_axes(sch: s_tir.Schedule, main):
-    """The register tile's axes of a one-reduction block: ``(stmt, loops, ivars, kinds, n_s,
-    extents, j, i, broadcast_used)`` with ``j`` the vectorized column axis and ``i`` the row axis
-    (None if there is none); None when the block is not spatial-then-reduction with a spatial
-    column. Extents are None where symbolic (a dynamic sequence length)."""
+class _TileAxes(NamedTuple):
+    stmt: Any
+    loops: list
+    ivars: list
+    kinds: list[str]
+    n_s: int
+    extents: list[int | None]
+    j: int
+    i: int | None
+    broadcast_used: set[int]
+
+
+def _tile_axes(sch: s_tir.Schedule, main) -> _TileAxes | None:
+    """The register tile's axes of a one-reduction block: ``j`` the vectorized column axis, ``i``
+    the row axis (None if there is none), positions in the block's iter vars; None when the block
+    is not spatial-then-reduction with a spatial column. Extents are None where symbolic (a
+    dynamic sequence length)."""
     stmt = sch.get(main)
     loops = sch.get_loops(main)
     ivars = list(stmt.iter_vars)
@@ -281,7 +294,7 @@ def _tile_axes(sch: s_tir.Schedule, main):
     if i is None:
         spatial_before = [p for p in range(n_s) if p != j and (extents[p] is None or extents[p] > 1)]
         i = spatial_before[-1] if spatial_before else None
-    return stmt, loops, ivars, kinds, n_s, extents, j, i, broadcast_used
+    return _TileAxes(stmt, loops, ivars, kinds, n_s, extents, j, i, broadcast_used)
 
 
 class TiledReduction(_CPURule):
@@ -309,7 +322,7 @@ class TiledReduction(_CPURule):
             return None
 
         before = _tile_axes(sch, main)
-        padded = self._pad_symbolic(sch, main, pad_rows, before[7] if before else None)
+        padded = self._pad_symbolic(sch, main, pad_rows, before.i if before else None)
 
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
         # stage because an if_then_else in the innermost loop defeats vectorization, and so do
