@@ -1,4 +1,5 @@
-"""Helpers for reading a Relax graph: the op a call applies, a static tensor shape, a constant's value.
+"""Helpers for reading a Relax graph: the op a call applies, a static tensor shape, a constant's value;
+and for rewriting one (:func:`mutate_functions`).
 
 Shared by the compression passes (``hwcomp.passes``) and the quantizer (``hwcomp.quantize.graph``).
 """
@@ -49,3 +50,18 @@ def const_array(expr, var2val: dict | None = None) -> np.ndarray | None:
             axes = val.attrs.axes
             return np.transpose(inner, None if axes is None else [int(a) for a in axes])
     return None
+
+
+def mutate_functions(mod: tvm.IRModule, make) -> tuple[tvm.IRModule, list]:
+    """Each Relax function of ``mod`` through a fresh mutator ``make(mod, var2val)`` (built on the
+    module as rewritten so far, with ``relax.analysis.get_var2val`` of that function); returns the
+    rewritten module and the mutators, for the counts they kept."""
+    used = []
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        mutator = make(mod, relax.analysis.get_var2val(func))
+        mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        mod = mutator.builder_.get()
+        used.append(mutator)
+    return mod, used

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.relax_graph import const_array, op_name, static_shape
+from hwcomp.relax_graph import const_array, mutate_functions, op_name, static_shape
 from hwcomp.schedules.cpu.dense import dense_packed, pack_dense_weight
 
 
@@ -66,14 +66,8 @@ class PackDenseWeights:
         self.packed = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.packed = 0
-        for gv, func in list(mod.functions_items()):
-            if not isinstance(func, relax.Function):
-                continue
-            packer = _Packer(mod, self.panel, relax.analysis.get_var2val(func))
-            packer.builder_.update_func(gv, packer.visit_expr(func))
-            mod = packer.builder_.get()
-            self.packed += packer.packed
+        mod, packers = mutate_functions(mod, lambda m, var2val: _Packer(m, self.panel, var2val))
+        self.packed = sum(p.packed for p in packers)
         return relax.transform.DeadCodeElimination()(mod)
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.relax_graph import const_array, op_name, static_shape
+from hwcomp.relax_graph import const_array, mutate_functions, op_name, static_shape
 from hwcomp.schedules.cpu.softmax import row_softmax
 
 
@@ -113,14 +113,9 @@ class RowSoftmax:
         self.rewritten = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        self.rewritten = 0
-        for gv, func in list(mod.functions_items()):
-            if not isinstance(func, relax.Function):
-                continue
-            rewriter = _Rewriter(mod, self.multiple, self.fast_exp, relax.analysis.get_var2val(func))
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-            mod = rewriter.builder_.get()
-            self.rewritten += rewriter.rewritten
+        mod, rewriters = mutate_functions(
+            mod, lambda m, var2val: _Rewriter(m, self.multiple, self.fast_exp, var2val))
+        self.rewritten = sum(r.rewritten for r in rewriters)
         # a safe softmax leaves the plain softmax and the row test unused
         return relax.transform.DeadCodeElimination()(mod) if self.rewritten else mod
 
