@@ -304,7 +304,7 @@ class TiledReduction(_CPURule):
         super().__init__(vector_bits)
         self.knobs = knobs or TileKnobs()
 
-    def _apply(self, func, target, pad_rows: int | None = None):
+    def _apply(self, func, target, pad_rows: bool = False):
         knobs = self.knobs
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(get_root_block(sch))
@@ -322,7 +322,7 @@ class TiledReduction(_CPURule):
             return None
 
         before = _tile_axes(sch, main)
-        padded = self._pad_symbolic(sch, main, pad_rows, before.i if before else None)
+        padded = self._pad_symbolic(sch, main, before.i if before else None, pad_rows)
 
         # Prologues (reshape, transpose) fold into the reduction's loads; padding stays a separate
         # stage because an if_then_else in the innermost loop defeats vectorization, and so do
@@ -384,13 +384,13 @@ class TiledReduction(_CPURule):
         # no good divisor (197 tokens, 49 pixels): full tiles and one guarded last tile, not
         # tiles of one row (3.5x slower at 197 tokens than at 198) -- _row_tile
         mr = 1 if i is None else padded.get(i, knobs.mr) if extents[i] is None else _row_tile(extents[i], knobs.mr)
-        if pad_rows is None and not padded and i is not None and extents[i] is not None and extents[i] % mr \
+        if not pad_rows and not padded and i is not None and extents[i] is not None and extents[i] % mr \
                 and len(loops) == len(ivars):
             # A guarded last row tile keeps the rows that may be out of range in memory, not in
             # registers (LLVM cannot prove them live): pad the rows to a multiple of the tile
             # instead (197 tokens, AVX-512, 8-row tiles: 1.6 -> 1.0 ms). Guarded tiles remain
             # where padding is refused.
-            retry = self._apply(func, target, pad_rows=i)
+            retry = self._apply(func, target, pad_rows=True)
             if retry is not None:
                 return retry
 
@@ -437,15 +437,15 @@ class TiledReduction(_CPURule):
         schedule_root_stages(sch, par, self.vector_bits)
         return sch
 
-    def _pad_symbolic(self, sch, main, pad_rows: int | None = None, row: int | None = None) -> dict[int, int]:
+    def _pad_symbolic(self, sch, main, row: int | None = None, pad_rows: bool = False) -> dict[int, int]:
         """Pad axes of the reduction whose tiles would otherwise need a guard in the inner loops
         (``pad_einsum``: the inputs are copied into padded buffers and the result sliced back):
         each symbolic row axis (a dynamic sequence length) up to a multiple of the register tile,
         and a static column axis with no multiple of the vector lanes as divisor (attention scores
         over 197 or 1500 tokens) up to a multiple of two vectors. A guard there keeps the tile out
         of registers, and TVM scalarizes a vector loop under one (197 columns ran as 1-wide tiles).
-        ``pad_rows``: also pad that static axis (the row axis) to a multiple of the row tile.
-        ``row``: the row axis (``_tile_axes``), the only static axis padded for padded columns.
+        ``row``: the row axis (``_tile_axes``), the only static axis padded for padded columns;
+        ``pad_rows``: pad it to a multiple of the row tile in any case.
         Returns axis position → padding factor; {} when nothing needs it or the block is not an
         einsum (then the guarded tiles are used)."""
         stmt = sch.get(main)
@@ -468,7 +468,7 @@ class TiledReduction(_CPURule):
                 padding[p] = self.knobs.mr
             elif is_col and ext > 2 * lanes and ext % lanes:
                 padding[p] = 2 * lanes
-            elif p == pad_rows and ext % self.knobs.mr:
+            elif pad_rows and p == row and ext % self.knobs.mr:
                 padding[p] = self.knobs.mr
         if all(f == 1 for f in padding):
             return {}

@@ -6,8 +6,9 @@ Differences from ``topi.nn.softmax``/``fast_softmax``, each measured on an AVX-5
   and sum into vector-wide partial accumulators, which needs a row length divisible by that width
   (TVM's ``rfactor`` of a split that does not divide drops the split's predicate and reads past
   the row). Attention scores over 197 tokens (ViT) or 1500 frames (Whisper) were reduced by one
-  serial scalar chain per row instead. The padding is a per-row stage (``-inf`` past the row: the
-  max's identity, and ``exp`` gives 0 there); the result is written at the original length.
+  serial scalar chain per row instead. The padding is a per-row stage (the lowest finite value past
+  the row: the max's identity, and ``exp`` gives 0 there); the result is written at the original
+  length.
 - **One reciprocal per row, then a multiply**: ``vdivps`` on 512-bit vectors was the hottest
   instruction of the old kernel (about 16 cycles each).
 - ``safe``: rows whose entries are all ``-inf`` (fully masked) give 0, as PyTorch's
@@ -30,10 +31,10 @@ def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True, safe: bo
         raise TypeError("row_softmax: the row length must be static")
     dtype = x.dtype
     width = -(-length // multiple) * multiple if length > multiple else length
-    # padding: the max's identity. In safe mode -inf itself, so a fully masked row's max is -inf.
-    pad = tvm.tirx.const(float("-inf"), dtype) if safe else tvm.tirx.min_value(dtype)
+    # padding: te.max's identity, the lowest finite value (exp of it minus the max is 0)
+    lowest = tvm.tirx.min_value(dtype)
     if width != length:
-        xp = te.compute((*rows, width), lambda *i: tvm.tirx.if_then_else(i[-1] < length, x(*i), pad),
+        xp = te.compute((*rows, width), lambda *i: tvm.tirx.if_then_else(i[-1] < length, x(*i), lowest),
                         name="row_pad")
     else:
         xp = x
@@ -43,10 +44,11 @@ def row_softmax(x: te.Tensor, multiple: int = 1, fast_exp: bool = True, safe: bo
     e = topi.fast_exp(shifted) if fast_exp else topi.exp(shifted)
     k2 = te.reduce_axis((0, width), "k2")
     s = te.compute(tuple(rows), lambda *r: te.sum(e(*r, k2), axis=k2), name="row_sum")
-    one = tvm.tirx.const(1.0, dtype)
-    if not safe:
-        return te.compute((*rows, length), lambda *i: e(*i) * (one / s(*i[:-1])), name="row_softmax")
-    # te.max starts from the lowest finite value, so a row of -inf has that as its max
-    zero, lowest = tvm.tirx.const(0.0, dtype), tvm.tirx.min_value(dtype)
-    return te.compute((*rows, length), lambda *i: tvm.tirx.Select(
-        mx(*i[:-1]) <= lowest, zero, e(*i) * (one / s(*i[:-1]))), name="row_softmax")
+    one, zero = tvm.tirx.const(1.0, dtype), tvm.tirx.const(0.0, dtype)
+
+    def out(*i):
+        p = e(*i) * (one / s(*i[:-1]))
+        # te.max starts from the lowest finite value: that is a fully -inf row's max
+        return tvm.tirx.Select(mx(*i[:-1]) <= lowest, zero, p) if safe else p
+
+    return te.compute((*rows, length), out, name="row_softmax")
