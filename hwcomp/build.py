@@ -70,13 +70,15 @@ def _database(database: str | Path | None, target: Target | None = None):
 
 
 def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRModule:
-    """Decompose, (on CPUs) softmax onto hwcomp's row softmax and transcendental ops onto
-    approximations, legalize and fuse: the PrimFuncs that get scheduled, tuned and built. Call
-    inside ``target.tvm_target()``."""
+    """Decompose, (on CPUs) attention onto hwcomp's fused kernel, other softmaxes onto its row
+    softmax and transcendental ops onto approximations, legalize and fuse: the PrimFuncs that get
+    scheduled, tuned and built. Call inside ``target.tvm_target()``."""
     mod = relax.transform.DecomposeOpsForInference()(mod)
     if not target.is_gpu:
+        from .passes.fuse_attention import FuseAttention
         from .passes.row_softmax import RowSoftmax
 
+        mod = FuseAttention(target.vector_bits, target.vector_registers, fast_exp=fast_math)(mod)
         mod = RowSoftmax(2 * target.vector_bits // 32, fast_exp=fast_math)(mod)
     if fast_math and not target.is_gpu:
         mod = FastMath()(mod)
