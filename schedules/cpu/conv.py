@@ -39,10 +39,13 @@ CONV_ATTR = "hwcomp.blocked_conv"
 @dataclasses.dataclass(frozen=True)
 class ConvKnobs:
     """Knobs of :class:`BlockedConv`: ``reg_n`` output pixels per register tile (0 = chosen from
-    the vector registers and the row length), ``unroll_kw`` unrolls the kernel-column loop."""
+    the vector registers and the row length), ``unroll_kw`` unrolls the kernel-column loop,
+    ``pad_rows``: output rows per task of a padded depthwise conv, whose padded input is computed
+    per task (0 = a padding pass of its own)."""
 
     reg_n: int = 0
     unroll_kw: bool = False
+    pad_rows: int = 8
 
 
 def _pad(data, padding):
@@ -139,10 +142,12 @@ class BlockedConv(_CPURule):
         kind = str(sch.get(main).annotations[CONV_ATTR])
         # Prologues without a condition fold into the loads; padding stays a stage of its own
         # (an if_then_else under the vector loop would scalarize it).
+        pad = None
         for b in blocks:
             if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
                 continue
             if "if_then_else" in str(sch.get(b).body):
+                pad = b if any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(b)) else pad
                 continue
             try:
                 sch.compute_inline(b)
@@ -162,10 +167,16 @@ class BlockedConv(_CPURule):
         reg_n = self.knobs.reg_n or choose_reg_n(ow_ext, vectors, self.registers)
         reg_n = min(reg_n, ow_ext)
         ow_o, ow_i = sch.split(ow, [None, reg_n])
+        # Depthwise: the padded input is computed per task of output rows, in cache, instead of a
+        # pass of its own over memory (a depthwise conv does 9 FMAs per input value: the extra pass
+        # cost as much as the convolution). A task's rows are padded once each, their halo again.
+        oh_i = None
+        if kind == "depthwise" and pad is not None and self.knobs.pad_rows:
+            oh, oh_i = sch.split(oh, [None, min(self.knobs.pad_rows, _const_int(sch.get(oh).extent))])
         if kind == "conv":
             sch.reorder(n, oc, oh, ow_o, rc, ry, rx, ri, ow_i, ob)
         else:
-            sch.reorder(n, oc, oh, ow_o, ry, rx, ow_i, ob)
+            sch.reorder(n, oc, oh, *([oh_i] if oh_i is not None else []), ow_o, ry, rx, ow_i, ob)
 
         # An epilogue that spreads the result over a larger tensor (a squeeze-and-excitation gate
         # fused after its last 1x1 conv) stays a stage of its own: TVM 0.27 answers its
@@ -186,6 +197,10 @@ class BlockedConv(_CPURule):
         par = sch.fuse(n, oc, oh)
         sch.parallel(par)
         sch.decompose_reduction(main, rc if rc is not None else ry)
+        if oh_i is not None:
+            sch.compute_at(pad, par, preserve_unit_loops=True)
+            pad_loops = sch.get_loops(pad)
+            sch.vectorize(pad_loops[-1])
 
         schedule_root_stages(sch, par, self.vector_bits)
         return sch

@@ -139,6 +139,22 @@ def test_zero_pad_at_the_input(tmp_path):
     _check(model, (1, 3, 13, 12), tmp_path, convs=1)
 
 
+def test_depthwise_pads_per_task_of_rows(host, tmp_path):
+    """The depthwise conv's padded input is computed inside the parallel loop, a task of output
+    rows at a time (not a pass of its own over memory); 20 rows = tasks of 8, 8 and 4."""
+    from hwcomp.schedules.cpu.conv import BlockedConv, depthwise_nchwc
+
+    bw = host.conv_block
+    data = te.placeholder((1, 2, 20, 20, bw), name="data")
+    kernel = te.placeholder((2, 3, 3, bw), name="kernel")
+    out = depthwise_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1))
+    func = te.create_prim_func([data, kernel, out])
+    text = BlockedConv(host.vector_bits)._apply(func, host.tvm_target()).mod.script()
+    assert text.count("T.parallel(") == 1
+    assert text.index("T.parallel(") < text.index('T.sblock("data_pad")')
+    _check(_conv(24, 24, 3, padding=1, groups=24)(), (1, 24, 20, 20), tmp_path, convs=1)
+
+
 class RegNetBlock(nn.Module):
     """1x1 → grouped 3x3/2 (groups 8 wide: blocks of 8) → 1x1, + projected shortcut: values of two
     block sizes in one region."""
