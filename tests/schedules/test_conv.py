@@ -155,6 +155,40 @@ def test_depthwise_pads_per_task_of_rows(host, tmp_path):
     _check(_conv(24, 24, 3, padding=1, groups=24)(), (1, 24, 20, 20), tmp_path, convs=1)
 
 
+@pytest.mark.parametrize("k_outer", [True, False])
+def test_weights_once_order_matches_numpy(host, k_outer):
+    """Input-channel blocks outside the output pixels (``ConvKnobs.k_outer``, the default for small
+    feature maps with enough output-channel blocks) against NumPy: 3x3, padding 1, stride 2, a
+    9-wide input (5-pixel rows: a ragged register tile), bias + ReLU epilogue."""
+    from hwcomp.schedules.cpu.conv import BlockedConv, ConvKnobs, conv2d_nchwc
+
+    bw = host.conv_block
+    ic, oc, hw = 2, 4, 9
+    d = te.placeholder((1, ic, hw, hw, bw), name="d")
+    w = te.placeholder((oc, ic, 3, 3, bw, bw), name="w")
+    b = te.placeholder((1, oc, 1, 1, bw), name="b")
+    c = conv2d_nchwc(d, w, (2, 2), (1, 1, 1, 1), (1, 1))
+    out = te.compute(c.shape, lambda n, o, y, x, v: te.max(c[n, o, y, x, v] + b[0, o, 0, 0, v], 0.0), name="relu")
+    func = te.create_prim_func([d, w, b, out])
+    sch = BlockedConv(host.vector_bits, ConvKnobs(k_outer=k_outer), host.vector_registers)._apply(func, host.tvm_target())
+    lib = tvm.compile(sch.mod, target=host.tvm_target())
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal([int(x) for x in t.shape], dtype=np.float32) for t in (d, w, b)]
+    res = tvm.runtime.tensor(np.zeros([int(x) for x in out.shape], np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in args), res)
+    dp = np.pad(args[0], ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.zeros([int(x) for x in out.shape], np.float64)
+    for ry in range(3):
+        for rx in range(3):
+            patch = dp[:, :, ry:ry + 2 * 5:2, rx:rx + 2 * 5:2, :]  # [1, ic, 5, 5, bw]
+            ref += np.einsum("nhyxi,ohij->noyxj", patch, args[1][:, :, ry, rx])
+    ref = np.maximum(ref + args[2], 0)
+    np.testing.assert_allclose(res.numpy(), ref, atol=1e-4 * np.abs(ref).max())
+    # the conv's tasks (after the padding's loop): one per output-channel block, or per block and row
+    tasks = [int(t) for t in re.findall(r"T\.parallel\((?:T\.int64\()?(\d+)", sch.mod.script())]
+    assert tasks[-1] == (oc if k_outer else oc * 5)
+
+
 class RegNetBlock(nn.Module):
     """1x1 → grouped 3x3/2 (groups 8 wide: blocks of 8) → 1x1, + projected shortcut: values of two
     block sizes in one region."""
