@@ -23,6 +23,8 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from .prefetch import with_panel_prefetch
+
 # Block annotation: a stage TiledReduction keeps instead of inlining into the reduction's loads.
 MATERIALIZE = "hwcomp.materialize"
 
@@ -430,11 +432,19 @@ class TiledReduction(_CPURule):
             sch.vectorize(epi[-1])
             if len(epi) > 1:
                 sch.unroll(epi[-2])
+        # task = panel * row tiles + row tile when the row tile is the innermost tile loop
+        tasks = [_const_int(sch.get(lp).extent) for lp in (*outer, *tile_outer)]
+        panels_rows = (math.prod(tasks[:-1]), tasks[-1]) \
+            if knobs.panel_outer and i is not None and None not in tasks else None
         par = sch.fuse(*outer, *tile_outer) if len(outer) + len(tile_outer) > 1 else tile_outer[0]
         sch.parallel(par)
         sch.decompose_reduction(main, r_loops[0])
 
         schedule_root_stages(sch, par, self.vector_bits)
+        k = extents[n_s] if len(r_loops) == 1 and len(extents) == n_s + 1 else None
+        if panels_rows is not None and k is not None:
+            # a packed weight [panels, K, nr] streamed panel by panel: prefetch the next panels
+            return with_panel_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, nr)
         return sch
 
     def _pad_symbolic(self, sch, main, row: int | None = None, pad_rows: bool = False) -> dict[int, int]:

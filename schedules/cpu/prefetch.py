@@ -1,0 +1,87 @@
+"""Software prefetch of a packed weight's next column panels (``TiledReduction`` on ``dense_packed``).
+
+A packed matmul's parallel tasks run panel by panel, every row tile of one ``K × nr`` panel in turn.
+In a model the weights come from memory, not cache (each is read once per inference), and the
+first row tile of every panel waits for its panel while the hardware prefetcher ramps up: measured
+on an AVX-512 Xeon with weights cold, 1.06-1.11x slower than with the same weights in cache at
+BERT/ViT/Whisper shapes. Each task therefore prefetches its share (``1/row tiles``) of the panel
+``DISTANCE`` ahead, so the next panels are in cache when their row tiles start. Panels above
+``MAX_PANEL_BYTES`` are left alone: BERT's ``K = 3072`` panels (384 KB) with two in flight pushed
+the rows out of the 2 MB L2 (0.94x). In whole models (round-robin, same Xeon): GPT-2 1.05x, ViT-S
+1.05x, BERT-base 1.03x, Swin-T 1.02x, ConvNeXt-T 1.01x.
+
+TVM 0.27 has no schedule primitive that adds a statement and no Python statement mutator, so the
+prefetch loop is inserted into the scheduled function's TVMScript, which is parsed back; when
+anything does not match (another loop structure, a renamed buffer) the schedule is kept as it was.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Panels ahead of the one being computed (1: 1.06-1.08x, 2: 1.06-1.10x at K = 384/768).
+DISTANCE = 2
+#: Larger panels are not prefetched (see the module docstring).
+MAX_PANEL_BYTES = 128 * 1024
+#: Above this many row tiles per panel the first tile's wait is spread thin: Whisper's 1500 rows
+#: (188 tiles) measured 0.98x with the prefetch.
+MAX_ROW_TILES = 64
+_LINE = 64
+
+
+def prefetch_lines(loop: str, tasks: int, panels: int, row_tiles: int, weight: str, k: int, nr: int,
+                   int64: bool, indent: str, elem_bytes: int = 4) -> list[str]:
+    """TVMScript lines, to go first in the body of the parallel loop ``loop`` (``tasks`` = panels ×
+    row tiles, panel-major), that prefetch this task's share of panel ``p + DISTANCE`` of
+    ``weight[panels, k, nr]``."""
+    per_elem = _LINE // elem_bytes
+    lines = -(-k * nr * elem_bytes // _LINE)
+    per = -(-lines // row_tiles)
+
+    def c(v: int) -> str:
+        return f"T.int64({v})" if int64 else str(v)
+
+    e = f"T.min(({loop} % {c(row_tiles)} * {c(per)} + pl) * {c(per_elem)}, {c(k * nr - 1)})"
+    panel = f"T.min({loop} // {c(row_tiles)} + {c(DISTANCE)}, {c(panels - 1)})"
+    addr = f"T.address_of({weight}[{panel}, {e} // {c(nr)}, {e} % {c(nr)}])"
+    return [f"{indent}for pl in range({c(per)}):",
+            f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", {addr}, 0, 3, 1))']
+
+
+def with_panel_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, nr: int):
+    """``sch`` with the prefetch inserted under its parallel loop ``par`` (a new schedule), or
+    ``sch`` itself where it does not apply."""
+    import tvm
+    from tvm import s_tir
+
+    if panels < 2 or row_tiles > MAX_ROW_TILES or k * nr * 4 > MAX_PANEL_BYTES:
+        return sch
+    weight = None
+    for r in sch.get(main).reads:
+        shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in r.source.shape]
+        if shape == [panels, k, nr]:
+            weight = r.source
+    if weight is None:
+        return sch
+    loop = sch.get(par)
+    name = loop.loop_var.name
+    text = sch.mod.script()
+    head = re.compile(rf"^(\s*)for {re.escape(name)} in T\.parallel\((?:T\.int64\()?{panels * row_tiles}\)?\):$")
+    params = re.search(r"def main\((.*?)\):\n", text, re.DOTALL)
+    if params is None or not re.search(rf"\b{re.escape(weight.name)}: T\.Buffer", params.group(1)):
+        return sch  # the weight must be a parameter, printed under its own name
+    out, found = [], 0
+    for line in text.splitlines():
+        out.append(line)
+        m = head.match(line)
+        if m:
+            found += 1
+            out += prefetch_lines(name, panels * row_tiles, panels, row_tiles, weight.name, k, nr,
+                                  str(loop.loop_var.ty) == "int64", m.group(1) + "    ",
+                                  weight.dtype.bits // 8)
+    if found != 1:
+        return sch
+    try:
+        return s_tir.Schedule(tvm.script.from_source("\n".join(out)))
+    except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
+        return sch
