@@ -129,3 +129,31 @@ def test_blocked_convolution_on_board(board, target, tmp_path):
     dm = DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300)
     out = dm.run([x.numpy()])[0]
     assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+class _Attention(torch.nn.Module):
+    """scaled_dot_product_attention with a mask: the fused attention kernel (NEON tiles)."""
+
+    def forward(self, q, k, v, mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_fused_attention_on_board(board, target, tmp_path):
+    """The fused attention kernel built for the board (33 query rows, 37 keys: ragged row tiles,
+    panels and vectors; two fully masked rows) matches PyTorch there to 2e-5."""
+    import hwcomp
+    from hwcomp.runtime.session import DeviceModel
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 33, 16, generator=g)
+    k, v = (torch.randn(1, 2, 37, 16, generator=g) for _ in range(2))
+    mask = torch.zeros(1, 1, 33, 37)
+    mask[..., -2:, :] = float("-inf")
+    mask[..., :4, -3:] = float("-inf")
+    expected = _Attention()(q, k, v, mask).numpy()
+    art = hwcomp.compile(_Attention().eval(), target, tmp_path / target, example_inputs=(q, k, v, mask))
+    dm = DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300)
+    out = dm.run([t.numpy() for t in (q, k, v, mask)])[0]
+    assert np.all(out[..., -2:, :] == 0)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
