@@ -47,7 +47,6 @@ class _Site:
     def __init__(self):
         self.steps: list[tuple[str, float | int]] = []
         self.biases: list[tuple[relax.Expr, Bias]] = []
-        self.chain: list[relax.Var] = []
 
 
 @mutator
