@@ -155,11 +155,12 @@ def test_depthwise_pads_per_task_of_rows(host, tmp_path):
     _check(_conv(24, 24, 3, padding=1, groups=24)(), (1, 24, 20, 20), tmp_path, convs=1)
 
 
-@pytest.mark.parametrize("k_outer", [True, False])
-def test_weights_once_order_matches_numpy(host, k_outer):
-    """Input-channel blocks outside the output pixels (``ConvKnobs.k_outer``, the default for small
-    feature maps with enough output-channel blocks) against NumPy: 3x3, padding 1, stride 2, a
-    9-wide input (5-pixel rows: a ragged register tile), bias + ReLU epilogue."""
+@pytest.mark.parametrize("order", ["weights_once", "inputs_once", "block_rows"])
+def test_task_orders_match_numpy(host, order):
+    """The three task orders of ``BlockedConv`` against NumPy: input-channel blocks outside the
+    pixels (``k_outer``, a task per output-channel block), tasks of output rows over every block
+    (``rows_outer``), and (block, row) tasks; 3x3, padding 1, stride 2, a 9-wide input (5-pixel
+    rows: a ragged register tile), bias + ReLU epilogue."""
     from hwcomp.schedules.cpu.conv import BlockedConv, ConvKnobs, conv2d_nchwc
 
     bw = host.conv_block
@@ -170,7 +171,8 @@ def test_weights_once_order_matches_numpy(host, k_outer):
     c = conv2d_nchwc(d, w, (2, 2), (1, 1, 1, 1), (1, 1))
     out = te.compute(c.shape, lambda n, o, y, x, v: te.max(c[n, o, y, x, v] + b[0, o, 0, 0, v], 0.0), name="relu")
     func = te.create_prim_func([d, w, b, out])
-    sch = BlockedConv(host.vector_bits, ConvKnobs(k_outer=k_outer), host.vector_registers)._apply(func, host.tvm_target())
+    knobs = ConvKnobs(k_outer=order == "weights_once", rows_outer=order == "inputs_once")
+    sch = BlockedConv(host.vector_bits, knobs, host.vector_registers)._apply(func, host.tvm_target())
     lib = tvm.compile(sch.mod, target=host.tvm_target())
     rng = np.random.default_rng(0)
     args = [rng.standard_normal([int(x) for x in t.shape], dtype=np.float32) for t in (d, w, b)]
@@ -184,9 +186,22 @@ def test_weights_once_order_matches_numpy(host, k_outer):
             ref += np.einsum("nhyxi,ohij->noyxj", patch, args[1][:, :, ry, rx])
     ref = np.maximum(ref + args[2], 0)
     np.testing.assert_allclose(res.numpy(), ref, atol=1e-4 * np.abs(ref).max())
-    # the conv's tasks (after the padding's loop): one per output-channel block, or per block and row
+    # the conv's tasks (after the padding's loop): per block, per output row, or per (block, row)
     tasks = [int(t) for t in re.findall(r"T\.parallel\((?:T\.int64\()?(\d+)", sch.mod.script())]
-    assert tasks[-1] == (oc if k_outer else oc * 5)
+    assert tasks[-1] == {"weights_once": oc, "inputs_once": 5, "block_rows": oc * 5}[order]
+
+
+def test_task_order_heuristics():
+    """Which order the defaults take, for shapes measured on the Xeon (see the functions' docs)."""
+    from hwcomp.schedules.cpu.conv import inputs_once, weights_once
+
+    # ResNet's layer-4 3x3 (16 blocks of 32 at 7x7) streams its weights once; a 1x1 at 14x14 does not
+    assert weights_once(16, 2, 49, 32, kernel_1x1=False)
+    assert not weights_once(8, 2, 196, 32, kernel_1x1=True)
+    assert not weights_once(2, 2, 3136, 32, kernel_1x1=False)  # 2 tasks for 2 cores: too few
+    # ResNet-50's 1x1 256->64 at 56x56 (2 blocks, 64 KB of weights) runs by rows; 1024->256 does not
+    assert inputs_once(2, 56, 2, 256 * 64 * 4)
+    assert not inputs_once(8, 14, 2, 1024 * 256 * 4)
 
 
 class RegNetBlock(nn.Module):
