@@ -92,7 +92,8 @@ def measure_option_latency(target: Target, layer: LinearLayer, option: Option, c
     art = hw_compile(lin, target, None, example_inputs=(x,),
                      options=CompileOptions(passes=layer_option_passes(target, option, calib), verify=False,
                                             detect_sparse=False))
-    ms = DeviceModel(art, device).time([x.numpy()], number=5, repeat=repeat).median
+    with DeviceModel(art, device) as dm:  # closed before the next option's session opens
+        ms = dm.time([x.numpy()], number=5, repeat=repeat).median
     cache[key] = ms
     MeasurementStore(cache_file).put(key, {"key": key, "ms": ms})
     return ms

@@ -127,14 +127,14 @@ def measure(art, model, heldout, name: str, repeat: int = 10, device: str = "loc
 
     from ..runtime.session import DeviceModel
 
-    dm = DeviceModel(art, device)
-    cosines = []
-    for sample in heldout:
-        with torch.no_grad():
-            ref = model(*[torch.from_numpy(a) for a in sample])
-        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
-        cosines.append(cosine_eps(dm.run(sample)[0], ref))
-    ms = dm.time(heldout[0], number=3, repeat=repeat).median
+    with DeviceModel(art, device) as dm:  # closed before the next point's session opens
+        cosines = []
+        for sample in heldout:
+            with torch.no_grad():
+                ref = model(*[torch.from_numpy(a) for a in sample])
+            ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
+            cosines.append(cosine_eps(dm.run(sample)[0], ref))
+        ms = dm.time(heldout[0], number=3, repeat=repeat).median
     return Measured(name, ms, float(np.mean(cosines)))
 
 
@@ -148,10 +148,15 @@ def retime(points: list[Measured], artifacts: dict, sample: list[np.ndarray], ro
 
     first = DeviceModel(artifacts[points[0].name], device)
     models = [first] + [DeviceModel(artifacts[m.name], device, session=first.session) for m in points[1:]]
-    calls = [dm.prepared(sample) for dm in models]
-    with models[0].device_errors():
-        for m, stats in zip(points, time_round_robin(calls, rounds=rounds)):
-            m.latency_ms = stats.median
+    try:
+        calls = [dm.prepared(sample) for dm in models]
+        with models[0].device_errors():
+            for m, stats in zip(points, time_round_robin(calls, rounds=rounds)):
+                m.latency_ms = stats.median
+    finally:
+        calls = None
+        for dm in models:
+            dm.close()
 
 
 @dataclasses.dataclass

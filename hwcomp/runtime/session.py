@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import time
 from pathlib import Path
@@ -204,6 +205,22 @@ class DeviceModel:
         with self.device_errors():
             return flatten_outputs(self.vm["main"](*self.args(inputs)))
 
+    def close(self) -> None:
+        """End the session now. An RPC server serves one session at a time, and the objects that
+        hold a remote session are freed by Python's cycle collector, not when the last reference
+        goes (seen on the emulated board: a finished test's session kept the server busy until
+        the collector ran, and the next connection's handshake timed out)."""
+        remote = self.url.kind != "local" and getattr(self, "session", None) is not None
+        self.vm = self.weights = self.dev = self.session = None
+        if remote:
+            gc.collect()
+
+    def __enter__(self) -> DeviceModel:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def time(self, inputs, number: int = 5, repeat: int = 20, min_repeat_ms: int = 0,
              cache_flush: bool = False) -> LatencyStats:
         """Latency statistics on the device (TVM's time evaluator, on the device's clock)."""
@@ -216,19 +233,20 @@ def bench(artifact: Artifact, config: BenchConfig | None = None, tolerance: floa
     """Upload (if remote), load, warm up, time and check ``artifact`` on ``config.device``."""
     config = config or BenchConfig()
     rss0 = _rss_mb() if config.device == "local" else None
-    dm = DeviceModel(artifact, config.device, config.session_timeout, config.arch)
     ref = artifact.reference()
     inputs = artifact.check_inputs(ref[0]) if ref else artifact.sample_inputs()
-    with dm.device_errors():
-        call = dm.prepared(inputs)
-        t1 = time.perf_counter()
-        call()
-        first_ms = (time.perf_counter() - t1) * 1e3
-        outputs = flatten_outputs(dm.vm.get_outputs("main"))
-        for _ in range(config.warmup):
+    with DeviceModel(artifact, config.device, config.session_timeout, config.arch) as dm:
+        with dm.device_errors():
+            call = dm.prepared(inputs)
+            t1 = time.perf_counter()
             call()
-    stats = dm.time(inputs, number=config.number, repeat=config.repeat, min_repeat_ms=config.min_repeat_ms,
-                    cache_flush=config.cache_flush)
+            first_ms = (time.perf_counter() - t1) * 1e3
+            outputs = flatten_outputs(dm.vm.get_outputs("main"))
+            for _ in range(config.warmup):
+                call()
+        stats = dm.time(inputs, number=config.number, repeat=config.repeat, min_repeat_ms=config.min_repeat_ms,
+                        cache_flush=config.cache_flush)
+        call = None
 
     correctness = None
     if ref is not None:

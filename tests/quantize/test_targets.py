@@ -3,6 +3,7 @@ emulated board (one test, marked ``board``)."""
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 
@@ -171,6 +172,7 @@ def test_int8_cnn_runs_on_emulated_board(tmp_path, name):
         args = [tvm.runtime.tensor(x.numpy(), dev)] + [tvm.runtime.tensor(w, dev) for w in art.weights()]
         out = vm["main"](*args).numpy()
         del vm, args, remote
+        gc.collect()  # close the session now: the board's server serves one at a time
     finally:
         if not board.reused:
             board_down(board_root)

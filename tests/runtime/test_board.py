@@ -126,8 +126,8 @@ def test_blocked_convolution_on_board(board, target, tmp_path):
     logs: list[str] = []
     art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
     assert any("5 convolutions in the blocked layout NCHW8c" in line for line in logs), logs
-    dm = DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300)
-    out = dm.run([x.numpy()])[0]
+    with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
+        out = dm.run([x.numpy()])[0]
     assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -153,7 +153,34 @@ def test_fused_attention_on_board(board, target, tmp_path):
     mask[..., :4, -3:] = float("-inf")
     expected = _Attention()(q, k, v, mask).numpy()
     art = hwcomp.compile(_Attention().eval(), target, tmp_path / target, example_inputs=(q, k, v, mask))
-    dm = DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300)
-    out = dm.run([t.numpy() for t in (q, k, v, mask)])[0]
+    with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
+        out = dm.run([t.numpy() for t in (q, k, v, mask)])[0]
     assert np.all(out[..., -2:, :] == 0)
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_sessions_close_promptly(board, tmp_path):
+    """Leaving ``DeviceModel``'s ``with`` ends its session at once: the server (one session at a
+    time) takes a new connection within 5 s, where an unclosed session (120 s timeout) would hold
+    it — until Python's cycle collector happened to run, which is off here."""
+    import gc
+
+    import hwcomp
+    from hwcomp.runtime.rpc import connect
+    from hwcomp.runtime.session import DeviceModel
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 8)
+    art = hwcomp.compile(model, "rpi4", tmp_path / "mlp", example_inputs=(x,))
+    url = f"rpc://127.0.0.1:{board.port}"
+    gc.disable()
+    try:
+        with DeviceModel(art, url, session_timeout=120) as dm:
+            out = dm.run([x.numpy()])[0]
+        np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+        remote = connect(url, session_timeout=5)  # SessionTimeoutError if the server is still busy
+        assert remote.cpu().exist
+        del remote
+    finally:
+        gc.enable()
+        gc.collect()
