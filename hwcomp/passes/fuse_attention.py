@@ -33,7 +33,7 @@ from hwcomp.schedules.cpu.attention import (
     tile_rows,
 )
 
-from .row_softmax import _last_axis_softmax, _safe_softmax_input
+from .row_softmax import last_axis_softmax_input, safe_softmax_input
 
 _SCRATCH_BYTES = 1 << 20
 
@@ -145,9 +145,9 @@ class _Rewriter(PyExprMutator):
                 continue
             break
         if op_name(val) == "relax.where":
-            x, safe = _safe_softmax_input(val, self.var2val), True
+            x, safe = safe_softmax_input(val, self.var2val), True
         else:
-            x, safe = _last_axis_softmax(val, self.var2val), False
+            x, safe = last_axis_softmax_input(val, self.var2val), False
         if x is None:
             return None
         site = _Site()

@@ -34,7 +34,7 @@ def _is_const(expr, var2val: dict, value: float) -> bool:
     return v is not None and v.size == 1 and float(v.reshape(())) == value
 
 
-def _last_axis_softmax(call, var2val: dict):
+def last_axis_softmax_input(call, var2val: dict):
     """``x`` when ``call`` (or the call bound to it) is a static float32 last-axis softmax."""
     call = _bound(call, var2val)
     if op_name(call) != "relax.nn.softmax":
@@ -47,11 +47,11 @@ def _last_axis_softmax(call, var2val: dict):
     return x
 
 
-def _safe_softmax_input(call: relax.Call, var2val: dict):
+def safe_softmax_input(call: relax.Call, var2val: dict):
     """``x`` when ``call`` is ``where(all(x == -inf, -1), 0, softmax(x, -1))`` as PyTorch exports
     ``_safe_softmax``: ``logical_not(bool(max(int8(logical_not(x == -inf)), -1, keepdims)))``."""
     cond, zeros, sm = call.args
-    x = _last_axis_softmax(sm, var2val)
+    x = last_axis_softmax_input(sm, var2val)
     z = _bound(zeros, var2val)
     if x is None or op_name(z) not in ("relax.full_like", "relax.zeros_like") \
             or (op_name(z) == "relax.full_like" and not _is_const(z.args[1], var2val, 0.0)):
@@ -83,12 +83,12 @@ class _Rewriter(PyExprMutator):
         self.rewritten = 0
         # softmaxes a safe-softmax pattern consumes: left alone (unused after the rewrite)
         self.consumed = [_bound(v.args[2], var2val) for v in var2val.values()
-                         if op_name(v) == "relax.where" and _safe_softmax_input(v, var2val) is not None]
+                         if op_name(v) == "relax.where" and safe_softmax_input(v, var2val) is not None]
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         op = op_name(call)
-        x = _last_axis_softmax(call, self.var2val) if op == "relax.nn.softmax" else \
-            _safe_softmax_input(call, self.var2val) if op == "relax.where" else None
+        x = last_axis_softmax_input(call, self.var2val) if op == "relax.nn.softmax" else \
+            safe_softmax_input(call, self.var2val) if op == "relax.where" else None
         if x is None or any(call.same_as(c) for c in self.consumed):
             return super().visit_call_(call)
         self.rewritten += 1

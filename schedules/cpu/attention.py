@@ -156,6 +156,7 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
               f"                for jv in range({nr}):",
               (f"                    ktp[gp // {npan}, {npanel}, k, jv] = T.if_then_else(jv < {ptail}, "
                f"kt[gp // {npan}, k, T.min({npanel * nr} + jv, {Lk - 1})], T.float32(0.0))")]
+    row = f"T.min(i0 + ii, {L - 1})"  # the task's query row; rows past L repeat the last one
     b += [
         f"    for t in T.parallel({G * nib}):",
         f'        s = T.alloc_buffer(({r}, {npan * nr}), "float32")',
@@ -177,9 +178,8 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
         f"            for k in range({D}):",
         f"                for ii in T.unroll({r}):",
         f"                    for jv in T.vectorized({nr}):",
-        f"                        acc[ii, jv] = acc[ii, jv] + q[g, T.min(i0 + ii, {L - 1}), k] * ktp[g, jo, k, jv]",
+        f"                        acc[ii, jv] = acc[ii, jv] + q[g, {row}, k] * ktp[g, jo, k, jv]",
     ]
-    row = f"T.min(i0 + ii, {L - 1})"
     if npanel:
         b += [f"            if jo < {npanel}:",
               f"                for ii in T.unroll({r}):",

@@ -18,7 +18,6 @@ the fused function around them. Both know the convolution by its block annotatio
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from tvm import s_tir, te, topi
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -201,16 +200,17 @@ class BlockedConv(_CPURule):
         oh_i = None
         if kind == "depthwise" and pad is not None and self.knobs.pad_rows:
             oh, oh_i = sch.split(oh, [None, min(self.knobs.pad_rows, _const_int(sch.get(oh).extent))])
-        k_outer = kind == "conv" and self.knobs.k_outer
-        if kind == "conv" and self.knobs.k_outer is None:
-            ext = [_const_int(sch.get(lp).extent) for lp in (n, oc, oh, ry, rx)]
+        # The task order (a knob, or where the heuristics' measurements say)
+        k_outer = rows_outer = False
+        if kind == "conv":
+            e_n, e_oc, e_oh, e_rc, e_ry, e_rx, e_ri = (_const_int(sch.get(lp).extent)
+                                                       for lp in (n, oc, oh, rc, ry, rx, ri))
             cores = int(target.attrs.get("num-cores", 1))
-            k_outer = weights_once(ext[0] * ext[1], cores, ext[2] * ow_ext, xo, ext[3] * ext[4] == 1)
-        rows_outer = kind == "conv" and not k_outer and self.knobs.rows_outer
-        if kind == "conv" and not k_outer and self.knobs.rows_outer is None:
-            ext = [_const_int(sch.get(lp).extent) for lp in (n, oc, oh, rc, ry, rx, ri)]
-            cores = int(target.attrs.get("num-cores", 1))
-            rows_outer = inputs_once(ext[1], ext[0] * ext[2], cores, ext[1] * math.prod(ext[3:]) * xo * 4)
+            k_outer = self.knobs.k_outer if self.knobs.k_outer is not None else \
+                weights_once(e_n * e_oc, cores, e_oh * ow_ext, xo, e_ry * e_rx == 1)
+            if not k_outer:
+                rows_outer = self.knobs.rows_outer if self.knobs.rows_outer is not None else \
+                    inputs_once(e_oc, e_n * e_oh, cores, e_oc * e_rc * e_ry * e_rx * e_ri * xo * 4)
         if k_outer:
             sch.reorder(n, oc, rc, oh, ow_o, ry, rx, ri, ow_i, ob)
         elif rows_outer:

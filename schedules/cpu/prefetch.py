@@ -29,10 +29,10 @@ MAX_ROW_TILES = 64
 _LINE = 64
 
 
-def prefetch_lines(loop: str, tasks: int, panels: int, row_tiles: int, weight: str, k: int, nr: int,
+def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, nr: int,
                    int64: bool, indent: str, elem_bytes: int = 4) -> list[str]:
-    """TVMScript lines, to go first in the body of the parallel loop ``loop`` (``tasks`` = panels ×
-    row tiles, panel-major), that prefetch this task's share of panel ``p + DISTANCE`` of
+    """TVMScript lines, to go first in the body of the parallel loop ``loop`` (panels × row tiles
+    tasks, panel-major), that prefetch this task's share of panel ``p + DISTANCE`` of
     ``weight[panels, k, nr]``."""
     per_elem = _LINE // elem_bytes
     lines = -(-k * nr * elem_bytes // _LINE)
@@ -54,14 +54,14 @@ def with_panel_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, nr:
     import tvm
     from tvm import s_tir
 
-    if panels < 2 or row_tiles > MAX_ROW_TILES or k * nr * 4 > MAX_PANEL_BYTES:
+    if panels < 2 or row_tiles > MAX_ROW_TILES:
         return sch
     weight = None
     for r in sch.get(main).reads:
         shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in r.source.shape]
         if shape == [panels, k, nr]:
             weight = r.source
-    if weight is None:
+    if weight is None or k * nr * (weight.dtype.bits // 8) > MAX_PANEL_BYTES:
         return sch
     loop = sch.get(par)
     name = loop.loop_var.name
@@ -76,7 +76,7 @@ def with_panel_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, nr:
         m = head.match(line)
         if m:
             found += 1
-            out += prefetch_lines(name, panels * row_tiles, panels, row_tiles, weight.name, k, nr,
+            out += prefetch_lines(name, panels, row_tiles, weight.name, k, nr,
                                   str(loop.loop_var.ty) == "int64", m.group(1) + "    ",
                                   weight.dtype.bits // 8)
     if found != 1:
