@@ -45,6 +45,9 @@ class CompileOptions:
     ``{"input_ids": {1: seq}, "attention_mask": {1: seq}}``. One artifact then runs every length in
     range; the manifest stores the symbolic shapes and the ranges. ``.pt2`` files exported with
     ``torch.export.Dim`` are dynamic without it (it may rename and narrow their symbols).
+    ``retime_records``: when the database was measured on another CPU (or does not say) and the
+    target runs here, each record the model uses is timed against the default schedule once (per
+    CPU, cached) and served only where it is faster (:mod:`hwcomp.tune.retime`).
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)
@@ -59,6 +62,7 @@ class CompileOptions:
     dynamic: dict | None = None
     blocked_layout: bool = True
     pack_weights: bool = True
+    retime_records: bool = True
 
 
 def _default_database(target: Target) -> Path | None:
@@ -66,6 +70,20 @@ def _default_database(target: Target) -> Path | None:
 
     d = default_database_dir(target)
     return d if d is not None and d.is_dir() else None
+
+
+def _records_for_this_cpu(mod, target: Target, database: Path, log) -> Path:
+    """Records tuned elsewhere are served only where they beat the default here (``hwcomp.tune.retime``)."""
+    from .records.locations import KNOBS, has_records
+
+    if not (has_records(database) or (database / KNOBS).is_file()):
+        return database
+    from .build import lower
+    from .tune.retime import records_for_this_cpu
+
+    with target.tvm_target():
+        lowered = lower(mod, target)
+    return records_for_this_cpu(lowered, target, database, log=log)
 
 
 def compile(
@@ -114,6 +132,8 @@ def compile(
     database = options.database
     if database is None and options.use_default_database:
         database = _default_database(target)
+    if database is not None and options.retime_records and target.runs_here() and not target.is_gpu:
+        database = _records_for_this_cpu(mod, target, Path(database), log)
     mod = schedule(mod, target, database, options.fast_math)
     executable = compile_module(mod, target)
     log(f"built for {target.name} in {time.perf_counter() - t0:.1f} s"

@@ -53,6 +53,9 @@ def add_compile_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", required=True, help="artifact directory to write")
     add_input_shape_argument(s)
     s.add_argument("--db", help="tuning database directory (default: the target's, when present)")
+    s.add_argument("--no-retime", action="store_true",
+                   help="serve records tuned on another CPU as they are (default: each is timed against "
+                        "the default schedule here once, and served only where faster)")
     s.add_argument("--archive", help="also write the artifact as one .tar.gz")
     add_sparse_arguments(s, "prune matmul/linear weights to this sparsity, in [0, 1)")
     s.add_argument("--quantize", choices=["int8"], help="post-training int8 quantization")
@@ -134,7 +137,8 @@ def _compile_options(args, target):
 
         trust["dynamic"] = parse_dynamic(args.dynamic)
     return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None,
-                          fast_math=not getattr(args, "exact_math", False), **trust)
+                          fast_math=not getattr(args, "exact_math", False),
+                          retime_records=not getattr(args, "no_retime", False), **trust)
 
 
 def cmd_compile(args) -> int:

@@ -86,6 +86,31 @@ def default_database_dir(target: Target) -> Path | None:
     return compatible_shipped_dir(target)
 
 
+# ----------------------------------------------------------------------------- the CPU at hand
+
+
+@functools.lru_cache(maxsize=1)
+def this_cpu() -> str:
+    """The CPU a measurement here is made on: model name and the logical CPUs this process may use
+    (``"AMD Ryzen 9 5950X × 2"``). Records are only as good as the CPU they were timed on: the same ISA
+    on another model (Zen 1 vs Zen 3) or core count can favour other schedules."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and val.strip():
+                name = val.strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return f"{name} × {n}"
+
+
 # ----------------------------------------------------------------------------- target signatures
 
 

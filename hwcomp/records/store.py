@@ -172,6 +172,32 @@ def write_meta(directory: str | Path, target: Target) -> None:
     atomic_write(p, json.dumps(meta, indent=2) + "\n")
 
 
+UNKNOWN_CPU = "unknown"  # records whose CPU nobody wrote down (shipped before hwcomp kept it, hand-made)
+
+
+def note_cpus(directory: str | Path, cpus: list[str]) -> None:
+    """Add ``cpus`` to the CPUs whose measurements ``directory`` holds (``hwcomp_db.json``'s ``cpus``).
+
+    The tuner notes the CPU it measured on; importing or seeding records notes the source's CPUs (or
+    :data:`UNKNOWN_CPU`). Compile re-times records here unless this CPU is the only one noted."""
+    p = Path(directory) / META
+    with locked(p):
+        meta = read_meta(directory)
+        if meta is None:
+            return
+        have = [str(c) for c in meta.get("cpus", [])]
+        new = [c for c in dict.fromkeys(cpus) if c not in have]
+        if new:
+            atomic_write(p, json.dumps({**meta, "cpus": have + new}, indent=2) + "\n")
+
+
+def tuned_on(directory: str | Path) -> list[str]:
+    """The CPUs whose measurements ``directory`` holds; ``[UNKNOWN_CPU]`` when it does not say."""
+    meta = read_meta(directory) or {}
+    cpus = meta.get("cpus")
+    return [str(c) for c in cpus] if isinstance(cpus, list) and cpus else [UNKNOWN_CPU]
+
+
 def database_signature(directory: str | Path) -> str | None:
     meta = read_meta(directory)
     return str(meta["signature"]) if meta and "signature" in meta else None

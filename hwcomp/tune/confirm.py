@@ -102,7 +102,9 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
-    default_sch = {t.key: schedule_with(t.func, default_knobs(kernel_for(t.func, target)), target) for t in todo}  # None: no default rule
+    # None: no default rule. Traced: if the default wins it is stored as a record (a trace).
+    default_sch = {t.key: schedule_with(t.func, default_knobs(kernel_for(t.func, target)), target, traced=True)
+                   for t in todo}
     recorded = {t.key: min(r.mean for r in by_key[t.key]) for t in todo}
 
     def best_confirmed(key: str) -> float:

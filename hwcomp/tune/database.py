@@ -40,8 +40,10 @@ from ..records.store import (
     database_signature,
     lines_text,
     locked,
+    note_cpus,
     read_lines,
     read_meta,
+    tuned_on,
     write_meta,
 )
 from ..records.validate import scan, validate_database
@@ -122,6 +124,7 @@ def import_database(source: str | Path, destination: str | Path, target: Any = N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TuningDatabaseWarning)
             src = scan(src_dir, database_signature(src_dir), deep=True)
+            src_cpus = tuned_on(src_dir)
             if dest_sig is None:
                 dest_sig = src.signature
         report.skipped_bad = len([i for i in src.issues if "another target" not in i.reason])
@@ -181,6 +184,8 @@ def import_database(source: str | Path, destination: str | Path, target: Any = N
     if dest_sig and not (destination / META).exists() and dest_tvm:
         atomic_write(destination / META, json.dumps({"format": 1, "signature": dest_sig, "tvm": dest_tvm},
                                                     indent=2) + "\n")
+    if report.records_added or report.knobs_added or report.measurements_added:
+        note_cpus(destination, src_cpus)  # where the imported measurements were made
     return report
 
 

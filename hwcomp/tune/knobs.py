@@ -86,9 +86,10 @@ def _features(knobs, lanes: int) -> list[float]:
             (knobs.kc or 1024) * nr * 4 / 32768]
 
 
-def schedule_with(func, knobs, target: Target):
-    """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply)."""
-    return rule_for(knobs, target.vector_bits, target.vector_registers).apply(func, target.tvm_target(), False)
+def schedule_with(func, knobs, target: Target, traced: bool = False):
+    """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply).
+    ``traced``: without the steps its trace cannot record (see :func:`commit_schedule`)."""
+    return rule_for(knobs, target.vector_bits, target.vector_registers, traced).apply(func, target.tvm_target(), False)
 
 
 # ----------------------------------------------------------------------------- search
@@ -150,9 +151,21 @@ def measure(mods: list, target: Target, builder, runner) -> list[tuple[list[floa
 
 
 def commit_schedule(database, task: Task, sch, secs: float, target: Target) -> None:
-    """Store ``sch``, a schedule of ``task``, in a MetaSchedule ``database`` as a record timed at ``secs``."""
+    """Store ``sch``, a schedule of ``task``, in a MetaSchedule ``database`` as a record timed at ``secs``.
+
+    A record is the schedule's trace, replayed on the workload when compile applies it. A schedule
+    its trace does not reproduce (one edited as text, e.g. TiledReduction's panel prefetch: make it
+    with ``schedule_with(..., traced=True)``) would be served as whatever the replay gives, down to
+    the unscheduled loop nest: refused with ValueError."""
     import tvm
+    import tvm_ffi
+    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
+
+    replay = s_tir.Schedule(task.mod)
+    sch.trace.apply_to_schedule(replay, remove_postproc=False)
+    if not tvm_ffi.structural_equal(replay.mod["main"], sch.mod["main"], map_free_vars=True):
+        raise ValueError(f"{task.name}: the schedule is not what its trace replays to; not stored as a record")
 
     workload = database.commit_workload(task.mod)
     database.commit_tuning_record(ms.database.TuningRecord(

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ..errors import HwcompError
 from ..records.formats import workload_stats
-from ..records.locations import user_database_dir
-from ..records.store import write_meta
+from ..records.locations import this_cpu, user_database_dir
+from ..records.store import note_cpus, write_meta
 from ..records.validate import ValidationReport, open_database, validate_database
 from ..target import Target, get_target
 from .database import seed_from_shipped
@@ -228,6 +228,8 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
     if validation.issues:
         log(f"database check: {validation.summary()}")
     fleet = resolve_fleet(opts.rpc_tracker, opts.rpc_key)
+    if not fleet.remote:  # measured here: compile elsewhere re-times these records before trusting them
+        note_cpus(db, [this_cpu()])
 
     lowered = lower_for_tuning(model, target, opts.passes, opts.example_inputs, opts.input_shapes)
     tasks = extract_tasks(lowered, target)
@@ -428,9 +430,10 @@ def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Tar
     database = None
     for t, r in zip(tasks, reports):
         e = table.get(t.key)
-        if e is None or e.secs is None or (r.ms_best is not None and r.ms_best <= e.secs):
+        # Without MetaSchedule records compile serves the stored knobs already (StoredKnobs).
+        if e is None or e.secs is None or r.ms_best is None or r.ms_best <= e.secs:
             continue
-        sch = schedule_with(t.func, e.knobs, target)
+        sch = schedule_with(t.func, e.knobs, target, traced=True)
         if sch is None:
             continue
         if database is None:

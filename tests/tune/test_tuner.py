@@ -207,8 +207,33 @@ def test_knob_tuning_is_stored_and_applied(model_pt2, tmp_path, host):
         # as the record compile serves; with near-equal knob sets that can be another measured one
         # than the first-pass fastest: the served schedule must be one of the measured knob sets'.
         tvm.ir.assert_structural_equal(got, served["main"].body, map_free_vars=True)
-        measured = [schedule_with(task.func, e.knobs, host) for e in read_knob_entries(db, host) if e.workload == key]
+        # (stored as a record: the traced variant, see commit_schedule)
+        measured = [schedule_with(task.func, e.knobs, host, traced=True)
+                    for e in read_knob_entries(db, host) if e.workload == key]
         assert any(tvm_ffi_equal(served["main"].body, m.mod["main"].body) for m in measured if m is not None)
+
+
+def test_a_stored_schedule_is_served_as_it_was_measured(model_pt2, tmp_path, host):
+    """A record is a trace replayed on the workload. TiledReduction's panel prefetch is edited into
+    the schedule's text, which the trace does not record: stored as it was, the record replayed to the
+    unscheduled loop nest (the tuner's confirmation step stored the default that way when it won).
+    commit_schedule refuses such a schedule; the traced variant is served exactly."""
+    from tvm import s_tir
+
+    from hwcomp.tune.knobs import commit_schedule, default_knobs, kernel_for
+
+    task = max(extract_tasks(lower_for_tuning(model_pt2, host), host), key=lambda t: t.flop)
+    knobs = default_knobs(kernel_for(task.func, host))
+    edited, traced = schedule_with(task.func, knobs, host), schedule_with(task.func, knobs, host, traced=True)
+    assert "T.prefetch" in edited.mod.script() and "T.prefetch" not in traced.mod.script()
+    database = dbm.open_database(tmp_path / "db", host, validate=False)
+    with pytest.raises(ValueError, match="trace"):
+        commit_schedule(database, task, edited, 1e-6, host)
+    commit_schedule(database, task, traced, 1e-6, host)
+    served = dbm.open_database(tmp_path / "db", host, validate=False).query_schedule(task.mod, host.tvm_target(),
+                                                                                       "main")
+    tvm.ir.assert_structural_equal(served.mod["main"], traced.mod["main"], map_free_vars=True)
+    assert not tvm_ffi_equal(served.mod["main"], s_tir.Schedule(task.mod).mod["main"])
 
 
 def test_rpc_fleet_two_servers_behind_one_tracker(model_pt2, tmp_path, host):
