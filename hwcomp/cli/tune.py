@@ -26,9 +26,9 @@ from .args import (
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     add_model_target_arguments(p)
-    p.add_argument("--trials", type=positive_int, default=64,
+    p.add_argument("--trials", type=positive_int, default=None,
                    help="MetaSchedule measurements for the whole model, counting records already in the database "
-                        "(re-running continues up to this total; default 64)")
+                        "(re-running continues up to this total; default 64, or no limit with --time-budget)")
     p.add_argument("--time-budget", help="stop between rounds before this much time has passed (e.g. 30m, 1h)")
     p.add_argument("--db", help="database directory (default: ~/.cache/hwcomp/tuning/<target>)")
     p.add_argument("--method", choices=("metaschedule", "knobs", "both"), default="metaschedule",

@@ -86,6 +86,23 @@ def _features(knobs, lanes: int) -> list[float]:
             (knobs.kc or 1024) * nr * 4 / 32768]
 
 
+def default_schedule(func, target: Target):
+    """The schedule compile gives ``func`` when no record covers it (the first of the target's default
+    rules that applies, as ``ApplyDefaultSchedule`` picks it), traced so that it can be stored as a
+    record; the unscheduled function when no rule applies, as compile leaves it."""
+    from tvm import s_tir
+
+    from hwcomp.schedules.cpu import default_rules
+
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        for rule in default_rules(target.vector_bits, registers=target.vector_registers, traced=True):
+            space = rule.apply(func, tvm_target, False)
+            if space is not None:
+                return space if isinstance(space, s_tir.Schedule) else space[0]
+    return s_tir.Schedule(func)
+
+
 def schedule_with(func, knobs, target: Target, traced: bool = False):
     """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply).
     ``traced``: without the steps its trace cannot record (see :func:`commit_schedule`)."""

@@ -25,8 +25,9 @@ class Progress:
         self.rounds: list[float] = []  # durations of the rounds so far
         self.done: set[int] = set()
         self.stopped_by_budget = False
-        self.bar = tqdm(total=max(total, 0), unit="trial", desc=desc, disable=not show, dynamic_ncols=True,
-                        leave=True)
+        # A count that only the time budget bounds is no total to show progress against.
+        shown = None if deadline is not None and total >= 100_000 else max(total, 0)
+        self.bar = tqdm(total=shown, unit="trial", desc=desc, disable=not show, dynamic_ncols=True, leave=True)
 
     def e2e(self) -> str:
         known = [t for t in self.tasks if t.best is not None]

@@ -136,13 +136,27 @@ class TuneResult:
                 "tasks": [t.to_dict() for t in self.tasks]}
 
 
+DEFAULT_TRIALS = 64  # without a time budget
+UNLIMITED_TRIALS = 1_000_000  # with one: stop on time, not on a count
+
+
+def trial_budget(opts: TuneOptions) -> int:
+    """The MetaSchedule trial count a run aims for: ``opts.trials`` when given, else 64 without a
+    time budget and no limit with one (a 20-minute budget over a 100-task model must not stop after
+    64 trials)."""
+    if opts.trials is not None:
+        return opts.trials
+    return DEFAULT_TRIALS if not opts.time_budget_s else UNLIMITED_TRIALS
+
+
 @dataclasses.dataclass
 class TuneOptions:
     """Settings of :func:`tune` (defaults: a 64-trial MetaSchedule run measured on this machine)."""
 
-    trials: int = 64
+    trials: int | None = None
     """MetaSchedule measurements for the whole model, records already in the database included
-    (re-running continues up to this total)."""
+    (re-running continues up to this total). None: 64, or no limit when ``time_budget_s`` is given
+    (the budget decides how far the search gets)."""
     time_budget_s: float | None = None
     """Stop between rounds so as not to exceed this many seconds (None: no time limit)."""
     db_dir: str | Path | None = None
@@ -212,8 +226,9 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
         raise HwcompError(f"unknown cost model {opts.cost_model!r}; use xgb or random")
     if opts.search not in ("evolutionary", "random"):
         raise HwcompError(f"unknown search {opts.search!r}; use evolutionary or random")
-    if opts.trials < 0:
+    if opts.trials is not None and opts.trials < 0:
         raise HwcompError("trials must be ≥ 0")
+    opts = dataclasses.replace(opts, trials=trial_budget(opts))
     t_start = time.monotonic()
     deadline = t_start + opts.time_budget_s if opts.time_budget_s else None
     target = get_target(target)
@@ -438,7 +453,11 @@ def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Tar
             continue
         if database is None:
             database = open_database(db, target, validate=False)
-        commit_schedule(database, t, sch, e.secs, target)
+        try:
+            commit_schedule(database, t, sch, e.secs, target)
+        except ValueError as err:  # not storable as a trace: MetaSchedule's record stays served
+            log(str(err))
+            continue
         log(f"{t.name}: hwcomp's schedule ({fmt_us(e.secs)}, knobs {knobs_str(e.knobs)}) beats MetaSchedule's "
             f"({fmt_us(r.ms_best)}); stored as the task's record")
         r.ms_best, r.knob_record = e.secs, True

@@ -97,6 +97,14 @@ def test_measured_latencies_travel_with_the_records(tmp_path, host_db, host):
     assert "dense:1x2x3" not in json.loads((dest / BSR_CHOICES).read_text())
 
 
+def test_a_time_budget_lifts_the_default_trial_count():
+    from hwcomp.tune.tuner import DEFAULT_TRIALS, TuneOptions, trial_budget
+
+    assert trial_budget(TuneOptions()) == DEFAULT_TRIALS
+    assert trial_budget(TuneOptions(time_budget_s=1200)) > 100 * 64 * 4  # every task, many rounds: time decides
+    assert trial_budget(TuneOptions(time_budget_s=1200, trials=10)) == 10  # an explicit count still caps
+
+
 def test_parse_duration():
     assert parse_duration("90") == 90
     assert parse_duration("30m") == 1800
