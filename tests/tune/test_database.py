@@ -103,6 +103,11 @@ def test_a_time_budget_lifts_the_default_trial_count():
     assert trial_budget(TuneOptions()) == DEFAULT_TRIALS
     assert trial_budget(TuneOptions(time_budget_s=1200)) > 100 * 64 * 4  # every task, many rounds: time decides
     assert trial_budget(TuneOptions(time_budget_s=1200, trials=10)) == 10  # an explicit count still caps
+    from hwcomp.tune.tuner import confirm_reserve_s
+
+    assert confirm_reserve_s(TuneOptions(time_budget_s=1200), 100) == 250  # confirmation fits in the budget
+    assert confirm_reserve_s(TuneOptions(time_budget_s=600), 100) == 150  # at most a quarter of it
+    assert confirm_reserve_s(TuneOptions(), 100) == 0
 
 
 def test_parse_duration():
