@@ -90,6 +90,10 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
     """Lower, fuse and schedule every PrimFunc (tuned records first, default rules after)."""
     from tvm.s_tir import dlight as dl
 
+    if database is not None:  # without the records the tuner found hwcomp's own schedule beats
+        from .records.served import served_database
+
+        database = served_database(database)
     tvm_target = target.tvm_target()
     with tvm_target, _database(database, target):
         mod = lower(mod, target, fast_math)

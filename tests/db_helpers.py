@@ -3,6 +3,7 @@ databases whose records are hwcomp's TiledReduction traces with made-up times (n
 
 from __future__ import annotations
 
+import torch
 import tvm
 import tvm_ffi
 from tvm import te
@@ -51,3 +52,15 @@ def fill(directory, target, shapes=((16, 32, 64), (8, 64, 32)), per_workload=3):
 
 def lines(path):
     return path.read_text().splitlines()
+
+
+class Tiny(torch.nn.Module):
+    """Two Linears and a ReLU: the model the tuning tests tune and compile (16 x 128 input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(128, 256)
+        self.fc2 = torch.nn.Linear(256, 64)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))

@@ -196,6 +196,9 @@ def _show(directory: Path, target) -> int:
             pass
     _print(f"database  {directory}")
     _print(f"target    {meta.get('target', '?')} ({meta.get('signature', '?')})")
+    from ..records.store import tuned_on
+
+    _print(f"measured  on {', '.join(tuned_on(directory))} (compile re-times records from any other CPU)")
     _print(f"{len(stats)} workloads with MetaSchedule records, {sum(s.trials for s in stats.values())} records")
     for key, st in sorted(stats.items(), key=lambda kv: -(kv[1].best_secs or 0)):
         best = f"{st.best_secs * 1e6:10.1f} us" if st.best_secs else "         - "

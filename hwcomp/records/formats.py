@@ -122,15 +122,22 @@ class WorkloadStats:
             self.best_secs = mean
 
 
-def workload_stats(directory: str | Path) -> dict[str, WorkloadStats]:
-    """Per workload hash: the MetaSchedule records of a (validated) database directory."""
-    directory = Path(directory)
-    hashes = []
-    for text in read_lines(directory / WORKLOADS)[0]:
+def workload_hashes(directory: str | Path) -> list[str | None]:
+    """The workload hash of each line of ``database_workload.json`` (None for a bad line): what a
+    record's workload index points at."""
+    hashes: list[str | None] = []
+    for text in read_lines(Path(directory) / WORKLOADS)[0]:
         try:
             hashes.append(json.loads(text)[0])
         except (ValueError, IndexError, TypeError):
             hashes.append(None)
+    return hashes
+
+
+def workload_stats(directory: str | Path) -> dict[str, WorkloadStats]:
+    """Per workload hash: the MetaSchedule records of a (validated) database directory."""
+    directory = Path(directory)
+    hashes = workload_hashes(directory)
     stats: dict[str, WorkloadStats] = {}
     for text in read_lines(directory / RECORDS)[0]:
         try:

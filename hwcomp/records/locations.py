@@ -26,7 +26,10 @@ DATA_FILES = (WORKLOADS, RECORDS, KNOBS)
 # pass's dense-vs-sparse choices (one JSON object) and the policy search's per-layer option
 # latencies (JSON lines). Export, import and merge carry them; the destination's entry wins.
 BSR_CHOICES, POLICY_LATENCY = "hwcomp_bsr.json", "policy_latency.json"
-MEASUREMENT_FILES = (BSR_CHOICES, POLICY_LATENCY)
+# Per workload, which side the tuner's confirmation step found faster: MetaSchedule's best record or
+# hwcomp's own schedule (stored knobs, else the default rules). JSON lines; see ``records.served``.
+SERVED = "hwcomp_served.json"
+MEASUREMENT_FILES = (BSR_CHOICES, POLICY_LATENCY, SERVED)
 
 
 # ----------------------------------------------------------------------------- directories

@@ -21,6 +21,7 @@ from .locations import (
     DATA_FILES,
     META,
     POLICY_LATENCY,
+    SERVED,
     cache_root,
     target_signature,
     tvm_dict,
@@ -205,7 +206,7 @@ def database_signature(directory: str | Path) -> str | None:
 
 # ----------------------------------------------------------------------------- keyed measurements
 
-_LABELS = {BSR_CHOICES: "BSR choices", POLICY_LATENCY: "policy latency"}
+_LABELS = {BSR_CHOICES: "BSR choices", POLICY_LATENCY: "policy latency", SERVED: "served-schedule verdicts"}
 
 
 class MeasurementStore:

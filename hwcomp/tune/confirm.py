@@ -11,8 +11,9 @@ So after tuning, the best records of each task and the schedule compile would us
 keeps the median of its rounds. The re-measured times replace the recorded ones in the records file.
 The first step takes the ``top`` best recorded; each later step takes every record still recorded
 faster than the best re-measured one (and the incumbent again), until the record MetaSchedule will
-serve (the fastest recorded) is a re-measured one. If the default wins, it is stored as the task's
-record.
+serve (the fastest recorded) is a re-measured one. The verdict goes to ``hwcomp_served.json``
+(:mod:`hwcomp.records.served`): where hwcomp's schedule wins, compile leaves the workload's records
+out and builds it with its own rules.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                     rounds: int = ROUNDS, max_steps: int = MAX_STEPS, log=None) -> list[Confirmation]:
     """Re-measure the best records of ``tasks`` in ``directory`` (see the module docstring) and write
     the re-measured times back. Returns one :class:`Confirmation` per task that has records."""
-    from ..records.locations import RECORDS
+    from ..records.locations import RECORDS, this_cpu
+    from ..records.served import HWCOMP, METASCHEDULE, verdicts
     from ..records.store import atomic_write, lines_text, locked
-    from ..records.validate import open_database
-    from .knobs import commit_schedule, default_schedule, measure_rounds
+    from .knobs import hwcomp_schedule, measure_rounds
 
     directory = Path(directory)
     if not (directory / RECORDS).exists():
@@ -96,10 +97,10 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
     todo = [t for t in tasks if by_key.get(t.key)]
     confirmed: dict[str, dict[int, list[float]]] = {t.key: {} for t in todo}  # key → line → round times
     default: dict[str, list[float] | None] = {}
-    # What compile would build without records: for every task, not only those hwcomp tunes knobs
-    # for (a layer norm whose only records were MetaSchedule's 4.4 ms attempts was otherwise served
-    # uncontested, 100x its default). Traced: if the default wins it is stored as a record.
-    default_sch = {t.key: default_schedule(t.func, target) for t in todo}
+    # What compile builds without records, for every task (not only those hwcomp tunes knobs for: a
+    # layer norm whose only records were MetaSchedule's 4.4 ms attempts was otherwise served
+    # uncontested, 400x its default): stored knobs, else the default rules.
+    default_sch = {t.key: hwcomp_schedule(t, target, directory) for t in todo}
     recorded = {t.key: min(r.mean for r in by_key[t.key]) for t in todo}
 
     def best_confirmed(key: str) -> float:
@@ -121,7 +122,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
             inc = _incumbent(confirmed[t.key], default.get(t.key))
             if (step == 0 or inc is None) and default_sch[t.key] is not None:
                 batch.append((t.key, None))
-                mods.append(default_sch[t.key].mod)
+                mods.append(default_sch[t.key])
             elif inc is not None:
                 rec = next(r for r in by_key[t.key] if r.line == inc)
                 batch.append((t.key, inc))
@@ -163,20 +164,14 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
         atomic_write(directory / RECORDS, lines_text(current))
 
     out = []
-    database = None
+    found = {}
     for t in todo:
         ms_best = min((statistics.median(v) for v in confirmed[t.key].values()), default=float("inf"))
         d = statistics.median(default[t.key]) if default.get(t.key) else None
         winner = "default" if d is not None and d < ms_best else "metaschedule"
-        if winner == "default":
-            if database is None:
-                database = open_database(directory, target, validate=False)
-            try:
-                commit_schedule(database, t, default_sch[t.key], d, target)
-            except ValueError as e:  # not storable as a trace: the records stay served
-                winner = "metaschedule"
-                if log:
-                    log(f"{t.name}: {e}")
+        found[t.key] = {"serve": HWCOMP if winner == "default" else METASCHEDULE, "task": t.name,
+                        "hwcomp_secs": d, "record_secs": ms_best if ms_best != float("inf") else None,
+                        "cpu": this_cpu()}
         served = d if winner == "default" else (ms_best if ms_best != float("inf") else None)
         c = Confirmation(t.name, recorded[t.key], served, d, len(confirmed[t.key]), winner, unchecked.get(t.key, 0))
         out.append(c)
@@ -184,6 +179,7 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
             log(f"{t.name}: recorded best {_us(c.recorded)}, re-measured {_us(c.confirmed)} "
                 f"({c.measured} record(s); hwcomp default {_us(d)}) → serving {winner}"
                 + (f"; {c.unchecked} faster-recorded record(s) left unchecked" if c.unchecked else ""))
+    verdicts(directory).add(found, replace=True)
     return out
 
 

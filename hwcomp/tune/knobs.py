@@ -86,21 +86,22 @@ def _features(knobs, lanes: int) -> list[float]:
             (knobs.kc or 1024) * nr * 4 / 32768]
 
 
-def default_schedule(func, target: Target):
-    """The schedule compile gives ``func`` when no record covers it (the first of the target's default
-    rules that applies, as ``ApplyDefaultSchedule`` picks it), traced so that it can be stored as a
-    record; the unscheduled function when no rule applies, as compile leaves it."""
-    from tvm import s_tir
+def hwcomp_schedule(task: Task, target: Target, directory: Path | None = None):
+    """The module compile builds for ``task`` when no MetaSchedule record covers it: the best knobs
+    stored in ``directory``, else the target's default rules (as ``hwcomp.build.schedule`` applies
+    them, the panel prefetch included)."""
+    import tvm
+    from tvm.s_tir import dlight as dl
 
     from hwcomp.schedules.cpu import default_rules
 
-    tvm_target = target.tvm_target()
-    with tvm_target:
-        for rule in default_rules(target.vector_bits, registers=target.vector_registers, traced=True):
-            space = rule.apply(func, tvm_target, False)
-            if space is not None:
-                return space if isinstance(space, s_tir.Schedule) else space[0]
-    return s_tir.Schedule(func)
+    from ..records.knobs import stored_knob_rules
+
+    rules = stored_knob_rules(directory, target) + default_rules(target.vector_bits, registers=target.vector_registers)
+    with target.tvm_target():
+        # a module of its own: the pass replaces functions in the module it is given, and
+        # ``task.mod`` must stay the unscheduled workload
+        return dl.ApplyDefaultSchedule(*rules)(tvm.IRModule({"main": task.func}))
 
 
 def schedule_with(func, knobs, target: Target, traced: bool = False):
@@ -172,8 +173,9 @@ def commit_schedule(database, task: Task, sch, secs: float, target: Target) -> N
 
     A record is the schedule's trace, replayed on the workload when compile applies it. A schedule
     its trace does not reproduce (one edited as text, e.g. TiledReduction's panel prefetch: make it
-    with ``schedule_with(..., traced=True)``) would be served as whatever the replay gives, down to
-    the unscheduled loop nest: refused with ValueError."""
+    with ``schedule_with(..., traced=True)``) would be served as whatever the replay gives (an empty
+    trace is never served at all): refused with ValueError. The tuner stores no schedules of its
+    own; it records which side wins (:mod:`hwcomp.records.served`)."""
     import tvm
     import tvm_ffi
     from tvm import s_tir

@@ -23,15 +23,13 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from ..records.formats import FAILED_SECS
-from ..records.knobs import best_knobs, stored_knob_rules
-from ..records.locations import KNOBS, META, RECORDS, WORKLOADS, cache_root, this_cpu
+from ..records.formats import FAILED_SECS, workload_hashes
+from ..records.knobs import best_knobs
+from ..records.locations import RECORDS, cache_root, this_cpu
+from ..records.served import served_database, without_workloads
 from ..records.store import (
     UNKNOWN_CPU,
     MeasurementStore,
-    atomic_write,
-    lines_text,
-    locked,
     path_key,
     read_lines,
     tuned_on,
@@ -92,12 +90,7 @@ def local_measure(target: Target, rounds: int = ROUNDS) -> Measure:
 def served_fingerprints(directory: Path, target: Target) -> dict[str, str]:
     """Workload hash → a digest of what ``directory`` serves for it (the best MetaSchedule record's
     trace, else the best knob set): a verdict holds until that changes."""
-    hashes = []
-    for text in read_lines(directory / WORKLOADS)[0]:
-        try:
-            hashes.append(json.loads(text)[0])
-        except (ValueError, IndexError, TypeError):
-            hashes.append(None)
+    hashes = workload_hashes(directory)
     best: dict[str, tuple[float, str]] = {}
     for text in read_lines(directory / RECORDS)[0]:
         try:
@@ -117,30 +110,16 @@ def served_fingerprints(directory: Path, target: Target) -> dict[str, str]:
 
 def _served(task: Task, target: Target, directory: Path):
     """The module compile would build for ``task`` from ``directory`` (record, else stored knobs)."""
-    from tvm.s_tir import dlight as dl
+    from .knobs import hwcomp_schedule
 
     sch = open_database(directory, target, validate=False).query_schedule(task.mod, target.tvm_target(), "main")
-    if sch is not None:
-        return sch.mod
-    with target.tvm_target():
-        return dl.ApplyDefaultSchedule(*stored_knob_rules(directory, target))(_fresh(task))
+    return sch.mod if sch is not None else hwcomp_schedule(task, target, directory)
 
 
 def _default(task: Task, target: Target):
-    from tvm.s_tir import dlight as dl
+    from .knobs import hwcomp_schedule
 
-    from hwcomp.schedules.cpu import default_rules
-
-    with target.tvm_target():
-        return dl.ApplyDefaultSchedule(*default_rules(target.vector_bits, registers=target.vector_registers))(_fresh(task))
-
-
-def _fresh(task: Task):
-    """A module of its own for ``task``'s function: dlight's pass replaces functions in the module
-    it is given, and ``task.mod`` must stay the unscheduled workload."""
-    import tvm
-
-    return tvm.IRModule({"main": task.func})
+    return hwcomp_schedule(task, target)
 
 
 def _store(database: Path) -> MeasurementStore:
@@ -161,7 +140,7 @@ def records_for_this_cpu(lowered, target: Target, database: str | Path, *, measu
     cpus = tuned_on(database)
     if cpus == [here]:
         return database
-    usable = validate_database(database, target).usable_dir
+    usable = served_database(validate_database(database, target).usable_dir)
     prints = served_fingerprints(usable, target)
     if not prints:
         return usable
@@ -196,46 +175,4 @@ def records_for_this_cpu(lowered, target: Target, database: str | Path, *, measu
                              f"{hashlib.sha1(here.encode()).hexdigest()[:8]}")
 
 
-def without_workloads(source: Path, drop: set[str], dest: Path) -> Path:
-    """A copy of the database ``source`` in ``dest`` whose records and knob entries for the workload
-    hashes in ``drop`` are left out (rewritten only when the source or ``drop`` changed)."""
-    stamp = hashlib.sha1(json.dumps(
-        [sorted(drop)] + [[n, (source / n).stat().st_size, (source / n).stat().st_mtime_ns]
-                          for n in (WORKLOADS, RECORDS, KNOBS, META) if (source / n).is_file()]).encode()).hexdigest()
-    dest.mkdir(parents=True, exist_ok=True)
-    with locked(dest):
-        if (dest / ".stamp").is_file() and (dest / ".stamp").read_text() == stamp:
-            return dest
-        workloads = read_lines(source / WORKLOADS)[0]
-        hashes = []
-        for text in workloads:
-            try:
-                hashes.append(json.loads(text)[0])
-            except (ValueError, IndexError, TypeError):
-                hashes.append(None)
-
-        def kept_record(text: str) -> bool:
-            try:
-                return hashes[json.loads(text)[0]] not in drop
-            except (ValueError, IndexError, TypeError):
-                return False
-
-        def kept_knob(text: str) -> bool:
-            try:
-                return json.loads(text).get("workload") not in drop
-            except (ValueError, AttributeError):
-                return False
-
-        atomic_write(dest / WORKLOADS, lines_text(workloads))
-        atomic_write(dest / RECORDS, lines_text([t for t in read_lines(source / RECORDS)[0] if kept_record(t)]))
-        if (source / KNOBS).is_file():
-            atomic_write(dest / KNOBS, lines_text([t for t in read_lines(source / KNOBS)[0] if kept_knob(t)]))
-        elif (dest / KNOBS).exists():
-            (dest / KNOBS).unlink()
-        if (source / META).is_file():
-            atomic_write(dest / META, (source / META).read_text())
-        atomic_write(dest / ".stamp", stamp)
-    return dest
-
-
-__all__ = ["Measure", "Verdict", "local_measure", "records_for_this_cpu", "served_fingerprints", "without_workloads"]
+__all__ = ["Measure", "Verdict", "local_measure", "records_for_this_cpu", "served_fingerprints"]

@@ -34,9 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from hwcomp.models import benchmark_model
     from hwcomp.target import get_target
     from hwcomp.tune import database as dbm
-    from hwcomp.tune.tuner import parse_duration
     from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
-    from hwcomp.tune.tuner import TuneOptions, tune
+    from hwcomp.tune.tuner import TuneOptions, parse_duration, tune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="x86-avx2")

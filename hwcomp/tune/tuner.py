@@ -224,7 +224,13 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
     runs below gets the :class:`~hwcomp.target.Target`. See the module docstring for ``method`` and
     the RPC fleet. Returns a :class:`TuneResult` (``result.table()`` is the summary printed at the end).
     """
-    from .workers import lean_workers, make_builder, make_runner, resolve_fleet, target_intrinsics
+    from .workers import (
+        lean_workers,
+        make_builder,
+        make_runner,
+        resolve_fleet,
+        target_intrinsics,
+    )
 
     opts = options or TuneOptions()
     log = log or (lambda s: None)
@@ -447,32 +453,26 @@ def _confirm_phase(run: _TuneRun) -> None:
 
 
 def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Target, db: Path, log) -> None:
-    """Where hwcomp's knobs beat MetaSchedule's best, add the knob schedule as a MetaSchedule record
-    (so the database, which compile applies first, serves the faster one)."""
+    """Where hwcomp's knobs beat MetaSchedule's best, record the verdict (``hwcomp_served.json``) so
+    that compile leaves the workload's records out and builds the stored knobs (the confirmation
+    step, when it runs, re-times both sides and has the last word)."""
     from ..records.knobs import best_knobs, knobs_str
-    from .knobs import commit_schedule, schedule_with
+    from ..records.locations import this_cpu
+    from ..records.served import HWCOMP, verdicts
 
     table = best_knobs(db, target)
-    database = None
+    found = {}
     for t, r in zip(tasks, reports):
         e = table.get(t.key)
         # Without MetaSchedule records compile serves the stored knobs already (StoredKnobs).
         if e is None or e.secs is None or r.ms_best is None or r.ms_best <= e.secs:
             continue
-        sch = schedule_with(t.func, e.knobs, target, traced=True)
-        if sch is None:
-            continue
-        if database is None:
-            database = open_database(db, target, validate=False)
-        try:
-            commit_schedule(database, t, sch, e.secs, target)
-        except ValueError as err:  # not storable as a trace: MetaSchedule's record stays served
-            log(str(err))
-            continue
+        found[t.key] = {"serve": HWCOMP, "task": t.name, "hwcomp_secs": e.secs, "record_secs": r.ms_best,
+                        "cpu": this_cpu()}
         log(f"{t.name}: hwcomp's schedule ({fmt_us(e.secs)}, knobs {knobs_str(e.knobs)}) beats MetaSchedule's "
-            f"({fmt_us(r.ms_best)}); stored as the task's record")
+            f"({fmt_us(r.ms_best)}); compile will serve it")
         r.ms_best, r.knob_record = e.secs, True
-
+    verdicts(db).add(found, replace=True)
 
 def _finish(result: TuneResult, t_start: float, log) -> None:
     result.elapsed_s = time.monotonic() - t_start

@@ -6,10 +6,9 @@ from .rows import Injective, RowReduction
 from .rules import TiledReduction, TileKnobs, schedule_injective
 
 
-def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16, traced: bool = False) -> list:
+def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16) -> list:
     """The rule list applied, in order, to every PrimFunc a tuning database does not cover.
-    ``registers``: the target's vector registers (sizes the convolution's register tile).
-    ``traced``: schedules their trace reproduces (to store as records: no text-edited prefetch)."""
+    ``registers``: the target's vector registers (sizes the convolution's register tile)."""
     from tvm.s_tir import dlight as dl
 
     if knobs is None and vector_bits >= 512 and registers >= 32:
@@ -20,7 +19,7 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
     # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
     # take it for a matmul (10x slower)
     return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
-            TiledReduction(vector_bits, knobs, prefetch=not traced),
+            TiledReduction(vector_bits, knobs),
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 

@@ -1,5 +1,5 @@
 """Records measured on another CPU are timed against the default schedule here before compile serves
-them (hwcomp.tune.retime): a planted slow record (an unscheduled loop nest recorded at 1 ns, as a record
+them (hwcomp.tune.retime): a planted slow record (a one-thread loop nest recorded at 1 ns, as a record
 tuned for a very different CPU might behave here) loses and is left out; the verdict is kept per CPU
 and reused; records this CPU measured are served as they are; the source database is never changed."""
 
@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from db_helpers import Tiny
 from tvm import s_tir
 
 import hwcomp
@@ -23,16 +24,6 @@ from hwcomp.tune.retime import local_measure, records_for_this_cpu
 from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
 
 OTHER_CPU = "Some Other CPU × 64"
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(128, 256)
-        self.fc2 = torch.nn.Linear(256, 64)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +41,20 @@ def lowered(model, host):
     return lower_for_tuning(model[0], host)
 
 
+def _slow_schedule(task):
+    """fc1 on one thread with the reduction loop outermost: ~40x slower than the default here (a
+    schedule with a trace: MetaSchedule never serves a record whose trace is empty)."""
+    sch = s_tir.Schedule(task.mod)
+    loops = sch.get_loops(sch.get_sblock("dense_packed"))
+    sch.reorder(loops[-1], *loops[:-1])
+    return sch
+
+
 def _planted_db(directory, lowered, host, cpus):
-    """A database whose one record is fc1's loop nest left unscheduled, recorded at 1 ns."""
+    """A database whose one record is :func:`_slow_schedule`, recorded at 1 ns."""
     task = max(extract_tasks(lowered, host), key=lambda t: t.flop)
     write_meta(directory, host)
-    commit_schedule(open_database(directory, host, validate=False), task, s_tir.Schedule(task.mod), 1e-9, host)
+    commit_schedule(open_database(directory, host, validate=False), task, _slow_schedule(task), 1e-9, host)
     note_cpus(directory, cpus)
     return task
 
