@@ -40,14 +40,13 @@ def kernel_of(knobs) -> str:
     raise TypeError(f"not a knob set of a tunable kernel: {knobs!r}")
 
 
-def rule_for(knobs, vector_bits: int, registers: int = 16, traced: bool = False):
-    """The dlight rule that schedules with ``knobs`` (BlockedConv for ConvKnobs, else TiledReduction).
-    ``traced``: a schedule its trace reproduces (one to store as a MetaSchedule record)."""
+def rule_for(knobs, vector_bits: int, registers: int = 16):
+    """The dlight rule that schedules with ``knobs`` (BlockedConv for ConvKnobs, else TiledReduction)."""
     from hwcomp.schedules.cpu import BlockedConv, ConvKnobs, TiledReduction
 
     if isinstance(knobs, ConvKnobs):
         return BlockedConv(vector_bits, knobs, registers)
-    return TiledReduction(vector_bits, knobs, prefetch=not traced)
+    return TiledReduction(vector_bits, knobs)
 
 
 def knobs_to_dict(knobs) -> dict:

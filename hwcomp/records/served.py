@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from .formats import workload_hashes
-from .locations import KNOBS, META, RECORDS, SERVED, WORKLOADS, cache_root
+from .locations import KNOBS, META, RECORDS, SERVED, WORKLOADS, cache_root, this_cpu
 from .store import (
     MeasurementStore,
     atomic_write,
@@ -29,6 +29,11 @@ from .store import (
 )
 
 HWCOMP, METASCHEDULE = "hwcomp", "metaschedule"
+
+
+def verdict(serve: str, task: str, hwcomp_secs: float | None, record_secs: float | None) -> dict:
+    """One ``hwcomp_served.json`` entry: which side serves, both times (seconds), where measured."""
+    return {"serve": serve, "task": task, "hwcomp_secs": hwcomp_secs, "record_secs": record_secs, "cpu": this_cpu()}
 
 
 def verdicts(directory: str | Path) -> MeasurementStore:
@@ -89,4 +94,4 @@ def without_workloads(source: Path, drop: set[str], dest: Path, drop_knobs: bool
     return dest
 
 
-__all__ = ["HWCOMP", "METASCHEDULE", "hwcomp_served", "served_database", "verdicts", "without_workloads"]
+__all__ = ["HWCOMP", "METASCHEDULE", "hwcomp_served", "served_database", "verdict", "verdicts", "without_workloads"]

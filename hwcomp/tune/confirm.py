@@ -85,8 +85,8 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                     rounds: int = ROUNDS, max_steps: int = MAX_STEPS, log=None) -> list[Confirmation]:
     """Re-measure the best records of ``tasks`` in ``directory`` (see the module docstring) and write
     the re-measured times back. Returns one :class:`Confirmation` per task that has records."""
-    from ..records.locations import RECORDS, this_cpu
-    from ..records.served import HWCOMP, METASCHEDULE, verdicts
+    from ..records.locations import RECORDS
+    from ..records.served import HWCOMP, METASCHEDULE, verdict, verdicts
     from ..records.store import atomic_write, lines_text, locked
     from .knobs import hwcomp_schedule, measure_rounds
 
@@ -120,10 +120,10 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
                 continue
             # the default (first step) or the incumbent again: each comparison is made within one batch
             inc = _incumbent(confirmed[t.key], default.get(t.key))
-            if (step == 0 or inc is None) and default_sch[t.key] is not None:
+            if step == 0 or inc is None:
                 batch.append((t.key, None))
                 mods.append(default_sch[t.key])
-            elif inc is not None:
+            else:
                 rec = next(r for r in by_key[t.key] if r.line == inc)
                 batch.append((t.key, inc))
                 mods.append(_apply(t, rec))
@@ -169,9 +169,8 @@ def confirm_records(tasks: list[Task], target: Target, directory: Path, builder,
         ms_best = min((statistics.median(v) for v in confirmed[t.key].values()), default=float("inf"))
         d = statistics.median(default[t.key]) if default.get(t.key) else None
         winner = "default" if d is not None and d < ms_best else "metaschedule"
-        found[t.key] = {"serve": HWCOMP if winner == "default" else METASCHEDULE, "task": t.name,
-                        "hwcomp_secs": d, "record_secs": ms_best if ms_best != float("inf") else None,
-                        "cpu": this_cpu()}
+        found[t.key] = verdict(HWCOMP if winner == "default" else METASCHEDULE, t.name, d,
+                               ms_best if ms_best != float("inf") else None)
         served = d if winner == "default" else (ms_best if ms_best != float("inf") else None)
         c = Confirmation(t.name, recorded[t.key], served, d, len(confirmed[t.key]), winner, unchecked.get(t.key, 0))
         out.append(c)

@@ -104,10 +104,9 @@ def hwcomp_schedule(task: Task, target: Target, directory: Path | None = None):
         return dl.ApplyDefaultSchedule(*rules)(tvm.IRModule({"main": task.func}))
 
 
-def schedule_with(func, knobs, target: Target, traced: bool = False):
-    """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply).
-    ``traced``: without the steps its trace cannot record (see :func:`commit_schedule`)."""
-    return rule_for(knobs, target.vector_bits, target.vector_registers, traced).apply(func, target.tvm_target(), False)
+def schedule_with(func, knobs, target: Target):
+    """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply)."""
+    return rule_for(knobs, target.vector_bits, target.vector_registers).apply(func, target.tvm_target(), False)
 
 
 # ----------------------------------------------------------------------------- search
@@ -172,9 +171,9 @@ def commit_schedule(database, task: Task, sch, secs: float, target: Target) -> N
     """Store ``sch``, a schedule of ``task``, in a MetaSchedule ``database`` as a record timed at ``secs``.
 
     A record is the schedule's trace, replayed on the workload when compile applies it. A schedule
-    its trace does not reproduce (one edited as text, e.g. TiledReduction's panel prefetch: make it
-    with ``schedule_with(..., traced=True)``) would be served as whatever the replay gives (an empty
-    trace is never served at all): refused with ValueError. The tuner stores no schedules of its
+    its trace does not reproduce (one edited as text, e.g. TiledReduction's panel prefetch) would be
+    served as whatever the replay gives (an empty trace is never served at all): refused with
+    ValueError. The tuner stores no schedules of its
     own; it records which side wins (:mod:`hwcomp.records.served`)."""
     import tvm
     import tvm_ffi

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from ..records.formats import FAILED_SECS, workload_hashes
+from ..records.formats import mean_secs, workload_hashes
 from ..records.knobs import best_knobs
 from ..records.locations import RECORDS, cache_root, this_cpu
 from ..records.served import served_database, without_workloads
@@ -36,6 +36,7 @@ from ..records.store import (
 )
 from ..records.validate import open_database, validate_database
 from ..target import Target
+from .knobs import hwcomp_schedule
 from .tasks import Task, extract_tasks
 
 ROUNDS = 3
@@ -58,6 +59,11 @@ class Verdict:
         if self.record_secs is None:
             return False
         return self.default_secs is None or self.record_secs < self.default_secs
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> Verdict:
+        """A verdict as the cache stores it (``dataclasses.asdict`` plus the store's ``key``)."""
+        return cls(**{f.name: entry.get(f.name) for f in dataclasses.fields(cls)})
 
     def line(self) -> str:
         def fmt(s):
@@ -95,10 +101,8 @@ def served_fingerprints(directory: Path, target: Target) -> dict[str, str]:
     for text in read_lines(directory / RECORDS)[0]:
         try:
             idx, rec = json.loads(text)
-            secs = rec[1]
-            mean = sum(secs) / len(secs) if secs and min(secs) < FAILED_SECS else None
-            shash = hashes[idx]
-        except (ValueError, IndexError, TypeError, ZeroDivisionError):
+            mean, shash = mean_secs(rec[1]), hashes[idx]
+        except (ValueError, IndexError, TypeError):
             continue
         if mean is not None and shash is not None and (shash not in best or mean < best[shash][0]):
             best[shash] = (mean, json.dumps(rec[0], separators=(",", ":")))
@@ -110,16 +114,8 @@ def served_fingerprints(directory: Path, target: Target) -> dict[str, str]:
 
 def _served(task: Task, target: Target, directory: Path):
     """The module compile would build for ``task`` from ``directory`` (record, else stored knobs)."""
-    from .knobs import hwcomp_schedule
-
     sch = open_database(directory, target, validate=False).query_schedule(task.mod, target.tvm_target(), "main")
     return sch.mod if sch is not None else hwcomp_schedule(task, target, directory)
-
-
-def _default(task: Task, target: Target):
-    from .knobs import hwcomp_schedule
-
-    return hwcomp_schedule(task, target)
 
 
 def _store(database: Path) -> MeasurementStore:
@@ -159,16 +155,14 @@ def records_for_this_cpu(lowered, target: Target, database: str | Path, *, measu
             f"were measured on {where}); done once per CPU")
         mods = []
         for t in todo:
-            mods += [_served(t, target, usable), _default(t, target)]
+            mods += [_served(t, target, usable), hwcomp_schedule(t, target)]
         secs = (measure or local_measure(target))(mods)
         verdicts = [Verdict(t.name, t.key, secs[2 * i], secs[2 * i + 1]) for i, t in enumerate(todo)]
         store.add({key(v.workload): dataclasses.asdict(v) for v in verdicts}, replace=True)
         for v in verdicts:
             log("  " + v.line())
         known = store.load()
-    losers = sorted(w for w in prints if key(w) in known
-                    and not Verdict(**{f: known[key(w)].get(f) for f in ("task", "workload", "record_secs",
-                                                                          "default_secs")}).keep)
+    losers = sorted(w for w in prints if key(w) in known and not Verdict.from_entry(known[key(w)]).keep)
     if not losers:
         return usable
     return without_workloads(usable, set(losers), cache_root() / "retimed" / f"{path_key(database)}-"

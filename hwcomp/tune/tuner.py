@@ -457,8 +457,7 @@ def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Tar
     that compile leaves the workload's records out and builds the stored knobs (the confirmation
     step, when it runs, re-times both sides and has the last word)."""
     from ..records.knobs import best_knobs, knobs_str
-    from ..records.locations import this_cpu
-    from ..records.served import HWCOMP, verdicts
+    from ..records.served import HWCOMP, verdict, verdicts
 
     table = best_knobs(db, target)
     found = {}
@@ -467,12 +466,12 @@ def _keep_faster_knobs(tasks: list[Task], reports: list[TaskReport], target: Tar
         # Without MetaSchedule records compile serves the stored knobs already (StoredKnobs).
         if e is None or e.secs is None or r.ms_best is None or r.ms_best <= e.secs:
             continue
-        found[t.key] = {"serve": HWCOMP, "task": t.name, "hwcomp_secs": e.secs, "record_secs": r.ms_best,
-                        "cpu": this_cpu()}
+        found[t.key] = verdict(HWCOMP, t.name, e.secs, r.ms_best)
         log(f"{t.name}: hwcomp's schedule ({fmt_us(e.secs)}, knobs {knobs_str(e.knobs)}) beats MetaSchedule's "
             f"({fmt_us(r.ms_best)}); compile will serve it")
         r.ms_best, r.knob_record = e.secs, True
     verdicts(db).add(found, replace=True)
+
 
 def _finish(result: TuneResult, t_start: float, log) -> None:
     result.elapsed_s = time.monotonic() - t_start

@@ -302,12 +302,9 @@ def _tile_axes(sch: s_tir.Schedule, main) -> _TileAxes | None:
 class TiledReduction(_CPURule):
     """Register-tiled schedule for one-reduction functions (matmul, batch matmul, conv)."""
 
-    def __init__(self, vector_bits: int, knobs: TileKnobs | None = None, prefetch: bool = True):
+    def __init__(self, vector_bits: int, knobs: TileKnobs | None = None):
         super().__init__(vector_bits)
         self.knobs = knobs or TileKnobs()
-        # The panel prefetch is inserted into the schedule's text, which its trace does not record:
-        # a schedule stored as a MetaSchedule record (a trace) is made without it.
-        self.prefetch = prefetch
 
     def _apply(self, func, target, pad_rows: bool = False):
         knobs = self.knobs
@@ -445,7 +442,7 @@ class TiledReduction(_CPURule):
 
         schedule_root_stages(sch, par, self.vector_bits)
         k = extents[n_s] if len(r_loops) == 1 and len(extents) == n_s + 1 else None
-        if self.prefetch and panels_rows is not None and k is not None:
+        if panels_rows is not None and k is not None:
             # a packed weight [panels, K, nr] streamed panel by panel: prefetch the next panels
             return with_panel_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, nr)
         return sch
