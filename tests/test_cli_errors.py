@@ -93,6 +93,13 @@ def test_sparse_threshold_out_of_range(models, tmp_path, capfd, value):
     assert_usage_error(r, "argument --sparse-threshold", "(0, 1)")
 
 
+def test_db_that_is_a_file_is_refused(models, tmp_path, capfd):
+    (tmp_path / "records.tar.gz").write_bytes(b"not a directory")
+    r = run_cli(capfd, ["compile", models / "mlp.pt2", "-o", tmp_path / "o", "--db", tmp_path / "records.tar.gz"])
+    assert_one_line(r, "--db", "not a directory")
+    assert not (tmp_path / "o").exists()
+
+
 def test_block_alone_is_refused_not_ignored(models, tmp_path, capfd):
     r = run_cli(capfd, ["compile", models / "mlp.pt2", "-o", tmp_path / "o", "--block", "8x1"])
     assert_one_line(r, "--block 8x1", "--sparsity", "--sparse-threshold")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..errors import HwcompError
 from .args import (
@@ -83,6 +84,9 @@ def check_compile_args(args) -> None:
     from ..frontend import parse_dynamic, parse_input_shapes
 
     check_model_file(args.model)
+    if args.db and Path(args.db).exists() and not Path(args.db).is_dir():
+        raise HwcompError(f"--db {args.db}: not a directory (a tuning database is a directory; "
+                          "a .tar.gz goes through 'hwcomp db import')")
     parse_input_shapes(args.input_shape)
     parse_dynamic(getattr(args, "dynamic", None))
     check_sparse_args(args)
