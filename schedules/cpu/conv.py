@@ -18,6 +18,7 @@ the fused function around them. Both know the convolution by its block annotatio
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tvm import s_tir, te, topi
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -129,15 +130,18 @@ def weights_once(tasks: int, cores: int, pixels: int, block: int, kernel_1x1: bo
     return tasks >= 2 * cores and pixels * block * 4 <= 512 * 1024 and (not kernel_1x1 or pixels <= 49)
 
 
-def inputs_once(oc_blocks: int, row_tasks: int, cores: int, weight_bytes: int) -> bool:
+def inputs_once(input_bytes: int, weight_bytes: int, row_tasks: int, cores: int) -> bool:
     """Whether a convolution's tasks should be output rows, each over every output-channel block,
-    rather than (block, row) pairs: with few blocks the threads split the blocks and each reads the
-    whole input (ResNet-50's 1x1 256->64 at 56x56: 3.2 MB per thread); by rows, each input row is
-    read once from memory and again from cache for the next block. Measured on an AVX-512 Xeon (2
-    threads): 1x1 256->64 at 56x56 1.10x, 512->128 at 28x28 1.07x, 3x3 64->64 at 56x56 1.08x; with 8
-    blocks (1024->256 at 14x14) 0.96x. Needs at most 4 blocks whose weights (all read per row) fit
-    in 256 KB, and two row tasks per core."""
-    return oc_blocks <= 4 and weight_bytes <= 256 * 1024 and row_tasks >= 2 * cores
+    rather than (block, row) pairs. By blocks, the threads split the blocks and each reads the whole
+    input once per block; by rows, each input row is read once from memory and the weights, all read
+    per row, come from L2. So: rows where the input outweighs the weights and the weights stay in
+    L2. Measured on an AVX-512 Xeon (2 MB L2, 2 threads, operands cold as in a model): 1x1 256->512
+    stride 2 at 56x56 1.22x, 256->64 at 56x56 1.10x, 64->256 at 56x56 1.12x, 512->256 at 28x28
+    1.07x, 3x3 128->128 stride 2 at 56x56 1.05x (so before :func:`weights_once`); where the weights
+    outweigh the input it loses (3x3 128->128 at 28x28 0.87x, 1x1 1024->256 at 14x14 0.89x). The
+    640 KB cap is below the L2 of current x86 cores but above a Zen 3's 512 KB: unmeasured there.
+    Needs two row tasks per core."""
+    return input_bytes >= weight_bytes and weight_bytes <= 640 * 1024 and row_tasks >= 2 * cores
 
 
 def choose_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
@@ -149,6 +153,13 @@ def choose_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
     most = max(1, min(ow, 8, (registers - 4) // max(vectors, 1)))
     least = min(3, most)
     return min(range(least, most + 1), key=lambda n: (-(-ow // n) * n, -n))
+
+
+def _input_bytes(sch: s_tir.Schedule, main) -> int:
+    """Bytes of the (possibly padded) activation a blocked convolution reads: its 5-D operand."""
+    sizes = [math.prod(_const_int(d) or 0 for d in r.source.shape) * r.source.dtype.bits // 8
+             for r in sch.get(main).reads if len(r.source.shape) == 5]
+    return max(sizes, default=0)
 
 
 class BlockedConv(_CPURule):
@@ -206,11 +217,12 @@ class BlockedConv(_CPURule):
             e_n, e_oc, e_oh, e_rc, e_ry, e_rx, e_ri = (_const_int(sch.get(lp).extent)
                                                        for lp in (n, oc, oh, rc, ry, rx, ri))
             cores = int(target.attrs.get("num-cores", 1))
-            k_outer = self.knobs.k_outer if self.knobs.k_outer is not None else \
-                weights_once(e_n * e_oc, cores, e_oh * ow_ext, xo, e_ry * e_rx == 1)
-            if not k_outer:
-                rows_outer = self.knobs.rows_outer if self.knobs.rows_outer is not None else \
-                    inputs_once(e_oc, e_n * e_oh, cores, e_oc * e_rc * e_ry * e_rx * e_ri * xo * 4)
+            weight_bytes = e_oc * e_rc * e_ry * e_rx * e_ri * xo * 4
+            rows_outer = self.knobs.rows_outer if self.knobs.rows_outer is not None else \
+                self.knobs.k_outer is not True and inputs_once(_input_bytes(sch, main), weight_bytes, e_n * e_oh, cores)
+            if not rows_outer:
+                k_outer = self.knobs.k_outer if self.knobs.k_outer is not None else \
+                    weights_once(e_n * e_oc, cores, e_oh * ow_ext, xo, e_ry * e_rx == 1)
         if k_outer:
             sch.reorder(n, oc, rc, oh, ow_o, ry, rx, ri, ow_i, ob)
         elif rows_outer:

@@ -199,9 +199,14 @@ def test_task_order_heuristics():
     assert weights_once(16, 2, 49, 32, kernel_1x1=False)
     assert not weights_once(8, 2, 196, 32, kernel_1x1=True)
     assert not weights_once(2, 2, 3136, 32, kernel_1x1=False)  # 2 tasks for 2 cores: too few
-    # ResNet-50's 1x1 256->64 at 56x56 (2 blocks, 64 KB of weights) runs by rows; 1024->256 does not
-    assert inputs_once(2, 56, 2, 256 * 64 * 4)
-    assert not inputs_once(8, 14, 2, 1024 * 256 * 4)
+    # rows where the input outweighs weights that stay in cache: ResNet-50's 1x1 256->64 at 56x56
+    # (3.2 MB in, 64 KB of weights) and its 3x3 128->128 stride 2 at 56x56 (1.6 MB in, 576 KB)...
+    assert inputs_once(56 * 56 * 256 * 4, 256 * 64 * 4, 56, 2)
+    assert inputs_once(58 * 58 * 128 * 4, 128 * 128 * 9 * 4, 28, 2)
+    # ...not 1x1 1024->256 at 14x14 (0.8 MB in, 1 MB of weights), nor 3x3 128->128 at 28x28
+    assert not inputs_once(14 * 14 * 1024 * 4, 1024 * 256 * 4, 14, 2)
+    assert not inputs_once(30 * 30 * 128 * 4, 128 * 128 * 9 * 4, 28, 2)
+    assert not inputs_once(56 * 56 * 256 * 4, 256 * 64 * 4, 3, 2)  # 3 row tasks for 2 cores: too few
 
 
 class RegNetBlock(nn.Module):
