@@ -73,6 +73,8 @@ def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRMo
     """Decompose, (on CPUs) attention onto hwcomp's fused kernel, other softmaxes onto its row
     softmax and transcendental ops onto approximations, legalize and fuse: the PrimFuncs that get
     scheduled, tuned and built. Call inside ``target.tvm_target()``."""
+    from .passes.elementwise_before_reshape import ElementwiseBeforeReshape
+
     mod = relax.transform.DecomposeOpsForInference()(mod)
     if not target.is_gpu:
         from .passes.fuse_attention import FuseAttention
@@ -80,6 +82,8 @@ def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRMo
 
         mod = FuseAttention(target.vector_bits, target.vector_registers, fast_exp=fast_math)(mod)
         mod = RowSoftmax(2 * target.vector_bits // 32, fast_exp=fast_math)(mod)
+        # after the attention patterns are matched, before FastMath turns GELU into a call_tir
+        mod = ElementwiseBeforeReshape()(mod)
     if fast_math and not target.is_gpu:
         mod = FastMath()(mod)
     return relax.get_pipeline("zero")(mod)

@@ -2,9 +2,10 @@
 printed and tested alone (``lift_constants`` is the one boundary step that also returns weights)."""
 
 from .dense_to_bsr import DenseToBSR, sparse_passes
+from .elementwise_before_reshape import ElementwiseBeforeReshape
 from .fast_math import FastMath
 from .fold_weight_layout import FoldWeightLayout
 from .lift_constants import lift_constants
 from .prune_weights import PruneWeights
 
-__all__ = ["DenseToBSR", "FastMath", "FoldWeightLayout", "PruneWeights", "lift_constants", "sparse_passes"]
+__all__ = ["DenseToBSR", "ElementwiseBeforeReshape", "FastMath", "FoldWeightLayout", "PruneWeights", "lift_constants", "sparse_passes"]
