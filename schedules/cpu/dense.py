@@ -15,15 +15,17 @@ from tvm import te
 
 
 def pack_dense_weight(w: np.ndarray, panel: int) -> np.ndarray:
-    """``W [K, N]`` (N a multiple of ``panel``) → ``[N/panel, K, panel]``."""
+    """``W [K, N]`` → ``[ceil(N/panel), K, panel]``, the last panel's columns past N zero."""
     k, n = w.shape
-    if n % panel:
-        raise ValueError(f"pack_dense_weight: N={n} is not a multiple of the panel width {panel}")
-    return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+    panels = -(-n // panel)
+    if panels * panel != n:
+        w = np.concatenate([w, np.zeros((k, panels * panel - n), w.dtype)], axis=1)
+    return np.ascontiguousarray(w.reshape(k, panels, panel).transpose(1, 0, 2))
 
 
-def dense_packed(x: te.Tensor, wp: te.Tensor) -> te.Tensor:
-    """``x [..., K]`` @ ``W`` with ``W`` packed as ``wp [N/x, K, x]`` → ``[..., N]``.
+def dense_packed(x: te.Tensor, wp: te.Tensor, n: int | None = None) -> te.Tensor:
+    """``x [..., K]`` @ ``W`` with ``W`` packed as ``wp [ceil(N/x), K, x]`` → ``[..., N]`` (``n``: N,
+    when the last panel is zero-padded; default all the panels' columns).
 
     The product is computed as ``[..., N/x, x]`` (plain indices: an einsum, so ``TiledReduction``
     can pad a symbolic row count with ``pad_einsum``; with ``n // x`` in the weight's index it could
@@ -39,5 +41,8 @@ def dense_packed(x: te.Tensor, wp: te.Tensor) -> te.Tensor:
         (*lead, panels, panel),
         lambda *idx: te.sum(x[(*idx[:-2], k)] * wp[idx[-2], k, idx[-1]], axis=k),
         name="dense_packed")
-    return te.compute((*lead, panels * panel),
-                      lambda *idx: prod[(*idx[:-1], idx[-1] // panel, idx[-1] % panel)], name="dense_unpack")
+    n = panels * panel if n is None else n
+    if not (panels - 1) * panel < n <= panels * panel:
+        raise ValueError(f"dense_packed: {n} columns do not fill {panels} panels of {panel}")
+    return te.compute((*lead, n), lambda *idx: prod[(*idx[:-1], idx[-1] // panel, idx[-1] % panel)],
+                      name="dense_unpack")

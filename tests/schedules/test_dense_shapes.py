@@ -135,7 +135,7 @@ class TwoLinears(nn.Module):
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(64, 48)  # 48 = 3 panels: packed
-        self.b = nn.Linear(48, 29)  # 29 columns: left alone
+        self.b = nn.Linear(48, 29)  # 29 columns: 2 panels, the last zero-padded (10 % more work)
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
@@ -179,13 +179,14 @@ def test_pack_dense_weights_ir(two_linears, host):
     assert _count(mod, _is_op("relax.matmul")) == 2
     p = PackDenseWeights(PANEL)
     out = p(mod)
-    assert p.packed == 1
-    assert _count(out, _is_dense_packed) == 1
-    assert _count(out, _is_op("relax.matmul")) == 1  # the 29-column Linear
+    assert p.packed == 2
+    assert _count(out, _is_dense_packed) == 2
+    assert _count(out, _is_op("relax.matmul")) == 0
     packed_w = [e.args[1].fields[1] for e in _collect(out, _is_dense_packed)]
-    assert [tuple(int(d) for d in w.value.shape) for w in packed_w] == [(3, 64, PANEL)]
+    assert [tuple(int(d) for d in w.value.shape) for w in packed_w] == [(3, 64, PANEL), (2, 48, PANEL)]
     np.testing.assert_array_equal(packed_w[0].value.numpy(),
                                   pack_dense_weight(model.a.weight.detach().numpy().T, PANEL))
+    assert not packed_w[1].value.numpy()[1, :, 29 - PANEL:].any()  # the padding columns are zero
     m, weights = finalize_weights(out)
     vm = relax.VirtualMachine(compile_module(schedule(m, host), host), tvm.cpu())
     (y,) = flatten_outputs(vm["main"](tvm.runtime.tensor(x.numpy()),
@@ -205,7 +206,7 @@ def test_pack_dense_weights_idempotent(two_linears):
 
 
 def test_pack_dense_weights_panel_width(two_linears):
-    """A 32-column panel does not divide 48: nothing packed."""
+    """In 32-column panels 48 columns would be 33 % padding and 29 less than one panel: nothing packed."""
     _, _, mod = two_linears
     p = PackDenseWeights(32)
     p(mod)
@@ -214,14 +215,24 @@ def test_pack_dense_weights_panel_width(two_linears):
         PackDenseWeights(0)
 
 
-@pytest.mark.parametrize("k,n,panel", [(13, 48, 16), (1, 16, 16), (7, 64, 32)])
+@pytest.mark.parametrize("k,n,panel", [(13, 48, 16), (1, 16, 16), (7, 64, 32), (4, 29, 16), (5, 144, 32)])
 def test_pack_dense_weight_round_trip(k, n, panel):
     w = np.random.default_rng(0).standard_normal((k, n)).astype("float32")
     p = pack_dense_weight(w, panel)
-    assert p.shape == (n // panel, k, panel) and p.flags.c_contiguous
-    np.testing.assert_array_equal(p.transpose(1, 0, 2).reshape(k, n), w)
+    panels = -(-n // panel)
+    assert p.shape == (panels, k, panel) and p.flags.c_contiguous
+    flat = p.transpose(1, 0, 2).reshape(k, panels * panel)
+    np.testing.assert_array_equal(flat[:, :n], w)
+    assert not flat[:, n:].any()
 
 
-def test_pack_dense_weight_rejects_ragged_columns():
-    with pytest.raises(ValueError, match="not a multiple of the panel width"):
-        pack_dense_weight(np.zeros((4, 29), "float32"), 16)
+def test_dense_packed_rejects_columns_the_panels_do_not_hold():
+    from tvm import te
+
+    from hwcomp.schedules.cpu.dense import dense_packed
+
+    x, wp = te.placeholder((3, 4), name="x"), te.placeholder((2, 4, 16), name="w")
+    assert int(dense_packed(x, wp, 29).shape[-1]) == 29
+    for n in (16, 33):
+        with pytest.raises(ValueError, match="do not fill 2 panels"):
+            dense_packed(x, wp, n)
