@@ -227,9 +227,8 @@ def test_pack_dense_weight_round_trip(k, n, panel):
 
 
 def test_dense_packed_rejects_columns_the_panels_do_not_hold():
-    from tvm import te
-
     from hwcomp.schedules.cpu.dense import dense_packed
+    from tvm import te
 
     x, wp = te.placeholder((3, 4), name="x"), te.placeholder((2, 4, 16), name="w")
     assert int(dense_packed(x, wp, 29).shape[-1]) == 29
