@@ -46,7 +46,10 @@ class Bias:
 @dataclasses.dataclass(frozen=True)
 class AttentionSpec:
     """One attention shape. ``epilogue``: what the graph applied to ``Q @ Kᵀ`` before the softmax, in
-    order: ``("mul", c)`` or ``("add", i)`` (``biases[i]``)."""
+    order: ``("mul", c)`` or ``("add", i)`` (``biases[i]``). ``heads`` > 0 with ``natural`` (one flag
+    per operand: q, k, v): that operand is read where the projection wrote it, ``[B, rows, heads x
+    depth]`` (``G = B x heads``; k as ``[B, cols, heads x depth]``, not transposed), instead of a
+    copy in head-major order made by a kernel of its own."""
 
     groups: int
     rows: int
@@ -57,8 +60,12 @@ class AttentionSpec:
     biases: tuple[Bias, ...] = ()
     safe: bool = False
     fast_exp: bool = True
+    heads: int = 0
+    natural: tuple[bool, bool, bool] = (False, False, False)
 
     def __post_init__(self):
+        if any(self.natural) and (self.heads < 1 or self.groups % self.heads):
+            raise ValueError(f"attention: {self.groups} groups are not a batch of {self.heads} heads")
         for b in self.biases:
             if math.prod(b.frame[:-2]) != self.groups or tuple(b.frame[-2:]) != (self.rows, self.cols) \
                     or len(b.shape) > len(b.frame) \
@@ -112,8 +119,8 @@ def tile_rows(vector_bits: int, registers: int, rows: int) -> int:
 
 def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int = 16,
                      name: str = "attention") -> str:
-    """TVMScript of the fused kernel: ``q[G, L, D]``, ``kt[G, D, Lk]``, ``v[G, Lk, Dv]``, the
-    biases, ``out[G, L, Dv]``."""
+    """TVMScript of the fused kernel: ``q[G, L, D]``, ``kt[G, D, Lk]``, ``v[G, Lk, Dv]`` (or, per
+    ``spec.natural``, ``[B, L or Lk, H x D]``), the biases, ``out[G, L, Dv]``."""
     G, L, Lk, D, Dv = spec.groups, spec.rows, spec.cols, spec.depth, spec.out_depth
     lanes = max(1, vector_bits // 32)
     nr = panel_width(vector_bits)
@@ -134,8 +141,22 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
                 raise ValueError(f"attention epilogue: unknown step {kind!r}")
         return v
 
-    args = [f'q: T.Buffer(({G}, {L}, {D}), "float32")', f'kt: T.Buffer(({G}, {D}, {Lk}), "float32")',
-            f'v: T.Buffer(({G}, {Lk}, {Dv}), "float32")']
+    H = spec.heads
+    nq, nk, nv = spec.natural
+    B = G // H if H else G
+    args = [f'q: T.Buffer(({B}, {L}, {H * D}), "float32")' if nq else f'q: T.Buffer(({G}, {L}, {D}), "float32")',
+            f'kt: T.Buffer(({B}, {Lk}, {H * D}), "float32")' if nk else f'kt: T.Buffer(({G}, {D}, {Lk}), "float32")',
+            f'v: T.Buffer(({B}, {Lk}, {H * Dv}), "float32")' if nv else f'v: T.Buffer(({G}, {Lk}, {Dv}), "float32")']
+
+    def q_at(g: str, i: str, k: str) -> str:
+        return f"q[{g} // {H}, {i}, {g} % {H} * {D} + {k}]" if nq else f"q[{g}, {i}, {k}]"
+
+    def kt_at(g: str, k: str, j: str) -> str:
+        return f"kt[{g} // {H}, {j}, {g} % {H} * {D} + {k}]" if nk else f"kt[{g}, {k}, {j}]"
+
+    def v_at(g: str, j: str, c: str) -> str:
+        return f"v[{g} // {H}, {j}, {g} % {H} * {Dv} + {c}]" if nv else f"v[{g}, {j}, {c}]"
+
     args += [f'bias{n}: T.Buffer({tuple(b.shape)!r}, "float32")' for n, b in enumerate(spec.biases)]
     args.append(f'out: T.Buffer(({G}, {L}, {Dv}), "float32")')
     b = [
@@ -150,12 +171,12 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
     if npanel:
         b += [f"            if gp % {npan} < {npanel}:",
               f"                for jv in T.vectorized({nr}):",
-              f"                    ktp[gp // {npan}, gp % {npan}, k, jv] = kt[gp // {npan}, k, gp % {npan} * {nr} + jv]"]
+              f"                    ktp[gp // {npan}, gp % {npan}, k, jv] = {kt_at(f'gp // {npan}', 'k', f'gp % {npan} * {nr} + jv')}"]
     if ptail:
         b += [f"            if gp % {npan} == {npanel}:",
               f"                for jv in range({nr}):",
               (f"                    ktp[gp // {npan}, {npanel}, k, jv] = T.if_then_else(jv < {ptail}, "
-               f"kt[gp // {npan}, k, T.min({npanel * nr} + jv, {Lk - 1})], T.float32(0.0))")]
+               f"{kt_at(f'gp // {npan}', 'k', f'T.min({npanel * nr} + jv, {Lk - 1})')}, T.float32(0.0))")]
     row = f"T.min(i0 + ii, {L - 1})"  # the task's query row; rows past L repeat the last one
     b += [
         f"    for t in T.parallel({G * nib}):",
@@ -178,7 +199,7 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
         f"            for k in range({D}):",
         f"                for ii in T.unroll({r}):",
         f"                    for jv in T.vectorized({nr}):",
-        f"                        acc[ii, jv] = acc[ii, jv] + q[g, {row}, k] * ktp[g, jo, k, jv]",
+        f"                        acc[ii, jv] = acc[ii, jv] + {q_at('g', row, 'k')} * ktp[g, jo, k, jv]",
     ]
     if npanel:
         b += [f"            if jo < {npanel}:",
@@ -233,7 +254,7 @@ def attention_source(spec: AttentionSpec, vector_bits: int = 256, registers: int
               f"        for j in range({Lk}):",
               f"            for ii in T.unroll({r}):",
               f"                for dv in T.vectorized({w}):",
-              f"                    acc[ii, dv] = acc[ii, dv] + s[ii, j] * v[g, j, {c0} + dv]",
+              f"                    acc[ii, dv] = acc[ii, dv] + s[ii, j] * {v_at('g', 'j', f'{c0} + dv')}",
               f"        for ii in range({r}):",
               f"            if i0 + ii < {L}:",
               f"                for dv in T.vectorized({w}):",

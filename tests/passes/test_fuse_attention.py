@@ -12,6 +12,7 @@ import torch
 import tvm
 from tvm import relax
 
+import hwcomp
 from hwcomp.build import compile_module, schedule
 from hwcomp.frontend import load_model
 from hwcomp.passes.fuse_attention import FuseAttention
@@ -93,3 +94,46 @@ def test_idempotent(host):
     with host.tvm_target():
         again(first(relax.transform.DecomposeOpsForInference()(imported.mod)))
     assert first.fused == 1 and again.fused == 0
+
+
+class _SelfAttention(torch.nn.Module):
+    """BERT/ViT-style: Q, K, V projections split into heads (``view`` + ``transpose``), SDPA, merge."""
+
+    def __init__(self, dim: int = 48, heads: int = 3, scale_v: bool = False):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(dim, dim) for _ in range(3))
+        self.heads, self.scale_v = heads, scale_v
+
+    def forward(self, x):
+        b, t, c = x.shape
+
+        def split(y):
+            return y.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+
+        v = split(self.v(x)) * (0.5 if self.scale_v else 1.0)
+        o = torch.nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), v)
+        return o.transpose(1, 2).reshape(b, t, c)
+
+
+@pytest.mark.parametrize("tokens,scale_v", [(197, False), (13, True)])
+def test_projections_read_in_place(host, tokens, scale_v, tmp_path):
+    """Q, K and V are read where the projections wrote them (``[B, T, H*D]``; SDPA's scale on q and
+    k folded into the kernel's epilogue), not through head-major copies: no ``permute_dims`` of a
+    projection feeds the kernel (a scaled V keeps its copy); the result matches PyTorch."""
+    torch.manual_seed(tokens)
+    model = _SelfAttention(scale_v=scale_v).eval()
+    x = torch.randn(2, tokens, 48)
+    imported = load_model(model, (x,))
+    p = FuseAttention(host.vector_bits, host.vector_registers)
+    with host.tvm_target():
+        fused = p(relax.transform.DecomposeOpsForInference()(imported.mod))
+    assert p.fused == 1
+    calls = [v for v in relax.analysis.get_var2val(fused["main"]).values()
+             if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir"
+             and v.args[0].name_hint.startswith("attention")]
+    shapes = [tuple(int(d) for d in a.ty.shape.values) for a in calls[0].args[1].fields]
+    assert shapes == [(2, tokens, 48), (2, tokens, 48), (6, tokens, 16) if scale_v else (2, tokens, 48)]
+    art = hwcomp.compile(model, "host", tmp_path / "a", example_inputs=(x,),
+                         options=hwcomp.CompileOptions(use_default_database=False))
+    with torch.no_grad():
+        np.testing.assert_allclose(art.run([x.numpy()])[0], model(x).numpy(), atol=2e-5)
