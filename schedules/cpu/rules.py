@@ -23,7 +23,7 @@ from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .prefetch import with_panel_prefetch
+from .prefetch import MAX_ROW_TILES, with_panel_prefetch, with_row_prefetch
 
 # Block annotation: a stage TiledReduction keeps instead of inlining into the reduction's loads.
 MATERIALIZE = "hwcomp.materialize"
@@ -443,7 +443,10 @@ class TiledReduction(_CPURule):
         schedule_root_stages(sch, par, self.vector_bits)
         k = extents[n_s] if len(r_loops) == 1 and len(extents) == n_s + 1 else None
         if panels_rows is not None and k is not None:
-            # a packed weight [panels, K, nr] streamed panel by panel: prefetch the next panels
+            # a packed weight [panels, K, nr] streamed panel by panel: prefetch the next panels, or
+            # with many row tiles over few panels the next tile's rows
+            if panels_rows[1] > MAX_ROW_TILES:
+                return with_row_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, mr)
             return with_panel_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, nr)
         return sch
 

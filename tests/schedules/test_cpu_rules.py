@@ -239,15 +239,17 @@ def test_whole_function_reshape_is_not_partitioned(host):
     assert sch is not None and "_partition" not in str(sch.mod["main"])
 
 
-@pytest.mark.parametrize("m,k,prefetched", [(197, 384, True), (7, 96, True), (128, 3072, False), (1500, 64, False)])
-def test_packed_dense_prefetches_next_panels(host, m, k, prefetched):
+@pytest.mark.parametrize("m,k,panels,prefetched", [(197, 384, 4, "panels"), (7, 96, 4, "panels"), (128, 3072, 4, None),
+                                                    (1500, 64, 4, None), (520, 96, 3, "rows"), (520, 96, 4, None)])
+def test_packed_dense_prefetches_next_panels(host, m, k, panels, prefetched):
     """A packed weight streamed panel by panel gets a software prefetch of the panels ahead
-    (``schedules/cpu/prefetch.py``) where panels are small and row tiles few; the result is the
-    same either way (checked against NumPy)."""
+    (``schedules/cpu/prefetch.py``) where panels are small and row tiles few; many row tiles over
+    at most 3 panels get the next row tile's rows prefetched instead; the result is the same either
+    way (checked against NumPy)."""
     from hwcomp.schedules.cpu.dense import dense_packed
 
     nr = 2 * host.vector_bits // 32
-    n = 4 * nr
+    n = panels * nr
     x = te.placeholder((m, k), name="x")
     w = te.placeholder((n // nr, k, nr), name="w")
     b = te.placeholder((n,), name="b")
@@ -255,7 +257,9 @@ def test_packed_dense_prefetches_next_panels(host, m, k, prefetched):
     out = te.compute((m, n), lambda i, j: d[i, j] + b[j], name="add")
     func = te.create_prim_func([x, w, b, out])
     sch = TiledReduction(host.vector_bits, TileKnobs(mr=4))._apply(func, host.tvm_target())
-    assert ("T.prefetch(" in sch.mod.script()) == prefetched
+    script = sch.mod.script()
+    assert ("T.prefetch(" in script) == (prefetched is not None)
+    assert ("x_flat" in script) == (prefetched == "rows")
     lib = tvm.compile(sch.mod, target=host.tvm_target())
     rng = np.random.default_rng(m)
     xs, ws, bs = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (n // nr, k, nr), (n,)))
