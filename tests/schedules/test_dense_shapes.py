@@ -60,14 +60,15 @@ def test_linear(m, k, n, host, tmp_path):
     _assert_close(out, ref)
 
 
-def test_linear_4d_gelu_no_bias(host, tmp_path):
-    """ConvNeXt's pointwise MLP: a Linear over [1, 14, 14, 96] (196 rows side by side) → 384, GELU,
-    → 96 without bias."""
+@pytest.mark.parametrize("side", [14, 7])
+def test_linear_4d_gelu_no_bias(host, tmp_path, side):
+    """ConvNeXt's pointwise MLP: a Linear over [1, 14, 14, 96] (196 rows side by side; 49 at 7 x 7:
+    tiles of 7 rows on AVX-512) → 384, GELU, → 96 without bias."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(96, 384), nn.GELU(), nn.Linear(384, 96, bias=False)).eval()
-    art, packed = _compile(model, (torch.randn(1, 14, 14, 96),), tmp_path)
+    art, packed = _compile(model, (torch.randn(1, side, side, 96),), tmp_path)
     assert packed == 2
-    x = torch.randn(1, 14, 14, 96)
+    x = torch.randn(1, side, side, 96)
     with torch.no_grad():
         ref = model(x).double().numpy()
     (out,) = art.run([x.numpy()])
@@ -235,3 +236,12 @@ def test_dense_packed_rejects_columns_the_panels_do_not_hold():
     for n in (16, 33):
         with pytest.raises(ValueError, match="do not fill 2 panels"):
             dense_packed(x, wp, n)
+
+
+def test_row_tiles():
+    """Row tiles divide the rows where a good divisor exists: 7 under AVX-512's 8-row knob (196 and 49
+    tokens), never 7 under AVX2's 4; no divisor (197 tokens): the knob, with the rows padded."""
+    from hwcomp.schedules.cpu.rules import _row_tile
+
+    assert [_row_tile(n, 8) for n in (196, 49, 3136, 1500, 197, 198)] == [7, 7, 8, 6, 8, 6]
+    assert [_row_tile(n, 4) for n in (196, 49, 197)] == [4, 4, 4]
