@@ -32,7 +32,7 @@ def _run(spec, q, kt, v, biases, vector_bits, registers, host):
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("bits,regs", [(256, 16), (512, 32)])
 @pytest.mark.parametrize("G,L,Lk,D,Dv", [(2, 7, 13, 16, 16), (3, 33, 50, 32, 24), (1, 197, 197, 64, 64),
-                                         (1, 9, 1500, 64, 80)])
+                                         (1, 9, 1500, 64, 80), (4, 49, 49, 32, 32), (2, 16, 16, 32, 32)])
 def test_matches_numpy(host, G, L, Lk, D, Dv, bits, regs, fast):
     if bits > host.vector_bits:
         pytest.skip(f"host vectors are {host.vector_bits} bits")
@@ -80,3 +80,12 @@ def test_safe_rows_fully_masked_give_zero(host):
 def test_bias_must_broadcast():
     with pytest.raises(ValueError, match="does not broadcast"):
         AttentionSpec(6, 4, 5, 8, 8, (("add", 0),), (Bias((4, 4), (2, 3, 4, 5)),))
+
+
+def test_tile_rows():
+    """12 query rows per task with 32 registers, unless the last task would be more than a tenth
+    empty (Swin's 49-token windows: 10 rows; 16 or 64 tokens: 8); 6 with 16 registers."""
+    from hwcomp.schedules.cpu.attention import tile_rows
+
+    assert [tile_rows(512, 32, n) for n in (49, 16, 64, 128, 197, 1500, 7)] == [10, 8, 8, 12, 12, 12, 7]
+    assert [tile_rows(256, 16, n) for n in (49, 16, 128)] == [6, 6, 6]
