@@ -18,7 +18,6 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from hwcomp.relax_graph import const_array, mutate_functions, op_name, static_shape
 from hwcomp.schedules.cpu.dense import dense_packed, pack_dense_weight
 
-
 #: Most padded columns per column: a last panel of zeros (MobileViT's 144 and 240 columns in 32-wide
 #: panels, 11 % and 7 % more work) still beat the unpacked weight (AVX-512 Xeon, 2 threads:
 #: 1024x144x432 0.60 -> 0.48 ms, 64x480x240 0.068 -> 0.057, a 1000-class head over 197 rows
@@ -39,7 +38,7 @@ class _Packer(PyExprMutator):
         self.var2val = var2val
         self.packed = 0
 
-    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 (TVM visitor name)
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
         if op_name(call) != "relax.matmul" or len(call.args) != 2:
             return super().visit_call_(call)
         x, w_expr = call.args

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from hwcomp.schedules.cpu import TiledReduction, TileKnobs, default_rules
 from tvm import te
 from tvm.s_tir import dlight as dl
-
-from hwcomp.schedules.cpu import TiledReduction, TileKnobs, default_rules
 
 
 def _build(func, host):
