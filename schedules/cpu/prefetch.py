@@ -30,6 +30,11 @@ MAX_ROW_TILES = 64
 _LINE = 64
 
 
+def _const(v: int, int64: bool) -> str:
+    """``v`` as TVMScript, in the loop variables' integer type."""
+    return f"T.int64({v})" if int64 else str(v)
+
+
 def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, nr: int,
                    int64: bool, indent: str, elem_bytes: int = 4) -> list[str]:
     """TVMScript lines, to go first in the body of the parallel loop ``loop`` (panels × row tiles
@@ -40,7 +45,7 @@ def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, 
     per = -(-lines // row_tiles)
 
     def c(v: int) -> str:
-        return f"T.int64({v})" if int64 else str(v)
+        return _const(v, int64)
 
     e = f"T.min(({loop} % {c(row_tiles)} * {c(per)} + pl) * {c(per_elem)}, {c(k * nr - 1)})"
     panel = f"T.min({loop} // {c(row_tiles)} + {c(DISTANCE)}, {c(panels - 1)})"
@@ -49,20 +54,30 @@ def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, 
             f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", {addr}, 0, 3, 1))']
 
 
+def _parse_back(sch, text: str, lines: list[str], found: int, weight):
+    """The schedule of the edited script ``lines`` (made from ``text``, ``sch``'s script, with
+    ``found`` insertions); ``sch`` itself unless there was exactly one, ``weight`` (which the inserted
+    lines address by name) is a parameter printed under its own name, and the script parses back."""
+    import tvm
+    from tvm import s_tir
+
+    params = re.search(r"def main\((.*?)\):\n", text, re.DOTALL)
+    if found != 1 or params is None or not re.search(rf"\b{re.escape(weight.name)}: T\.Buffer", params.group(1)):
+        return sch
+    try:
+        return s_tir.Schedule(tvm.script.from_source("\n".join(lines)))
+    except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
+        return sch
+
+
 def _insert_under_parallel(sch, par, tasks: int, weight, make_lines):
     """``sch`` with ``make_lines(loop_var_name, int64, indent)`` inserted first in the body of its
     parallel loop ``par`` (``tasks`` iterations), a new schedule; ``sch`` itself where the script does
     not match (another loop structure, ``weight`` not a parameter printed under its own name)."""
-    import tvm
-    from tvm import s_tir
-
     loop = sch.get(par)
     name = loop.loop_var.name
     text = sch.mod.script()
     head = re.compile(rf"^(\s*)for {re.escape(name)} in T\.parallel\((?:T\.int64\()?{tasks}\)?\):$")
-    params = re.search(r"def main\((.*?)\):\n", text, re.DOTALL)
-    if params is None or not re.search(rf"\b{re.escape(weight.name)}: T\.Buffer", params.group(1)):
-        return sch
     out, found = [], 0
     for line in text.splitlines():
         out.append(line)
@@ -70,12 +85,7 @@ def _insert_under_parallel(sch, par, tasks: int, weight, make_lines):
         if m:
             found += 1
             out += make_lines(name, str(loop.loop_var.ty) == "int64", m.group(1) + "    ")
-    if found != 1:
-        return sch
-    try:
-        return s_tir.Schedule(tvm.script.from_source("\n".join(out)))
-    except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
-        return sch
+    return _parse_back(sch, text, out, found, weight)
 
 
 def with_panel_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, nr: int):
@@ -124,7 +134,7 @@ def with_row_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, mr: i
 
     def lines(name: str, int64: bool, indent: str) -> list[str]:
         def c(v: int) -> str:
-            return f"T.int64({v})" if int64 else str(v)
+            return _const(v, int64)
 
         row = f"T.min(({name} % {c(row_tiles)} + {c(1)}) * {c(mr)} + pr, {c(rows - 1)})"
         return [f'{indent}{x.name}_flat = T.decl_buffer(({c(rows * k)},), "{x.dtype}", data={x.name}.data)',
@@ -148,9 +158,6 @@ def with_slice_prefetch(sch, par, main, reduce_loop, row_loop, mark_loop):
     an AVX-512 Xeon with the weights cold (as in a model), ResNet-50's layer-4 convs: 3x3 512->512 at
     7x7 1.06 -> 0.93 ms, 1x1 2048->512 0.46 -> 0.35, 512->2048 0.49 -> 0.40; 3x3 256->256 at 14x14
     0.74 -> 0.72. Returns a new schedule, or ``sch`` with the mark removed where it does not apply."""
-    import tvm
-    from tvm import s_tir
-
     weight = next((r.source for r in sch.get(main).reads if len(r.source.shape) == 6), None)
     text = sch.mod.script()
     sch.unannotate(mark_loop, MARK)
@@ -166,10 +173,8 @@ def with_slice_prefetch(sch, par, main, reduce_loop, row_loop, mark_loop):
     int64 = str(par_v.ty) == "int64"
 
     def c(v: int) -> str:
-        return f"T.int64({v})" if int64 else str(v)
+        return _const(v, int64)
 
-    # flat offset of this row's share of the next slice; past the task's last slice it runs on
-    # into the next block (the same thread's next task under static scheduling)
     # flat offset of this row's share of the next slice; past the task's last slice it runs on
     # into the next block (the same thread's next task under static scheduling). Addressed through a
     # flat alias of the weight (one index instead of six div/mods; the same speed once compiled).
@@ -190,10 +195,4 @@ def with_slice_prefetch(sch, par, main, reduce_loop, row_loop, mark_loop):
                 f"{ind}for pl in range({c(per)}):",
                 f'{ind}    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of({flat}[{e}]), 0, 3, 1))',
                 f"{ind}for {m.group(2)} in range({m.group(3)}):"]
-    params = re.search(r"def main\((.*?)\):\n", text, re.DOTALL)
-    if found != 1 or params is None or not re.search(rf"\b{re.escape(weight.name)}: T\.Buffer", params.group(1)):
-        return sch
-    try:
-        return s_tir.Schedule(tvm.script.from_source("\n".join(out)))
-    except Exception:  # noqa: BLE001 - a script that does not parse back: keep the schedule as it was
-        return sch
+    return _parse_back(sch, text, out, found, weight)
