@@ -1,5 +1,5 @@
-"""Helpers for reading a Relax graph: the op a call applies, a static tensor shape, a constant's value;
-and for rewriting one (:func:`mutate_functions`).
+"""Helpers for reading a Relax graph: the op a call applies, a static tensor shape, a constant's value,
+how often each variable is used; and for rewriting one (:func:`mutate_functions`).
 
 Shared by the compression passes (``hwcomp.passes``) and the quantizer (``hwcomp.quantize.graph``).
 """
@@ -30,6 +30,32 @@ def static_shape(expr_or_ty) -> tuple[int, ...] | None:
             return None
         out.append(int(v.value))
     return tuple(out)
+
+
+def use_counts(func: relax.Function) -> dict:
+    """Var -> how many times the bindings and the result of ``func`` use it."""
+    uses: dict = {}
+
+    def count(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+        elif isinstance(expr, relax.Call):
+            for a in expr.args:
+                count(a)
+        elif isinstance(expr, relax.Tuple):
+            for a in expr.fields:
+                count(a)
+        elif isinstance(expr, relax.TupleGetItem):
+            count(expr.tuple_value)
+
+    body = func.body
+    if isinstance(body, relax.SeqExpr):
+        for block in body.blocks:
+            for b in block.bindings:
+                count(b.value)
+        body = body.body
+    count(body)
+    return uses
 
 
 def const_array(expr, var2val: dict | None = None) -> np.ndarray | None:

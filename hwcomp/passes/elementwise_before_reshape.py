@@ -18,11 +18,13 @@ turns GELU into a ``call_tir``) and ``FuseOps``. Idempotent.
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.relax_graph import op_name, static_shape
+from hwcomp.relax_graph import op_name, static_shape, use_counts
 
 #: Ops applied element by element to one tensor operand (scalar operands, like clip's, pass through).
 UNARY = frozenset({
@@ -33,26 +35,6 @@ UNARY = frozenset({
 BINARY = frozenset({
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power", "relax.maximum", "relax.minimum",
 })
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-@visitor
-class _Uses(PyExprVisitor):
-    def __init__(self):
-        super().__init__()
-        self.uses: dict = {}
-
-    def visit_var_(self, var: relax.Var) -> None:
-        self.uses[var] = self.uses.get(var, 0) + 1
-
-    def visit_dataflow_var_(self, var: relax.DataflowVar) -> None:
-        self.visit_var_(var)
 
 
 @mutator
@@ -122,7 +104,7 @@ class _Mover(PyExprMutator):
             other_shape = static_shape(other)
             if other_shape is None:
                 continue
-            if _numel(other_shape) == 1 and len(other_shape) <= len(shape):
+            if math.prod(other_shape) == 1 and len(other_shape) <= len(shape):
                 new_other = other
             elif other_shape == out:
                 back = self._reshaped(other)
@@ -148,9 +130,7 @@ class ElementwiseBeforeReshape:
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, relax.Function):
                 continue
-            counter = _Uses()
-            counter.visit_expr(func)
-            mover = _Mover(mod, counter.uses)
+            mover = _Mover(mod, use_counts(func))
             mover.builder_.update_func(gv, mover.visit_expr(func))
             mod = mover.builder_.get()
             self.moved += mover.moved

@@ -28,7 +28,13 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.relax_graph import const_array, mutate_functions, op_name, static_shape
+from hwcomp.relax_graph import (
+    const_array,
+    mutate_functions,
+    op_name,
+    static_shape,
+    use_counts,
+)
 from hwcomp.schedules.cpu.attention import (
     AttentionSpec,
     Bias,
@@ -66,7 +72,7 @@ class _Rewriter(PyExprMutator):
         return self.var2val.get(expr) if isinstance(expr, relax.Var) else None
 
     def _single_use(self, var) -> bool:
-        return isinstance(var, relax.Var) and len(self.users.get(var, ())) <= 1
+        return isinstance(var, relax.Var) and self.users.get(var, 0) <= 1
 
     def _scores(self, expr, site: _Site, first: bool = False):
         """Walk from the softmax's input back to ``matmul(q, kt)``; epilogue steps in graph order.
@@ -201,15 +207,22 @@ def _head_view(rw: _Rewriter, expr, transposed: bool):
     ``broadcast_to`` and multiplications by a scalar constant (their product: ``scale``) on the way;
     None otherwise. The kernel then reads ``base`` where the projection wrote it, instead of the
     head-major copy the view costs (a kernel of its own per operand)."""
+    def scalar_factor(call) -> float | None:
+        """The factor of ``x * c`` or ``x / c`` with ``c`` a scalar constant (x of the result's shape)."""
+        c = const_array(call.args[1], rw.var2val)
+        if c is None or c.size != 1 or static_shape(call.args[0]) != static_shape(call):
+            return None
+        return float(c.reshape(())) if op_name(call) == "relax.multiply" else 1.0 / float(c.reshape(()))
+
     scale, e, seen_t = 1.0, expr, False
     while True:
         val = rw._bound(e)
         op = op_name(val)
         if op in ("relax.multiply", "relax.divide"):
-            c = const_array(val.args[1], rw.var2val)
-            if c is None or c.size != 1 or static_shape(val.args[0]) != static_shape(val):
+            f = scalar_factor(val)
+            if f is None:
                 return None
-            scale *= float(c.reshape(())) if op == "relax.multiply" else 1.0 / float(c.reshape(()))
+            scale *= f
         elif op == "relax.reshape" or (op == "relax.broadcast_to" and static_shape(val.args[0]) == static_shape(val)):
             pass
         elif op == "relax.permute_dims" and val.attrs.axes is not None:
@@ -225,12 +238,11 @@ def _head_view(rw: _Rewriter, expr, transposed: bool):
         e = val.args[0]
     e = val.args[0]
     while op_name(rw._bound(e)) in ("relax.multiply", "relax.divide"):  # a scale on [B, T, H, D]
-        m = rw._bound(e)
-        c = const_array(m.args[1], rw.var2val)
-        if c is None or c.size != 1 or static_shape(m.args[0]) != static_shape(m):
+        f = scalar_factor(rw._bound(e))
+        if f is None:
             return None
-        scale *= float(c.reshape(())) if op_name(m) == "relax.multiply" else 1.0 / float(c.reshape(()))
-        e = m.args[0]
+        scale *= f
+        e = rw._bound(e).args[0]
     split = rw._bound(e)
     shape = static_shape(split) if split is not None else None
     if op_name(split) != "relax.reshape" or shape is None or len(shape) != 4:
@@ -241,30 +253,6 @@ def _head_view(rw: _Rewriter, expr, transposed: bool):
     if not _f32(base) or base_shape is None or base_shape[-1] != h * d or math.prod(base_shape) != b * t * h * d:
         return None
     return base, b, t, h, d, scale
-
-
-def _users(func: relax.Function) -> dict:
-    """Var -> the bindings that use it, over every block of ``func``."""
-    users: dict = {}
-
-    def count(expr, binding_var):
-        if isinstance(expr, relax.Var):
-            users.setdefault(expr, []).append(binding_var)
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                count(a, binding_var)
-        elif isinstance(expr, relax.Tuple):
-            for a in expr.fields:
-                count(a, binding_var)
-        elif isinstance(expr, relax.TupleGetItem):
-            count(expr.tuple_value, binding_var)
-
-    body = func.body
-    for block in body.blocks:
-        for b in block.bindings:
-            count(b.value, b.var)
-    count(body.body, None)
-    return users
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseAttention")
@@ -285,7 +273,7 @@ class FuseAttention:
         users = {}
         for _, func in mod.functions_items():
             if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
-                users.update(_users(func))
+                users.update(use_counts(func))
         mod, rewriters = mutate_functions(mod, lambda m, var2val: _Rewriter(m, self, var2val, users))
         self.fused = sum(r.fused for r in rewriters)
         return relax.transform.DeadCodeElimination()(mod) if self.fused else mod
