@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args()
+    if args.runs < 1 or args.threads < 1:
+        raise SystemExit(f"peer_profile: --runs and --threads must be at least 1 (got {args.runs}, {args.threads})")
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     from hwcomp import zoo
@@ -99,7 +101,7 @@ def main() -> None:
     for i, n in enumerate(theirs["nodes"], 1):
         print(f"  {i:3d} {n['type']:16s} {n['impl']:28s} {n['ms']:7.3f} ms  {n['node']}")
     write_results(f"peer_profile_{args.model}", {"model": args.model, "threads": args.threads,
-                                                             "machine": peers.machine_info(args.threads),
+                                                  "machine": peers.machine_info(args.threads),
                                                   "hwcomp": ours, "openvino": theirs})
 
 

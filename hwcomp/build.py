@@ -73,10 +73,9 @@ def lower(mod: tvm.IRModule, target: Target, fast_math: bool = True) -> tvm.IRMo
     """Decompose, (on CPUs) attention onto hwcomp's fused kernel, other softmaxes onto its row
     softmax and transcendental ops onto approximations, legalize and fuse: the PrimFuncs that get
     scheduled, tuned and built. Call inside ``target.tvm_target()``."""
-    from .passes.elementwise_before_reshape import ElementwiseBeforeReshape
-
     mod = relax.transform.DecomposeOpsForInference()(mod)
     if not target.is_gpu:
+        from .passes.elementwise_before_reshape import ElementwiseBeforeReshape
         from .passes.fuse_attention import FuseAttention
         from .passes.row_softmax import RowSoftmax
 
