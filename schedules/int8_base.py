@@ -79,6 +79,14 @@ class KernelProvider:
             return bits - 1
         return bits
 
+    def conv_reg_n(self, ow: int, xi: int, dot: ConvDot) -> int:
+        """Output pixels per tile of a blocked int8 conv with output width ``ow`` and ``xi`` input
+        bytes per channel block: ``reg_n`` pixels x 16 channels of int32 accumulators in vector
+        registers."""
+        from hwcomp.schedules.cpu.int8_conv import int8_reg_n
+
+        return int8_reg_n(ow, 16 // dot.lanes, getattr(self.target, "vector_registers", 16))  # 16: int8_conv.BLOCK
+
     def schedule_blocked_conv(self, func: tirx.PrimFunc, dot: ConvDot,
                               depthwise: bool = False) -> tirx.PrimFunc:
         """Schedule a blocked int8 conv (or depthwise) PrimFunc for this target's CPU."""

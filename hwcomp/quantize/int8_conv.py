@@ -23,6 +23,8 @@ from .int8_compute import Epilogue, _apply_epilogue, _s, epilogue_inputs
 #: Channel block of int8 activations between blocked int8 convolutions.
 BLOCK = 16
 REG_N_ATTR = "hwcomp.reg_n"
+#: ``[stride_h, stride_w, dilation_h, dilation_w]`` of a blocked conv (schedules read it).
+GEOMETRY_ATTR = "hwcomp.conv_geometry"
 
 
 def in_block(channels: int, kb: int) -> int:
@@ -165,8 +167,9 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
 
     axes = [rc, ry, rx, rf, rk] if rh is None else [rc, ry, rx, rf, rh, rk]
     acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=axes), name="acc")
-    return _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
-                   residual, reg_n)
+    f = _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
+                residual, reg_n)
+    return f.with_attr(GEOMETRY_ATTR, [int(sh), int(sw), int(dh), int(dw)])
 
 
 def _finish(acc, inputs, params, bias, epi, channels, x, nchw_out, shape5, residual, reg_n) -> tirx.PrimFunc:

@@ -101,12 +101,10 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     """Emit the blocked int8 conv; returns its output: float32 NCHW (``nchw_out``), or blocked
     ``[N, O/x, OH, OW, x]`` (int8, or float32 for a residual add fused into a later conv).
     ``residual``: ``(int8_conv.Residual, blocked value)`` added before the activation."""
-    from hwcomp.schedules.cpu.int8_conv import int8_reg_n
-
     n, cb, h, w, xi = static_shape(xq)
     o, _, kh, kw = wq.shape
     strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
-    reg_n = int8_reg_n(ow, ic.BLOCK // dot.lanes, getattr(provider.target, "vector_registers", 16))
+    reg_n = provider.conv_reg_n(ow, xi, dot)
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
                                   px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0])
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK

@@ -138,6 +138,15 @@ def register_intrinsics() -> None:
     register_intrin(AVX2_U8S7_SAT, _pairs_desc(), _avx2_u8s7_sat_impl)
 
 
+def _llvm_has_amx(target) -> bool:
+    """Whether LLVM emits AMX int8 tile instructions for ``target`` (its mcpu or mattr)."""
+    if target is None or target.arch != "x86_64":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.llvm_cpu_has_features(["amx-tile", "amx-int8"], target.tvm_target()))
+
+
 class X86Int8Provider(KernelProvider):
     """``vnni`` targets: VNNI kernels; others with AVX2: ``vpmaddubsw`` (7-bit weights) or
     ``vpmaddwd``. Activations are uint8 on both (symmetric int8 codes are stored with zero point
@@ -151,6 +160,7 @@ class X86Int8Provider(KernelProvider):
         self.act_dtypes = ("uint8",) if self.vnni or self.avx2 else ("int8", "uint8")
         self.reduce_range_pays = self.avx2 and not self.vnni
         self.conv_requant_in_float = True
+        self.amx = self.vnni and _llvm_has_amx(target)
         register_intrinsics()
 
     def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
@@ -186,7 +196,32 @@ class X86Int8Provider(KernelProvider):
             return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if act_zero_point == 0 else ConvDot(8, 4, AVX2_U8S7)
         return None
 
+    def _amx_conv(self, ow: int, xi: int, dot) -> bool:
+        from .amx import amx_tiles
+
+        return self.amx and dot.intrin == VNNI_U8 and xi == 16 and amx_tiles(ow) is not None
+
+    def conv_reg_n(self, ow: int, xi: int, dot) -> int:
+        if self._amx_conv(ow, xi, dot):  # pixel tiles of whole AMX tiles (schedules/x86/amx.py)
+            from .amx import amx_tiles
+
+            rows, mp = amx_tiles(ow)
+            return rows * mp
+        return super().conv_reg_n(ow, xi, dot)
+
+    def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
+        if not depthwise and dot is not None and self.amx and dot.intrin == VNNI_U8:
+            from .amx import schedule_conv_nchwc_int8_amx
+
+            # None where the conv's shape or tile (conv_reg_n) does not fit: the VNNI schedule
+            scheduled = schedule_conv_nchwc_int8_amx(func, self.target.vector_bits)
+            if scheduled is not None:
+                return scheduled
+        return super().schedule_blocked_conv(func, dot, depthwise)
+
     def describe(self) -> str:
+        if self.amx:
+            return "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]; AMX tdpbusd for blocked int8 convs"
         return {"x86-vnni": "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]",
                 "x86-avx2": "AVX2 vpmaddubsw u8 x s7 (7-bit weights, exact), weights [N/8, K/4, 8, 4]; "
                             "vpmaddwd s16 x s16 for 8-bit weights, [N/8, K/2, 8, 2]"}.get(

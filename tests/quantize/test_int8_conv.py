@@ -222,7 +222,7 @@ def conv_problem(provider, case: Conv, dot, epi_name, a_dtype: str, w_absmax: in
     """A blocked int8 conv for ``provider`` / ``dot`` (what ``realize_conv.emit_blocked_conv`` builds),
     random codes (activations over the dtype's full range, weights in ``[-w_absmax, w_absmax]``)."""
     rng = np.random.default_rng(seed)
-    lanes, kb, halves = dot.lanes, dot.kb, dot.halves
+    kb, halves = dot.kb, dot.halves
     lo, hi = act_range(a_dtype)
     x = rng.integers(lo, hi + 1, (case.n, case.c, case.h, case.w)).astype(a_dtype) if x_override is None \
         else x_override
@@ -238,7 +238,7 @@ def conv_problem(provider, case: Conv, dot, epi_name, a_dtype: str, w_absmax: in
     # epi_name: an EPILOGUES name, or a function of the accumulator giving (Epilogue, params)
     epi, params = epilogue_for(epi_name, acc_b, rng) if isinstance(epi_name, str) else epi_name(acc_b)
     oh, ow = case.out_hw
-    reg_n = int8_reg_n(ow, ic.BLOCK // lanes, provider.target.vector_registers)
+    reg_n = provider.conv_reg_n(ow, xi, dot)
     nchw = epi.kind == "float" if nchw is None else nchw
     func = ic.conv2d_nchwc_int8_func(xb.shape, case.o, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
                                      pad_value, kb, reg_n, nchw, halves, residual)
@@ -357,6 +357,58 @@ def test_blocked_conv_x86(host, dot_name, case_name, epi_name):
     p = conv_problem(provider, case, dot, epi_name, "uint8", DOTS[dot_name][1])
     got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+# ---- AMX (schedules/x86/amx.py) ---------------------------------------------------------------------
+AMX_CASES = {**CONV_CASES,
+             "amx_two_pixel_tiles": Conv(32, 32, 4, 28),  # 14-pixel tiles, two per register block
+             "amx_s2_two_tiles": Conv(16, 32, 5, 56, stride=(2, 2)),  # strided tile loads
+             "amx_ow17_vnni": Conv(16, 16, 3, 17)}  # no tile height divides 17: the VNNI kernel
+
+
+def _amx_applies(case: Conv) -> bool:
+    from hwcomp.schedules.x86.amx import amx_tiles
+
+    return ic.in_block(case.c, 4) == 16 and amx_tiles(case.out_hw[1]) is not None
+
+
+def test_amx_cases_cover_both_paths():
+    """The AMX matrix has convs the tile kernel takes (one and two pixel tiles, odd block counts,
+    strides, dilation, batch 2) and ones it leaves to VNNI (narrow input blocks, width 17)."""
+    from hwcomp.schedules.x86.amx import amx_tiles
+
+    taken = [n for n, c in AMX_CASES.items() if _amx_applies(c)]
+    assert {"3x3_s2_p1", "dilation2", "batch2", "amx_two_pixel_tiles", "amx_s2_two_tiles"} <= set(taken)
+    assert {"stem_7x7_s2_p3_c3", "asym_pad_rect_kernel", "amx_ow17_vnni"}.isdisjoint(taken)
+    assert amx_tiles(56) == (14, 2) and amx_tiles(7) == (7, 1) and amx_tiles(17) is None
+
+
+@pytest.mark.parametrize("case_name", list(AMX_CASES))
+@pytest.mark.parametrize("epi_name", ["requant_relu_u8", "float_relu"])
+def test_blocked_conv_amx(host, case_name, epi_name):
+    """On a host with AMX the VNNI dot step's convs run on the tile unit, bit for bit the exact
+    convolution (``tdpbusd`` accumulates exactly in int32); where no tile fits, the VNNI kernel."""
+    provider = get_provider(host)
+    if not getattr(provider, "amx", False):
+        pytest.skip("this host has no AMX (or LLVM cannot emit it)")
+    case = AMX_CASES[case_name]
+    dot = provider.conv_dot(127)
+    p = conv_problem(provider, case, dot, epi_name, "uint8", 127)
+    ex = tvm.compile(tvm.IRModule({"main": p.func}), target=host.tvm_target())
+    assert bool(re.search(r"\btdpbusd\b", ex.mod.inspect_source("asm"))) == _amx_applies(case)
+    got = run_local(p.func, host, p.args, p.out_shape, p.out_dtype)
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+def test_amx_kernel_cross_compiles():
+    """The shipped ``x86-amx`` target (Sapphire Rapids) builds the tile kernel on any machine."""
+    target = get_target("x86-amx")
+    provider = get_provider(target)
+    assert provider.amx
+    p = conv_problem(provider, Conv(32, 32, 4, 28), provider.conv_dot(127), "requant_relu_u8", "uint8", 127)
+    asm = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target()).mod.inspect_source("asm")
+    for instr in ("ldtilecfg", "tileloadd", "tdpbusd", "tilestored", "tilerelease"):
+        assert re.search(rf"\b{instr}\b", asm), f"no {instr} in the AMX kernel"
 
 
 @pytest.mark.parametrize("epi_name", ["requant_i8_zp", "float"])
