@@ -68,15 +68,16 @@ def _split_args(s: str) -> list[str]:
     return parts
 
 
-def _rewrite_access(line: str, name: str, np_: int, reg_n: int, c) -> str:
-    """``name[b, o, y, z, v]`` → ``name[o % np, z % reg_n, v]`` (the tile-shaped accumulator)."""
+def _rewrite_access(line: str, name: str, keep: list[tuple[int, int | None]]) -> str:
+    """Every ``name[i0, i1, ...]`` in ``line`` → ``name[(i_a) % m_a, ...]`` for ``(a, m_a)`` in
+    ``keep`` (``m_a`` None: the index as it is): the accumulator indexed within its tile."""
     out, i, key = [], 0, name + "["
     while True:
         j = line.find(key, i)
-        if j < 0 or (j > 0 and (line[j - 1].isalnum() or line[j - 1] == "_")):
-            if j < 0:
-                out.append(line[i:])
-                return "".join(out)
+        if j < 0:
+            out.append(line[i:])
+            return "".join(out)
+        if j > 0 and (line[j - 1].isalnum() or line[j - 1] == "_"):  # another name ending in ``name``
             out.append(line[i:j + len(key)])
             i = j + len(key)
             continue
@@ -85,17 +86,99 @@ def _rewrite_access(line: str, name: str, np_: int, reg_n: int, c) -> str:
             depth += {"[": 1, "]": -1}.get(line[k], 0)
             k += 1
         args = _split_args(line[j + len(key):k - 1])
-        if len(args) != 5:
-            raise ValueError(f"unexpected access {line[j:k]}")
-        out.append(f"{line[i:j]}{name}[({args[1]}) % {c(np_)}, ({args[3]}) % {c(reg_n)}, {args[4]}]")
+        idx = [args[a] if m is None else f"({args[a]}) % {m}" for a, m in keep]
+        out.append(f"{line[i:j]}{name}[{', '.join(idx)}]")
         i = k
+
+
+class _Script:
+    """Text helpers for one scheduled function: integer literals in its loop variables' type, the
+    intrinsic call, typed pointers."""
+
+    CALL = 'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{}", {}))'
+
+    def __init__(self, int64: bool):
+        self.int64 = int64
+
+    def c(self, val: int) -> str:
+        return f"T.int64({val})" if self.int64 else str(val)
+
+    def call(self, name: str, *args: str) -> str:
+        return self.CALL.format(name, ", ".join(args)).replace(", )", ")")
+
+    def ptr(self, buf, dtype: str, offset: str, extent: int, mask: int) -> str:
+        return f'T.tvm_access_ptr(T.type_annotation("{dtype}"), {buf.name}.data, {offset}, {self.c(extent)}, {mask})'
+
+
+def _config_lines(t: _Script, ind: str, shapes: dict[int, tuple[int, int]]) -> list[str]:
+    """Fill a 64-byte tile configuration (palette 1; ``shapes``: tile -> (rows, bytes per row)) and
+    load it."""
+    cfg = [0] * 64
+    cfg[0] = 1
+    for tile, (r, colsb) in shapes.items():
+        cfg[16 + 2 * tile] = colsb  # little-endian uint16; every width here is < 256
+        cfg[48 + tile] = r
+    lines = [f'{ind}amx_cfg = T.alloc_buffer((64,), "uint8", scope="local")',
+             f"{ind}for amx_i in range(64):", f"{ind}    amx_cfg[amx_i] = T.uint8(0)"]
+    lines += [f"{ind}amx_cfg[{i}] = T.uint8({val})" for i, val in enumerate(cfg) if val]
+    return lines + [ind + t.call("ldtilecfg", "T.address_of(amx_cfg[0])")]
+
+
+def _splice(sch, par_name: str, accb, acc_shape: tuple[int, ...], keep, tile_lines, shapes, t: _Script):
+    """``sch``'s function with the loops under the :data:`MARK` loop replaced by ``tile_lines(indent)``,
+    the accumulator ``accb`` shrunk to ``acc_shape`` (its reads re-indexed by ``keep``), the tile
+    permission requested before the parallel loop ``par_name`` and the configuration ``shapes``
+    loaded at the start of each of its tasks, the tiles released at the end; None where the script
+    does not have that shape or does not parse back."""
+    import tvm
+
+    text = sch.mod.script()
+    head = re.compile(rf"^(\s*)for {re.escape(par_name)} in T\.parallel\(")
+    mark = re.compile(rf'^(\s*)for \w+ in T\.serial\([^,]+, annotations=\{{"{MARK}": 1\}}\):$')
+    alloc = re.compile(rf'^(\s*){re.escape(accb.name)} = T\.sblock_alloc_buffer\(\(.*\), "int32", scope="local"\)$')
+    out: list[str] = []
+    skip_below, found, par_ind = None, [0, 0, 0], None
+    for line in text.splitlines():
+        ind = len(line) - len(line.lstrip())
+        if skip_below is not None:
+            if line.strip() and ind > skip_below:
+                continue
+            skip_below = None
+        if par_ind is not None and line.strip() and ind <= par_ind:
+            return None  # something follows the parallel loop: the release would not end each task
+        if m := alloc.match(line):
+            found[0] += 1
+            shape = ", ".join(t.c(d) for d in acc_shape)
+            out.append(f'{m.group(1)}{accb.name} = T.sblock_alloc_buffer(({shape},), "int32", scope="local")')
+        elif m := head.match(line):
+            found[1] += 1
+            par_ind = len(m.group(1))
+            perm = (f'T.call_extern("int64", "syscall", T.int64({_SYS_ARCH_PRCTL}), '
+                    f"T.int64({_ARCH_REQ_XCOMP_PERM}), T.int64({_XFEATURE_XTILEDATA}))")
+            out.append(f'{m.group(1)}assert {perm} == T.int64(0), "the kernel refused AMX tile data '
+                       '(arch_prctl ARCH_REQ_XCOMP_PERM)"')
+            out.append(line)
+            out += _config_lines(t, m.group(1) + "    ", shapes)
+        elif m := mark.match(line):
+            found[2] += 1
+            skip_below = len(m.group(1))
+            out += tile_lines(m.group(1))
+        else:
+            out.append(_rewrite_access(line, accb.name, keep) if f"{accb.name}[" in line else line)
+    if found != [1, 1, 1]:
+        return None
+    out.append(" " * (par_ind + 4) + t.call("tilerelease"))
+    try:
+        mod = tvm.script.from_source("\n".join(out))
+    except Exception:  # noqa: BLE001 - a script that does not parse back: the caller keeps VNNI
+        return None
+    return mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     """The AMX schedule of ``conv2d_nchwc_int8_func``'s PrimFunc (16-byte input blocks, VNNI-packed
     weights, output width divisible by its ``hwcomp.reg_n`` = ``rows x mp``), or None where it does
     not apply or the script does not match."""
-    import tvm
     from hwcomp.schedules.cpu.int8_conv import _schedule_pad
     from hwcomp.schedules.cpu.rules import _const_int
 
@@ -136,109 +219,125 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     _schedule_pad(sch, vector_bits)
 
     par_v, owo_v = sch.get(par).loop_var, sch.get(ow_o).loop_var
-    int64 = str(par_v.ty) == "int64"
-
-    def c(val: int) -> str:
-        return f"T.int64({val})" if int64 else str(val)
-
+    t = _Script(str(par_v.ty) == "int64")
+    c = t.c
     groups = ob // np_
     p, z = par_v.name, owo_v.name
     b = f"{p} // {c(groups * oh_)}"
     o0 = f"{p} // {c(oh_)} % {c(groups)} * {c(np_)}"
     y = f"{p} % {c(oh_)}"
     z0 = f"{z} * {c(reg_n)}"
-    call = 'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{}", {}))'
-
-    def ptr(buf, dtype: str, offset: str, extent: int, mask: int) -> str:
-        return f'T.tvm_access_ptr(T.type_annotation("{dtype}"), {buf.name}.data, {offset}, {c(extent)}, {mask})'
 
     def tile_lines(ind: str) -> list[str]:
-        lines = [ind + call.format("tilezero", f"T.int8({t})") for t in range(mp * np_)]
+        lines = [ind + t.call("tilezero", f"T.int8({i})") for i in range(mp * np_)]
         lines.append(f"{ind}for amx_c, amx_y, amx_x in T.grid({c(cb)}, {c(kh)}, {c(kw)}):")
         inner = ind + "    "
         row = f"{y} * {c(sh)} + amx_y * {c(dh)}"
         for pt in range(mp):
             col = f"({z0} + {c(pt * rows)}) * {c(sw)} + amx_x * {c(dw)}"
             off = f"((({b} * {c(cb)} + amx_c) * {c(hp)} + {row}) * {c(wp)} + {col}) * {c(16)}"
-            a = ptr(src, src.dtype, off, ((rows - 1) * sw + 1) * 16, 1)
-            lines.append(inner + call.format("tileloadd64", f"T.int8({_A0 + pt}), {a}, T.int64({sw * 16})"))
+            a = t.ptr(src, src.dtype, off, ((rows - 1) * sw + 1) * 16, 1)
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_A0 + pt})", a, f"T.int64({sw * 16})"))
         for ot in range(np_):
             off = f"((({o0} + {c(ot)}) * {c(cb)} + amx_c) * {c(kh)} + amx_y) * {c(kw * 256)} + amx_x * {c(256)}"
-            lines.append(inner + call.format("tileloadd64", f"T.int8({_B0 + ot}), {ptr(wgt, 'int8', off, 256, 1)}, "
-                                                              "T.int64(64)"))
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})", t.ptr(wgt, "int8", off, 256, 1),
+                                        "T.int64(64)"))
         for ot in range(np_):
             for pt in range(mp):
-                lines.append(inner + call.format("tdpbusd", f"T.int8({ot * mp + pt}), T.int8({_A0 + pt}), "
-                                                            f"T.int8({_B0 + ot})"))
+                lines.append(inner + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})",
+                                            f"T.int8({_B0 + ot})"))
         for ot in range(np_):
             for pt in range(mp):
                 off = c((ot * reg_n + pt * rows) * 16)
-                lines.append(ind + call.format("tilestored64", f"T.int8({ot * mp + pt}), "
-                                                               f"{ptr(accb, 'int32', off, rows * 16, 2)}, T.int64(64)"))
+                lines.append(ind + t.call("tilestored64", f"T.int8({ot * mp + pt})",
+                                          t.ptr(accb, "int32", off, rows * 16, 2), "T.int64(64)"))
         return lines
 
-    def config_lines(ind: str) -> list[str]:
-        cfg = [0] * 64
-        cfg[0] = 1  # palette 1
-        shapes = {t: (rows, 64) for t in range(mp * np_)}
-        shapes.update({_A0 + t: (rows, 16) for t in range(mp)})
-        shapes.update({_B0 + t: (4, 64) for t in range(np_)})
-        for t, (r, colsb) in shapes.items():
-            cfg[16 + 2 * t] = colsb  # bytes per row (little-endian uint16; all < 256)
-            cfg[48 + t] = r
-        lines = [f'{ind}amx_cfg = T.alloc_buffer((64,), "uint8", scope="local")',
-                 f"{ind}for amx_i in range(64):", f"{ind}    amx_cfg[amx_i] = T.uint8(0)"]
-        lines += [f"{ind}amx_cfg[{i}] = T.uint8({val})" for i, val in enumerate(cfg) if val]
-        lines.append(ind + call.format("ldtilecfg", "T.address_of(amx_cfg[0])"))
+    shapes = {i: (rows, 64) for i in range(mp * np_)}
+    shapes.update({_A0 + i: (rows, 16) for i in range(mp)})
+    shapes.update({_B0 + i: (4, 64) for i in range(np_)})
+    return _splice(sch, p, accb, (np_, reg_n, 16), [(1, c(np_)), (3, c(reg_n)), (4, None)], tile_lines,
+                   shapes, t)
+
+
+def dense_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int] | None:
+    """``(rows, mp, np, kstep)`` of the AMX dense kernel for ``M x K x N`` (VNNI layout, N a multiple
+    of 16): row tiles as :func:`amx_tiles`, two 16-column tiles where N has an even number, ``kstep``
+    input bytes per tile (64, or 32/16 where K is not a multiple of 64); None where it does not fit."""
+    tiles = amx_tiles(m)
+    kstep = next((s for s in (64, 32, 16) if k % s == 0), None)
+    if tiles is None or kstep is None or n % 16:
+        return None
+    return tiles[0], tiles[1], 2 if (n // 16) % 2 == 0 else 1, kstep
+
+
+def schedule_dense_amx(func):
+    """The AMX schedule of ``int8_compute.dense_func``'s PrimFunc in the ``vnni`` layout
+    (``W [N/16, K/4, 16, 4]``): tasks = 16·np-column panels x ``rows·mp`` row blocks, panel-major;
+    each task holds ``mp x np`` int32 tiles over K, loading ``rows x kstep`` bytes of A (stride K)
+    and ``kstep/4 x 64`` bytes of one weight panel per step. None where it does not apply."""
+    m, n = (int(d) for d in func.params[-1].shape)
+    k = int(func.params[0].shape[-1])
+    tiles = dense_tiles(m, n, k)
+    if tiles is None or len(func.params[1].shape) != 4 or str(func.params[0].dtype) != "uint8":
+        return None
+    rows, mp, np_, kstep = tiles
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    out = sch.get_sblock("out")
+    i, j, kk = sch.get_loops(acc)
+    jo, jt = sch.split(j, [None, np_ * 16])
+    io, it = sch.split(i, [None, rows * mp])
+    sch.reorder(jo, io, it, jt, kk)
+    sch.set_scope(acc, 0, "local")
+    accb = sch.get(acc).writes[0].source
+    sch.reverse_compute_at(out, io)
+    o_j = sch.get_loops(out)[-1]
+    _, o_v = sch.split(o_j, [None, 16])
+    sch.vectorize(o_v)
+    par = sch.fuse(jo, io)
+    sch.parallel(par)
+    sch.annotate(it, MARK, 1)
+    a_buf = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 2)
+    wgt = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 4)
+
+    par_v = sch.get(par).loop_var
+    t = _Script(str(par_v.ty) == "int64")
+    c = t.c
+    row_blocks = m // (rows * mp)
+    p = par_v.name
+    r0 = f"{p} % {c(row_blocks)} * {c(rows * mp)}"
+    j0 = f"{p} // {c(row_blocks)} * {c(np_)}"  # first 16-column block of the panel
+
+    def tile_lines(ind: str) -> list[str]:
+        lines = [ind + t.call("tilezero", f"T.int8({q})") for q in range(mp * np_)]
+        lines.append(f"{ind}for amx_k in range({c(k // kstep)}):")
+        inner = ind + "    "
+        for pt in range(mp):
+            off = f"({r0} + {c(pt * rows)}) * {c(k)} + amx_k * {c(kstep)}"
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_A0 + pt})",
+                                        t.ptr(a_buf, "uint8", off, (rows - 1) * k + kstep, 1), f"T.int64({k})"))
+        for ot in range(np_):
+            off = f"(({j0} + {c(ot)}) * {c(k // 4)} + amx_k * {c(kstep // 4)}) * {c(64)}"
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})",
+                                        t.ptr(wgt, "int8", off, kstep * 16, 1), "T.int64(64)"))
+        for ot in range(np_):
+            for pt in range(mp):
+                lines.append(inner + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})",
+                                            f"T.int8({_B0 + ot})"))
+        for ot in range(np_):
+            for pt in range(mp):
+                off = c(pt * rows * np_ * 16 + ot * 16)
+                lines.append(ind + t.call("tilestored64", f"T.int8({ot * mp + pt})",
+                                          t.ptr(accb, "int32", off, (rows - 1) * np_ * 16 + 16, 2),
+                                          f"T.int64({np_ * 64})"))
         return lines
 
-    text = sch.mod.script()
-    head = re.compile(rf"^(\s*)for {re.escape(p)} in T\.parallel\(")
-    mark = re.compile(rf'^(\s*)for \w+ in T\.serial\([^,]+, annotations=\{{"{MARK}": 1\}}\):$')
-    alloc = re.compile(rf'^(\s*){re.escape(accb.name)} = T\.sblock_alloc_buffer\(\(.*\), "int32", scope="local"\)$')
-    out_lines: list[str] = []
-    skip_below, found, par_ind = None, [0, 0, 0], None
-    for line in text.splitlines():
-        ind = len(line) - len(line.lstrip())
-        if skip_below is not None:
-            if line.strip() and ind > skip_below:
-                continue
-            skip_below = None
-        if par_ind is not None and line.strip() and ind <= par_ind:
-            return None  # something follows the parallel loop: the release would not end each task
-        if alloc.match(line):
-            found[0] += 1
-            i0 = alloc.match(line).group(1)
-            out_lines.append(f'{i0}{accb.name} = T.sblock_alloc_buffer(({c(np_)}, {c(reg_n)}, {c(16)}), "int32", '
-                             'scope="local")')
-            continue
-        m = head.match(line)
-        if m:
-            found[1] += 1
-            i0 = m.group(1)
-            par_ind = len(i0)
-            perm = (f'T.call_extern("int64", "syscall", T.int64({_SYS_ARCH_PRCTL}), '
-                    f"T.int64({_ARCH_REQ_XCOMP_PERM}), T.int64({_XFEATURE_XTILEDATA}))")
-            out_lines.append(f'{i0}assert {perm} == T.int64(0), "the kernel refused AMX tile data '
-                             '(arch_prctl ARCH_REQ_XCOMP_PERM)"')
-            out_lines.append(line)
-            out_lines += config_lines(i0 + "    ")
-            continue
-        m = mark.match(line)
-        if m:
-            found[2] += 1
-            skip_below = len(m.group(1))
-            out_lines += tile_lines(m.group(1))
-            continue
-        out_lines.append(_rewrite_access(line, accb.name, np_, reg_n, c) if f"{accb.name}[" in line else line)
-    if found != [1, 1, 1] or par_ind is None:
-        return None
-    out_lines.append(" " * (par_ind + 4) + call.format("tilerelease", "").replace(", )", ")"))
-    try:
-        mod = tvm.script.from_source("\n".join(out_lines))
-    except Exception:  # noqa: BLE001 - a script that does not parse back: the caller keeps VNNI
-        return None
-    return mod["main"].with_attr("tirx.is_scheduled", True)
+    shapes = {q: (rows, 64) for q in range(mp * np_)}
+    shapes.update({_A0 + q: (rows, kstep) for q in range(mp)})
+    shapes.update({_B0 + q: (kstep // 4, 64) for q in range(np_)})
+    return _splice(sch, p, accb, (rows * mp, np_ * 16), [(0, c(rows * mp)), (1, c(np_ * 16))], tile_lines,
+                   shapes, t)
 
 
-__all__ = ["amx_tiles", "schedule_conv_nchwc_int8_amx"]
+__all__ = ["amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]

@@ -174,6 +174,12 @@ class X86Int8Provider(KernelProvider):
 
     def schedule_dense(self, func, layout: str, m: int, k: int, n: int):
         if layout == "vnni":
+            if self.amx:
+                from .amx import schedule_dense_amx
+
+                scheduled = schedule_dense_amx(func)  # None where no tile fits: VNNI below
+                if scheduled is not None:
+                    return scheduled
             return schedule_blocked_dense(func, 16, 4, VNNI_U8, mr_prefs=(4, 2, 1), nrv_prefs=(2, 1))
         if layout == "avx2u8":
             return schedule_blocked_dense(func, 8, 4, AVX2_U8S7, mr_prefs=(4, 3, 2, 1), nrv_prefs=(3, 2, 1))

@@ -180,3 +180,46 @@ def test_int8_cnn_runs_on_emulated_board(tmp_path, name):
         ref = model(x).numpy()
     assert qmath.cosine(out, ref) > 0.99, qmath.cosine(out, ref)
     assert qmath.cosine(out, arts["host"].run([x.numpy()])[0]) > 0.99
+
+
+AMX_DENSE = [(16, 64, 64), (196, 96, 384), (49, 768, 3072), (32, 48, 32), (7, 1536, 16), (197, 64, 64)]
+
+
+@pytest.mark.parametrize("m,k,n", AMX_DENSE)
+@pytest.mark.parametrize("epi", [K.Epilogue("float", "relu"), K.Epilogue("requant_f32", None, "uint8", 0.05, 3)])
+def test_amx_dense_exact_on_host(m, k, n, epi):
+    """On an AMX host the VNNI-layout int8 dense runs on the tile unit (K steps of 64, 32 or 16
+    bytes; 14- and 7-row tiles at 196 and 49 rows), exactly the integer product before the epilogue;
+    where no row tile divides M (197) the VNNI kernel, just as exact."""
+    from hwcomp.schedules.x86.amx import dense_tiles
+
+    tgt = get_target("host")
+    prov = K.get_provider(tgt)
+    if not getattr(prov, "amx", False):
+        pytest.skip("this host has no AMX (or LLVM cannot emit it)")
+    layout = prov.dense_layout(m, k, n)
+    assert layout == "vnni"
+    func = prov.schedule_dense(K.dense_func(m, k, n, "uint8", layout, epi), layout, m, k, n)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=tgt.tvm_target())
+    assert bool(re.search(r"\btdpbusd\b", ex.mod.inspect_source("asm"))) == (dense_tiles(m, n, k) is not None)
+    rng = np.random.default_rng(m + k + n)
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, n).astype(np.int32)
+    acc = a.astype(np.int64) @ w.astype(np.int64).T + bias
+    scale = (rng.uniform(0.5, 1.0, n) * 200 / np.abs(acc).max()).astype(np.float32)  # codes spread over 0..255
+    out = tvm.runtime.tensor(np.zeros((m, n), epi.out_dtype))
+    ex["main"](*(tvm.runtime.tensor(v) for v in (a, K.pack_weight(w, layout), bias, scale)), out)
+    y = out.numpy()
+    if epi.kind == "float":
+        np.testing.assert_allclose(y, np.maximum(acc * scale.astype(np.float64), 0), rtol=2e-6, atol=0)
+    else:  # float32 requantize: within one code of the float64 reference (LLVM may contract)
+        ref = np.clip(np.round(acc * scale.astype(np.float64)) + 3, 0, 255)
+        assert len(np.unique(ref)) > 32, "degenerate reference"
+        assert np.abs(y.astype(np.int64) - ref).max() <= 1
+
+
+def test_amx_dense_cross_compiles():
+    tgt, _, layout, func = _dense("x86-amx", m=32, k=128, n=64, a_dtype="uint8")
+    asm = tvm.compile(tvm.IRModule({"main": func}), target=tgt.tvm_target()).mod.inspect_source("asm")
+    assert layout == "vnni" and re.search(r"\btdpbusd\b", asm) and re.search(r"\bldtilecfg\b", asm)
