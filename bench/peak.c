@@ -1,5 +1,6 @@
 /* Arithmetic peaks of this CPU, measured: fp32 FMA and the two AVX2 int8 multiply-add sequences,
- * and where the CPU has them AVX-512 fp32 FMA (zmm) and AVX-512 VNNI vpdpbusd (zmm).
+ * and where the CPU has them AVX-512 fp32 FMA (zmm), AVX-512 VNNI vpdpbusd (zmm) and AMX tdpbusd.
+ * Ops count a multiply-add as 2 everywhere.
  * Each loop keeps independent accumulators in registers (no memory traffic); an empty asm
  * statement marks the inputs as changed every iteration so the compiler cannot hoist the work.
  * Built and run by bench/peak.py (gcc -O2 -mavx2 -mfma -fopenmp); the AVX-512 loops are compiled
@@ -8,7 +9,9 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void) {
   struct timespec t;
@@ -95,7 +98,7 @@ __attribute__((target("avx512f"))) static float fma512_loop(long n) {
   return _mm512_reduce_add_ps(s);
 }
 
-/* AVX-512 VNNI: u8 x s8 -> s32 (vpdpbusd, 64 MACs per instruction), 10 independent chains */
+/* AVX-512 VNNI: u8 x s8 -> s32 (vpdpbusd, 64 MACs = 128 ops per instruction), 10 independent chains */
 __attribute__((target("avx512f,avx512vnni"))) static int vnni_loop(long n) {
   __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-2);
   __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
@@ -111,6 +114,30 @@ __attribute__((target("avx512f,avx512vnni"))) static int vnni_loop(long n) {
                                _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(_mm512_add_epi32(c6, c7),
                                                                                            _mm512_add_epi32(c8, c9))));
   return _mm512_reduce_add_epi32(s);
+}
+
+/* AMX int8: tdpbusd on 4 independent 16x16 int32 accumulator tiles from two 16-row A tiles of
+ * `colsb` bytes and two B tiles (colsb/4 rows x 64 bytes): 16*16*colsb MACs per instruction. colsb 64
+ * is the unit's peak; 16 is what hwcomp's NCHW16c conv issues (one 16-channel block per step). Each
+ * thread loads its tile configuration; the process asked Linux for tile data before (main). */
+struct tilecfg { unsigned char palette, start, reserved[14]; unsigned short colsb[16]; unsigned char rows[16]; };
+__attribute__((target("amx-tile,amx-int8"))) static int amx_loop(long n, int colsb) {
+  static __thread unsigned char buf[2048] __attribute__((aligned(64)));
+  struct tilecfg cfg = {0};
+  cfg.palette = 1;
+  for (int t = 0; t < 4; t++) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+  for (int t = 4; t < 6; t++) { cfg.rows[t] = 16; cfg.colsb[t] = colsb; }
+  for (int t = 6; t < 8; t++) { cfg.rows[t] = colsb / 4; cfg.colsb[t] = 64; }
+  _tile_loadconfig(&cfg);
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  _tile_loadd(4, buf, 64); _tile_loadd(5, buf + 1024, 64); _tile_loadd(6, buf, 64); _tile_loadd(7, buf + 1024, 64);
+  for (long k = 0; k < n; k++) {
+    _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+  }
+  int out[256];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
 }
 
 int main(int argc, char **argv) {
@@ -138,11 +165,25 @@ int main(int argc, char **argv) {
   if (__builtin_cpu_supports("avx512vnni")) {
 #pragma omp parallel reduction(+ : sink)
     sink += vnni_loop(n);
-    vnni = th * n * 10.0 * 64 / (now() - t4) / 1e9;
+    vnni = th * n * 10.0 * 128 / (now() - t4) / 1e9; /* 2 ops per multiply-add, as every other loop */
+  }
+  double amx64 = -1, amx16 = -1;
+  /* arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): fails where the CPU or kernel has no AMX */
+  if (__builtin_cpu_supports("avx512f") && syscall(SYS_arch_prctl, 0x1023, 18) == 0) {
+    long na = n / 16; /* a tile instruction takes ~16 cycles */
+    double t5 = now();
+#pragma omp parallel reduction(+ : sink)
+    sink += amx_loop(na, 64);
+    double t6 = now();
+#pragma omp parallel reduction(+ : sink)
+    sink += amx_loop(na, 16);
+    amx64 = th * na * 4.0 * 16 * 16 * 64 / (t6 - t5) / 1e9;
+    amx16 = th * na * 4.0 * 16 * 16 * 16 / (now() - t6) / 1e9;
   }
   printf("{\"threads\": %d, \"fp32_fma256_gflops\": %.2f, \"int8_vpmaddwd_gops\": %.2f, \"int8_vpmaddubsw_gops\": %.2f, "
-         "\"fp32_fma512_gflops\": %.2f, \"int8_vnni_gops\": %.2f}\n",
+         "\"fp32_fma512_gflops\": %.2f, \"int8_vnni_gops\": %.2f, \"int8_amx_gops\": %.2f, "
+         "\"int8_amx_k16_gops\": %.2f}\n",
          th, th * n * 10.0 * 16 / (t1 - t0) / 1e9, th * n * 12.0 * 32 / (t2 - t1) / 1e9,
-         th * n * 6.0 * 64 / (t3 - t2) / 1e9, fma512, vnni);
+         th * n * 6.0 * 64 / (t3 - t2) / 1e9, fma512, vnni, amx64 * 2, amx16 * 2);
   return sink == 12345.678;
 }

@@ -87,6 +87,11 @@ class KernelProvider:
 
         return int8_reg_n(ow, 16 // dot.lanes, getattr(self.target, "vector_registers", 16))  # 16: int8_conv.BLOCK
 
+    def conv_weight_taps(self, ow: int, kw: int, dw: int, xi: int, dot: ConvDot) -> int:
+        """Taps per kernel row the blocked conv's weights are packed with (``int8_conv.pack_conv_weight``):
+        ``kw``, or more (zero taps) where the kernel reads a row's taps as one operand."""
+        return kw
+
     def schedule_blocked_conv(self, func: tirx.PrimFunc, dot: ConvDot,
                               depthwise: bool = False) -> tirx.PrimFunc:
         """Schedule a blocked int8 conv (or depthwise) PrimFunc for this target's CPU."""

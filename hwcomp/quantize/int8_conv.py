@@ -37,10 +37,13 @@ def out_size(size, k, stride, dilation, before, after) -> int:
     return (size + before + after - (k - 1) * dilation - 1) // stride + 1
 
 
-def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int, halves: int = 1) -> np.ndarray:
+def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int, halves: int = 1, taps: int | None = None) -> np.ndarray:
     """``wq [O, C, KH, KW]`` int8 → ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` (channels zero-padded);
     with ``halves`` = 2, ``[O/xo, C/xi, KH, KW, xi/kb, 2, xo, kb/2]`` (a dot that takes each lane's
-    ``kb`` bytes as two vectors)."""
+    ``kb`` bytes as two vectors). ``taps`` > KW: the kernel rows padded with zero taps to ``taps``
+    (AMX reads a kernel row's taps as one 64-byte operand, ``schedules/x86/amx.py``)."""
+    if taps is not None and taps > wq.shape[3]:
+        wq = np.concatenate([wq, np.zeros((*wq.shape[:3], taps - wq.shape[3]), wq.dtype)], axis=3)
     o, c, kh, kw = wq.shape
     op, cp = -(-o // xo) * xo, -(-c // xi) * xi
     w = np.zeros((op, cp, kh, kw), np.int8)
@@ -68,14 +71,16 @@ def pad_channels(v: np.ndarray, n: int, fill=0) -> np.ndarray:
     return out
 
 
-def _padded_input(x, padding, pad_value, dtype):
+def _padded_input(x, padding, pad_value, dtype, slack_rows: int = 0):
+    """The input with its zero-point padding (``x`` itself without), and ``slack_rows`` more rows
+    below that no output uses (a kernel that reads whole tap groups runs past the last row)."""
     n, cb, h, w, xi = (int(d) for d in x.shape)
     pt, pl, pb, pr = padding
-    if not any(padding):
+    if not any(padding) and not slack_rows:
         return x, w
     wp = w + pl + pr
     xp = te.compute(
-        _s((n, cb, h + pt + pb, wp, xi)),
+        _s((n, cb, h + pt + pb + slack_rows, wp, xi)),
         lambda b, c, y, z, v: tirx.if_then_else(
             tirx.all(y >= pt, y < h + pt, z >= pl, z < w + pl), x[b, c, y - pt, z - pl, v],
             tirx.const(pad_value, dtype)),
@@ -128,14 +133,18 @@ def _output(acc, bias, params, epi: Epilogue, channels: int, x: int, nchw: bool,
 
 def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding, dilation,
                            a_dtype: str, epi: Epilogue, pad_value: int, kb: int, reg_n: int,
-                           nchw_out: bool, halves: int = 1, residual: Residual | None = None) -> tirx.PrimFunc:
+                           nchw_out: bool, halves: int = 1, residual: Residual | None = None,
+                           w_taps: int | None = None) -> tirx.PrimFunc:
     """``(A [N, C/xi, H, W, xi], W packed, bias[O'], *epilogue params[O'], [R,] out)`` with ``O'`` the
     output channels padded to :data:`BLOCK`; ``out`` is ``[N, O/x, OH, OW, x]`` (int8 epilogues,
     or float32 blocked) or NCHW ``[N, O, OH, OW]`` (``nchw_out``). ``padding`` is (top, left,
     bottom, right), padded positions hold ``pad_value`` (the input zero point). ``residual``: a
-    blocked operand ``R`` added before the activation."""
+    blocked operand ``R`` added before the activation. ``w_taps`` > KW: the weights are packed with
+    that many taps per kernel row (zeros past KW, :func:`pack_conv_weight`), and the padded input
+    gets a slack row for a kernel that reads all of them."""
     n, cb, h, w, xi = x_shape
     kh, kw = kernel
+    taps = max(w_taps or kw, kw)
     x = BLOCK
     ob = -(-channels_out // x)
     oh = out_size(h, kh, strides[0], dilation[0], padding[0], padding[2])
@@ -143,11 +152,11 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
     owp = -(-ow // reg_n) * reg_n
     a = te.placeholder(_s(x_shape), a_dtype, "A")
     half = kb // halves
-    wshape = (ob, cb, kh, kw, xi // kb, x, kb) if halves == 1 else (ob, cb, kh, kw, xi // kb, halves, x, half)
+    wshape = (ob, cb, kh, taps, xi // kb, x, kb) if halves == 1 else (ob, cb, kh, taps, xi // kb, halves, x, half)
     wt = te.placeholder(_s(wshape), "int8", "W")
     bias = te.placeholder(_s((ob * x,)), "int32", "bias")
     params = epilogue_inputs(epi, ob * x)
-    xp, wp = _padded_input(a, padding, pad_value, a_dtype)
+    xp, wp = _padded_input(a, padding, pad_value, a_dtype, 1 if taps > kw else 0)
     rc = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", cb)), "rc")
     ry = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kh)), "ry")
     rx = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", kw)), "rx")

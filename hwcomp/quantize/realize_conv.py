@@ -105,11 +105,12 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     o, _, kh, kw = wq.shape
     strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
     reg_n = provider.conv_reg_n(ow, xi, dot)
+    taps = provider.conv_weight_taps(ow, kw, dilation[1], xi, dot)
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
-                                  px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0])
+                                  px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0], taps)
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
     return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), xq,
-                 ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves), bias, epi, eparams, n_pad,
+                 ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps), bias, epi, eparams, n_pad,
                  (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK), nchw_out, residual)
 
 

@@ -6,15 +6,21 @@ shape, so the layout, weight packing and epilogue are the VNNI kernel's (``hwcom
 ``schedules/cpu/int8_conv.py``); only the accumulation changes:
 
 * A tile = ``rows`` output pixels of one row x the 16 bytes of one input-channel block (one pixel's
-  block is 16 contiguous bytes; pixels ``stride x 16`` bytes apart — a strided tile load);
-* B tile = one ``[4, 16, 4]`` slice of the VNNI-packed weights (256 contiguous bytes);
+  block is 16 contiguous bytes; pixels ``stride x 16`` bytes apart — a strided tile load), or 64
+  bytes (below);
+* B tile = one ``[4, 16, 4]`` slice of the VNNI-packed weights (256 contiguous bytes), or four;
 * C tiles = ``mp x np`` accumulators of ``rows x 16`` int32 (pixel tiles x output-channel blocks)
   held in tile registers over every input-channel block and kernel position, stored once into the
   epilogue's local buffer.
 
-Each instruction reduces only 16 bytes (a tile could take 64) because NCHW16c puts the next input
-channels a whole plane away; measured on a Sapphire-Rapids-class Xeon (KVM, one thread, tiles in
-registers) that is still 1.74 TOP/s against 0.36 for ``vpdpbusd`` on zmm.
+An instruction takes about as long for 16 bytes per row as for 64, and NCHW16c puts the next input
+channels a whole plane away; but a pixel's 16 bytes are followed by the next pixel's, so where a
+kernel row has 2-4 taps (3x3, any stride, no dilation) the weights are packed with 4 taps per row
+(zeros past the real ones, ``int8_conv.pack_conv_weight``) and one 64-byte tile row covers a kernel
+row: three times the work per instruction for 3x3 convs. The zero taps read up to one pixel past
+the padded row (into the next row, or a slack row the compute adds), multiplied by zero. Measured
+on a Sapphire-Rapids-class Xeon (KVM, 2 threads, ``bench/peak.py``): 12.9 TOP/s on 64-byte rows,
+3.2 on 16-byte ones, against 1.67 for ``vpdpbusd`` on zmm.
 
 Tiles have ``rows`` = the largest divisor of the output width up to 16 (14 at 56/28/14, 7 at 7),
 so a tile never reads past its row and no output is computed twice; widths with no divisor from 7
@@ -34,6 +40,9 @@ import re
 
 from tvm import s_tir
 
+#: Taps per kernel row the weights of a 2- to 4-tap row are packed with (zeros past the real ones):
+#: four taps of one 16-channel block are 64 contiguous input bytes, one full tile row.
+AMX_TAPS = 4
 #: Loop annotation marking the accumulation loops the tile loop replaces.
 MARK = "hwcomp_amx_tiles"
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
@@ -203,6 +212,10 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     src = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 5)
     wgt = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 7)
     hp, wp = (_const_int(d) for d in src.shape[2:4])
+    kwp = _const_int(wgt.shape[3])  # taps per kernel row as packed
+    wide = kwp == AMX_TAPS and kw < kwp and dw == 1  # one 64-byte tile row = a kernel row's taps
+    if kwp != kw and not wide:
+        return None
 
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     oc_o, oc_i = sch.split(oc, [None, np_])
@@ -228,20 +241,29 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     y = f"{p} % {c(oh_)}"
     z0 = f"{z} * {c(reg_n)}"
 
+    a_bytes = 64 if wide else 16  # per tile row: all taps of a kernel row, or one tap
+
     def tile_lines(ind: str) -> list[str]:
         lines = [ind + t.call("tilezero", f"T.int8({i})") for i in range(mp * np_)]
-        lines.append(f"{ind}for amx_c, amx_y, amx_x in T.grid({c(cb)}, {c(kh)}, {c(kw)}):")
+        if wide:
+            lines.append(f"{ind}for amx_c, amx_y in T.grid({c(cb)}, {c(kh)}):")
+            tap = ""
+        else:
+            lines.append(f"{ind}for amx_c, amx_y, amx_x in T.grid({c(cb)}, {c(kh)}, {c(kw)}):")
+            tap = f" + amx_x * {c(dw)}"
         inner = ind + "    "
         row = f"{y} * {c(sh)} + amx_y * {c(dh)}"
         for pt in range(mp):
-            col = f"({z0} + {c(pt * rows)}) * {c(sw)} + amx_x * {c(dw)}"
+            col = f"({z0} + {c(pt * rows)}) * {c(sw)}{tap}"
             off = f"((({b} * {c(cb)} + amx_c) * {c(hp)} + {row}) * {c(wp)} + {col}) * {c(16)}"
-            a = t.ptr(src, src.dtype, off, ((rows - 1) * sw + 1) * 16, 1)
+            a = t.ptr(src, src.dtype, off, (rows - 1) * sw * 16 + a_bytes, 1)
             lines.append(inner + t.call("tileloadd64", f"T.int8({_A0 + pt})", a, f"T.int64({sw * 16})"))
         for ot in range(np_):
-            off = f"((({o0} + {c(ot)}) * {c(cb)} + amx_c) * {c(kh)} + amx_y) * {c(kw * 256)} + amx_x * {c(256)}"
-            lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})", t.ptr(wgt, "int8", off, 256, 1),
-                                        "T.int64(64)"))
+            off = f"((({o0} + {c(ot)}) * {c(cb)} + amx_c) * {c(kh)} + amx_y) * {c(kwp * 256)}"
+            if not wide:
+                off += f" + amx_x * {c(256)}"
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})",
+                                        t.ptr(wgt, "int8", off, 4 * a_bytes, 1), "T.int64(64)"))
         for ot in range(np_):
             for pt in range(mp):
                 lines.append(inner + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})",
@@ -254,8 +276,8 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
         return lines
 
     shapes = {i: (rows, 64) for i in range(mp * np_)}
-    shapes.update({_A0 + i: (rows, 16) for i in range(mp)})
-    shapes.update({_B0 + i: (4, 64) for i in range(np_)})
+    shapes.update({_A0 + i: (rows, a_bytes) for i in range(mp)})
+    shapes.update({_B0 + i: (a_bytes // 4, 64) for i in range(np_)})
     return _splice(sch, p, accb, (np_, reg_n, 16), [(1, c(np_)), (3, c(reg_n)), (4, None)], tile_lines,
                    shapes, t)
 
@@ -340,4 +362,4 @@ def schedule_dense_amx(func):
                    shapes, t)
 
 
-__all__ = ["amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]
+__all__ = ["AMX_TAPS", "amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]

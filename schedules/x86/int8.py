@@ -215,6 +215,13 @@ class X86Int8Provider(KernelProvider):
             return rows * mp
         return super().conv_reg_n(ow, xi, dot)
 
+    def conv_weight_taps(self, ow: int, kw: int, dw: int, xi: int, dot) -> int:
+        from .amx import AMX_TAPS
+
+        if self._amx_conv(ow, xi, dot) and dw == 1 and 1 < kw < AMX_TAPS:
+            return AMX_TAPS  # a kernel row's taps are one 64-byte tile row (schedules/x86/amx.py)
+        return kw
+
     def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
         if not depthwise and dot is not None and self.amx and dot.intrin == VNNI_U8:
             from .amx import schedule_conv_nchwc_int8_amx

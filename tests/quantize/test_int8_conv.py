@@ -239,12 +239,13 @@ def conv_problem(provider, case: Conv, dot, epi_name, a_dtype: str, w_absmax: in
     epi, params = epilogue_for(epi_name, acc_b, rng) if isinstance(epi_name, str) else epi_name(acc_b)
     oh, ow = case.out_hw
     reg_n = provider.conv_reg_n(ow, xi, dot)
+    taps = provider.conv_weight_taps(ow, case.k[1], case.dilation[1], xi, dot)
     nchw = epi.kind == "float" if nchw is None else nchw
     func = ic.conv2d_nchwc_int8_func(xb.shape, case.o, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
-                                     pad_value, kb, reg_n, nchw, halves, residual)
+                                     pad_value, kb, reg_n, nchw, halves, residual, taps)
     func = provider.schedule_blocked_conv(func, dot)
     n_pad = -(-case.o // ic.BLOCK) * ic.BLOCK
-    args = [xb, ic.pack_conv_weight(w, xi, ic.BLOCK, kb, halves), ic.pad_channels(bias, n_pad),
+    args = [xb, ic.pack_conv_weight(w, xi, ic.BLOCK, kb, halves, taps), ic.pad_channels(bias, n_pad),
             *padded_params(epi, params, n_pad)]
     out_shape = (case.n, case.o, oh, ow) if nchw else (case.n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK)
     return Problem(func, args, out_shape, epi.out_dtype, acc_b, exact, epi, params, case.o)
