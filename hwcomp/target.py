@@ -354,6 +354,19 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _amx_permitted() -> bool:
+    """Whether Linux lets this process use AMX tile data (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)``, which also grants it; the compiled kernels ask again, a no-op then). A
+    seccomp filter or an old kernel says no: ``host`` then compiles without the tile unit."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl on x86-64
+    except (OSError, AttributeError):
+        return False
+
+
 def detect_host() -> Target:
     """Describe the machine this process runs on.
 
@@ -376,7 +389,8 @@ def detect_host() -> Target:
         probe = tvm.target.Target(tvm_dict)
         if codegen.llvm_cpu_has_features(["avx512f"], probe) and not has512:
             tvm_dict["mcpu"] = "x86-64-v3" if "avx2" in flags else "x86-64"
-        if {"amx_tile", "amx_int8"} <= flags and not codegen.llvm_cpu_has_features(["amx-int8"], probe):
+        if {"amx_tile", "amx_int8"} <= flags and _amx_permitted() \
+                and not codegen.llvm_cpu_has_features(["amx-int8"], probe):
             # LLVM can name a VM's CPU after an older model (this KVM Xeon: "rocketlake") while the
             # kernel exposes the tile unit; the int8 conv kernels use it (schedules/x86/amx.py).
             tvm_dict["mattr"] = ["+amx-tile", "+amx-int8"]
