@@ -269,9 +269,8 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
         if prefetch:
             line = f"(({y} * {c(steps)} + {step}) * {c(per)} + amx_p) * {c(64)}"
             addr = f"T.min(({o0} + {c(np_)}) * {c(pair_bytes // np_)} + {line}, {c(total - 1)})"
-            lines += [f"{inner}for amx_p in range({c(per)}):",
-                      f'{inner}    T.evaluate(T.call_intrin("void", "tirx.prefetch", '
-                      f"T.address_of(amx_wflat[{addr}]), 0, 2, 1))"]
+            pf = f'T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of(amx_wflat[{addr}]), 0, 2, 1))'
+            lines += [f"{inner}for amx_p in range({c(per)}):", f"{inner}    {pf}"]
         row = f"{y} * {c(sh)} + amx_y * {c(dh)}"
         for pt in range(mp):
             col = f"({z0} + {c(pt * rows)}) * {c(sw)}{tap}"
