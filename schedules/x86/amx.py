@@ -135,6 +135,21 @@ def _config_lines(t: _Script, ind: str, shapes: dict[int, tuple[int, int]]) -> l
     return lines + [ind + t.call("ldtilecfg", "T.address_of(amx_cfg[0])")]
 
 
+def _tile_shapes(rows: int, mp: int, np_: int, a_bytes: int) -> dict[int, tuple[int, int]]:
+    """Tile -> (rows, bytes per row): ``mp x np`` int32 accumulators, ``mp`` A tiles of ``a_bytes``
+    per row, ``np`` B tiles of ``a_bytes / 4`` rows (4 bytes of each of 16 columns per row)."""
+    shapes = {q: (rows, 64) for q in range(mp * np_)}
+    shapes.update({_A0 + q: (rows, a_bytes) for q in range(mp)})
+    shapes.update({_B0 + q: (a_bytes // 4, 64) for q in range(np_)})
+    return shapes
+
+
+def _products(t: _Script, ind: str, mp: int, np_: int) -> list[str]:
+    """One reduction step's tile products: accumulator ``ot * mp + pt`` += A ``pt`` x B ``ot``."""
+    return [ind + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})", f"T.int8({_B0 + ot})")
+            for ot in range(np_) for pt in range(mp)]
+
+
 def _splice(sch, par_name: str, accb, acc_shape: tuple[int, ...], keep, tile_lines, shapes, t: _Script):
     """``sch``'s function with the loops under the :data:`MARK` loop replaced by ``tile_lines(indent)``,
     the accumulator ``accb`` shrunk to ``acc_shape`` (its reads re-indexed by ``keep``), the tile
@@ -283,10 +298,7 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
                 off += f" + amx_x * {c(256)}"
             lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})",
                                         t.ptr(wgt, "int8", off, 4 * a_bytes, 1), "T.int64(64)"))
-        for ot in range(np_):
-            for pt in range(mp):
-                lines.append(inner + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})",
-                                            f"T.int8({_B0 + ot})"))
+        lines += _products(t, inner, mp, np_)
         for ot in range(np_):
             for pt in range(mp):
                 off = c((ot * reg_n + pt * rows) * 16)
@@ -294,11 +306,8 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
                                           t.ptr(accb, "int32", off, rows * 16, 2), "T.int64(64)"))
         return lines
 
-    shapes = {i: (rows, 64) for i in range(mp * np_)}
-    shapes.update({_A0 + i: (rows, a_bytes) for i in range(mp)})
-    shapes.update({_B0 + i: (a_bytes // 4, 64) for i in range(np_)})
     return _splice(sch, p, accb, (np_, reg_n, 16), [(1, c(np_)), (3, c(reg_n)), (4, None)], tile_lines,
-                   shapes, t)
+                   _tile_shapes(rows, mp, np_, a_bytes), t)
 
 
 def dense_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int] | None:
@@ -362,10 +371,7 @@ def schedule_dense_amx(func):
             off = f"(({j0} + {c(ot)}) * {c(k // 4)} + amx_k * {c(kstep // 4)}) * {c(64)}"
             lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})",
                                         t.ptr(wgt, "int8", off, kstep * 16, 1), "T.int64(64)"))
-        for ot in range(np_):
-            for pt in range(mp):
-                lines.append(inner + t.call("tdpbusd", f"T.int8({ot * mp + pt})", f"T.int8({_A0 + pt})",
-                                            f"T.int8({_B0 + ot})"))
+        lines += _products(t, inner, mp, np_)
         for ot in range(np_):
             for pt in range(mp):
                 off = c(pt * rows * np_ * 16 + ot * 16)
@@ -374,11 +380,8 @@ def schedule_dense_amx(func):
                                           f"T.int64({np_ * 64})"))
         return lines
 
-    shapes = {q: (rows, 64) for q in range(mp * np_)}
-    shapes.update({_A0 + q: (rows, kstep) for q in range(mp)})
-    shapes.update({_B0 + q: (kstep // 4, 64) for q in range(np_)})
     return _splice(sch, p, accb, (rows * mp, np_ * 16), [(0, c(rows * mp)), (1, c(np_ * 16))], tile_lines,
-                   shapes, t)
+                   _tile_shapes(rows, mp, np_, kstep), t)
 
 
 __all__ = ["AMX_TAPS", "amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]

@@ -234,7 +234,7 @@ class X86Int8Provider(KernelProvider):
 
     def describe(self) -> str:
         if self.amx:
-            return "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]; AMX tdpbusd for blocked int8 convs"
+            return "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]; AMX tdpbusd tiles for blocked int8 convs and Linears"
         return {"x86-vnni": "AVX-512 VNNI vpdpbusd, weights [N/16, K/4, 16, 4]",
                 "x86-avx2": "AVX2 vpmaddubsw u8 x s7 (7-bit weights, exact), weights [N/8, K/4, 8, 4]; "
                             "vpmaddwd s16 x s16 for 8-bit weights, [N/8, K/2, 8, 2]"}.get(
