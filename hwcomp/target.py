@@ -389,11 +389,13 @@ def detect_host() -> Target:
         probe = tvm.target.Target(tvm_dict)
         if codegen.llvm_cpu_has_features(["avx512f"], probe) and not has512:
             tvm_dict["mcpu"] = "x86-64-v3" if "avx2" in flags else "x86-64"
-        if {"amx_tile", "amx_int8"} <= flags and _amx_permitted() \
-                and not codegen.llvm_cpu_has_features(["amx-int8"], probe):
+        amx = {"amx_tile", "amx_int8"} <= flags and _amx_permitted()
+        llvm_amx = codegen.llvm_cpu_has_features(["amx-int8"], tvm.target.Target(tvm_dict))
+        if amx != llvm_amx:
             # LLVM can name a VM's CPU after an older model (this KVM Xeon: "rocketlake") while the
-            # kernel exposes the tile unit; the int8 conv kernels use it (schedules/x86/amx.py).
-            tvm_dict["mattr"] = ["+amx-tile", "+amx-int8"]
+            # kernel exposes the tile unit, or after an AMX model where Linux refuses the tile data
+            # (seccomp, an old kernel): the int8 kernels use AMX exactly where it runs here.
+            tvm_dict["mattr"] = ["+amx-tile", "+amx-int8"] if amx else ["-amx-tile", "-amx-int8"]
         features = tuple(sorted(f for f in flags if f.startswith(("avx", "fma", "sse4", "amx"))))
         block = (vector_bits // 32, 1)
     elif machine == "aarch64":

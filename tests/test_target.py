@@ -37,3 +37,22 @@ def test_target_from_toml_path_and_bad_file(tmp_path):
     bad.write_text('arch = "x"\n')
     with pytest.raises(HwcompError, match="invalid target description"):
         get_target(str(bad))
+
+
+def test_host_uses_amx_only_where_linux_grants_it(monkeypatch):
+    """``host`` promises AMX tiles exactly where the CPU flags list them and Linux grants the tile
+    data to this process; a refusal (seccomp, an old kernel) leaves the int8 kernels on VNNI."""
+    import hwcomp.target as tmod
+    from hwcomp.quantize.int8_compute import get_provider
+    from tvm.target import codegen
+
+    host = detect_host()
+    if host.arch != "x86_64":
+        pytest.skip("x86 only")
+    for granted in (True, False):
+        monkeypatch.setattr(tmod, "_amx_permitted", lambda g=granted: g)
+        t = detect_host()
+        flags = tmod._cpu_flags()
+        expect = granted and {"amx_tile", "amx_int8"} <= flags
+        assert bool(codegen.llvm_cpu_has_features(["amx-int8"], t.tvm_target())) == expect
+        assert getattr(get_provider(t), "amx", False) == (expect and t.int8_dot == "vnni")

@@ -43,6 +43,9 @@ from tvm import s_tir
 #: Taps per kernel row the weights of a 2- to 4-tap row are packed with (zeros past the real ones):
 #: four taps of one 16-channel block are 64 contiguous input bytes, one full tile row.
 AMX_TAPS = 4
+#: Fewer rows (a decoder's one token) keep the VNNI dense kernel: a tile of 1-6 rows leaves most of
+#: the unit idle and such a matmul streams its weights anyway (not measured against VNNI).
+MIN_DENSE_ROWS = 7
 #: Convs with fewer weight bytes keep them in cache: no prefetch.
 PREFETCH_MIN_BYTES = 256 * 1024
 #: Loop annotation marking the accumulation loops the tile loop replaces.
@@ -156,6 +159,13 @@ def _splice(sch, par_name: str, accb, acc_shape: tuple[int, ...], keep, tile_lin
     permission requested before the parallel loop ``par_name`` and the configuration ``shapes``
     loaded at the start of each of its tasks, the tiles released at the end; None where the script
     does not have that shape or does not parse back."""
+    try:
+        return _edit(sch, par_name, accb, acc_shape, keep, tile_lines, shapes, t)
+    except (ValueError, IndexError):  # an access _rewrite_access cannot split: the caller keeps VNNI
+        return None
+
+
+def _edit(sch, par_name: str, accb, acc_shape, keep, tile_lines, shapes, t: _Script):
     import tvm
 
     text = sch.mod.script()
@@ -219,7 +229,10 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     ext = [_const_int(sch.get(lp).extent) for lp in loops]
     _, ob, oh_, ow_, xo, cb, kh, kw, xf, kb = ext
     tiles = amx_tiles(ow_)
-    if None in ext or xo != 16 or xf * kb != 16 or kb != 4 or tiles is None:
+    # ow_ is the accumulator's row, padded to whole VNNI tiles where no tile height divides the
+    # output width: those padded columns would be loaded past the row (the compute clamps them)
+    ow_out = _const_int(func.params[-1].shape[3])
+    if None in ext or xo != 16 or xf * kb != 16 or kb != 4 or tiles is None or ow_out != ow_:
         return None
     rows, mp = tiles
     reg_n = rows * mp
@@ -316,7 +329,7 @@ def dense_tiles(m: int, n: int, k: int) -> tuple[int, int, int, int] | None:
     input bytes per tile (64, or 32/16 where K is not a multiple of 64); None where it does not fit."""
     tiles = amx_tiles(m)
     kstep = next((s for s in (64, 32, 16) if k % s == 0), None)
-    if tiles is None or kstep is None or n % 16:
+    if tiles is None or kstep is None or n % 16 or m < MIN_DENSE_ROWS:
         return None
     return tiles[0], tiles[1], 2 if (n // 16) % 2 == 0 else 1, kstep
 

@@ -364,7 +364,10 @@ def test_blocked_conv_x86(host, dot_name, case_name, epi_name):
 AMX_CASES = {**CONV_CASES,
              "amx_two_pixel_tiles": Conv(32, 32, 4, 28),  # 14-pixel tiles, two per register block
              "amx_s2_two_tiles": Conv(16, 32, 5, 56, stride=(2, 2)),  # strided tile loads
-             "amx_ow17_vnni": Conv(16, 16, 3, 17)}  # no tile height divides 17: the VNNI kernel
+             "amx_ow17_vnni": Conv(16, 16, 3, 17),  # no tile height divides 17: the VNNI kernel
+             # VNNI's 7-pixel tiles pad 34 to 35, which a 7-row tile divides: still VNNI (the padded
+             # column would be loaded past the input's end)
+             "amx_ow34_vnni": Conv(16, 16, 1, 34, k=(1, 1), pad=(0, 0, 0, 0))}
 
 
 def _amx_applies(case: Conv) -> bool:
@@ -380,7 +383,7 @@ def test_amx_cases_cover_both_paths():
 
     taken = [n for n, c in AMX_CASES.items() if _amx_applies(c)]
     assert {"3x3_s2_p1", "dilation2", "batch2", "amx_two_pixel_tiles", "amx_s2_two_tiles"} <= set(taken)
-    assert {"stem_7x7_s2_p3_c3", "asym_pad_rect_kernel", "amx_ow17_vnni"}.isdisjoint(taken)
+    assert {"stem_7x7_s2_p3_c3", "asym_pad_rect_kernel", "amx_ow17_vnni", "amx_ow34_vnni"}.isdisjoint(taken)
     assert amx_tiles(56) == (14, 2) and amx_tiles(7) == (7, 1) and amx_tiles(17) is None
 
 
