@@ -303,3 +303,21 @@ def test_sparse_int8_matches_dense_int8(tmp_path):
     assert cosine(out_s, _held_out(model, [x])) >= 0.999
     w_bytes = sum(w.nbytes for w in sparse.weights() if w.dtype == np.int8)
     assert w_bytes < 0.2 * (64 * 128 + 128 * 128)  # only ~10% of the int8 weights are stored
+
+
+def test_fallback_reaches_layers_the_probe_could_not_measure():
+    """Layers the per-layer probe cannot measure (cosine None: an operand behind a max-pool) are
+    ranked after the measured ones, so a target only they can meet is still met."""
+    from hwcomp.quantize.fidelity import fallback, worst_first
+
+    rows = [{"layer": "a", "cosine": 0.999}, {"layer": "pooled", "cosine": None},
+            {"layer": "b", "cosine": 0.99}, {"layer": "c", "cosine": 0.9999}]
+    ranking = worst_first(rows)
+    assert ranking == ["b", "a", "c", "pooled"]
+
+    def evaluate(force):  # only the unmeasured layer in fp32 fixes the model
+        return {"cosine": 0.995 if "pooled" in force else 0.7}
+
+    force, res, history = fallback(evaluate, ranking, 0.99)
+    assert "pooled" in force and res["cosine"] >= 0.99
+    assert [h["cosine"] for h in history][-1] == 0.995 and history[0]["cosine"] == 0.7
