@@ -79,10 +79,10 @@ class KernelProvider:
             return bits - 1
         return bits
 
-    def conv_reg_n(self, ow: int, xi: int, dot: ConvDot) -> int:
-        """Output pixels per tile of a blocked int8 conv with output width ``ow`` and ``xi`` input
-        bytes per channel block: ``reg_n`` pixels x 16 channels of int32 accumulators in vector
-        registers."""
+    def conv_reg_n(self, ow: int, xi: int, dot: ConvDot, kw: int = 1, dw: int = 1) -> int:
+        """Output pixels per tile of a blocked int8 conv with output width ``ow``, ``xi`` input
+        bytes per channel block, kernel width ``kw`` and dilation ``dw``: ``reg_n`` pixels x 16
+        channels of int32 accumulators in vector registers."""
         from hwcomp.schedules.cpu.int8_conv import int8_reg_n
 
         return int8_reg_n(ow, 16 // dot.lanes, getattr(self.target, "vector_registers", 16))  # 16: int8_conv.BLOCK

@@ -104,7 +104,7 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     n, cb, h, w, xi = static_shape(xq)
     o, _, kh, kw = wq.shape
     strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
-    reg_n = provider.conv_reg_n(ow, xi, dot)
+    reg_n = provider.conv_reg_n(ow, xi, dot, kw, dilation[1])
     taps = provider.conv_weight_taps(ow, kw, dilation[1], xi, dot)
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
                                   px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0], taps)

@@ -40,9 +40,6 @@ import re
 
 from tvm import s_tir
 
-#: Taps per kernel row the weights of a 2- to 4-tap row are packed with (zeros past the real ones):
-#: four taps of one 16-channel block are 64 contiguous input bytes, one full tile row.
-AMX_TAPS = 4
 #: Fewer rows (a decoder's one token) keep the VNNI dense kernel: a tile of 1-6 rows leaves most of
 #: the unit idle and such a matmul streams its weights anyway (not measured against VNNI).
 MIN_DENSE_ROWS = 7
@@ -63,6 +60,22 @@ def amx_tiles(ow: int) -> tuple[int, int] | None:
     if rows < min(ow, 7):
         return None
     return rows, 2 if (ow // rows) % 2 == 0 else 1
+
+
+def amx_conv_plan(ow: int, kw: int, dw: int, xi: int) -> tuple[int, int, int] | None:
+    """``(rows, mp, taps)`` of the AMX conv for output width ``ow``, kernel width ``kw``, dilation
+    ``dw`` and ``xi`` input bytes per channel block, or None (the VNNI kernel). ``taps`` > 1 where a
+    kernel row's taps are read as one tile row of 16, 32 or 64 bytes (zeros past ``kw``; 3x3 at 16
+    channels: 4 taps, 64 bytes; the 3-channel stem's 7 taps at 4 bytes: 8 taps, 32 bytes); otherwise
+    one 16-byte block per instruction (16-channel blocks only: narrower ones would do less per
+    instruction than ``vpdpbusd``)."""
+    tiles = amx_tiles(ow)
+    if tiles is None:
+        return None
+    if dw == 1 and 1 < kw and kw * xi <= 64:
+        row_bytes = next(b for b in (16, 32, 64) if b >= kw * xi)
+        return tiles[0], tiles[1], row_bytes // xi
+    return (tiles[0], tiles[1], kw) if xi == 16 else None
 
 
 def _split_args(s: str) -> list[str]:
@@ -228,24 +241,24 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     n, oc, oh, ow, v, rc, ry, rx, rf, rk = loops
     ext = [_const_int(sch.get(lp).extent) for lp in loops]
     _, ob, oh_, ow_, xo, cb, kh, kw, xf, kb = ext
-    tiles = amx_tiles(ow_)
+    if None in ext or xo != 16 or kb != 4:
+        return None
+    xi = xf * kb  # input bytes per channel block
+    wgt = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 7)
+    kwp = _const_int(wgt.shape[3])  # taps per kernel row as packed
+    plan = amx_conv_plan(ow_, kw, dw, xi)
     # ow_ is the accumulator's row, padded to whole VNNI tiles where no tile height divides the
     # output width: those padded columns would be loaded past the row (the compute clamps them)
-    ow_out = _const_int(func.params[-1].shape[3])
-    if None in ext or xo != 16 or xf * kb != 16 or kb != 4 or tiles is None or ow_out != ow_:
+    if plan is None or _const_int(func.params[-1].shape[3]) != ow_ or plan[2] != kwp:
         return None
-    rows, mp = tiles
+    rows, mp, _ = plan
     reg_n = rows * mp
     if int(func.attrs["hwcomp.reg_n"]) != reg_n:
         return None
+    wide = kwp > 1 and dw == 1 and kwp * xi in (16, 32, 64)  # one tile row = a kernel row's taps
     np_ = 2 if ob % 2 == 0 else 1
     src = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 5)
-    wgt = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 7)
     hp, wp = (_const_int(d) for d in src.shape[2:4])
-    kwp = _const_int(wgt.shape[3])  # taps per kernel row as packed
-    wide = kwp == AMX_TAPS and kw < kwp and dw == 1  # one 64-byte tile row = a kernel row's taps
-    if kwp != kw and not wide:
-        return None
 
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     oc_o, oc_i = sch.split(oc, [None, np_])
@@ -271,14 +284,15 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     y = f"{p} % {c(oh_)}"
     z0 = f"{z} * {c(reg_n)}"
 
-    a_bytes = 64 if wide else 16  # per tile row: all taps of a kernel row, or one tap
+    a_bytes = kwp * xi if wide else xi  # per tile row: all taps of a kernel row, or one tap
 
     # Software prefetch of the next output-channel pair's weights, spread over this pair's row tasks
     # and their steps: the first row of a pair otherwise streams them from memory at one thread's
     # bandwidth while the other rows hit the L2 (ResNet-50's layer-4 convs ran at 9-11 GB/s of the
     # 24 GB/s two threads can read).
-    pair_bytes = np_ * cb * kh * kwp * 256
-    total = ob * cb * kh * kwp * 256
+    block_bytes = kwp * xi * 16  # one output block's weights for one input block and kernel row
+    pair_bytes = np_ * cb * kh * block_bytes
+    total = ob * cb * kh * block_bytes
     steps = (ow_ // reg_n) * cb * kh * (1 if wide else kw)
     per = -(-pair_bytes // 64 // (oh_ * steps))
     prefetch = total >= PREFETCH_MIN_BYTES and ob > np_
@@ -302,13 +316,13 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
         row = f"{y} * {c(sh)} + amx_y * {c(dh)}"
         for pt in range(mp):
             col = f"({z0} + {c(pt * rows)}) * {c(sw)}{tap}"
-            off = f"((({b} * {c(cb)} + amx_c) * {c(hp)} + {row}) * {c(wp)} + {col}) * {c(16)}"
-            a = t.ptr(src, src.dtype, off, (rows - 1) * sw * 16 + a_bytes, 1)
-            lines.append(inner + t.call("tileloadd64", f"T.int8({_A0 + pt})", a, f"T.int64({sw * 16})"))
+            off = f"((({b} * {c(cb)} + amx_c) * {c(hp)} + {row}) * {c(wp)} + {col}) * {c(xi)}"
+            a = t.ptr(src, src.dtype, off, (rows - 1) * sw * xi + a_bytes, 1)
+            lines.append(inner + t.call("tileloadd64", f"T.int8({_A0 + pt})", a, f"T.int64({sw * xi})"))
         for ot in range(np_):
-            off = f"((({o0} + {c(ot)}) * {c(cb)} + amx_c) * {c(kh)} + amx_y) * {c(kwp * 256)}"
+            off = f"((({o0} + {c(ot)}) * {c(cb)} + amx_c) * {c(kh)} + amx_y) * {c(block_bytes)}"
             if not wide:
-                off += f" + amx_x * {c(256)}"
+                off += f" + amx_x * {c(xi * 16)}"
             lines.append(inner + t.call("tileloadd64", f"T.int8({_B0 + ot})",
                                         t.ptr(wgt, "int8", off, 4 * a_bytes, 1), "T.int64(64)"))
         lines += _products(t, inner, mp, np_)
@@ -397,4 +411,4 @@ def schedule_dense_amx(func):
                    _tile_shapes(rows, mp, np_, kstep), t)
 
 
-__all__ = ["AMX_TAPS", "amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]
+__all__ = ["amx_conv_plan", "amx_tiles", "dense_tiles", "schedule_conv_nchwc_int8_amx", "schedule_dense_amx"]

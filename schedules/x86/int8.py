@@ -202,25 +202,23 @@ class X86Int8Provider(KernelProvider):
             return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if act_zero_point == 0 else ConvDot(8, 4, AVX2_U8S7)
         return None
 
-    def _amx_conv(self, ow: int, xi: int, dot) -> bool:
-        from .amx import amx_tiles
+    def _amx_plan(self, ow: int, kw: int, dw: int, xi: int, dot):
+        """``schedules/x86/amx.py``'s plan for this conv, or None (the VNNI kernel)."""
+        if not (self.amx and dot.intrin == VNNI_U8):
+            return None
+        from .amx import amx_conv_plan
 
-        return self.amx and dot.intrin == VNNI_U8 and xi == 16 and amx_tiles(ow) is not None
+        return amx_conv_plan(ow, kw, dw, xi)
 
-    def conv_reg_n(self, ow: int, xi: int, dot) -> int:
-        if self._amx_conv(ow, xi, dot):  # pixel tiles of whole AMX tiles (schedules/x86/amx.py)
-            from .amx import amx_tiles
-
-            rows, mp = amx_tiles(ow)
-            return rows * mp
-        return super().conv_reg_n(ow, xi, dot)
+    def conv_reg_n(self, ow: int, xi: int, dot, kw: int = 1, dw: int = 1) -> int:
+        plan = self._amx_plan(ow, kw, dw, xi, dot)
+        if plan is not None:  # pixel tiles of whole AMX tiles
+            return plan[0] * plan[1]
+        return super().conv_reg_n(ow, xi, dot, kw, dw)
 
     def conv_weight_taps(self, ow: int, kw: int, dw: int, xi: int, dot) -> int:
-        from .amx import AMX_TAPS
-
-        if self._amx_conv(ow, xi, dot) and dw == 1 and 1 < kw < AMX_TAPS:
-            return AMX_TAPS  # a kernel row's taps are one 64-byte tile row (schedules/x86/amx.py)
-        return kw
+        plan = self._amx_plan(ow, kw, dw, xi, dot)
+        return kw if plan is None else plan[2]
 
     def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
         if not depthwise and dot is not None and self.amx and dot.intrin == VNNI_U8:

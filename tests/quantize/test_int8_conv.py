@@ -238,7 +238,7 @@ def conv_problem(provider, case: Conv, dot, epi_name, a_dtype: str, w_absmax: in
     # epi_name: an EPILOGUES name, or a function of the accumulator giving (Epilogue, params)
     epi, params = epilogue_for(epi_name, acc_b, rng) if isinstance(epi_name, str) else epi_name(acc_b)
     oh, ow = case.out_hw
-    reg_n = provider.conv_reg_n(ow, xi, dot)
+    reg_n = provider.conv_reg_n(ow, xi, dot, case.k[1], case.dilation[1])
     taps = provider.conv_weight_taps(ow, case.k[1], case.dilation[1], xi, dot)
     nchw = epi.kind == "float" if nchw is None else nchw
     func = ic.conv2d_nchwc_int8_func(xb.shape, case.o, case.k, case.stride, case.pad, case.dilation, a_dtype, epi,
@@ -367,24 +367,31 @@ AMX_CASES = {**CONV_CASES,
              "amx_ow17_vnni": Conv(16, 16, 3, 17),  # no tile height divides 17: the VNNI kernel
              # VNNI's 7-pixel tiles pad 34 to 35, which a 7-row tile divides: still VNNI (the padded
              # column would be loaded past the input's end)
-             "amx_ow34_vnni": Conv(16, 16, 1, 34, k=(1, 1), pad=(0, 0, 0, 0))}
+             "amx_ow34_vnni": Conv(16, 16, 1, 34, k=(1, 1), pad=(0, 0, 0, 0)),
+             "amx_5x5_narrow": Conv(16, 32, 8, 14, k=(5, 5), pad=(2, 2, 2, 2)),  # 80-byte rows: one tap
+             "amx_1x1_c8_vnni": Conv(8, 16, 4, 14, k=(1, 1), pad=(0, 0, 0, 0))}
 
 
 def _amx_applies(case: Conv) -> bool:
-    from hwcomp.schedules.x86.amx import amx_tiles
+    from hwcomp.schedules.x86.amx import amx_conv_plan
 
-    return ic.in_block(case.c, 4) == 16 and amx_tiles(case.out_hw[1]) is not None
+    return amx_conv_plan(case.out_hw[1], case.k[1], case.dilation[1], ic.in_block(case.c, 4)) is not None
 
 
 def test_amx_cases_cover_both_paths():
     """The AMX matrix has convs the tile kernel takes (one and two pixel tiles, odd block counts,
-    strides, dilation, batch 2) and ones it leaves to VNNI (narrow input blocks, width 17)."""
-    from hwcomp.schedules.x86.amx import amx_tiles
+    strides, dilation, batch 2, a kernel row read as one tile row of 16/32/64 bytes: the 3-channel
+    7x7 stem, 8-channel 1x3, 16-channel 3x3) and ones it leaves to VNNI (width 17 or 34, a 1x1 conv
+    on 8-channel blocks)."""
+    from hwcomp.schedules.x86.amx import amx_conv_plan, amx_tiles
 
     taken = [n for n, c in AMX_CASES.items() if _amx_applies(c)]
-    assert {"3x3_s2_p1", "dilation2", "batch2", "amx_two_pixel_tiles", "amx_s2_two_tiles"} <= set(taken)
-    assert {"stem_7x7_s2_p3_c3", "asym_pad_rect_kernel", "amx_ow17_vnni", "amx_ow34_vnni"}.isdisjoint(taken)
+    assert {"3x3_s2_p1", "dilation2", "batch2", "amx_two_pixel_tiles", "amx_s2_two_tiles",
+            "stem_7x7_s2_p3_c3", "asym_pad_rect_kernel", "amx_5x5_narrow"} <= set(taken)
+    assert {"amx_ow17_vnni", "amx_ow34_vnni", "amx_1x1_c8_vnni"}.isdisjoint(taken)
     assert amx_tiles(56) == (14, 2) and amx_tiles(7) == (7, 1) and amx_tiles(17) is None
+    assert amx_conv_plan(112, 7, 1, 4) == (16, 1, 8) and amx_conv_plan(56, 3, 1, 16) == (14, 2, 4)
+    assert amx_conv_plan(56, 3, 2, 16) == (14, 2, 3) and amx_conv_plan(56, 5, 1, 16) == (14, 2, 5)
 
 
 @pytest.mark.parametrize("case_name", list(AMX_CASES))
