@@ -33,17 +33,20 @@ def hwcomp_profile(model, runs: int) -> dict:
     import hwcomp
     from hwcomp.runtime.kernel_profile import profile_kernels
 
-    art = hwcomp.compile(model.module, "host", Path(tempfile.mkdtemp()) / "a", example_inputs=model.inputs,
-                         options=hwcomp.CompileOptions(use_default_database=False, verify=False))
-    return profile_kernels(art, [x.numpy() for x in model.inputs], runs=runs).to_json()
+    with tempfile.TemporaryDirectory(prefix="hwcomp-peer-") as tmp:  # an artifact is ~1 GB: not left behind
+        art = hwcomp.compile(model.module, "host", Path(tmp) / "a", example_inputs=model.inputs,
+                             options=hwcomp.CompileOptions(use_default_database=False, verify=False))
+        return profile_kernels(art, [x.numpy() for x in model.inputs], runs=runs).to_json()
 
 
 def openvino_profile(model, threads: int, runs: int) -> dict:
     import openvino as ov
 
-    onnx_path = Path(tempfile.mkdtemp()) / "m.onnx"
-    names, _ = peers.export_onnx(model.module, model.inputs, onnx_path)
-    compiled = ov.Core().compile_model(str(onnx_path), "CPU", {
+    with tempfile.TemporaryDirectory(prefix="hwcomp-peer-") as tmp:
+        onnx_path = Path(tmp) / "m.onnx"
+        names, _ = peers.export_onnx(model.module, model.inputs, onnx_path)
+        model_ov = ov.Core().read_model(str(onnx_path))  # read before the file goes
+    compiled = ov.Core().compile_model(model_ov, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
         "PERF_COUNT": True})
     request = compiled.create_infer_request()
