@@ -434,12 +434,13 @@ def test_blocked_conv_x86_other_epilogues(host, dot_name, epi_name):
 
 @pytest.mark.parametrize("res_dtype", ["uint8", "float32"])
 @pytest.mark.parametrize("out", ["requant_relu_u8", "float_blocked", "float_nchw"])
-def test_blocked_conv_x86_fused_residual(host, res_dtype, out):
+@pytest.mark.parametrize("dot_name", ["avx2_7bit", "vnni_16x4"])  # vnni: AMX tiles on an AMX host
+def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     """A residual add in the epilogue, ``y = relu(float(acc + bias) * scale + r)``, with ``r`` blocked
     like the output: int8 codes with a zero point and scale (the block input, a previous conv's int8
     output) or float32 (another conv's float output); ``y`` requantized (``float_requant``), float32
     blocked or float32 NCHW. Float32 arithmetic: within one code / FLOAT_RTOL of float64."""
-    target, provider, dot = x86_dot(host, "avx2_7bit")
+    target, provider, dot = x86_dot(host, dot_name)
     case = CONV_CASES["ow13_c20_o36"]
     rng = np.random.default_rng(8)
     oh, ow = case.out_hw
@@ -462,7 +463,8 @@ def test_blocked_conv_x86_fused_residual(host, res_dtype, out):
                     [scale, np.full(case.o, 1 / out_scale, np.float32)])
         return Epilogue("float", "relu"), [scale]
 
-    p = conv_problem(provider, case, dot, epilogue, "uint8", 64, seed=8, residual=res, nchw=out == "float_nchw")
+    p = conv_problem(provider, case, dot, epilogue, "uint8", DOTS[dot_name][1], seed=8, residual=res,
+                     nchw=out == "float_nchw")
     out_shape = (case.n, case.o, oh, ow) if out == "float_nchw" else rshape
     got = run_local(p.func, target, [*p.args, r], out_shape, p.out_dtype)
     ref = np.maximum(p.acc_b * scale.astype(np.float64)[None, :, None, None] + from_blocked(r_f, case.o), 0)
