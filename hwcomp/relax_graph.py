@@ -32,29 +32,37 @@ def static_shape(expr_or_ty) -> tuple[int, ...] | None:
     return tuple(out)
 
 
+def vars_in(expr) -> list:
+    """Every use of a variable in ``expr``, in order (a variable used twice is listed twice): through
+    calls, tuples, tuple items and a ``SeqExpr``'s bindings and result (binding targets are not uses)."""
+    out = []
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            out.append(e)
+        elif isinstance(e, relax.Call):
+            for a in e.args:
+                visit(a)
+        elif isinstance(e, relax.Tuple):
+            for f in e.fields:
+                visit(f)
+        elif isinstance(e, relax.TupleGetItem):
+            visit(e.tuple_value)
+        elif isinstance(e, relax.SeqExpr):
+            for blk in e.blocks:
+                for b in blk.bindings:
+                    visit(b.value)
+            visit(e.body)
+
+    visit(expr)
+    return out
+
+
 def use_counts(func: relax.Function) -> dict:
     """Var -> how many times the bindings and the result of ``func`` use it."""
     uses: dict = {}
-
-    def count(expr):
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-        elif isinstance(expr, relax.Call):
-            for a in expr.args:
-                count(a)
-        elif isinstance(expr, relax.Tuple):
-            for a in expr.fields:
-                count(a)
-        elif isinstance(expr, relax.TupleGetItem):
-            count(expr.tuple_value)
-
-    body = func.body
-    if isinstance(body, relax.SeqExpr):
-        for block in body.blocks:
-            for b in block.bindings:
-                count(b.value)
-        body = body.body
-    count(body)
+    for v in vars_in(func.body):
+        uses[v] = uses.get(v, 0) + 1
     return uses
 
 

@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.ir import GenericConst
 
 # The quantizer's modules import these from here.
-from ..relax_graph import const_array, op_name, static_shape
+from ..relax_graph import const_array, op_name, static_shape, vars_in
 
 OBSERVE = "hwcomp.quantize.observe"
 
@@ -61,9 +61,9 @@ class Graph:
         self.users: dict = {}
         self.order = {b.var: i for i, b in enumerate(self.bindings)}
         for b in self.bindings:
-            for v in _vars_in(b.value):
+            for v in vars_in(b.value):
                 self.users.setdefault(v, []).append(b.var)
-        for v in _vars_in(func.body.body):
+        for v in vars_in(func.body.body):
             self.users.setdefault(v, []).append(None)  # None = function output
 
     def value(self, var):
@@ -141,30 +141,6 @@ class Graph:
             axes = val.attrs.axes
             return np.transpose(inner, None if axes is None else [int(a) for a in axes])
         return inner.reshape(shape)
-
-
-def _vars_in(expr) -> list:
-    out = []
-
-    def visit(e):
-        if isinstance(e, relax.Var):
-            out.append(e)
-        elif isinstance(e, relax.Call):
-            for a in e.args:
-                visit(a)
-        elif isinstance(e, relax.Tuple):
-            for f in e.fields:
-                visit(f)
-        elif isinstance(e, relax.TupleGetItem):
-            visit(e.tuple_value)
-        elif isinstance(e, relax.SeqExpr):
-            for blk in e.blocks:
-                for b in blk.bindings:
-                    visit(b.value)
-            visit(e.body)
-
-    visit(expr)
-    return out
 
 
 def substitute(expr, vmap: dict):
