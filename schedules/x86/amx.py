@@ -72,10 +72,18 @@ def amx_conv_plan(ow: int, kw: int, dw: int, xi: int) -> tuple[int, int, int] | 
     tiles = amx_tiles(ow)
     if tiles is None:
         return None
-    if dw == 1 and 1 < kw and kw * xi <= 64:
-        row_bytes = next(b for b in (16, 32, 64) if b >= kw * xi)
+    row_bytes = _kernel_row_bytes(kw, dw, xi)
+    if row_bytes is not None:
         return tiles[0], tiles[1], row_bytes // xi
     return (tiles[0], tiles[1], kw) if xi == 16 else None
+
+
+def _kernel_row_bytes(kw: int, dw: int, xi: int) -> int | None:
+    """Bytes of the tile row that holds a whole kernel row (``kw`` taps of ``xi`` bytes, rounded up
+    to 16, 32 or 64 with zero taps), or None where the taps are not contiguous or do not fit."""
+    if dw == 1 and 1 < kw and kw * xi <= 64:
+        return next(b for b in (16, 32, 64) if b >= kw * xi)
+    return None
 
 
 def _split_args(s: str) -> list[str]:
@@ -255,7 +263,7 @@ def schedule_conv_nchwc_int8_amx(func, vector_bits: int):
     reg_n = rows * mp
     if int(func.attrs["hwcomp.reg_n"]) != reg_n:
         return None
-    wide = kwp > 1 and dw == 1 and kwp * xi in (16, 32, 64)  # one tile row = a kernel row's taps
+    wide = _kernel_row_bytes(kw, dw, xi) is not None  # one tile row = a kernel row's taps
     np_ = 2 if ob % 2 == 0 else 1
     src = next(r.source for r in sch.get(acc).reads if len(r.source.shape) == 5)
     hp, wp = (_const_int(d) for d in src.shape[2:4])
