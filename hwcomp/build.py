@@ -48,10 +48,10 @@ def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = 
         if layout.converted and log:
             log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
     if pack_weights:
-        pack = PackDenseWeights(target.conv_block)
+        pack = PackDenseWeights(target.dense_panels)
         mod = pack(mod)
         if pack.packed and log:
-            log(f"{pack.packed} matmul weights packed in {target.conv_block}-column panels")
+            log(f"{pack.packed} matmul weights packed in column panels of {'/'.join(map(str, target.dense_panels))}")
     return mod
 
 

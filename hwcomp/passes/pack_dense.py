@@ -32,9 +32,9 @@ def _float32(expr) -> bool:
 
 @mutator
 class _Packer(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, panel: int, var2val: dict):
+    def __init__(self, mod: tvm.IRModule, panels: tuple[int, ...], var2val: dict):
         super().__init__(mod)
-        self.panel = panel
+        self.panels = panels
         self.var2val = var2val
         self.packed = 0
 
@@ -49,33 +49,42 @@ class _Packer(PyExprMutator):
             return super().visit_call_(call)
         k, n = w.shape
         shape = x_ty.shape.values if isinstance(x_ty.shape, relax.ShapeExpr) else None
-        padded = -(-n // self.panel) * self.panel
-        if shape is None or static_shape(relax.TensorType([shape[-1]], "float32")) != (k,) \
-                or n < self.panel or padded > MAX_PADDING * n:
+        panel = choose_panel(n, self.panels)
+        if shape is None or static_shape(relax.TensorType([shape[-1]], "float32")) != (k,) or panel is None:
             return super().visit_call_(call)
         self.packed += 1
-        return self.builder_.call_te(dense_packed, self.visit_expr(x), relax.const(pack_dense_weight(w, self.panel)),
+        return self.builder_.call_te(dense_packed, self.visit_expr(x), relax.const(pack_dense_weight(w, panel)),
                                      n, primfunc_name_hint="dense_packed")
+
+
+def choose_panel(n: int, panels: tuple[int, ...]) -> int | None:
+    """The panel width for ``n`` columns: of ``panels`` (preferred first), the one that pads fewest
+    columns (768 and 1000 columns: 48 of (48, 32); 64: 32), within ``MAX_PADDING`` and at most ``n``;
+    None when none fits."""
+    fits = [(-(-n // p) * p, i, p) for i, p in enumerate(panels) if p <= n and -(-n // p) * p <= MAX_PADDING * n]
+    return min(fits)[2] if fits else None
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackDenseWeights")
 class PackDenseWeights:
     """``IRModule -> IRModule``: constant-weight float32 matmuls onto panel-packed weights.
 
-    ``panel``: columns per panel (the target's two-vector width, ``Target.conv_block``).
-    ``packed`` counts the matmuls rewritten by the last call.
+    ``panel``: columns per panel, or the widths to choose from per matmul, preferred first
+    (``Target.dense_panels``; see :func:`choose_panel`). ``packed`` counts the matmuls rewritten by
+    the last call.
     """
 
-    def __init__(self, panel: int = 16):
-        if panel < 1:
-            raise ValueError(f"PackDenseWeights: panel must be positive, got {panel}")
-        self.panel = panel
+    def __init__(self, panel: int | tuple[int, ...] = 16):
+        panels = (panel,) if isinstance(panel, int) else tuple(panel)
+        if not panels or min(panels) < 1:
+            raise ValueError(f"PackDenseWeights: panel widths must be positive, got {panel}")
+        self.panels = panels
         self.packed = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod, packers = mutate_functions(mod, lambda m, var2val: _Packer(m, self.panel, var2val))
+        mod, packers = mutate_functions(mod, lambda m, var2val: _Packer(m, self.panels, var2val))
         self.packed = sum(p.packed for p in packers)
         return relax.transform.DeadCodeElimination()(mod)
 
     def __repr__(self) -> str:
-        return f"PackDenseWeights(panel={self.panel})"
+        return f"PackDenseWeights(panel={self.panels[0] if len(self.panels) == 1 else self.panels})"

@@ -15,7 +15,9 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
         # AVX-512: 8 rows x 2 zmm = 16 accumulators (of 32 registers); 4 rows left half the register
         # file idle. Measured on an Intel Xeon (2 threads, BERT/ViT shapes): 1.10-1.21x faster
         # at 128 rows, 1.6x at 7, equal at 1500. Narrower vectors keep the default: unmeasured.
-        knobs = TileKnobs(mr=8)
+        # Up to 3 zmm of columns (8 x 48: 24 accumulators), the packed weights' 48-wide panels
+        # (``Target.dense_panels``): 1.06-1.08x over 8 x 32 at BERT and ViT Linear shapes.
+        knobs = TileKnobs(mr=8, nr_vectors=3)
     # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
     # take it for a matmul (10x slower)
     return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),

@@ -63,6 +63,25 @@ def test_ragged_rows_are_padded_not_guarded(host, m, mr):
     np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,n", [(16, 3), (197, 6), (7, 3)])
+def test_three_vector_tiles(host, m, n):
+    """Tiles of three vectors of columns (AVX-512's 8 x 48) run as three single vectors: a
+    ``<3 x lanes>`` vector loop is lowered by LLVM through lane shuffles (7 GFLOP/s instead of 250
+    at 128x768x3072). Numerics against NumPy, and no shuffle in the function's assembly."""
+    lanes = host.vector_bits // 32
+    func, sa, sb = _matmul_bias_relu(m, 40, n * lanes)
+    sch = TiledReduction(host.vector_bits, TileKnobs(mr=8, nr_vectors=3)).apply(func, host.tvm_target(), False)
+    assert f"T.vectorized({lanes})" in str(sch.mod["main"])
+    ex = tvm.compile(sch.mod, target=host.tvm_target())
+    asm = ex.mod.imports[0].inspect_source("asm") if ex.mod.imports else ex.mod.inspect_source("asm")
+    assert "vinsertps" not in asm and "vshufps" not in asm
+    rng = np.random.default_rng(m)
+    a, b, bias = (rng.standard_normal(s).astype("float32") for s in (sa, sb, (n * lanes,)))
+    out = tvm.runtime.tensor(np.zeros((m, n * lanes), "float32"))
+    ex["main"](*(tvm.runtime.tensor(x) for x in (a, b, bias)), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_direct(host):
     x = te.placeholder((1, 4, 10, 10), name="x")
     w = te.placeholder((6, 4, 3, 3), name="w")

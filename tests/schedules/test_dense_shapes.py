@@ -22,7 +22,7 @@ import hwcomp
 from hwcomp.artifact import flatten_outputs
 from hwcomp.build import bind_weights, compile_module, finalize_weights, schedule
 from hwcomp.frontend import load_model
-from hwcomp.passes.pack_dense import PackDenseWeights
+from hwcomp.passes.pack_dense import PackDenseWeights, choose_panel
 
 REL_TOL = 1e-4
 PANEL = 16
@@ -52,7 +52,8 @@ def test_linear(m, k, n, host, tmp_path):
     torch.manual_seed(m * 1000 + n)
     model = nn.Linear(k, n).eval()
     art, packed = _compile(model, (torch.randn(m, k),), tmp_path)
-    assert packed == int(n % host.conv_block == 0)  # panels of the target's conv_block; 29 columns: unpacked
+    # 29 columns: fewer than a panel, unpacked; 48: one panel of 48 (AVX-512) or three of 16 (AVX2)
+    assert packed == int(n != 29)
     x = np.random.default_rng(m).standard_normal((m, k)).astype("float32")
     w = model.weight.detach().numpy().astype(np.float64)
     ref = x.astype(np.float64) @ w.T + model.bias.detach().numpy()
@@ -73,6 +74,17 @@ def test_linear_4d_gelu_no_bias(host, tmp_path, side):
         ref = model(x).double().numpy()
     (out,) = art.run([x.numpy()])
     _assert_close(out, ref)
+
+
+def test_choose_panel():
+    """Of the target's panel widths, the one padding fewest columns; none past 25 % padding."""
+    assert choose_panel(768, (48, 32)) == 48
+    assert choose_panel(64, (48, 32)) == 32
+    assert choose_panel(1000, (48, 32)) == 48  # 1008 columns against 1024
+    assert choose_panel(96, (48, 32)) == 48  # both exact: the preferred one
+    assert choose_panel(40, (48, 32)) is None  # 48 > 40 columns; 64 pads 60 %
+    assert choose_panel(29, (16,)) == 16 and choose_panel(12, (16,)) is None
+    assert choose_panel(24, (32, 8)) == 8
 
 
 class Product(nn.Module):
@@ -212,7 +224,10 @@ def test_pack_dense_weights_panel_width(two_linears):
     p = PackDenseWeights(32)
     p(mod)
     assert p.packed == 0
-    with pytest.raises(ValueError, match="panel must be positive"):
+    p = PackDenseWeights((48, 32))  # AVX-512's widths: 48 columns are one panel of 48
+    p(mod)
+    assert p.packed == 1
+    with pytest.raises(ValueError, match="panel widths must be positive"):
         PackDenseWeights(0)
 
 
