@@ -82,6 +82,41 @@ def test_three_vector_tiles(host, m, n):
     np.testing.assert_allclose(out.numpy(), np.maximum(a @ b + bias, 0), rtol=1e-4, atol=1e-4)
 
 
+def _packed_dense(m, k, n, panel):
+    from hwcomp.schedules.cpu.dense import dense_packed
+
+    x = te.placeholder((m, k), name="x")
+    wp = te.placeholder((n // panel, k, panel), name="w")
+    return te.create_prim_func([x, wp, dense_packed(x, wp)])
+
+
+@pytest.mark.parametrize("m,k,n_panels,rows_first", [(1040, 40, 2, True), (1040, 2048, 2, False), (200, 40, 2, False)])
+def test_row_tiles_outermost_over_a_small_weight(host, m, k, n_panels, rows_first):
+    """Many row tiles over a weight that stays in L2 (Swin's stage-1 3136x384x96): the parallel loop
+    runs row tiles outermost, every panel under each; a large weight or few row tiles keep the
+    panels outermost. Numerics against NumPy either way."""
+    panel = 2 * host.vector_bits // 32
+    func = _packed_dense(m, k, n_panels * panel, panel)
+    sch = TiledReduction(host.vector_bits, TileKnobs(mr=8)).apply(func, host.tvm_target(), False)
+    par = next(line for line in str(sch.mod["main"]).splitlines() if "T.parallel" in line)
+    assert par.split("for ")[1].startswith("i0_0_") == rows_first, par
+    ex = tvm.compile(sch.mod, target=host.tvm_target())
+    rng = np.random.default_rng(k)
+    x, w = rng.standard_normal((m, k)).astype("f4"), rng.standard_normal((k, n_panels * panel)).astype("f4")
+    wp = np.ascontiguousarray(w.reshape(k, n_panels, panel).transpose(1, 0, 2))
+    out = tvm.runtime.tensor(np.zeros((m, n_panels * panel), "f4"))
+    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(wp), out)
+    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-4, atol=1e-3)
+
+
+def test_batched_matmul_keeps_its_batch_outermost(host):
+    """Both operands of a batched matmul depend on the batch: row tiles never move outside it."""
+    func, _, _ = _matmul_bias_relu(1040, 16, 32, batch=2)
+    sch = TiledReduction(host.vector_bits, TileKnobs(mr=8)).apply(func, host.tvm_target(), False)
+    par = next(line for line in str(sch.mod["main"]).splitlines() if "T.parallel" in line)
+    assert par.split("for ")[1].startswith("q_"), par  # the batch axis q, then panels, then row tiles
+
+
 def test_conv2d_direct(host):
     x = te.placeholder((1, 4, 10, 10), name="x")
     w = te.placeholder((6, 4, 3, 3), name="w")
@@ -258,12 +293,13 @@ def test_whole_function_reshape_is_not_partitioned(host):
 
 
 @pytest.mark.parametrize("m,k,panels,prefetched", [(197, 384, 4, "panels"), (7, 96, 4, "panels"), (128, 3072, 4, None),
-                                                    (1500, 64, 4, None), (520, 96, 3, "rows"), (520, 96, 4, None)])
+                                                    (1500, 64, 4, None), (520, 2048, 3, "rows"), (520, 96, 3, None),
+                                                    (520, 96, 4, None)])
 def test_packed_dense_prefetches_next_panels(host, m, k, panels, prefetched):
     """A packed weight streamed panel by panel gets a software prefetch of the panels ahead
     (``schedules/cpu/prefetch.py``) where panels are small and row tiles few; many row tiles over
-    at most 3 panels get the next row tile's rows prefetched instead; the result is the same either
-    way (checked against NumPy)."""
+    at most 3 panels of a weight too large for row tiles outermost (520 x 96 x 96 runs those) get the
+    next row tile's rows prefetched instead; the result is the same either way (checked against NumPy)."""
     from hwcomp.schedules.cpu.dense import dense_packed
 
     nr = 2 * host.vector_bits // 32
