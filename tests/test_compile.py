@@ -88,3 +88,19 @@ def test_default_schedules_cover_matmul_and_conv(host):
     assert heavy
     unscheduled = [n for n in heavy if not funcs[n].attrs or "tirx.is_scheduled" not in funcs[n].attrs]
     assert not unscheduled
+
+
+def test_artifact_without_output_dir_is_removed_with_it():
+    """``compile`` with no output directory writes into a temporary one that goes with the returned
+    Artifact (it had stayed behind, one per call); the artifact works while it is held."""
+    import gc
+
+    model, x = MLP(8, 16, 4).eval(), torch.randn(2, 8)
+    art = hwcomp.compile(model, "host", example_inputs=(x,))
+    path = art.path
+    assert (path / "manifest.json").is_file()
+    with torch.no_grad():
+        np.testing.assert_allclose(art.run([x.numpy()])[0], model(x).numpy(), rtol=1e-5, atol=1e-5)
+    del art
+    gc.collect()
+    assert not path.exists() and not path.parent.exists()
