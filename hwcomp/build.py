@@ -114,11 +114,21 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
     return mod
 
 
+def tir_pipeline(target: Target) -> str:
+    """TVM's TIR pipeline for ``target``: on CPUs with small per-task buffers on the stack
+    (``hwcomp.tir_stack``), else TVM's default."""
+    if target.is_gpu:
+        return "default"
+    from .tir_stack import register
+
+    return register()
+
+
 def compile_module(mod: tvm.IRModule, target: Target):
     """``tvm.compile`` a scheduled module; returns the VM executable."""
     try:
         with cuda.compile_callback(target) if target.is_gpu else contextlib.nullcontext():
-            return tvm.compile(mod, target=target.tvm_target())
+            return tvm.compile(mod, target=target.tvm_target(), tir_pipeline=tir_pipeline(target))
     except Exception as e:  # TVM's own errors are long C++ traces: keep the head
         head = "\n".join(str(e).strip().splitlines()[-6:])
         raise HwcompError(f"building for target {target.name!r} failed:\n{head}") from e

@@ -67,9 +67,11 @@ def measure_dense_ms(target: Target, m: int, k: int, n: int, bias: bool = True, 
 
 def measure_bsr_ms(target: Target, m: int, w: BSRMatrix, bias: bool = True, knobs=None, seed: int = 0) -> float:
     """Latency of the target's BSR kernel for ``x[M, K] @ W.T (+ b)`` on this machine."""
+    from hwcomp.build import tir_pipeline
+
     n, k = w.shape
     func = bsr_primfunc(target, BsrSpec(m, k, n, w.block, bias), knobs)
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target(), tir_pipeline=tir_pipeline(target))
     dev = tvm.cpu()
     rng = np.random.default_rng(seed)
     args = [rng.standard_normal((m, k)).astype("float32"), w.data, w.indices, w.indptr]

@@ -34,6 +34,10 @@ def build_module(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    if target.kind.name == "llvm":  # as compile builds it (per-task buffers on the stack)
+        from hwcomp.tir_stack import register
+
+        return tvm.tirx.build(mod, target=target, pipeline=register())
     return tvm.tirx.build(mod, target=target)
 
 
