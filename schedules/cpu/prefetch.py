@@ -8,8 +8,8 @@ BERT/ViT/Whisper shapes. Each task therefore prefetches its share (``1/row tiles
 ``DISTANCE`` ahead, so the next panels are in cache when their row tiles start. Panels above
 ``MAX_PANEL_BYTES`` are left alone: BERT's ``K = 3072`` panels (384 KB) with two in flight pushed
 the rows out of the 2 MB L2 (0.94x; 48-wide, 576 KB: 0.93x), while its ``K = 768`` panels of 48
-columns (144 KB) gain as the 32-wide ones did (1.03-1.05x, cold weights). In whole models (round-robin, same Xeon): GPT-2 1.05x, ViT-S
-1.05x, BERT-base 1.03x, Swin-T 1.02x, ConvNeXt-T 1.01x.
+columns (144 KB) gain as the 32-wide ones did (1.03-1.05x, cold weights). In whole models
+(round-robin, same Xeon): GPT-2 1.05x, ViT-S 1.05x, BERT-base 1.03x, Swin-T 1.02x, ConvNeXt-T 1.01x.
 
 TVM 0.27 has no schedule primitive that adds a statement and no Python statement mutator, so the
 prefetch loop is inserted into the scheduled function's TVMScript, which is parsed back; when

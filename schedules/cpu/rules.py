@@ -105,6 +105,14 @@ def _vars_in(expr) -> list:
     return list(tirx.analysis.undefined_vars(expr))
 
 
+def _region_vars(read) -> set:
+    """The variables a block's read region is indexed by (the starts of its ranges)."""
+    used = set()
+    for r in read.region:
+        used |= set(_vars_in(r.min))
+    return used
+
+
 def _downstream(sch: s_tir.Schedule, block) -> list:
     """Blocks that (transitively) consume ``block``'s output within the function."""
     seen, todo, out = set(), [block], []
@@ -128,12 +136,8 @@ def _broadcasts_result(sch: s_tir.Schedule, main) -> bool:
         stmt = sch.get(b)
         need = {iv.var for iv in stmt.iter_vars if _const_int(iv.dom.extent) != 1}
         for read in stmt.reads:
-            if any(read.source.same_as(buf) for buf in produced):
-                used = set()
-                for r in read.region:
-                    used |= set(_vars_in(r.min))
-                if not need <= used:
-                    return True
+            if any(read.source.same_as(buf) for buf in produced) and not need <= _region_vars(read):
+                return True
     return False
 
 
@@ -307,9 +311,7 @@ def _tile_axes(sch: s_tir.Schedule, main) -> _TileAxes | None:
     for read in stmt.reads:
         if read.source.same_as(stmt.writes[0].source):
             continue
-        used = set()
-        for r in read.region:
-            used |= {var_pos[v] for v in _vars_in(r.min) if v in var_pos}
+        used = {var_pos[v] for v in _region_vars(read) if v in var_pos}
         if j not in used:
             cands = [p for p in used if kinds[p] == "S" and (extents[p] is None or extents[p] > 1)]
             if cands:
@@ -495,9 +497,7 @@ class TiledReduction(_CPURule):
         for read in stmt.reads:
             if read.source.same_as(stmt.writes[0].source):
                 continue
-            used = set()
-            for r in read.region:
-                used |= {v for v in _vars_in(r.min) if v in spatial}
+            used = {v for v in _region_vars(read) if v in spatial}
             if any(v.same_as(col) for v in used):
                 shape = [_const_int(d) for d in read.source.shape]
                 if None in shape:
