@@ -117,11 +117,9 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
 def tir_pipeline(target: Target) -> str:
     """TVM's TIR pipeline for ``target``: on CPUs with small per-task buffers on the stack
     (``hwcomp.tir_stack``), else TVM's default."""
-    if target.is_gpu:
-        return "default"
-    from .tir_stack import register
+    from .tir_stack import pipeline_for
 
-    return register()
+    return pipeline_for(target.tvm["kind"]) or "default"
 
 
 def compile_module(mod: tvm.IRModule, target: Target):

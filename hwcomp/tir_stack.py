@@ -123,3 +123,9 @@ def register() -> str:
         if PIPELINE not in compilation_pipeline.PIPELINE_MAP:
             tvm.tirx.register_tir_pipeline(PIPELINE, _factory)
     return PIPELINE
+
+
+def pipeline_for(kind: str) -> str | None:
+    """The TIR pipeline to build a TVM target of ``kind`` with: :data:`PIPELINE` for ``llvm`` (CPU
+    code), None (TVM's own choice) for anything else."""
+    return register() if kind == "llvm" else None

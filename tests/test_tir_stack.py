@@ -75,3 +75,8 @@ def main(x: T.Buffer((4, {rows}, 16), "float32"), y: T.Buffer((4, 16), "float32"
 
 def test_register_is_idempotent():
     assert tir_stack.register() == tir_stack.register() == tir_stack.PIPELINE
+
+
+def test_pipeline_for_cpu_code_only():
+    assert tir_stack.pipeline_for("llvm") == tir_stack.PIPELINE
+    assert tir_stack.pipeline_for("cuda") is None

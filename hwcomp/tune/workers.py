@@ -33,12 +33,10 @@ def build_module(mod, target, _params):
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    if target.kind.name == "llvm":  # as compile builds it (per-task buffers on the stack)
-        from hwcomp.tir_stack import register
+    from hwcomp.tir_stack import pipeline_for
 
-        return tvm.tirx.build(mod, target=target, pipeline=register())
-    return tvm.tirx.build(mod, target=target)
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target, pipeline=pipeline_for(target.kind.name))  # as compile builds it
 
 
 @dataclass(frozen=True)
