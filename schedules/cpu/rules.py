@@ -475,7 +475,7 @@ class TiledReduction(_CPURule):
             # with many row tiles over few panels the next tile's rows
             if panels_rows[1] > MAX_ROW_TILES:
                 return with_row_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, mr)
-            return with_panel_prefetch(sch, par, main, panels_rows[0], panels_rows[1], k, nr)
+            return with_panel_prefetch(sch, par, main, r_loops[0], panels_rows[0], panels_rows[1], k, nr)
         return sch
 
     @staticmethod

@@ -1,5 +1,7 @@
 """The default CPU schedule rules: numerics against NumPy on awkward shapes."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -292,14 +294,18 @@ def test_whole_function_reshape_is_not_partitioned(host):
     assert sch is not None and "_partition" not in str(sch.mod["main"])
 
 
-@pytest.mark.parametrize("m,k,panels,prefetched", [(197, 384, 4, "panels"), (7, 96, 4, "panels"), (128, 3072, 4, None),
+@pytest.mark.parametrize("m,k,panels,prefetched", [(197, 384, 4, "chunked"), (7, 96, 4, "chunked"),
+                                                    (128, 3072, 4, "chunked"), (33, 48, 4, "chunked"),
+                                                    (197, 100, 4, "burst"), (64, 1300, 4, None),
                                                     (1500, 64, 4, None), (520, 2048, 3, "rows"), (520, 96, 3, None),
                                                     (520, 96, 4, None)])
 def test_packed_dense_prefetches_next_panels(host, m, k, panels, prefetched):
-    """A packed weight streamed panel by panel gets a software prefetch of the panels ahead
-    (``schedules/cpu/prefetch.py``) where panels are small and row tiles few; many row tiles over
-    at most 3 panels of a weight too large for row tiles outermost (520 x 96 x 96 runs those) get the
-    next row tile's rows prefetched instead; the result is the same either way (checked against NumPy)."""
+    """A packed weight streamed panel by panel gets a software prefetch of the next panel
+    (``schedules/cpu/prefetch.py``) where row tiles are few: in bursts inside the reduction loop
+    where 32 or 16 divides K (``chunked``), else in one burst per task for panels up to 160 KB
+    (``burst``; K = 1300 at 32 columns is 166 KB: none); many row tiles over at most 3 panels of a
+    weight too large for row tiles outermost (520 x 96 x 96 runs those) get the next row tile's rows
+    prefetched instead; the result is the same either way (checked against NumPy)."""
     from hwcomp.schedules.cpu.dense import dense_packed
 
     nr = 2 * host.vector_bits // 32
@@ -314,6 +320,9 @@ def test_packed_dense_prefetches_next_panels(host, m, k, panels, prefetched):
     script = sch.mod.script()
     assert ("T.prefetch(" in script) == (prefetched is not None)
     assert ("x_flat" in script) == (prefetched == "rows")
+    # the loop right above the prefetch loop: a chunk of the reduction, or the task itself
+    above = re.findall(r"for \w+ in (\w+(?:\.\w+)?)\(.*\n\s*for pl in range", script)
+    assert above == {"chunked": ["range"], "burst": ["T.parallel"]}.get(prefetched, above), above
     lib = tvm.compile(sch.mod, target=host.tvm_target())
     rng = np.random.default_rng(m)
     xs, ws, bs = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (n // nr, k, nr), (n,)))
