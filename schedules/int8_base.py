@@ -192,7 +192,7 @@ def schedule_blocked_dense(func: tirx.PrimFunc, nb: int, kb: int, intrin: str, m
     sch.reorder(jo, io, ko, ii, jv, jl, ki)
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, io)
-    o_i, o_j = sch.get_loops(out)[-2:]
+    o_j = sch.get_loops(out)[-1]
     lanes = out_lanes or nb
     if (nrv * nb) % lanes == 0:
         _, o_v = sch.split(o_j, [None, lanes])

@@ -23,7 +23,7 @@ import math
 from tvm import s_tir, te, topi
 from tvm.s_tir.dlight.analysis import get_root_block
 
-from .prefetch import MARK, with_slice_prefetch
+from .prefetch import with_block_prefetch, with_slice_prefetch
 from .rules import (
     _broadcasts_result,
     _const_int,
@@ -33,6 +33,9 @@ from .rules import (
     inline_epilogues,
     schedule_root_stages,
 )
+
+#: Prefetch the next output-channel block's weights in the default order (``with_block_prefetch``).
+PREFETCH_BLOCKS = True
 
 #: Block annotation naming hwcomp's blocked convolutions ("conv" or "depthwise").
 CONV_ATTR = "hwcomp.blocked_conv"
@@ -266,6 +269,7 @@ class BlockedConv(_CPURule):
 
         schedule_root_stages(sch, par, self.vector_bits)
         if k_outer:
-            sch.annotate(ow_o, MARK, 1)  # after decompose_reduction, which copies annotations
-            return with_slice_prefetch(sch, par, main, rc, oh, ow_o)
+            return with_slice_prefetch(sch, par, main, rc, [ow_o, ry, rx])
+        if kind == "conv" and not rows_outer and PREFETCH_BLOCKS:
+            return with_block_prefetch(sch, par, main, rc, e_oc, e_oh)
         return sch
