@@ -215,14 +215,14 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         print(f"  {label}: {'ok' if label in runs else 'FAILED ' + row['errors'][label]} "
               f"({row['compile_s'][label]:.1f} s)", flush=True)
 
-    host = get_target("host")
+    host = get_target(args.target)
     imported = {}
 
     def hwcomp_variant(label: str, options_fn):
         def make():
             if "m" not in imported:
                 imported["m"] = load_model(module, model.inputs)
-            art = hwcomp.compile(imported["m"], "host", wd / label, options=options_fn())
+            art = hwcomp.compile(imported["m"], host, wd / label, options=options_fn())
             fid = art.manifest.get("fidelity") or {}
             if isinstance(fid, dict) and "cosine" in fid:
                 row.setdefault("compile_fidelity_cosine", {})[label] = fid["cosine"]
@@ -364,7 +364,7 @@ def bench_digits(args) -> dict:
     out["train_s"] = time.perf_counter() - t0
     print(f"[digits] trained {epochs} epochs in {out['train_s']:.1f} s: PyTorch fp32 top-1 "
           f"{out['torch_fp32_acc']:.2f} %", flush=True)
-    host = get_target("host")
+    host = get_target(args.target)
     calib = [[x_tr[i:i + 1].numpy()] for i in range(DIGITS_CALIB)]
     options = {"hwcomp_fp32": lambda: hwcomp.CompileOptions(),
                "hwcomp_int8": lambda: hwcomp.CompileOptions(
@@ -372,7 +372,7 @@ def bench_digits(args) -> dict:
     y = y_te.numpy()
     for label, opts in options.items():
         try:
-            art = hwcomp.compile(model, "host", None, example_inputs=(x_te[:1],), options=opts())
+            art = hwcomp.compile(model, host, None, example_inputs=(x_te[:1],), options=opts())
             pred = np.array([int(np.argmax(art.run([x_te[i:i + 1].numpy()])[0])) for i in range(len(x_te))])
             out[f"{label}_acc"] = 100.0 * float((pred == y).mean())
             print(f"  {label}: top-1 {out[f'{label}_acc']:.2f} %", flush=True)
@@ -444,6 +444,9 @@ def main() -> None:
     p.add_argument("--number", type=int, default=3, help="calls per variant per round (their mean is a sample)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant first")
     p.add_argument("--threads", type=int, default=2, help="threads for every framework")
+    p.add_argument("--target", default="host",
+                   help="hwcomp's target (one this CPU runs, e.g. x86-avx2 on an AVX-512 host: the AVX2 "
+                        "kernels' int8/fp32 ratio); results go to int8_cnn_<target>.json unless host")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--digits", dest="digits", action="store_true", default=None,
                    help="run the digits CNN section (default: on unless --quick)")
@@ -519,8 +522,8 @@ def main() -> None:
 
     geomean, geomean_ov = _geomean(rows, "hwcomp_int8_over_ort_int8"), _geomean(rows, "hwcomp_int8_over_ov_int8")
     total_s = time.perf_counter() - t_start
-    write_results("int8_cnn", {
-        "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,
+    write_results("int8_cnn" if args.target == "host" else f"int8_cnn_{args.target}", {
+        "target": args.target, "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,
         "warmup": args.warmup, "pause_s": PAUSE_S, "quick": args.quick,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED, "distribution": "N(0, 1)"},
         "held_out": {"images": N_HELD, "seed": HELD_SEED},

@@ -33,6 +33,8 @@ class Target:
 
     ``tvm`` is TVM's target dict (``{"kind": "llvm", "mcpu": ...}``); ``host`` the host half of a
     GPU target. ``arch`` is the CPU architecture the exported library runs on (ELF machine).
+    ``l2_bytes``: one core's L2 cache (``l2_kb`` in a description; the host's from Linux), or None
+    where unknown: the schedules then assume a small one.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Target:
     cross_compiler: str | None = None
     rpc_key: str | None = None
     features: tuple[str, ...] = ()
+    l2_bytes: int | None = None
 
     @property
     def is_gpu(self) -> bool:
@@ -121,6 +124,7 @@ def target_names() -> list[str]:
 _FIELDS: dict[str, tuple[type, ...]] = {
     "description": (str,), "arch": (str,), "vector_bits": (int,), "int8_dot": (str,), "sparse_block": (list,),
     "cross_compiler": (str,), "rpc_key": (str,), "features": (list,), "tvm": (dict,), "host": (dict,),
+    "l2_kb": (int,),
 }
 _REQUIRED = ("arch", "vector_bits", "sparse_block", "tvm")
 ARCHES = ("x86_64", "aarch64")
@@ -289,6 +293,7 @@ def _parse(name: str, text: str, origin: str) -> Target:
         cross_compiler = _str(raw["cross_compiler"], "cross_compiler") if "cross_compiler" in raw else None
         rpc_key = _str(raw["rpc_key"], "rpc_key") if "rpc_key" in raw else None
         features = tuple(_str_list(raw.get("features", []), "features"))
+        l2_bytes = _int(raw["l2_kb"], "l2_kb", 16, 1 << 20) * 1024 if "l2_kb" in raw else None
         tvm_dict = _check_tvm_table(raw["tvm"], "tvm", arch, host_side=False)
         host = None
         if "host" in raw:
@@ -303,7 +308,7 @@ def _parse(name: str, text: str, origin: str) -> Target:
         host.setdefault("num-cores", _physical_cores())
     return Target(name=name, description=description, arch=arch, tvm=tvm_dict, host=host, vector_bits=vector_bits,
                   int8_dot=int8_dot, sparse_block=sparse_block, cross_compiler=cross_compiler, rpc_key=rpc_key,
-                  features=features)
+                  features=features, l2_bytes=l2_bytes)
 
 
 def read_target_file(path: str | Path) -> Target:
@@ -429,4 +434,19 @@ def detect_host() -> Target:
         sparse_block=block,
         rpc_key=None,
         features=features,
+        l2_bytes=_l2_bytes(),
     )
+
+
+def _l2_bytes(cpu: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """One core's level-2 data (or unified) cache from Linux's sysfs, None where it does not say."""
+    try:
+        for index in sorted(cpu.glob("index*")):
+            if (index / "level").read_text().strip() == "2" and \
+                    (index / "type").read_text().strip() in ("Data", "Unified"):
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return None
+    return None

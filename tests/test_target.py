@@ -56,3 +56,30 @@ def test_host_uses_amx_only_where_linux_grants_it(monkeypatch):
         expect = granted and {"amx_tile", "amx_int8"} <= flags
         assert bool(codegen.llvm_cpu_has_features(["amx-int8"], t.tvm_target())) == expect
         assert getattr(get_provider(t), "amx", False) == (expect and t.int8_dot == "vnni")
+
+
+def test_l2_cache_from_the_description_and_from_linux(tmp_path):
+    """``l2_kb`` in a description gives ``Target.l2_bytes`` (checked like every field); the host's is
+    read from sysfs, the level-2 data or unified cache, and unknown (None) where sysfs has none."""
+    import hwcomp.target as tmod
+
+    good = tmp_path / "box.toml"
+    body = 'arch = "x86_64"\nvector_bits = 256\nsparse_block = [8, 1]\n[tvm]\nkind = "llvm"\nmtriple = "x86_64-linux-gnu"\n'
+    good.write_text("l2_kb = 1280\n" + body)
+    assert get_target(str(good)).l2_bytes == 1280 * 1024
+    (tmp_path / "plain.toml").write_text(body)
+    assert get_target(str(tmp_path / "plain.toml")).l2_bytes is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('l2_kb = "big"\n' + body)
+    with pytest.raises(HwcompError, match="l2_kb"):
+        get_target(str(bad))
+    cache = tmp_path / "cache"
+    for i, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"),
+                                              (3, "Unified", "32M")]):
+        d = cache / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert tmod._l2_bytes(cache) == 2 << 20
+    assert tmod._l2_bytes(tmp_path / "nowhere") is None

@@ -40,13 +40,13 @@ def kernel_of(knobs) -> str:
     raise TypeError(f"not a knob set of a tunable kernel: {knobs!r}")
 
 
-def rule_for(knobs, vector_bits: int, registers: int = 16):
+def rule_for(knobs, vector_bits: int, registers: int = 16, l2_bytes: int | None = None):
     """The dlight rule that schedules with ``knobs`` (BlockedConv for ConvKnobs, else TiledReduction)."""
     from hwcomp.schedules.cpu import BlockedConv, ConvKnobs, TiledReduction
 
     if isinstance(knobs, ConvKnobs):
         return BlockedConv(vector_bits, knobs, registers)
-    return TiledReduction(vector_bits, knobs)
+    return TiledReduction(vector_bits, knobs, l2_bytes=l2_bytes)
 
 
 def knobs_to_dict(knobs) -> dict:
@@ -128,7 +128,7 @@ def stored_knob_rules(database: str | Path | None, target: Target) -> list:
     if database is None or target.is_gpu:
         return []
     table = {k: e.knobs for k, e in best_knobs(database, target).items()}
-    return [StoredKnobs(target.vector_bits, table, target.vector_registers)] if table else []
+    return [StoredKnobs(target.vector_bits, table, target.vector_registers, target.l2_bytes)] if table else []
 
 
 def _stored_knobs_rule_class():
@@ -137,10 +137,11 @@ def _stored_knobs_rule_class():
     class _StoredKnobs(ScheduleRule):
         """hwcomp's kernel with the knobs tuned for this exact workload (structural hash)."""
 
-        def __init__(self, vector_bits: int, table: dict, registers: int):
+        def __init__(self, vector_bits: int, table: dict, registers: int, l2_bytes: int | None = None):
             self.vector_bits = vector_bits
             self.table = table
             self.registers = registers
+            self.l2_bytes = l2_bytes
 
         def is_target_available(self, target) -> bool:
             return target.kind.name == "llvm"
@@ -153,7 +154,7 @@ def _stored_knobs_rule_class():
             knobs = self.table.get(workload_key(func))
             if knobs is None:
                 return None
-            return rule_for(knobs, self.vector_bits, self.registers).apply(func, target, tunable)
+            return rule_for(knobs, self.vector_bits, self.registers, self.l2_bytes).apply(func, target, tunable)
 
     return _StoredKnobs
 

@@ -6,9 +6,11 @@ from .rows import Injective, RowReduction
 from .rules import TiledReduction, TileKnobs, schedule_injective
 
 
-def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16) -> list:
+def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16,
+                  l2_bytes: int | None = None) -> list:
     """The rule list applied, in order, to every PrimFunc a tuning database does not cover.
-    ``registers``: the target's vector registers (sizes the convolution's register tile)."""
+    ``registers``: the target's vector registers (sizes the convolution's register tile);
+    ``l2_bytes``: one core's L2 (``Target.l2_bytes``; None: assume a small one)."""
     from tvm.s_tir import dlight as dl
 
     if knobs is None and vector_bits >= 512 and registers >= 32:
@@ -21,7 +23,7 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
     # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
     # take it for a matmul (10x slower)
     return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
-            TiledReduction(vector_bits, knobs),
+            TiledReduction(vector_bits, knobs, l2_bytes=l2_bytes),
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 

@@ -330,3 +330,24 @@ def test_packed_dense_prefetches_next_panels(host, m, k, panels, prefetched):
     lib["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws), tvm.runtime.tensor(bs), res)
     ref = xs.astype(np.float64) @ ws.transpose(1, 0, 2).reshape(k, n) + bs
     np.testing.assert_allclose(res.numpy(), ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("l2_kb,rows_first", [(None, False), (2048, True), (512, False)])
+def test_rows_outer_where_the_weight_fits_the_l2(host, l2_kb, rows_first):
+    """Row tiles go outermost over a weight of at most a third of the target's L2 (Whisper's
+    1500 x 384 x 384 Linear, a 576 KB weight: yes with a 2 MB L2, no with 512 KB or unknown, the
+    256 KB default); numerics against NumPy either way."""
+    panel = 2 * host.vector_bits // 32
+    m, k, n = 1500, 384, 384
+    func = _packed_dense(m, k, n, panel)
+    rule = TiledReduction(host.vector_bits, TileKnobs(mr=8), l2_bytes=l2_kb and l2_kb * 1024)
+    sch = rule.apply(func, host.tvm_target(), False)
+    par = next(line for line in str(sch.mod["main"]).splitlines() if "T.parallel" in line)
+    assert par.split("for ")[1].startswith("i0_0_") == rows_first, par
+    ex = tvm.compile(sch.mod, target=host.tvm_target())
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((m, k)).astype("f4"), rng.standard_normal((k, n)).astype("f4")
+    wp = np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+    out = tvm.runtime.tensor(np.zeros((m, n), "f4"))
+    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(wp), out)
+    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-4, atol=1e-3)
