@@ -159,5 +159,6 @@ def _stored_knobs_rule_class():
     return _StoredKnobs
 
 
-def StoredKnobs(vector_bits: int, table: dict, registers: int = 16):  # noqa: N802 - a class in disguise
-    return _stored_knobs_rule_class()(vector_bits, table, registers)
+def StoredKnobs(vector_bits: int, table: dict, registers: int = 16,  # noqa: N802 - a class in disguise
+                l2_bytes: int | None = None):
+    return _stored_knobs_rule_class()(vector_bits, table, registers, l2_bytes)
