@@ -181,20 +181,22 @@ def _insert_in_loop(sch, work, loop, weight, make_lines):
             out += [line, *make_lines(ind + "    ")]
             continue
         extents = m.group(3).split(", ")
-
-        def loop_line(vs, es, at):
-            return f"{at}for {', '.join(vs)} in {f'T.grid({chr(44).join(es)})' if len(vs) > 1 else f'range({es[0]})'}:"
-
         at = ind
         if i:
-            out.append(loop_line(names[:i], extents[:i], at))
+            out.append(_loop_line(names[:i], extents[:i], at))
             at += "    "
-        out += [loop_line([name], [extents[i]], at), *make_lines(at + "    ")]
+        out += [_loop_line([name], [extents[i]], at), *make_lines(at + "    ")]
         if i + 1 < len(names):
             at += "    "
-            out.append(loop_line(names[i + 1:], extents[i + 1:], at))
+            out.append(_loop_line(names[i + 1:], extents[i + 1:], at))
         body, deeper = ind, at[len(ind):]
     return _parse_back(sch, text, out, found, weight)
+
+
+def _loop_line(names: list[str], extents: list[str], indent: str) -> str:
+    """A TVMScript loop header over ``names`` (one ``range``, or a ``T.grid`` of several)."""
+    over = f"T.grid({', '.join(extents)})" if len(names) > 1 else f"range({extents[0]})"
+    return f"{indent}for {', '.join(names)} in {over}:"
 
 
 def with_block_prefetch(sch, par, main, reduce_loop, blocks: int, rows: int):
