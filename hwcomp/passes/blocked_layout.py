@@ -26,7 +26,6 @@ from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.passes.fold_conv_pad import zero_spatial_pad
-from hwcomp.relax_graph import op_name
 from hwcomp.relax_graph import static_shape as _shape
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
 
@@ -194,7 +193,9 @@ class _Blocker(PyExprMutator):
             bx = self._blocked_input(data, block_in)
             if bx is None:
                 return None
-            packed = pack_conv_weight(w, block_in, self.block)
+            # fewer channels than one block (MobileNetV2's and EfficientNet's 16 and 24): the weight
+            # covers the real channels only, and the conv reduces over those, not over the zeros
+            packed = pack_conv_weight(w, min(block_in, c), self.block)
             out = self.builder_.emit_te(conv2d_nchwc, bx[0], relax.const(packed), *args,
                                         primfunc_name_hint="conv2d_nchwc")
         elif groups == c == o and w.shape[1] == 1:
@@ -287,9 +288,9 @@ class _Blocker(PyExprMutator):
             return None
         bx, channels = self.blocked[x]
         layout = f"NCHW{_shape(bx)[-1]}c"
-        kw = dict(pool_size=[int(p) for p in a.pool_size], strides=[int(s) for s in a.strides],
-                  padding=[int(p) for p in a.padding], dilation=[int(d) for d in a.dilation],
-                  ceil_mode=bool(a.ceil_mode), layout=layout, out_layout=layout)
+        kw = {"pool_size": [int(p) for p in a.pool_size], "strides": [int(s) for s in a.strides],
+                  "padding": [int(p) for p in a.padding], "dilation": [int(d) for d in a.dilation],
+                  "ceil_mode": bool(a.ceil_mode), "layout": layout, "out_layout": layout}
         if call.op.name == "relax.nn.avg_pool2d":
             kw["count_include_pad"] = bool(a.count_include_pad)
             out = relax.op.nn.avg_pool2d(bx, **kw)

@@ -74,12 +74,16 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation,
     ``padding`` is (top, left, bottom, right). With ``groups`` > 1 every group's input and output
     channels are whole blocks (RegNet's 8-wide groups in blocks of 8): output block ``o`` reads the
     input blocks of its group only. Input-channel blocks are reduced outermost, the ``xi`` channels
-    of a block innermost (a broadcast each), matching the schedule's loop order.
+    of a block innermost (a broadcast each), matching the schedule's loop order. A single input
+    block may be wider than the kernel's ``xi``: only its first ``xi`` channels are read (16 real
+    channels in a 32-channel block reduce over 16, not over 16 zeros more).
     """
     n, icc, h, w, xi = (int(d) for d in data.shape)
     occ, icc_k, kh, kw, xi_k, xo = (int(d) for d in kernel.shape)
-    if icc % groups or occ % groups or icc_k != icc // groups or xi != xi_k:
+    partial = icc == 1 and groups == 1 and xi_k < xi
+    if icc % groups or occ % groups or icc_k != icc // groups or (xi != xi_k and not partial):
         raise ValueError(f"conv2d_nchwc: data {data.shape}, kernel {kernel.shape} and groups={groups} disagree")
+    xi = xi_k
     out_per_group = occ // groups
     sh, sw = strides
     dh, dw = dilation

@@ -10,6 +10,7 @@ import torch
 import tvm
 from torch import nn
 from tvm import relax, te
+from tvm.ir import GenericConst
 
 from hwcomp.artifact import flatten_outputs
 from hwcomp.build import bind_weights, compile_module, finalize_weights, schedule
@@ -353,3 +354,48 @@ def test_layout_for_target_folds_batch_norm_into_the_weights(make, shape, host):
     lowered = relax.transform.DecomposeOpsForInference()(finalize_weights(out)[0])
     assert _ops(lowered, "relax.subtract") == 0  # no batch-norm left to decompose (x - mean) / std ...
     _check_numerics(model, out, host, torch.randn(*shape))
+
+
+class Thin(nn.Module):
+    """conv 4 → 8 → relu → 1x1 conv 8 → 24: the second conv's input has fewer channels than a block."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 24, 1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+
+def test_conv_reduces_over_the_real_channels_of_a_thin_block(host):
+    """A blocked input with fewer channels than one block (MobileNetV2's and EfficientNet's 16 and 24
+    channels in 32-channel blocks): the weight is packed for the real channels (xi = 8 here, not the
+    block's 16) and the conv reduces over those only; numerics against PyTorch."""
+    model, _, mod = _import(Thin(), torch.randn(1, 4, 7, 7))
+    out = BlockedLayout(BLOCK)(mod)
+    shapes = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.call_tir" \
+                and e.args[0].name_hint.startswith("conv2d_nchwc"):
+            shapes.extend(tuple(int(d) for d in a.ty.shape.values) for a in e.args[1].fields
+                          if isinstance(a, GenericConst))
+
+    relax.analysis.post_order_visit(out["main"].body, visit)
+    assert sorted(shapes) == [(1, 1, 3, 3, 4, 16), (2, 1, 1, 1, 8, 16)]
+    _check_numerics(model, out, host, torch.randn(1, 4, 7, 7))
+
+
+def test_conv2d_nchwc_reads_the_first_channels_of_a_wider_block():
+    """``conv2d_nchwc`` with one 16-wide input block and an 8-wide kernel block reduces over the 8
+    channels (the rest of the block is never read); several input blocks must match exactly."""
+    from hwcomp.schedules.cpu.conv import conv2d_nchwc
+
+    d = te.placeholder((1, 1, 5, 5, 16), name="d")
+    out = conv2d_nchwc(d, te.placeholder((2, 1, 1, 1, 8, 16), name="w"), (1, 1), (0, 0, 0, 0), (1, 1))
+    assert [int(x) for x in out.shape] == [1, 2, 5, 5, 16]
+    assert [int(r.dom.extent) for r in out.op.reduce_axis] == [1, 1, 1, 8]
+    with pytest.raises(ValueError, match="disagree"):
+        conv2d_nchwc(te.placeholder((1, 2, 5, 5, 16), name="d2"), te.placeholder((2, 2, 1, 1, 8, 16), name="w2"),
+                     (1, 1), (0, 0, 0, 0), (1, 1))
