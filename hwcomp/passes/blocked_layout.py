@@ -289,8 +289,8 @@ class _Blocker(PyExprMutator):
         bx, channels = self.blocked[x]
         layout = f"NCHW{_shape(bx)[-1]}c"
         kw = {"pool_size": [int(p) for p in a.pool_size], "strides": [int(s) for s in a.strides],
-                  "padding": [int(p) for p in a.padding], "dilation": [int(d) for d in a.dilation],
-                  "ceil_mode": bool(a.ceil_mode), "layout": layout, "out_layout": layout}
+              "padding": [int(p) for p in a.padding], "dilation": [int(d) for d in a.dilation],
+              "ceil_mode": bool(a.ceil_mode), "layout": layout, "out_layout": layout}
         if call.op.name == "relax.nn.avg_pool2d":
             kw["count_include_pad"] = bool(a.count_include_pad)
             out = relax.op.nn.avg_pool2d(bx, **kw)
