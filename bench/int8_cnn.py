@@ -458,6 +458,15 @@ def main() -> None:
     unknown = [n for n in names if n not in MODELS]
     if unknown:  # before anything runs: a typo must not overwrite the results file with an empty run
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    from hwcomp.errors import HwcompError
+    from hwcomp.target import get_target
+
+    try:  # likewise for the target: it must exist and run on this machine, or nothing is timed
+        target = get_target(args.target)
+    except HwcompError as e:
+        p.error(str(e))
+    if not target.runs_here():
+        p.error(f"target {args.target!r} does not run on this machine: its int8 and fp32 builds could not be timed here")
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
