@@ -51,6 +51,18 @@ def _const(v: int, int64: bool) -> str:
     return f"T.int64({v})" if int64 else str(v)
 
 
+def _prefetch(addr: str) -> str:
+    """The TVMScript statement prefetching the cache line at ``addr`` (read, keep in all levels)."""
+    return f'T.evaluate(T.call_intrin("void", "tirx.prefetch", {addr}, 0, 3, 1))'
+
+
+def _flat_alias(buf, size: int, c) -> tuple[str, str]:
+    """The name of a one-dimensional alias of ``buf`` (``size`` elements) and the TVMScript line that
+    declares it: one index instead of one per dimension (the same speed once compiled)."""
+    name = f"{buf.name}_flat"
+    return name, f'{name} = T.decl_buffer(({c(size)},), "{buf.dtype}", data={buf.name}.data)'
+
+
 def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, nr: int,
                    int64: bool, indent: str, elem_bytes: int = 4) -> list[str]:
     """TVMScript lines, to go first in the body of the parallel loop ``loop`` (panels × row tiles
@@ -66,8 +78,7 @@ def prefetch_lines(loop: str, panels: int, row_tiles: int, weight: str, k: int, 
     e = f"T.min(({loop} % {c(row_tiles)} * {c(per)} + pl) * {c(per_elem)}, {c(k * nr - 1)})"
     panel = f"T.min({loop} // {c(row_tiles)} + {c(DISTANCE)}, {c(panels - 1)})"
     addr = f"T.address_of({weight}[{panel}, {e} // {c(nr)}, {e} % {c(nr)}])"
-    return [f"{indent}for pl in range({c(per)}):",
-            f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", {addr}, 0, 3, 1))']
+    return [f"{indent}for pl in range({c(per)}):", f"{indent}    {_prefetch(addr)}"]
 
 
 def _parse_back(sch, text: str, lines: list[str], found: int, weight):
@@ -90,18 +101,14 @@ def _insert_under_parallel(sch, par, tasks: int, weight, make_lines):
     """``sch`` with ``make_lines(loop_var_name, int64, indent)`` inserted first in the body of its
     parallel loop ``par`` (``tasks`` iterations), a new schedule; ``sch`` itself where the script does
     not match (another loop structure, ``weight`` not a parameter printed under its own name)."""
+    import tvm
+
     loop = sch.get(par)
-    name = loop.loop_var.name
-    text = sch.mod.script()
-    head = re.compile(rf"^(\s*)for {re.escape(name)} in T\.parallel\((?:T\.int64\()?{tasks}\)?\):$")
-    out, found = [], 0
-    for line in text.splitlines():
-        out.append(line)
-        m = head.match(line)
-        if m:
-            found += 1
-            out += make_lines(name, str(loop.loop_var.ty) == "int64", m.group(1) + "    ")
-    return _parse_back(sch, text, out, found, weight)
+    if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) != tasks:
+        return sch
+    var = loop.loop_var
+    return _insert_in_loop(sch, sch.copy(), par, weight,
+                           lambda indent: make_lines(var.name, str(var.ty) == "int64", indent))
 
 
 def with_panel_prefetch(sch, par, main, k_loop, panels: int, row_tiles: int, k: int, nr: int):
@@ -153,16 +160,15 @@ def _with_chunked_prefetch(sch, par, k_loop, chunk: int, panels: int, row_tiles:
     panel = f"T.min({par_v.name} // {c(row_tiles)} + {c(1)}, {c(panels - 1)})"
     addr = f"T.address_of({weight.name}[{panel}, {e} // {c(nr)}, {e} % {c(nr)}])"
     return _insert_in_loop(sch, work, ko, weight, lambda indent: [
-        f"{indent}for pl in range({c(per_chunk)}):",
-        f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", {addr}, 0, 3, 1))'])
+        f"{indent}for pl in range({c(per_chunk)}):", f"{indent}    {_prefetch(addr)}"])
 
 
 def _insert_in_loop(sch, work, loop, weight, make_lines):
-    """``work`` (a copy of ``sch``) with ``make_lines(indent)`` first in the body of its serial
-    ``loop``, a new schedule; ``sch`` where the script does not match. A loop printed inside a
+    """``work`` (a copy of ``sch``) with ``make_lines(indent)`` first in the body of its serial or
+    parallel ``loop``, a new schedule; ``sch`` where the script does not match. A loop printed inside a
     ``T.grid`` is printed apart from the loops around it first, the body indented to match."""
     name = work.get(loop).loop_var.name
-    head = re.compile(r"^(\s*)for ([\w, ]+) in (?:T\.grid\((.*)\)|range\((.*)\)):$")
+    head = re.compile(r"^(\s*)for ([\w, ]+) in (?:T\.grid\((.*)\)|range\((.*)\)|T\.parallel\((.*)\)):$")
     text = work.mod.script()
     out, found, body, deeper = [], 0, None, ""
     for line in text.splitlines():
@@ -177,7 +183,7 @@ def _insert_in_loop(sch, work, loop, weight, make_lines):
             continue
         found += 1
         ind, i = m.group(1), names.index(name)
-        if m.group(4) is not None:  # a loop of its own
+        if m.group(3) is None:  # a loop of its own
             out += [line, *make_lines(ind + "    ")]
             continue
         extents = m.group(3).split(", ")
@@ -199,6 +205,11 @@ def _loop_line(names: list[str], extents: list[str], indent: str) -> str:
     return f"{indent}for {', '.join(names)} in {over}:"
 
 
+def _conv_weight(sch, main):
+    """The packed weight ``[O/xo, I/xi, KH, KW, xi, xo]`` a blocked convolution reads, or None."""
+    return next((r.source for r in sch.get(main).reads if len(r.source.shape) == 6), None)
+
+
 def with_block_prefetch(sch, par, main, reduce_loop, blocks: int, rows: int):
     """A convolution in the default order (tasks of ``rows`` output rows for each of ``blocks``
     output-channel blocks, block-major) with a prefetch of the next block's weights: each task
@@ -209,7 +220,7 @@ def with_block_prefetch(sch, par, main, reduce_loop, blocks: int, rows: int):
     the weights cold (as in a model): ResNet-50's 1x1 convs at 14x14, 1024->256 0.410 -> 0.347 ms,
     256->1024 0.356 -> 0.304 (1-4 % slower with the weights in cache); ResNet-50 0.966x round-robin.
     Returns a new schedule, or ``sch`` where it does not apply."""
-    weight = next((r.source for r in sch.get(main).reads if len(r.source.shape) == 6), None)
+    weight = _conv_weight(sch, main)
     if weight is None or blocks < 2:
         return sch
     per_block = math.prod(int(d) for d in weight.shape[1:])
@@ -232,11 +243,10 @@ def with_block_prefetch(sch, par, main, reduce_loop, blocks: int, rows: int):
     block = f"T.min({par_v.name} // {c(rows)} % {c(blocks)} + {c(1)}, {c(blocks - 1)})"
     line = f"{par_v.name} % {c(rows)} * {c(share)} + T.min(({_step(between, c)}) * {c(per_pass)} + pl, {c(share - 1)})"
     e = f"T.min({block} * {c(per_block)} + ({line}) * {c(per_elem)}, {c(total - 1)})"
-    flat = f"{weight.name}_flat"
+    flat, alias = _flat_alias(weight, total, c)
     return _insert_in_loop(sch, work, reduce_loop, weight, lambda indent: [
-        f'{indent}{flat} = T.decl_buffer(({c(total)},), "{weight.dtype}", data={weight.name}.data)',
-        f"{indent}for pl in range({c(per_pass)}):",
-        f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of({flat}[{e}]), 0, 3, 1))'])
+        f"{indent}{alias}", f"{indent}for pl in range({c(per_pass)}):",
+        f"{indent}    {_prefetch(f'T.address_of({flat}[{e}])')}"])
 
 
 #: Row prefetch: at most this many panels (more re-read the rows from cache, where it only costs).
@@ -270,10 +280,9 @@ def with_row_prefetch(sch, par, main, panels: int, row_tiles: int, k: int, mr: i
             return _const(v, int64)
 
         row = f"T.min(({name} % {c(row_tiles)} + {c(1)}) * {c(mr)} + pr, {c(rows - 1)})"
-        return [f'{indent}{x.name}_flat = T.decl_buffer(({c(rows * k)},), "{x.dtype}", data={x.name}.data)',
-                f"{indent}for pr, pl in T.grid({c(mr)}, {c(-(-k // per_elem))}):",
-                (f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", '
-                 f"T.address_of({x.name}_flat[{row} * {c(k)} + pl * {c(per_elem)}]), 0, 3, 1))")]
+        flat, alias = _flat_alias(x, rows * k, c)
+        return [f"{indent}{alias}", f"{indent}for pr, pl in T.grid({c(mr)}, {c(-(-k // per_elem))}):",
+                f"{indent}    {_prefetch(f'T.address_of({flat}[{row} * {c(k)} + pl * {c(per_elem)}])')}"]
 
     return _insert_under_parallel(sch, par, panels * row_tiles, x, lines)
 
@@ -295,7 +304,7 @@ def with_slice_prefetch(sch, par, main, reduce_loop, burst_loops):
     0.93 ms, 1x1 2048->512 0.46 -> 0.35, 512->2048 0.49 -> 0.40; bursts per kernel column instead
     (9 lines each), 3x3 512->512 at 7x7 0.93 -> 0.74, per kernel row at 14x14 (7 lines) 0.64 -> 0.63.
     Returns a new schedule, or ``sch`` where it does not apply."""
-    weight = next((r.source for r in sch.get(main).reads if len(r.source.shape) == 6), None)
+    weight = _conv_weight(sch, main)
     if weight is None:
         return sch
     blocks, per_block, kh, kw, xi, xo = (int(d) for d in weight.shape)
@@ -321,15 +330,13 @@ def with_slice_prefetch(sch, par, main, reduce_loop, burst_loops):
         return _const(v, int64)
 
     # flat offset of this burst's part of the next slice; past the task's last slice it runs on
-    # into the next block (the same thread's next task under static scheduling). Addressed through a
-    # flat alias of the weight (one index instead of six div/mods; the same speed once compiled).
+    # into the next block (the same thread's next task under static scheduling)
     e = (f"T.min(({par_v.name} % {c(blocks)} * {c(per_block)} + {rc_v.name} + {c(1)}) * {c(size)}"
          f" + T.min(({_step(between, c)}) * {c(per)} + pl, {c(lines - 1)}) * {c(per_elem)}, {c(total - 1)})")
-    flat = f"{weight.name}_flat"
+    flat, alias = _flat_alias(weight, total, c)
     return _insert_in_loop(sch, work, burst_loop, weight, lambda indent: [
-        f'{indent}{flat} = T.decl_buffer(({c(total)},), "{weight.dtype}", data={weight.name}.data)',
-        f"{indent}for pl in range({c(per)}):",
-        f'{indent}    T.evaluate(T.call_intrin("void", "tirx.prefetch", T.address_of({flat}[{e}]), 0, 3, 1))'])
+        f"{indent}{alias}", f"{indent}for pl in range({c(per)}):",
+        f"{indent}    {_prefetch(f'T.address_of({flat}[{e}])')}"])
 
 
 def _loops_between(work, main, after, last):
