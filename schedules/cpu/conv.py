@@ -34,9 +34,6 @@ from .rules import (
     schedule_root_stages,
 )
 
-#: Prefetch the next output-channel block's weights in the default order (``with_block_prefetch``).
-PREFETCH_BLOCKS = True
-
 #: Block annotation naming hwcomp's blocked convolutions ("conv" or "depthwise").
 CONV_ATTR = "hwcomp.blocked_conv"
 
@@ -274,6 +271,6 @@ class BlockedConv(_CPURule):
         schedule_root_stages(sch, par, self.vector_bits)
         if k_outer:
             return with_slice_prefetch(sch, par, main, rc, [ow_o, ry, rx])
-        if kind == "conv" and not rows_outer and PREFETCH_BLOCKS:
+        if kind == "conv" and not rows_outer:
             return with_block_prefetch(sch, par, main, rc, e_oc, e_oh)
         return sch

@@ -490,7 +490,7 @@ class TiledReduction(_CPURule):
         return sch
 
     @staticmethod
-    def _rows_outer(stmt, rows: int | None, mr: int, max_bytes: int = 256 * 1024) -> bool:
+    def _rows_outer(stmt, rows: int | None, mr: int, max_bytes: int) -> bool:
         """Whether the row tiles go outermost, each running every column panel, instead of the
         panels outermost: many row tiles (a large activation: Swin's and ConvNeXt's stage-1
         ``3136 x 384 x 96``) over a column operand that stays in L2. Panel by panel, each panel
