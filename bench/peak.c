@@ -101,8 +101,12 @@ __attribute__((target("avx512f"))) static float fma512_loop(long n) {
 /* AVX-512 VNNI: u8 x s8 -> s32 (vpdpbusd, 64 MACs = 128 ops per instruction), 10 independent chains */
 __attribute__((target("avx512f,avx512vnni"))) static int vnni_loop(long n) {
   __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-2);
-  __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
-          c8 = c0, c9 = c0;
+  /* distinct starting values: ten chains from one zero are one value, and the compiler computed it
+   * once (one vpdpbusd per iteration credited as ten: the 1671/2342 GOP/s of 2026-12-05) */
+  __m512i c0 = _mm512_set1_epi32(0), c1 = _mm512_set1_epi32(1), c2 = _mm512_set1_epi32(2),
+          c3 = _mm512_set1_epi32(3), c4 = _mm512_set1_epi32(4), c5 = _mm512_set1_epi32(5),
+          c6 = _mm512_set1_epi32(6), c7 = _mm512_set1_epi32(7), c8 = _mm512_set1_epi32(8),
+          c9 = _mm512_set1_epi32(9);
   for (long k = 0; k < n; k++) {
     __asm__ volatile("" : "+v"(a), "+v"(b));
     c0 = _mm512_dpbusd_epi32(c0, a, b); c1 = _mm512_dpbusd_epi32(c1, a, b); c2 = _mm512_dpbusd_epi32(c2, a, b);

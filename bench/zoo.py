@@ -193,7 +193,9 @@ def line(row: dict) -> str:
 def fp32_peak(threads: int, override: float | None) -> tuple[float | None, str]:
     """This CPU's fp32 FMA peak on ``threads`` threads (GFLOP/s) and where the figure comes from:
     ``bench/peak.py``'s loops run now, or the figure it recorded in ``bench/results/peak.json`` when
-    that is higher (a peak is a best case, and a busy machine measures low)."""
+    that is higher (a peak is a best case, and a busy machine measures low) — but only a figure
+    recorded on this CPU (same model name and AVX-512 flags) and within 1.25x of today's: the file
+    may come from another session's CPU (a Xeon's 431 GFLOP/s was once applied to a Zen 4's 234)."""
     if override:
         return override, "--peak-gflops"
     measured = recorded = None
@@ -205,8 +207,15 @@ def fp32_peak(threads: int, override: float | None) -> tuple[float | None, str]:
     except Exception as e:  # noqa: BLE001 - no gcc / not x86: the recorded peak, if any
         why = f" (measuring failed: {_reason(e)})"
     try:
-        rows = json.loads((RESULTS / "peak.json").read_text())["rows"]
-        recorded = float(next(r for r in rows if r["threads"] == threads)["fp32_fma_gflops"])
+        saved = json.loads((RESULTS / "peak.json").read_text())
+        recorded = float(next(r for r in saved["rows"] if r["threads"] == threads)["fp32_fma_gflops"])
+        here, there = peers.machine_info(threads), saved.get("machine") or {}
+        if any(here.get(k) != there.get(k) for k in ("cpu", "avx2", "avx512_flags")):
+            why += f" (recorded on another CPU: {there.get('cpu')}, {recorded:.1f})"
+            recorded = None
+        elif measured and recorded > 1.25 * measured:
+            why += f" (recorded {recorded:.1f} is over 1.25x today's: another CPU)"
+            recorded = None
     except (OSError, ValueError, KeyError, TypeError, StopIteration):  # none recorded for this thread count
         recorded = None
     now = f"measured now {measured:.1f}" if measured else "not measured now" + why
@@ -214,7 +223,7 @@ def fp32_peak(threads: int, override: float | None) -> tuple[float | None, str]:
         return recorded, f"bench/results/peak.json ({now})"
     if measured:
         rec = f", recorded {recorded:.1f}" if recorded else ""
-        return measured, f"bench/peak.py measure_peaks ({now}{rec})"
+        return measured, f"bench/peak.py measure_peaks ({now}{rec}){why}"
     return None, "unknown" + why
 
 
