@@ -39,6 +39,16 @@ Digits CNN (``bench/accuracy.py``'s ``digits_cnn`` on sklearn digits, trained as
 compiled by hwcomp fp32 and int8 (calibrated on 64 training images, batch 1), top-1 on the test
 split for both and the drop in points. Runs unless ``--quick`` (then only with ``--digits``).
 
+Trained ResNets (with the digits section): the random-init zoo ResNets say how far int8 moves a
+network that amplifies every perturbation (ResNet-50's 50 random layers: cosine 0.67 for every
+framework), not how int8 serves a trained one, and no trained CNN weights are available offline.
+So ResNet-18 and ResNet-50 — the zoo's ``transformers`` configs (basic / bottleneck blocks, the
+published widths and depths) with one input channel and a 10-way head — are trained here on
+sklearn digits upsampled to 32x32 (AdamW, one-cycle schedule, a few epochs: ~20 s and ~60 s on 2
+cores), then quantized by hwcomp, ONNX Runtime (``quantize_static`` U8S8, QDQ, per-channel) and
+OpenVINO (NNCF) on the SAME 16 training images, and compared with PyTorch fp32 on all 360 test
+images: per-image logit cosine (mean and minimum), top-1 accuracy and agreement with fp32.
+
     python bench/int8_cnn.py [--quick] [--models resnet18,mobilenet_v2] [--rounds 10] [--number 3]
                              [--threads 2] [--digits | --no-digits]
 
@@ -385,6 +395,115 @@ def bench_digits(args) -> dict:
     return out
 
 
+TRAINED = {"resnet18": 5, "resnet50": 5}  # architecture -> training epochs on digits
+
+
+def digits_resnet(kind: str) -> torch.nn.Module:
+    """The zoo's ResNet-18 / ResNet-50 config with 1 input channel and a 10-way head; returns logits."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    if kind == "resnet18":
+        cfg = ResNetConfig(num_channels=1, num_labels=10, embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                           depths=[2, 2, 2, 2], layer_type="basic")
+    else:
+        cfg = ResNetConfig(num_channels=1, num_labels=10)
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = ResNetForImageClassification(cfg)
+
+        def forward(self, x):
+            return self.net(x).logits
+
+    return Logits()
+
+
+def _trained_resnet_row(kind: str, epochs: int, data: tuple, calib: list[np.ndarray], args, wd: Path) -> dict:
+    """Train one ``digits_resnet`` on the digits, then each int8 framework's fidelity on the test set."""
+    import torch.nn.functional as F
+    from accuracy import Shuffled
+
+    import hwcomp
+    from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
+
+    x_tr, y_tr, x_te, y_te = data
+    labels = y_te.numpy()
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = digits_resnet(kind)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)
+    batches = Shuffled(x_tr, y_tr, 64, seed=0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * len(batches))
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        ref = model(x_te).numpy()
+    row: dict = {"epochs": epochs, "train_s": time.perf_counter() - t0, "errors": {},
+                 "top1": {"torch_fp32": 100.0 * float((ref.argmax(1) == labels).mean())}}
+    print(f"[trained {kind}] {epochs} epochs in {row['train_s']:.0f} s: PyTorch fp32 top-1 "
+          f"{row['top1']['torch_fp32']:.2f} %", flush=True)
+    wd.mkdir(parents=True, exist_ok=True)
+    onnx_path, example = wd / "model.onnx", (x_te[:1],)
+    host = get_target(args.target)
+
+    def hwcomp_int8():
+        opts = hwcomp.CompileOptions(passes=quantize_passes(host, QuantConfig(), [[c] for c in calib], progress=False))
+        art = hwcomp.compile(model, host, None, example_inputs=example, options=opts)
+        return lambda x: art.run([x])[0]
+
+    def ort_int8():
+        peers.export_onnx(model, example, onnx_path)
+        ort_int8_static(onnx_path, wd / "model_int8_uint8.onnx", calib, "uint8")
+        return _ort_session(wd / "model_int8_uint8.onnx", args.threads)
+
+    def ov_int8():
+        if not onnx_path.exists():
+            peers.export_onnx(model, example, onnx_path)
+        return ov_int8_nncf(onnx_path, calib, args.threads)
+
+    for label, make in (("hwcomp_int8", hwcomp_int8), ("ort_int8", ort_int8), ("ov_int8", ov_int8)):
+        try:
+            run = make()
+            got = np.concatenate([np.asarray(run(x_te[i:i + 1].numpy())).reshape(1, -1) for i in range(len(x_te))])
+            cos = [_cos(a, b) for a, b in zip(got, ref)]
+            row.setdefault("cosine_mean", {})[label] = float(np.mean(cos))
+            row.setdefault("cosine_min", {})[label] = float(np.min(cos))
+            row["top1"][label] = 100.0 * float((got.argmax(1) == labels).mean())
+            row.setdefault("agreement_with_fp32", {})[label] = float((got.argmax(1) == ref.argmax(1)).mean())
+            print(f"  {label}: cosine mean {np.mean(cos):.5f} min {np.min(cos):.5f}, "
+                  f"top-1 {row['top1'][label]:.2f} %", flush=True)
+        except Exception as e:  # noqa: BLE001 - one framework's failure is a result
+            row["errors"][label] = _reason(e)
+            print(f"  {label}: FAILED {row['errors'][label]}", flush=True)
+    row["total_s"] = time.perf_counter() - t0
+    return row
+
+
+def bench_trained_resnets(args, workdir: Path) -> dict:
+    """ResNet-18/50 trained on digits at 32x32; int8 fidelity of hwcomp, ORT and OpenVINO vs fp32."""
+    import torch.nn.functional as F
+    from accuracy import digits_data
+
+    x_tr, y_tr, x_te, y_te = digits_data()
+    x_tr, x_te = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) for x in (x_tr, x_te))
+    calib = [x_tr[i:i + 1].numpy() for i in range(N_CALIB)]
+    out: dict = {"input": [1, 1, 32, 32], "train": len(x_tr), "test": len(x_te), "calibration_images": N_CALIB,
+                 "models": {}}
+    for kind, epochs in TRAINED.items():
+        out["models"][kind] = _trained_resnet_row(kind, epochs, (x_tr, y_tr, x_te, y_te), calib, args,
+                                                  workdir / f"trained_{kind}")
+        gc.collect()
+    return out
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 HEADER = ["model", "hwcomp fp32 ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms", "OpenVINO int8 ms",
@@ -490,16 +609,20 @@ def main() -> None:
             row["total_s"] = time.perf_counter() - t0
             rows.append(row)
             gc.collect()
+        dig = trained = None
+        if digits:
+            try:
+                dig = bench_digits(args)
+            except Exception as e:  # noqa: BLE001
+                dig = {"error": _reason(e), "traceback": traceback.format_exc(limit=-6)}
+                print(f"[digits] FAILED: {dig['error']}", flush=True)
+            try:
+                trained = bench_trained_resnets(args, workdir)
+            except Exception as e:  # noqa: BLE001
+                trained = {"error": _reason(e), "traceback": traceback.format_exc(limit=-6)}
+                print(f"[trained ResNets] FAILED: {trained['error']}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    dig = None
-    if digits:
-        try:
-            dig = bench_digits(args)
-        except Exception as e:  # noqa: BLE001
-            dig = {"error": _reason(e), "traceback": traceback.format_exc(limit=-6)}
-            print(f"[digits] FAILED: {dig['error']}", flush=True)
 
     threads = {"tvm": _tvm_threads(), "torch": torch.get_num_threads(), "onnxruntime": args.threads}
     print()
@@ -528,6 +651,17 @@ def main() -> None:
             print(f"digits CNN ({dig['test']} test images; int8 calibrated on {DIGITS_CALIB} training images): "
                   f"PyTorch fp32 {dig['torch_fp32_acc']:.2f} %, hwcomp fp32 {acc('hwcomp_fp32_acc')}, "
                   f"hwcomp int8 {acc('hwcomp_int8_acc')}, int8 drop {drop} points")
+    if trained is not None:
+        print()
+        if "error" in trained:
+            print(f"trained ResNets: FAILED {trained['error']}")
+        else:
+            print(f"ResNets trained on digits (1x32x32, {trained['test']} test images, {N_CALIB} calibration images):")
+            for kind, r in trained["models"].items():
+                cells = [f"{lb} cosine {r['cosine_mean'][lb]:.5f} (min {r['cosine_min'][lb]:.5f}) top-1 "
+                         f"{r['top1'][lb]:.2f} %" for lb in r.get("cosine_mean", {})]
+                cells += [f"{lb} FAILED {why}" for lb, why in r["errors"].items()]
+                print(f"  {kind}: fp32 top-1 {r['top1']['torch_fp32']:.2f} %; " + "; ".join(cells))
 
     geomean, geomean_ov = _geomean(rows, "hwcomp_int8_over_ort_int8"), _geomean(rows, "hwcomp_int8_over_ov_int8")
     total_s = time.perf_counter() - t_start
@@ -536,7 +670,7 @@ def main() -> None:
         "warmup": args.warmup, "pause_s": PAUSE_S, "quick": args.quick,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED, "distribution": "N(0, 1)"},
         "held_out": {"images": N_HELD, "seed": HELD_SEED},
-        "models": rows, "digits": dig, "geomean_hwcomp_int8_over_ort_int8": geomean,
+        "models": rows, "digits": dig, "trained_resnets": trained, "geomean_hwcomp_int8_over_ort_int8": geomean,
         "geomean_hwcomp_int8_over_ov_int8": geomean_ov,
         "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
         "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
