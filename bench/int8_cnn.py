@@ -557,7 +557,7 @@ def _tvm_threads() -> int | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="resnet18 only, 3 rounds, no digits section")
+    p.add_argument("--quick", action="store_true", help="resnet18 only, 3 rounds, no digits sections")
     p.add_argument("--models", help=f"comma-separated zoo CNNs (default: {','.join(MODELS)})")
     p.add_argument("--rounds", type=int, help="round-robin rounds (default 10, --quick 3)")
     p.add_argument("--number", type=int, default=3, help="calls per variant per round (their mean is a sample)")
@@ -568,7 +568,8 @@ def main() -> None:
                         "kernels' int8/fp32 ratio); results go to int8_cnn_<target>.json unless host")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--digits", dest="digits", action="store_true", default=None,
-                   help="run the digits CNN section (default: on unless --quick)")
+                   help="run the digits sections: the digits CNN's top-1, and ResNet-18/50 trained on "
+                        "digits for int8 fidelity (~2 min; default: on unless --quick)")
     g.add_argument("--no-digits", dest="digits", action="store_false")
     args = p.parse_args()
     args.rounds = args.rounds or (3 if args.quick else 10)
