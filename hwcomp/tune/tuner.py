@@ -104,6 +104,7 @@ class TuneResult:
     fleet: str = "this machine"
     validation: ValidationReport | None = None
     confirmations: list = dataclasses.field(default_factory=list)  # hwcomp.tune.confirm.Confirmation
+    in_model: object = None  # hwcomp.tune.in_model.InModelCheck, where it ran
 
     @property
     def estimated_latency_s(self) -> float | None:
@@ -133,7 +134,8 @@ class TuneResult:
         return {"target": self.target, "db_dir": str(self.db_dir), "method": self.method,
                 "trials_new": self.trials_new, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
                 "fleet": self.fleet, "estimated_latency_s": self.estimated_latency_s,
-                "tasks": [t.to_dict() for t in self.tasks]}
+                "tasks": [t.to_dict() for t in self.tasks],
+                "in_model": dataclasses.asdict(self.in_model) if self.in_model is not None else None}
 
 
 DEFAULT_TRIALS = 64  # without a time budget
@@ -210,6 +212,10 @@ class TuneOptions:
     """Finally re-measure each task's best records against the default schedule, in interleaved rounds,
     and store the re-measured times (:mod:`hwcomp.tune.confirm`): the best of hundreds of single noisy
     measurements is otherwise mostly a lucky one."""
+    in_model_check: bool = True
+    """After the confirmation, where the model runs on this machine, time every kernel inside the model
+    untuned and with the records, and hand back to hwcomp's schedule the workloads whose record loses
+    there (:mod:`hwcomp.tune.in_model`): a kernel timed alone can win and still lose in place."""
     builder_timeout_s: float = 120.0
     """Build timeout per candidate."""
     runner_timeout_s: float = 60.0
@@ -317,6 +323,18 @@ def tune(model, target: str | Target = "host", options: TuneOptions | None = Non
                 knobs_kept = True
             if opts.confirm and result.stopped != "interrupted":
                 _confirm_phase(run)
+                if opts.in_model_check and not fleet.remote and target.runs_here() \
+                        and opts.method in ("metaschedule", "both"):
+                    from .in_model import check_in_model
+
+                    result.in_model = check_in_model(model, target, db, passes=opts.passes,
+                                                     example_inputs=opts.example_inputs,
+                                                     input_shapes=opts.input_shapes, log=log)
+                    defaults = {c.task: c.default for c in result.confirmations}
+                    for r in reports:  # the summary: hwcomp's schedule serves these now, at its time alone
+                        if r.name in result.in_model.flipped:
+                            r.knob_record = True
+                            r.ms_best = defaults.get(r.name) or r.ms_best
     except KeyboardInterrupt:
         result.stopped = "interrupted"
         log("interrupted: every record measured so far is in the database; run the same command to continue")

@@ -26,6 +26,7 @@ from hwcomp.errors import HwcompError
 from hwcomp.records.formats import workload_stats as workload_stats_of
 from hwcomp.records.served import hwcomp_served, served_database
 from hwcomp.tune import database as dbm
+from hwcomp.tune.in_model import slower_in_model
 from hwcomp.tune.knobs import best_knobs, schedule_with
 from hwcomp.tune.tasks import extract_tasks, lower_for_tuning
 from hwcomp.tune.tuner import TuneOptions, tune
@@ -104,7 +105,9 @@ def test_database_never_serves_a_schedule_slower_than_untuned(tuned_db, model_pt
     lines[slowest] = json.dumps(planted, separators=(",", ":"))
     (db / dbm.RECORDS).write_text("\n".join(lines) + "\n")
 
-    result = tune(model_pt2, host, TuneOptions(trials=TRIALS, db_dir=db, progress=False), log=None)
+    # the confirmation alone (the in-model check after it may hand records back: its own test below)
+    result = tune(model_pt2, host, TuneOptions(trials=TRIALS, db_dir=db, progress=False, in_model_check=False),
+                  log=None)
     assert result.trials_new == 0
     after = (db / dbm.RECORDS).read_text().splitlines()
     assert len(after) >= len(lines)  # times rewritten, no record lost
@@ -124,6 +127,57 @@ def test_database_never_serves_a_schedule_slower_than_untuned(tuned_db, model_pt
         else:  # the served record is the one re-measured fastest
             assert t.key not in hwcomp_side
             assert stats[t.key].best_secs == pytest.approx(t.best, rel=1e-4)
+
+
+def test_in_model_check_hands_losing_records_back(tuned_db, model_pt2, tmp_path, host):
+    """After the confirmation the in-model check times every kernel inside the model, untuned and with
+    the records. At its default margin it hands back only records slower in place; with a margin of
+    -100 % every record-served kernel counts as slower, so every such workload must get the "hwcomp"
+    verdict, compile must then build exactly the untuned schedules (same output bits), and the model
+    must still match PyTorch. (The records are planted as served first: a 6-trial search rarely
+    beats the defaults, and a check with nothing to hand back would test nothing.)"""
+    import shutil
+
+    from hwcomp import CompileOptions, compile
+    from hwcomp.records.served import METASCHEDULE, verdict, verdicts
+    from hwcomp.tune.in_model import check_in_model
+
+    db = tmp_path / "db"
+    shutil.copytree(tuned_db[0], db)
+    result = tune(model_pt2, host, TuneOptions(trials=TRIALS, db_dir=db, progress=False), log=None)
+    check = result.in_model
+    assert check is not None and check.untuned_ms and check.tuned_ms
+    records = {e["task"]: k for k, e in verdicts(db).load().items() if e.get("serve") == METASCHEDULE}
+    for name in records:  # what the default margin kept loses by no more than it in place
+        assert check.tuned_ms[name] <= check.untuned_ms[name] * 1.03
+    assert all(n not in records for n in check.flipped)
+
+    # every tuned workload served by its records (as if each had won the confirmation), then the
+    # forced check: each kernel timed in both builds must be handed back
+    planted = {t.key: verdict(METASCHEDULE, t.name, 1.0, 1e-9) for t in result.tasks}
+    verdicts(db).add(planted, replace=True)
+    assert hwcomp_served(db) == set()
+    forced = check_in_model(model_pt2, host, db, margin=-1.0, log=None)
+    by_name = {t.name: t.key for t in result.tasks}
+    assert forced.flipped and set(forced.flipped) == {n for n in by_name if n in forced.tuned_ms}
+    assert {by_name[n] for n in forced.flipped} <= hwcomp_served(db)
+    x = torch.randn(16, 128)
+    ref = Tiny().eval()
+    ref.load_state_dict(torch.export.load(str(model_pt2)).module().state_dict())
+    opts = {"use_default_database": False, "retime_records": False}
+    untuned = compile(model_pt2, host, None, options=CompileOptions(**opts)).run([x.numpy()])[0]
+    tuned = compile(model_pt2, host, None, options=CompileOptions(database=db, **opts)).run([x.numpy()])[0]
+    np.testing.assert_array_equal(tuned, untuned)
+    with torch.no_grad():
+        np.testing.assert_allclose(tuned, ref(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_slower_in_model_only_counts_record_served_kernels_past_the_margin():
+    untuned = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    tuned = {"a": 1.02, "b": 1.5, "c": 1.2, "d": 0.8}
+    assert slower_in_model(untuned, tuned, {"a", "b", "c", "d"}) == ["b", "c"]  # largest loss first
+    assert slower_in_model(untuned, tuned, {"a", "c", "d", "gone"}) == ["c"]  # "b" is hwcomp's already
+    assert slower_in_model(untuned, tuned, {"a", "b"}, margin=0.01) == ["b", "a"]
 
 
 def tvm_ffi_equal(a, b) -> bool:
