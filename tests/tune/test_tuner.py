@@ -172,6 +172,22 @@ def test_in_model_check_hands_losing_records_back(tuned_db, model_pt2, tmp_path,
         np.testing.assert_allclose(tuned, ref(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_in_model_check_skips_a_model_compile_cannot_take(tmp_path, host):
+    """A bare TIR module can be tuned but not compiled as a model: the check says so in one line and the
+    tuning result stands."""
+    from tvm import te
+
+    a = te.placeholder((32, 32), name="A")
+    r = te.reduce_axis((0, 32), name="k")
+    c = te.compute((32, 32), lambda i, j: te.sum(a[i, r] * a[r, j], axis=r), name="C")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, c]).with_attr("global_symbol", "main")})
+    said: list[str] = []
+    result = tune(mod, host, TuneOptions(trials=2, db_dir=tmp_path, trials_per_round=2, search="random", seed=0,
+                                         progress=False, baseline=False), log=said.append)
+    assert result.trials_new == 2 and result.in_model is None
+    assert any(s.startswith("in-model check skipped:") for s in said), said
+
+
 def test_slower_in_model_only_counts_record_served_kernels_past_the_margin():
     untuned = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
     tuned = {"a": 1.02, "b": 1.5, "c": 1.2, "d": 0.8}
