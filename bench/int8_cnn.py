@@ -459,15 +459,17 @@ def _trained_resnet_row(kind: str, epochs: int, data: tuple, calib: list[np.ndar
         art = hwcomp.compile(model, host, None, example_inputs=example, options=opts)
         return lambda x: art.run([x])[0]
 
+    def onnx() -> Path:  # exported once, for whichever peer asks first
+        if not onnx_path.exists():
+            peers.export_onnx(model, example, onnx_path)
+        return onnx_path
+
     def ort_int8():
-        peers.export_onnx(model, example, onnx_path)
-        ort_int8_static(onnx_path, wd / "model_int8_uint8.onnx", calib, "uint8")
+        ort_int8_static(onnx(), wd / "model_int8_uint8.onnx", calib, "uint8")
         return _ort_session(wd / "model_int8_uint8.onnx", args.threads)
 
     def ov_int8():
-        if not onnx_path.exists():
-            peers.export_onnx(model, example, onnx_path)
-        return ov_int8_nncf(onnx_path, calib, args.threads)
+        return ov_int8_nncf(onnx(), calib, args.threads)
 
     for label, make in (("hwcomp_int8", hwcomp_int8), ("ort_int8", ort_int8), ("ov_int8", ov_int8)):
         try:

@@ -190,7 +190,7 @@ def line(row: dict) -> str:
     return s
 
 
-def fp32_peak(threads: int, override: float | None) -> tuple[float | None, str]:
+def fp32_peak(threads: int, override: float | None, machine: dict) -> tuple[float | None, str]:
     """This CPU's fp32 FMA peak on ``threads`` threads (GFLOP/s) and where the figure comes from:
     ``bench/peak.py``'s loops run now, or the figure it recorded in ``bench/results/peak.json`` when
     that is higher (a peak is a best case, and a busy machine measures low) — but only a figure
@@ -209,8 +209,8 @@ def fp32_peak(threads: int, override: float | None) -> tuple[float | None, str]:
     try:
         saved = json.loads((RESULTS / "peak.json").read_text())
         recorded = float(next(r for r in saved["rows"] if r["threads"] == threads)["fp32_fma_gflops"])
-        here, there = peers.machine_info(threads), saved.get("machine") or {}
-        if any(here.get(k) != there.get(k) for k in ("cpu", "avx2", "avx512_flags")):
+        there = saved.get("machine") or {}
+        if any(machine.get(k) != there.get(k) for k in ("cpu", "avx2", "avx512_flags")):
             why += f" (recorded on another CPU: {there.get('cpu')}, {recorded:.1f})"
             recorded = None
         elif measured and recorded > 1.25 * measured:
@@ -286,7 +286,7 @@ def main() -> None:
     hwcomp, zoo = _hwcomp, _zoo
     names = args.only.split(",") if args.only else list(zoo.ARCHITECTURES)
     machine = peers.machine_info(args.threads)
-    peak_gflops, peak_source = (None, "") if args.compile_only else fp32_peak(args.threads, args.peak_gflops)
+    peak_gflops, peak_source = (None, "") if args.compile_only else fp32_peak(args.threads, args.peak_gflops, machine)
     if peak_gflops:
         print(f"fp32 peak on {args.threads} threads: {peak_gflops:.1f} GFLOP/s ({peak_source})", flush=True)
 

@@ -24,14 +24,24 @@ from pathlib import Path
 
 @dataclasses.dataclass
 class InModelCheck:
-    """What the check measured: kernel times (ms per model run) of the untuned and tuned builds, the
-    tasks it handed back to hwcomp, and the kernel totals before and after."""
+    """What the check measured: kernel times (ms per model run) of the untuned and tuned builds (the
+    tuned one before any hand-back) and the tasks it handed back to hwcomp."""
 
     untuned_ms: dict[str, float]
     tuned_ms: dict[str, float]
     flipped: list[str]
-    untuned_total_ms: float
-    tuned_total_ms: float
+
+    @property
+    def untuned_total_ms(self) -> float:
+        return sum(self.untuned_ms.values())
+
+    @property
+    def tuned_total_ms(self) -> float:
+        return sum(self.tuned_ms.values())
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "untuned_total_ms": self.untuned_total_ms,
+                "tuned_total_ms": self.tuned_total_ms}
 
 
 def slower_in_model(untuned_ms: dict[str, float], tuned_ms: dict[str, float], served_by_records: set[str],
@@ -82,10 +92,10 @@ def check_in_model(model, target, db: Path, *, passes=(), example_inputs=None, i
     if flipped:
         verdicts(db).add({by_records[n]: dict(verdict(HWCOMP, n, ms["untuned"][n] / 1e3, ms["tuned"][n] / 1e3),
                                               measured="in model") for n in flipped}, replace=True)
-    total = {label: sum(v.values()) for label, v in ms.items()}
-    log(f"in-model check: kernels {total['untuned']:.2f} ms untuned, {total['tuned']:.2f} ms with the records"
-        + (f"; {len(flipped)} workload(s) handed back to hwcomp's schedule" if flipped else "; every record kept"))
-    return InModelCheck(ms["untuned"], ms["tuned"], flipped, total["untuned"], total["tuned"])
+    check = InModelCheck(ms["untuned"], ms["tuned"], flipped)
+    log(f"in-model check: kernels {check.untuned_total_ms:.2f} ms untuned, {check.tuned_total_ms:.2f} ms with the "
+        "records" + (f"; {len(flipped)} workload(s) handed back to hwcomp's schedule" if flipped else "; every record kept"))
+    return check
 
 
 __all__ = ["InModelCheck", "check_in_model", "slower_in_model"]

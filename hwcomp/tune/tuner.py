@@ -135,7 +135,7 @@ class TuneResult:
                 "trials_new": self.trials_new, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
                 "fleet": self.fleet, "estimated_latency_s": self.estimated_latency_s,
                 "tasks": [t.to_dict() for t in self.tasks],
-                "in_model": dataclasses.asdict(self.in_model) if self.in_model is not None else None}
+                "in_model": self.in_model.to_dict() if self.in_model is not None else None}
 
 
 DEFAULT_TRIALS = 64  # without a time budget
@@ -465,6 +465,7 @@ def _in_model_phase(run: _TuneRun, model) -> None:
     """The in-model check (:mod:`hwcomp.tune.in_model`). A model it cannot compile (a bare TIR
     module, an import that needs what only the tuner was given) skips it, said in one line: the
     records and verdicts measured so far stay."""
+    from ..records.formats import first_line
     from .in_model import check_in_model
 
     opts, result, log = run.opts, run.result, run.log
@@ -472,8 +473,7 @@ def _in_model_phase(run: _TuneRun, model) -> None:
         result.in_model = check_in_model(model, run.target, run.db, passes=opts.passes,
                                          example_inputs=opts.example_inputs, input_shapes=opts.input_shapes, log=log)
     except Exception as e:  # noqa: BLE001 - an optional last check must not undo the tuning
-        lines = str(e).strip().splitlines()
-        log(f"in-model check skipped: {type(e).__name__}: {lines[0][:200] if lines else ''}")
+        log(f"in-model check skipped: {first_line(e)}")
         return
     defaults = {c.task: c.default for c in result.confirmations}
     for r in run.reports:  # the summary: hwcomp's schedule serves these now, at its time alone
