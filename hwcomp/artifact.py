@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from .artifact_files import (KNOWN_FILES, LIB, MANIFEST, MAX_ARCHIVE_BYTES, REFERENCE, WEIGHTS, extract_archive,
-                             first_line, sha256, validate_manifest)
-from .errors import ArtifactError, InputError
+                             sha256, validate_manifest)
+from .errors import ArtifactError, InputError, error_line
 from .metrics import cosine, max_abs_error  # NumPy only; cosine re-exported
 
 #: The path and the (device, inode) of every shared library this process has loaded → its sha256.
@@ -162,7 +162,7 @@ class Artifact:
                 path = extract_archive(path, Path(tmp.name), cap)
             except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
                 tmp.cleanup()
-                raise ArtifactError(f"{path}: not a readable artifact archive ({first_line(e)})") from None
+                raise ArtifactError(f"{path}: not a readable artifact archive ({error_line(e)})") from None
             except ArtifactError:
                 tmp.cleanup()
                 raise
@@ -179,7 +179,7 @@ class Artifact:
         try:
             manifest = json.loads(raw)
         except (ValueError, RecursionError) as e:
-            raise ArtifactError(f"{mpath}: corrupt manifest ({first_line(e)})") from None
+            raise ArtifactError(f"{mpath}: corrupt manifest ({error_line(e)})") from None
         validate_manifest(manifest, path)
         files = manifest["files"]
         for name in KNOWN_FILES:
@@ -250,7 +250,7 @@ class Artifact:
                 n_out = sum(1 for k in z.files if k.startswith("output"))
                 outs = [z[f"output{i}"] for i in range(n_out)]
         except Exception as e:  # noqa: BLE001 - any failure to parse the bytes means a bad file
-            raise ArtifactError(f"{self.path}: {REFERENCE} is not a valid reference ({first_line(e)})") from None
+            raise ArtifactError(f"{self.path}: {REFERENCE} is not a valid reference ({error_line(e)})") from None
         return ins, outs
 
     def weights(self) -> list[np.ndarray]:
@@ -260,7 +260,7 @@ class Artifact:
                     with np.load(self.path / WEIGHTS, allow_pickle=False) as z:
                         self._weights = [z[k] for k in z.files]
                 except Exception as e:  # noqa: BLE001 - any failure to parse the bytes means a bad file
-                    raise ArtifactError(f"{self.path}: {WEIGHTS} is not readable ({first_line(e)})") from None
+                    raise ArtifactError(f"{self.path}: {WEIGHTS} is not readable ({error_line(e)})") from None
             return self._weights
 
     # ---- running -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError
+from .errors import ArtifactError, error_line
 
 
 FORMAT = "hwcomp-artifact/1"
@@ -235,7 +235,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int) -> Path:
         try:
             manifest = json.loads(raw)
         except ValueError as e:
-            bad(f"corrupt {MANIFEST} ({first_line(e)})")
+            bad(f"corrupt {MANIFEST} ({error_line(e)})")
         validate_manifest(manifest, archive)
         wanted = {str(top / n) if str(top) != "." else n: n for n in manifest["files"]}
         take, total = [], len(raw)
@@ -263,8 +263,3 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int) -> Path:
             with tf.extractfile(m) as src, open(out / name, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     return out
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].rstrip(":") if text else type(e).__name__

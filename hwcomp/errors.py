@@ -15,3 +15,18 @@ class ArtifactError(HwcompError):
 
 class InputError(HwcompError):
     """Run-time inputs do not match the compiled model's names, shapes or dtypes."""
+
+
+def error_line(e: BaseException, with_type: bool = False, limit: int = 160) -> str:
+    """One informative line of ``e`` for a one-line message. A multi-line error (TVM's C++ errors
+    put a traceback first and the reason last) gives its last line naming an error or a failed
+    check; any other its first line. ``with_type`` prefixes the exception's class name."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if len(lines) > 1:
+        msg = next((ln for ln in reversed(lines) if "Error" in ln or "Check failed" in ln), lines[0])
+    else:
+        msg = lines[0] if lines else ""
+    msg = msg.rstrip(":")[:limit]
+    if with_type or not msg:
+        return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return msg

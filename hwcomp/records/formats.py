@@ -82,13 +82,6 @@ def bad_line_reason(e: ValueError) -> str:
     return "truncated or invalid JSON" if isinstance(e, json.JSONDecodeError) else str(e)
 
 
-def first_line(e: BaseException) -> str:
-    """The informative line of a (long, C++) TVM error, with its type."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    msg = next((ln for ln in reversed(lines) if "Error" in ln or "Check failed" in ln), lines[-1] if lines else "")
-    return f"{type(e).__name__}: {msg[:160]}"
-
-
 def record_key(shash: str, rec_line: str) -> str:
     """What makes two records the same: their workload and their schedule trace."""
     rec = json.loads(rec_line)[1]

@@ -465,7 +465,7 @@ def _in_model_phase(run: _TuneRun, model) -> None:
     """The in-model check (:mod:`hwcomp.tune.in_model`). A model it cannot compile (a bare TIR
     module, an import that needs what only the tuner was given) skips it, said in one line: the
     records and verdicts measured so far stay."""
-    from ..records.formats import first_line
+    from ..errors import error_line
     from .in_model import check_in_model
 
     opts, result, log = run.opts, run.result, run.log
@@ -473,7 +473,7 @@ def _in_model_phase(run: _TuneRun, model) -> None:
         result.in_model = check_in_model(model, run.target, run.db, passes=opts.passes,
                                          example_inputs=opts.example_inputs, input_shapes=opts.input_shapes, log=log)
     except Exception as e:  # noqa: BLE001 - an optional last check must not undo the tuning
-        log(f"in-model check skipped: {first_line(e)}")
+        log(f"in-model check skipped: {error_line(e, with_type=True)}")
         return
     defaults = {c.task: c.default for c in result.confirmations}
     for r in run.reports:  # the summary: hwcomp's schedule serves these now, at its time alone
