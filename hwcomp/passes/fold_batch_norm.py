@@ -8,10 +8,14 @@ the weights are lifted to parameters, and ``DecomposeOpsForInference`` would lea
 subtract/divide/multiply/add on them in every conv's epilogue); the int8 quantizer runs it *before*
 it quantizes the weights, so the scale lands in the int8 codes and the shift in the int32 bias, and
 the requantizing epilogue can hand the next convolution its int8 input directly (no float
-batch-norm between two int8 convolutions).
+batch-norm between two int8 convolutions). Folding makes new weight constants; ``fold_batch_norm``'s
+``on_fold(w, w_folded)`` tells the caller which weight became which (the quantizer keeps a layer's
+parameter name through it, so ``QuantConfig.skip`` and the reports name batch-normed convs).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import tvm
@@ -23,9 +27,10 @@ from hwcomp.relax_graph import const_array, op_name
 
 @mutator
 class _Folder(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, func: relax.Function):
+    def __init__(self, mod: tvm.IRModule, func: relax.Function, on_fold=None):
         super().__init__(mod)
         self.var2val = relax.analysis.get_var2val(func)
+        self.on_fold = on_fold
 
     def _fold(self, item: relax.TupleGetItem) -> relax.Expr | None:
         if item.index != 0 or not isinstance(item.tuple_value, relax.Var):
@@ -57,6 +62,8 @@ class _Folder(PyExprMutator):
         w2 = (w.astype(np.float64) * a.reshape(-1, 1, 1, 1)).astype(np.float32)
         b0 = 0.0 if bias is None else bias.astype(np.float64).reshape(-1)
         b2 = (beta + (b0 - mean) * a).astype(np.float32).reshape(1, -1, 1, 1)
+        if self.on_fold is not None:
+            self.on_fold(w, w2)
         x = self.visit_expr(conv.args[0])
         at = conv.attrs
         y = self.builder_.emit(relax.op.nn.conv2d(
@@ -73,12 +80,16 @@ class _Folder(PyExprMutator):
         super().visit_var_binding_(binding)
 
 
-@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
-def FoldBatchNorm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """Fold constant-statistics batch-norms into the convolutions they follow (module docstring)."""
+def fold_batch_norm(mod: tvm.IRModule, on_fold: Callable[[np.ndarray, np.ndarray], None] | None = None) -> tvm.IRModule:
+    """:func:`FoldBatchNorm` with ``on_fold(w, w_folded)`` called for every conv weight it folds."""
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)  # never mutate the caller's module
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            new = _Folder(out, func).visit_expr(func)
-            out[gv] = new
+            out[gv] = _Folder(out, func, on_fold).visit_expr(func)
     return relax.transform.DeadCodeElimination()(out)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldBatchNorm")
+def FoldBatchNorm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Fold constant-statistics batch-norms into the convolutions they follow (module docstring)."""
+    return fold_batch_norm(mod)

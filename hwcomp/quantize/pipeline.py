@@ -7,10 +7,10 @@ import time
 import numpy as np
 from tvm import relax
 
-from ..passes.fold_batch_norm import FoldBatchNorm
+from ..passes.fold_batch_norm import fold_batch_norm
 from ..passes.fold_conv_pad import FoldConvPad
 from ..target import Target, require_target
-from .annotate import annotate, weight_name_table
+from .annotate import annotate, fingerprint, weight_name_table
 from .calibrate import HostModel, calibrate, input_specs, load_calibration
 from .config import QuantConfig
 from .fidelity import FidelityReport, compare_outputs, fallback, layer_errors, worst_first
@@ -49,14 +49,20 @@ class Int8Quantizer:
         if not self.names and params:
             self.names = weight_name_table(params)
 
+    def _carry_name(self, w: np.ndarray, folded: np.ndarray) -> None:
+        name = self.names.get(fingerprint(w))
+        if name:
+            self.names[fingerprint(folded)] = name
+
     # ---- passes --------------------------------------------------------------------------------
     def annotate_pass(self, mod):
         t = time.perf_counter()
         # the torch importer's max_pool2d is (pool, zeros_like indices)[0]: canonicalized to the pool
         # itself, so a pooled int8 tensor is one value for its convs and a residual add
         mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
-        # batch-norm into the conv weights first: the int8 codes and bias then carry it
-        mod = FoldBatchNorm(FoldConvPad(mod))
+        # batch-norm into the conv weights first: the int8 codes and bias then carry it; a folded
+        # weight keeps its parameter's name (the skip list and the reports match on it)
+        mod = fold_batch_norm(FoldConvPad(mod), on_fold=self._carry_name)
         out, self.annotation = annotate(mod, self.config, self.names)
         self._annotated = out
         self.timings["annotate_s"] = time.perf_counter() - t
