@@ -146,7 +146,7 @@ def test_targets_lists_all(capsys):
         assert f"\n{name} " in "\n" + out
 
 
-def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path, host):
+def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path, host, capsys):
     """--quantize int8 --calib and --sparsity wire the passes; fidelity vs the float model is stated."""
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((6, 3, 32)).astype("float32"))
     out = tmp_path / "q"
@@ -159,6 +159,14 @@ def test_compile_int8_and_sparse_from_cli(pt2_model, tmp_path, host):
                  "--calib", str(tmp_path / "calib.npz"), "--skip", "net.0"]) == 0
     n_int8 = [sum(w.dtype == np.int8 for w in hwcomp.load(d).weights()) for d in (out, tmp_path / "qs")]
     assert n_int8[1] == n_int8[0] - 1
+    # a --skip pattern that names no layer is said, in one line, and changes nothing
+    capsys.readouterr()
+    assert main(["compile", str(pt2_model[0]), "-o", str(tmp_path / "qt"), "--quantize", "int8",
+                 "--calib", str(tmp_path / "calib.npz"), "--skip", "net.O"]) == 0
+    err = capsys.readouterr().err
+    assert "hwcomp: warning: quantize: skip pattern(s) 'net.O' matched no layer (layers are named like net_0" in err
+    assert "UserWarning" not in err
+    assert sum(w.dtype == np.int8 for w in hwcomp.load(tmp_path / "qt").weights()) == n_int8[0]
     # AVX2 without VNNI: 7-bit weights (vpmaddubsw) unless --full-range-weights
     assert main(["compile", str(pt2_model[0]), "-o", str(tmp_path / "qf"), "--quantize", "int8",
                  "--calib", str(tmp_path / "calib.npz"), "--full-range-weights", "--exact-math"]) == 0

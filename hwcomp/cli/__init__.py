@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..errors import HwcompError
 from .args import check_args, load_inputs
@@ -91,6 +92,12 @@ def _os_error_message(e: OSError) -> str:
     return f"{what}: {' -> '.join(names)}" if names else what
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning meant for the user (a skip pattern matching no layer, ...) as one line, not Python's
+    file:line: Category: text + source line."""
+    print(f"hwcomp: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``hwcomp``: a user's error is one ``hwcomp: error: ...`` line on stderr and exit code 2
     (argparse's own: a usage line and its error, also 2); anything else is a bug and shows its traceback."""
@@ -98,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        check_args(args)
-        return args.func(args)
+        with warnings.catch_warnings():  # restores the process's warning display on return
+            warnings.showwarning = _one_line_warning
+            check_args(args)
+            return args.func(args)
     except (HwcompError, DeviceURLError) as e:
         message = str(e)
     except _PATH_ERRORS as e:

@@ -101,6 +101,11 @@ class QuantConfig:
         pats = [_norm(p) for p in self.skip]
         return any(fnmatch.fnmatchcase(_norm(n), p) for n in names if n for p in pats)
 
+    def unmatched_skips(self, layer_names) -> list[str]:
+        """The skip patterns that match none of ``layer_names`` (an iterable of name tuples)."""
+        flat = [_norm(n) for names in layer_names for n in names if n]
+        return [p for p in self.skip if not any(fnmatch.fnmatchcase(n, _norm(p)) for n in flat)]
+
 
 def _norm(s: str) -> str:
     return re.sub(r"[._]", "_", s.strip())

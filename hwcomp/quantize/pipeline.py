@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 from tvm import relax
@@ -64,6 +65,12 @@ class Int8Quantizer:
         # weight keeps its parameter's name (the skip list and the reports match on it)
         mod = fold_batch_norm(FoldConvPad(mod), on_fold=self._carry_name)
         out, self.annotation = annotate(mod, self.config, self.names)
+        unmatched = self.config.unmatched_skips(layer.names for layer in self.annotation.layers)
+        if unmatched:  # a typo must not pass for a layer left in fp32
+            known = ", ".join(layer.name for layer in self.annotation.layers[:4])
+            warnings.warn(f"quantize: skip pattern(s) {', '.join(map(repr, unmatched))} matched no layer "
+                          f"(layers are named like {known}{', ...' if len(self.annotation.layers) > 4 else ''})",
+                          stacklevel=2)
         self._annotated = out
         self.timings["annotate_s"] = time.perf_counter() - t
         self.log("quantize: " + self.annotation.summary())

@@ -153,13 +153,20 @@ def test_skip_list_names_batch_normed_convs(tmp_path):
     model = randomize_batchnorm(SmallCNN(width=8)).eval()
     rng = np.random.default_rng(1)
     calib = [[rng.standard_normal((2, 3, 16, 16)).astype(np.float32)] for _ in range(4)]
-    art, q, _ = _compile(model, (torch.randn(2, 3, 16, 16),), calib, tmp_path, QuantConfig(skip=("features.4",)))
+    art, q, imported = _compile(model, (torch.randn(2, 3, 16, 16),), calib, tmp_path, QuantConfig(skip=("features.4",)))
     conv = {r["layer"]: r for r in q.realizer.report if r["kind"] == "conv2d"}
     assert conv["conv0"]["names"][-1] == "features_0" and conv["conv0"]["status"] == "int8"
     assert conv["conv1"]["names"][-1] == "features_4" and conv["conv1"]["status"] == "fp32"  # batch-normed
     assert conv["conv2"]["names"][-1] == "features_8" and conv["conv2"]["status"] == "int8"  # no batch-norm
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     assert cosine(art.run([x])[0], _held_out(model, [x])) >= 0.999
+    # a pattern that names no layer (a typo) says so instead of passing silently
+    from hwcomp.build import bind_weights
+
+    q2 = Int8Quantizer(get_target("host"), QuantConfig(skip=("features.4", "featurs.8")), calib,
+                       params=imported.params, progress=False)
+    with pytest.warns(UserWarning, match=r"'featurs.8' matched no layer \(layers are named like features_0"):
+        q2.annotate_pass(bind_weights(imported.mod, imported.params))
 
 
 def test_bad_calibration_data_is_rejected(tmp_path):
