@@ -17,6 +17,11 @@ class InputError(HwcompError):
     """Run-time inputs do not match the compiled model's names, shapes or dtypes."""
 
 
+class HwcompWarning(UserWarning):
+    """Something the user asked for did nothing (a skip pattern naming no layer, ...): the CLI
+    prints it as one ``hwcomp: warning:`` line."""
+
+
 def error_line(e: BaseException, with_type: bool = False, limit: int = 160) -> str:
     """One informative line of ``e`` for a one-line message. A multi-line error (TVM's C++ errors
     put a traceback first and the reason last) gives its last line naming an error or a failed

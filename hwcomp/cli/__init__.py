@@ -12,7 +12,7 @@ import argparse
 import sys
 import warnings
 
-from ..errors import HwcompError
+from ..errors import HwcompError, HwcompWarning
 from .args import check_args, load_inputs
 from .board import add_board_arguments, cmd_board
 from .build import (
@@ -92,10 +92,17 @@ def _os_error_message(e: OSError) -> str:
     return f"{what}: {' -> '.join(names)}" if names else what
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning meant for the user (a skip pattern matching no layer, ...) as one line, not Python's
-    file:line: Category: text + source line."""
-    print(f"hwcomp: warning: {message}", file=sys.stderr, flush=True)
+def _one_line_warnings(show):
+    """``warnings.showwarning`` that prints hwcomp's own warnings (:class:`HwcompWarning`) as one
+    ``hwcomp: warning:`` line and hands every other to ``show``."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HwcompWarning):
+            print(f"hwcomp: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores the process's warning display on return
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
             check_args(args)
             return args.func(args)
     except (HwcompError, DeviceURLError) as e:

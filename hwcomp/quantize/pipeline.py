@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from tvm import relax
 
+from ..errors import HwcompWarning
 from ..passes.fold_batch_norm import fold_batch_norm
 from ..passes.fold_conv_pad import FoldConvPad
 from ..target import Target, require_target
@@ -70,7 +71,7 @@ class Int8Quantizer:
             known = ", ".join(layer.name for layer in self.annotation.layers[:4])
             warnings.warn(f"quantize: skip pattern(s) {', '.join(map(repr, unmatched))} matched no layer "
                           f"(layers are named like {known}{', ...' if len(self.annotation.layers) > 4 else ''})",
-                          stacklevel=2)
+                          HwcompWarning, stacklevel=2)
         self._annotated = out
         self.timings["annotate_s"] = time.perf_counter() - t
         self.log("quantize: " + self.annotation.summary())
