@@ -105,8 +105,7 @@ def schedule(mod: tvm.IRModule, target: Target, database: str | Path | None = No
 
             from .records.knobs import stored_knob_rules
 
-            rules = stored_knob_rules(database, target) + default_rules(target.vector_bits, registers=target.vector_registers,
-                                                                        l2_bytes=target.l2_bytes)
+            rules = stored_knob_rules(database, target) + default_rules(target.cpu_caps)
             mod = dl.ApplyDefaultSchedule(*rules)(mod)
         else:
             mod = dl.ApplyDefaultSchedule(

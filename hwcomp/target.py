@@ -28,6 +28,18 @@ class UnknownTargetError(HwcompError):
 
 
 @dataclasses.dataclass(frozen=True)
+class CpuCaps:
+    """What the CPU schedules read of a target (``schedules/cpu``): capability as data, one value
+    passed through the rule plumbing instead of loose scalars. ``vector_bits``: SIMD width;
+    ``registers``: architectural vector registers (size register tiles); ``l2_bytes``: one core's L2
+    (None: unknown, the schedules assume a small one)."""
+
+    vector_bits: int
+    registers: int = 16
+    l2_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
     """One device, as the compiler sees it.
 
@@ -62,6 +74,11 @@ class Target:
     def vector_registers(self) -> int:
         """Architectural vector registers: 32 on aarch64 and with AVX-512, 16 with AVX2/AVX."""
         return 32 if self.arch == "aarch64" or self.vector_bits >= 512 else 16
+
+    @property
+    def cpu_caps(self) -> CpuCaps:
+        """The capabilities the CPU schedules read (:class:`CpuCaps`)."""
+        return CpuCaps(self.vector_bits, self.vector_registers, self.l2_bytes)
 
     @property
     def conv_block(self) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from hwcomp.errors import HwcompError
-from hwcomp.target import detect_host, get_target, target_names
+from hwcomp.target import CpuCaps, detect_host, get_target, target_names
 
 
 @pytest.mark.parametrize("name", target_names())
@@ -83,3 +83,19 @@ def test_l2_cache_from_the_description_and_from_linux(tmp_path):
         (d / "size").write_text(f"{size}\n")
     assert tmod._l2_bytes(cache) == 2 << 20
     assert tmod._l2_bytes(tmp_path / "nowhere") is None
+
+
+def test_cpu_caps_are_what_the_schedules_read():
+    """The CPU schedules take one CpuCaps value (vector width, vector registers, L2) from the target."""
+    from hwcomp.schedules.cpu import BlockedConv, TiledReduction, default_rules
+
+    assert get_target("x86-avx512-vnni").cpu_caps == CpuCaps(512, 32, 1024 * 1024)
+    assert get_target("x86-avx2").cpu_caps == CpuCaps(256, 16, None)
+    assert get_target("rpi5").cpu_caps.vector_bits == 128 and get_target("rpi5").cpu_caps.registers == 32
+    rules = default_rules(get_target("x86-avx512-vnni").cpu_caps)
+    conv = next(r for r in rules if isinstance(r, BlockedConv))
+    tiled = next(r for r in rules if isinstance(r, TiledReduction))
+    assert (conv.vector_bits, conv.registers, tiled.l2_bytes) == (512, 32, 1024 * 1024)
+    assert (tiled.knobs.mr, tiled.knobs.nr_vectors) == (8, 3)  # AVX-512's wide tile (32 registers)
+    tiled2 = next(r for r in default_rules(get_target("x86-avx2").cpu_caps) if isinstance(r, TiledReduction))
+    assert tiled2.knobs.nr_vectors != 3 and tiled2.vector_bits == 256

@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 from pathlib import Path
 
-from ..target import Target
+from ..target import CpuCaps, Target
 from .formats import mean_secs, parse_knob_line, workload_key
 from .locations import KNOBS, target_signature
 from .store import append_json_line
@@ -40,13 +40,14 @@ def kernel_of(knobs) -> str:
     raise TypeError(f"not a knob set of a tunable kernel: {knobs!r}")
 
 
-def rule_for(knobs, vector_bits: int, registers: int = 16, l2_bytes: int | None = None):
-    """The dlight rule that schedules with ``knobs`` (BlockedConv for ConvKnobs, else TiledReduction)."""
+def rule_for(knobs, caps: CpuCaps):
+    """The dlight rule that schedules with ``knobs`` on a CPU with ``caps`` (BlockedConv for
+    ConvKnobs, else TiledReduction)."""
     from hwcomp.schedules.cpu import BlockedConv, ConvKnobs, TiledReduction
 
     if isinstance(knobs, ConvKnobs):
-        return BlockedConv(vector_bits, knobs, registers)
-    return TiledReduction(vector_bits, knobs, l2_bytes=l2_bytes)
+        return BlockedConv(caps.vector_bits, knobs, caps.registers)
+    return TiledReduction(caps.vector_bits, knobs, l2_bytes=caps.l2_bytes)
 
 
 def knobs_to_dict(knobs) -> dict:
@@ -128,7 +129,7 @@ def stored_knob_rules(database: str | Path | None, target: Target) -> list:
     if database is None or target.is_gpu:
         return []
     table = {k: e.knobs for k, e in best_knobs(database, target).items()}
-    return [StoredKnobs(target.vector_bits, table, target.vector_registers, target.l2_bytes)] if table else []
+    return [StoredKnobs(target.cpu_caps, table)] if table else []
 
 
 def _stored_knobs_rule_class():
@@ -137,11 +138,9 @@ def _stored_knobs_rule_class():
     class _StoredKnobs(ScheduleRule):
         """hwcomp's kernel with the knobs tuned for this exact workload (structural hash)."""
 
-        def __init__(self, vector_bits: int, table: dict, registers: int, l2_bytes: int | None = None):
-            self.vector_bits = vector_bits
+        def __init__(self, caps: CpuCaps, table: dict):
+            self.caps = caps
             self.table = table
-            self.registers = registers
-            self.l2_bytes = l2_bytes
 
         def is_target_available(self, target) -> bool:
             return target.kind.name == "llvm"
@@ -154,11 +153,11 @@ def _stored_knobs_rule_class():
             knobs = self.table.get(workload_key(func))
             if knobs is None:
                 return None
-            return rule_for(knobs, self.vector_bits, self.registers, self.l2_bytes).apply(func, target, tunable)
+            return rule_for(knobs, self.caps).apply(func, target, tunable)
 
     return _StoredKnobs
 
 
-def StoredKnobs(vector_bits: int, table: dict, registers: int = 16,  # noqa: N802 - a class in disguise
-                l2_bytes: int | None = None):
-    return _stored_knobs_rule_class()(vector_bits, table, registers, l2_bytes)
+def StoredKnobs(caps: CpuCaps, table: dict):
+    """The stored-knobs rule (a ScheduleRule subclass made on first use: TVM imports lazily)."""
+    return _stored_knobs_rule_class()(caps, table)

@@ -97,8 +97,7 @@ def hwcomp_schedule(task: Task, target: Target, directory: Path | None = None):
 
     from ..records.knobs import stored_knob_rules
 
-    rules = stored_knob_rules(directory, target) + default_rules(target.vector_bits, registers=target.vector_registers,
-                                                                 l2_bytes=target.l2_bytes)
+    rules = stored_knob_rules(directory, target) + default_rules(target.cpu_caps)
     with target.tvm_target():
         # a module of its own: the pass replaces functions in the module it is given, and
         # ``task.mod`` must stay the unscheduled workload
@@ -107,7 +106,7 @@ def hwcomp_schedule(task: Task, target: Target, directory: Path | None = None):
 
 def schedule_with(func, knobs, target: Target):
     """hwcomp's schedule of ``func`` with ``knobs`` (None when that kernel does not apply)."""
-    return rule_for(knobs, target.vector_bits, target.vector_registers, target.l2_bytes).apply(
+    return rule_for(knobs, target.cpu_caps).apply(
         func, target.tvm_target(), False)
 
 

@@ -1,4 +1,7 @@
-"""Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by vector width."""
+"""Default schedules shared by the LLVM CPU targets (x86 and ARM), parametrized by the target's
+:class:`~hwcomp.target.CpuCaps`."""
+
+from hwcomp.target import CpuCaps
 
 from .conv import BlockedConv, ConvKnobs
 from .pool import WindowReduction
@@ -6,13 +9,13 @@ from .rows import Injective, RowReduction
 from .rules import TiledReduction, TileKnobs, schedule_injective
 
 
-def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: int = 16,
-                  l2_bytes: int | None = None) -> list:
-    """The rule list applied, in order, to every PrimFunc a tuning database does not cover.
-    ``registers``: the target's vector registers (sizes the convolution's register tile);
-    ``l2_bytes``: one core's L2 (``Target.l2_bytes``; None: assume a small one)."""
+def default_rules(caps: CpuCaps, knobs: TileKnobs | None = None) -> list:
+    """The rule list applied, in order, to every PrimFunc a tuning database does not cover, for a
+    CPU with ``caps`` (``Target.cpu_caps``: vector width, vector registers — they size the
+    convolution's register tile — and one core's L2)."""
     from tvm.s_tir import dlight as dl
 
+    vector_bits, registers = caps.vector_bits, caps.registers
     if knobs is None and vector_bits >= 512 and registers >= 32:
         # AVX-512: 8 rows x 2 zmm = 16 accumulators (of 32 registers); 4 rows left half the register
         # file idle. Measured on an Intel Xeon (2 threads, BERT/ViT shapes): 1.10-1.21x faster
@@ -23,9 +26,9 @@ def default_rules(vector_bits: int, knobs: TileKnobs | None = None, registers: i
     # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
     # take it for a matmul (10x slower)
     return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
-            TiledReduction(vector_bits, knobs, l2_bytes=l2_bytes),
+            TiledReduction(vector_bits, knobs, l2_bytes=caps.l2_bytes),
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["BlockedConv", "ConvKnobs", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "WindowReduction", "default_rules",
+__all__ = ["BlockedConv", "ConvKnobs", "CpuCaps", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "WindowReduction", "default_rules",
            "schedule_injective"]

@@ -14,7 +14,7 @@ from tvm.s_tir import dlight as dl
 def _build(func, host):
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     with host.tvm_target():
-        mod = dl.ApplyDefaultSchedule(*default_rules(host.vector_bits))(mod)
+        mod = dl.ApplyDefaultSchedule(*default_rules(host.cpu_caps))(mod)
     assert mod["main"].attrs["tirx.is_scheduled"], "rule did not apply"
     return tvm.compile(mod, target=host.tvm_target())
 

@@ -233,9 +233,9 @@ def test_not_a_window_reduction(name, host):
 
 
 def test_rule_order(host):
-    rules = [type(r).__name__ for r in default_rules(host.vector_bits, registers=host.vector_registers)]
+    rules = [type(r).__name__ for r in default_rules(host.cpu_caps)]
     assert rules.index("WindowReduction") < rules.index("TiledReduction")
     func = _legalized_pool([1, 2, 14, 14, 16], "float32", "NCHW16c")
     with host.tvm_target():
-        mod = dl.ApplyDefaultSchedule(*default_rules(host.vector_bits))(tvm.IRModule({"main": func}))
+        mod = dl.ApplyDefaultSchedule(*default_rules(host.cpu_caps))(tvm.IRModule({"main": func}))
     assert WINDOW_ATTR in mod["main"].script()
