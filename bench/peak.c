@@ -1,14 +1,16 @@
-/* Arithmetic peaks of this CPU, measured: fp32 FMA and the two AVX2 int8 multiply-add sequences,
- * and where the CPU has them AVX-512 fp32 FMA (zmm), AVX-512 VNNI vpdpbusd (zmm) and AMX tdpbusd.
- * Ops count a multiply-add as 2 everywhere.
- * Each loop keeps independent accumulators in registers (no memory traffic); an empty asm
- * statement marks the inputs as changed every iteration so the compiler cannot hoist the work.
+/* Arithmetic peaks of this CPU, measured: fp32 FMA, the two AVX2 int8 multiply-add sequences and
+ * hwcomp's AVX2 int8 conv step, and where the CPU has them AVX-512 fp32 FMA (zmm), AVX-512 VNNI
+ * vpdpbusd (zmm) and AMX tdpbusd. Ops count a multiply-add as 2 everywhere.
+ * Each loop but the conv step keeps independent accumulators in registers (no memory traffic); an
+ * empty asm statement marks the inputs as changed every iteration so the compiler cannot hoist the
+ * work. The conv step reads its operands from L1, as a kernel does.
  * Built and run by bench/peak.py (gcc -O2 -mavx2 -mfma -fopenmp); the AVX-512 loops are compiled
  * with per-function target attributes and run only where __builtin_cpu_supports says so. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,8 +87,9 @@ static int maddubs_loop(long n) {
  * kernels issue it: per output pixel two 4-byte activation broadcasts; per 8 outputs x 8 bytes two
  * vpmaddubsw on weights read from L1, vpaddsw, one vpmaddwd by ones, vpaddd. A tile of 5 pixels x
  * 2 vectors (the register tile the 3x3 convs of ResNet's 14-wide rows take): 640 MACs per
- * iteration. Unlike the register-only loops above it reads its operands, as a kernel does; the
- * multiplies of one step overlap the next's (2026-12-06, Zen 4: 1.5x the maddubs loop's rate). */
+ * iteration. Unlike the register-only loops above it reads its operands, as a kernel does
+ * (gcc folds some weight loads into vpmaddubsw memory operands: close to, not exactly, the kernel's
+ * code). 2026-12-06, Zen 4: 1.9x the maddubs loop's rate per op. */
 static int conv_sat_loop(long n, const unsigned char *act, const signed char *w) {
   __m256i one = _mm256_set1_epi16(1);
   __m256i c00 = _mm256_set1_epi32(1), c01 = _mm256_set1_epi32(2), c10 = _mm256_set1_epi32(3),
@@ -100,8 +103,10 @@ static int conv_sat_loop(long n, const unsigned char *act, const signed char *w)
     __m256i w10 = _mm256_load_si256((const __m256i *)(wk + 64)), w11 = _mm256_load_si256((const __m256i *)(wk + 96));
 #define PIX(p, ca, cb)                                                                                        \
   {                                                                                                           \
-    __m256i a0 = _mm256_set1_epi32(*(const int *)(ak + (p) * 512)),                                           \
-            a1 = _mm256_set1_epi32(*(const int *)(ak + (p) * 512 + 4));                                       \
+    int b0, b1; /* memcpy: reading bytes as an int through a cast would break strict aliasing */             \
+    memcpy(&b0, ak + (p) * 512, 4);                                                                           \
+    memcpy(&b1, ak + (p) * 512 + 4, 4);                                                                       \
+    __m256i a0 = _mm256_set1_epi32(b0), a1 = _mm256_set1_epi32(b1);                                           \
     ca = _mm256_add_epi32(ca, _mm256_madd_epi16(_mm256_adds_epi16(_mm256_maddubs_epi16(a0, w00),              \
                                                                   _mm256_maddubs_epi16(a1, w01)), one));      \
     cb = _mm256_add_epi32(cb, _mm256_madd_epi16(_mm256_adds_epi16(_mm256_maddubs_epi16(a0, w10),              \
@@ -195,22 +200,23 @@ int main(int argc, char **argv) {
 #pragma omp parallel reduction(+ : sink)
   sink += maddubs_loop(n);
   double t3 = now();
-  /* per-thread operand buffers (64-byte aligned weights: the kernels' packed weights are) */
+  /* operand buffers, read-only and shared by the threads (64-byte aligned, as the kernels' packed
+   * weights are) */
   static __attribute__((aligned(64))) signed char wbuf[64 * 128];
-  static unsigned char abuf[64 * 8 + 5 * 512];
+  static __attribute__((aligned(64))) unsigned char abuf[64 * 8 + 5 * 512];
   for (int i = 0; i < (int)sizeof wbuf; i++) wbuf[i] = (signed char)((i * 7) % 128 - 64);
   for (int i = 0; i < (int)sizeof abuf; i++) abuf[i] = (unsigned char)(i * 13);
   double t3a = now();
 #pragma omp parallel reduction(+ : sink)
   sink += conv_sat_loop(n / 5, abuf, wbuf);
-  double conv_sat = th * (n / 5) * 640.0 * 2 / (now() - t3a) / 1e9;
-  t3 = now();
+  double t3b = now();
+  double conv_sat = th * (n / 5) * 640.0 * 2 / (t3b - t3a) / 1e9;
   double fma512 = -1, vnni = -1; /* -1: this CPU lacks the instructions */
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) {
 #pragma omp parallel reduction(+ : sink)
     sink += fma512_loop(n);
-    fma512 = th * n * 10.0 * 32 / (now() - t3) / 1e9;
+    fma512 = th * n * 10.0 * 32 / (now() - t3b) / 1e9;
   }
   double t4 = now();
   if (__builtin_cpu_supports("avx512vnni")) {

@@ -11,7 +11,8 @@ issue it, operands read from L1 (``int8_avx2_conv_gops``: two ``vpmaddubsw``, ``
 register-only ``vpmaddubsw`` loop's on Zen 4). A multiply-add counts 2 ops everywhere (before
 2026-12-05 the VNNI loop counted 1: its figures in older results are half the real peak).
 ``fp32_fma_gflops`` is the wider FMA's, ``int8_avx2_peak_gops`` the fastest AVX2 int8 sequence's,
-``int8_peak_gops`` the fastest vector int8 sequence's
+``int8_peak_gops`` the fastest vector int8 sequence's (with the conv step since 2026-12-06: on
+AVX2-only CPUs a matmul's "% of the int8 peak" in ``bench/int8.py`` reads lower than before)
 (``int8_tile_peak_gops`` AMX's); an instruction set the CPU lacks reads null.
 Needs gcc with AVX2 (x86-64 only).
 

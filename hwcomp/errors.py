@@ -22,16 +22,20 @@ class HwcompWarning(UserWarning):
     prints it as one ``hwcomp: warning:`` line."""
 
 
-def error_line(e: BaseException, with_type: bool = False, limit: int = 160) -> str:
+def error_line(e: BaseException | str, with_type: bool = False, limit: int | None = None) -> str:
     """One informative line of ``e`` for a one-line message. A multi-line error (TVM's C++ errors
     put a traceback first and the reason last) gives its last line naming an error or a failed
-    check; any other its first line. ``with_type`` prefixes the exception's class name."""
+    check; any other its first line. ``with_type`` prefixes the exception's class name; ``limit``
+    cuts the line (None: whole, so a long file path is never cut off). A string (an error message
+    TVM hands back as text) is read the same way."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     if len(lines) > 1:
         msg = next((ln for ln in reversed(lines) if "Error" in ln or "Check failed" in ln), lines[0])
     else:
         msg = lines[0] if lines else ""
-    msg = msg.rstrip(":")[:limit]
+    msg = msg.rstrip(":")[:limit] if limit is not None else msg.rstrip(":")
+    if isinstance(e, str):
+        return msg or "(no message)"
     if with_type or not msg:
         return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
     return msg

@@ -24,4 +24,6 @@ def test_multi_line_tvm_error_gives_the_reason_not_the_traceback():
 
 def test_empty_message_and_limit():
     assert error_line(KeyError()) == "KeyError"
+    assert error_line("") == "(no message)" and error_line("a\nRuntimeError: b\n") == "RuntimeError: b"
     assert error_line(ValueError("x" * 500), limit=10) == "x" * 10
+    assert error_line(ValueError("x" * 500)) == "x" * 500  # no cut unless asked (file paths)

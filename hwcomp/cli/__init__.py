@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import warnings
 
 from ..errors import HwcompError, HwcompWarning
@@ -102,7 +103,19 @@ def _one_line_warnings(show):
         else:
             show(message, category, filename, lineno, file, line)
 
+    showwarning.hwcomp_one_line = True
     return showwarning
+
+
+_INSTALL_LOCK = threading.Lock()
+
+
+def _install_one_line_warnings() -> None:
+    """Wrap the process's warning display once (idempotent, under a lock: ``main`` may run in several
+    threads; saving and restoring it per call, as ``warnings.catch_warnings`` does, is not thread-safe)."""
+    with _INSTALL_LOCK:
+        if not getattr(warnings.showwarning, "hwcomp_one_line", False):
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():  # restores the process's warning display on return
-            warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            check_args(args)
-            return args.func(args)
+        _install_one_line_warnings()
+        check_args(args)
+        return args.func(args)
     except (HwcompError, DeviceURLError) as e:
         message = str(e)
     except _PATH_ERRORS as e:

@@ -68,9 +68,10 @@ class Int8Quantizer:
         out, self.annotation = annotate(mod, self.config, self.names)
         unmatched = self.config.unmatched_skips(layer.names for layer in self.annotation.layers)
         if unmatched:  # a typo must not pass for a layer left in fp32
-            known = ", ".join(layer.name for layer in self.annotation.layers[:4])
-            warnings.warn(f"quantize: skip pattern(s) {', '.join(map(repr, unmatched))} matched no layer "
-                          f"(layers are named like {known}{', ...' if len(self.annotation.layers) > 4 else ''})",
+            layers = self.annotation.layers
+            known = (f"layers are named like {', '.join(x.name for x in layers[:4])}{', ...' if len(layers) > 4 else ''}"
+                     if layers else "the model has no layer to quantize")
+            warnings.warn(f"quantize: skip pattern(s) {', '.join(map(repr, unmatched))} matched no layer ({known})",
                           HwcompWarning, stacklevel=2)
         self._annotated = out
         self.timings["annotate_s"] = time.perf_counter() - t

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..errors import HwcompWarning
 from ..target import Target
 from .locations import (
     BSR_CHOICES,
@@ -28,7 +29,7 @@ from .locations import (
 )
 
 
-class TuningDatabaseWarning(UserWarning):
+class TuningDatabaseWarning(HwcompWarning):
     """A line of a tuning database was skipped (corrupt, dangling or for another target)."""
 
 

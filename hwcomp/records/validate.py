@@ -192,7 +192,7 @@ def scan(directory: Path, want: str | None, deep: bool = True) -> DatabaseConten
             try:
                 wl = ms.database.Workload.from_json(obj)
             except Exception as e:  # noqa: BLE001 - TVM raises several error types
-                issues.append(Issue(*where, f"workload does not decode ({error_line(e, with_type=True)})"))
+                issues.append(Issue(*where, f"workload does not decode ({error_line(e, with_type=True, limit=160)})"))
                 changed.add(WORKLOADS)
                 continue
             real = workload_key(wl.mod)
@@ -250,7 +250,7 @@ def scan(directory: Path, want: str | None, deep: bool = True) -> DatabaseConten
             try:
                 sig = target_signature(tgt)
             except Exception as e:  # noqa: BLE001
-                issues.append(Issue(*where, f"unreadable target ({error_line(e, with_type=True)})"))
+                issues.append(Issue(*where, f"unreadable target ({error_line(e, with_type=True, limit=160)})"))
                 changed.add(RECORDS)
                 continue
         parsed.append((i + 1, index_map[idx], obj, sig, text))
@@ -273,7 +273,7 @@ def scan(directory: Path, want: str | None, deep: bool = True) -> DatabaseConten
                     raise ValueError("its argument shapes are not the workload's")
                 ms.database.TuningRecord.from_json(obj[1], wl)
             except Exception as e:  # noqa: BLE001
-                issues.append(Issue(*where, f"does not belong to workload #{obj[0]} ({error_line(e, with_type=True)})"))
+                issues.append(Issue(*where, f"does not belong to workload #{obj[0]} ({error_line(e, with_type=True, limit=160)})"))
                 changed.add(RECORDS)
                 continue
         if obj[0] != new_idx:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import error_line
 from ..records.knobs import (  # noqa: F401 (best_knobs, knob_types: re-exported)
     CONV_KERNEL,
     KERNEL,
@@ -142,7 +143,7 @@ def measure_rounds(mods: list, target: Target, builder, runner,
     device = "cuda" if target.is_gpu else "cpu"
     for i, (m, b) in enumerate(zip(mods, built)):
         if b.error_msg:
-            errors[i] = "build: " + str(b.error_msg).strip().splitlines()[-1][:200]
+            errors[i] = "build: " + error_line(str(b.error_msg), limit=200)
             continue
         args = ms.arg_info.ArgInfo.from_entry_func(m, remove_preproc=True)
         inputs.append(ms.runner.RunnerInput(b.artifact_path, device, args))
@@ -155,7 +156,7 @@ def measure_rounds(mods: list, target: Target, builder, runner,
                 if per_round[i] is None:  # failed in an earlier round
                     continue
                 if r.error_msg:
-                    per_round[i], errors[i] = None, "run: " + str(r.error_msg).strip().splitlines()[-1][:200]
+                    per_round[i], errors[i] = None, "run: " + error_line(str(r.error_msg), limit=200)
                 else:
                     per_round[i].append([float(s) for s in r.run_secs])
     finally:

@@ -473,7 +473,7 @@ def _in_model_phase(run: _TuneRun, model) -> None:
         result.in_model = check_in_model(model, run.target, run.db, passes=opts.passes,
                                          example_inputs=opts.example_inputs, input_shapes=opts.input_shapes, log=log)
     except Exception as e:  # noqa: BLE001 - an optional last check must not undo the tuning
-        log(f"in-model check skipped: {error_line(e, with_type=True)}")
+        log(f"in-model check skipped: {error_line(e, with_type=True, limit=160)}")
         return
     defaults = {c.task: c.default for c in result.confirmations}
     for r in run.reports:  # the summary: hwcomp's schedule serves these now, at its time alone
