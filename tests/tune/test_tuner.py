@@ -161,6 +161,17 @@ def test_in_model_check_hands_losing_records_back(tuned_db, model_pt2, tmp_path,
     by_name = {t.name: t.key for t in result.tasks}
     assert forced.flipped and set(forced.flipped) == {n for n in by_name if n in forced.tuned_ms}
     assert {by_name[n] for n in forced.flipped} <= hwcomp_served(db)
+    # the whole-model rule alone: no kernel past a 1000 % margin, but the tuned model must run in
+    # under 0 % of the untuned one's time (model_margin=1) to keep any record — every one goes back
+    verdicts(db).add(planted, replace=True)
+    whole = check_in_model(model_pt2, host, db, margin=10.0, model_margin=1.0, log=None)
+    assert whole.whole_model and set(whole.flipped) == set(forced.flipped)
+    assert {by_name[n] for n in whole.flipped} <= hwcomp_served(db)
+    # and with no bar for the model as a whole (101x slower allowed) the records stay
+    verdicts(db).add(planted, replace=True)
+    kept = check_in_model(model_pt2, host, db, margin=10.0, model_margin=-100.0, log=None)
+    assert not kept.whole_model and kept.flipped == [] and hwcomp_served(db) == set()
+    check_in_model(model_pt2, host, db, margin=-1.0, log=None)  # back to every record handed back
     x = torch.randn(16, 128)
     ref = Tiny().eval()
     ref.load_state_dict(torch.export.load(str(model_pt2)).module().state_dict())
