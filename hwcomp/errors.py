@@ -33,7 +33,7 @@ def error_line(e: BaseException | str, with_type: bool = False, limit: int | Non
         msg = next((ln for ln in reversed(lines) if "Error" in ln or "Check failed" in ln), lines[0])
     else:
         msg = lines[0] if lines else ""
-    msg = msg.rstrip(":")[:limit] if limit is not None else msg.rstrip(":")
+    msg = msg.rstrip(":")[:limit]  # [:None]: whole
     if isinstance(e, str):
         return msg or "(no message)"
     if with_type or not msg:

@@ -98,14 +98,19 @@ class QuantConfig:
 
     def is_skipped(self, *names: str) -> bool:
         """True when any of a layer's names matches the skip list."""
-        pats = [_norm(p) for p in self.skip]
-        return any(fnmatch.fnmatchcase(_norm(n), p) for n in names if n for p in pats)
+        return any(_matches(p, names) for p in self.skip)
 
     def unmatched_skips(self, layer_names) -> list[str]:
         """The skip patterns that match none of ``layer_names`` (an iterable of name tuples)."""
-        flat = [_norm(n) for names in layer_names for n in names if n]
-        return [p for p in self.skip if not any(fnmatch.fnmatchcase(n, _norm(p)) for n in flat)]
+        flat = [n for names in layer_names for n in names]
+        return [p for p in self.skip if not _matches(p, flat)]
 
 
 def _norm(s: str) -> str:
     return re.sub(r"[._]", "_", s.strip())
+
+
+def _matches(pattern: str, names) -> bool:
+    """Whether the skip ``pattern`` matches any of ``names`` (``.`` and ``_`` alike)."""
+    p = _norm(pattern)
+    return any(fnmatch.fnmatchcase(_norm(n), p) for n in names if n)

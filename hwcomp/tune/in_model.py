@@ -95,13 +95,17 @@ def check_in_model(model, target, db: Path, *, passes=(), example_inputs=None, i
 
     arts = {"untuned": build(None), "tuned": build(db)}
     ms = _min_profile(arts, rounds, runs)
+
+    def hand_back(names: list[str], measured: str) -> None:
+        verdicts(db).add({by_records[n]: dict(verdict(HWCOMP, n, ms["untuned"][n] / 1e3, ms["tuned"][n] / 1e3),
+                                              measured=measured) for n in names}, replace=True)
+
     flipped = slower_in_model(ms["untuned"], ms["tuned"], set(by_records), margin)
     for name in flipped:
         log(f"{name}: {ms['tuned'][name]:.3f} ms inside the model with its record, {ms['untuned'][name]:.3f} "
             "ms untuned (faster alone, slower in place) → serving hwcomp's schedule")
     if flipped:
-        verdicts(db).add({by_records[n]: dict(verdict(HWCOMP, n, ms["untuned"][n] / 1e3, ms["tuned"][n] / 1e3),
-                                              measured="in model") for n in flipped}, replace=True)
+        hand_back(flipped, "in model")
     check = InModelCheck(ms["untuned"], ms["tuned"], flipped)
     log(f"in-model check: kernels {check.untuned_total_ms:.2f} ms untuned, {check.tuned_total_ms:.2f} ms with the "
         "records" + (f"; {len(flipped)} workload(s) handed back to hwcomp's schedule" if flipped else "; every record kept"))
@@ -113,8 +117,7 @@ def check_in_model(model, target, db: Path, *, passes=(), example_inputs=None, i
         if tuned_total >= untuned_total * (1 - model_margin):
             log(f"in-model check: with the {len(kept)} record(s) left the model's kernels take {tuned_total:.2f} ms "
                 f"against {untuned_total:.2f} untuned → every record handed back to hwcomp's schedule")
-            verdicts(db).add({by_records[n]: dict(verdict(HWCOMP, n, ms["untuned"][n] / 1e3, ms["tuned"][n] / 1e3),
-                                                  measured="in model, whole model") for n in kept}, replace=True)
+            hand_back(kept, "in model, whole model")
             check.flipped = flipped + kept
             check.whole_model = True
     return check
