@@ -72,10 +72,12 @@ class KernelProvider:
         int8 convolution (the NCHW kernel runs)."""
         return None
 
-    def conv_weight_bits(self, bits: int = 8, reduce_range: bool | None = None) -> int:
-        """Width of conv weight codes: one bit narrower where that selects a faster dot (AVX2)."""
+    def conv_weight_bits(self, bits: int = 8, reduce_range: bool | None = None, act_zero_point: int = 0) -> int:
+        """Width of conv weight codes for activations stored with ``act_zero_point``: one bit
+        narrower where that selects a faster dot (AVX2)."""
         reduce = self.reduce_range_pays if reduce_range is None else reduce_range
-        if reduce and bits > 2 and self.conv_dot(1 << (bits - 2)) != self.conv_dot(1 << (bits - 1)):
+        if reduce and bits > 2 and (self.conv_dot(1 << (bits - 2), act_zero_point)
+                                    != self.conv_dot(1 << (bits - 1), act_zero_point)):
             return bits - 1
         return bits
 

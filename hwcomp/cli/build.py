@@ -62,6 +62,9 @@ def add_compile_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quantize", choices=["int8"], help="post-training int8 quantization")
     s.add_argument("--calib", help="calibration inputs (.npz, arrays named after the inputs, samples on axis 0)")
     s.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse"], help="default minmax")
+    s.add_argument("--weight-rounding", choices=["gptq", "nearest"],
+                   help="int8 weight codes: gptq (default) compensates each rounding error through the "
+                        "calibration inputs; nearest rounds each weight alone (faster to build)")
     s.add_argument("--skip", help="comma-separated layer names or globs left in fp32")
     s.add_argument("--fidelity-target", type=cosine_type,
                    help="leave the worst layers in fp32 until this cosine, in (0, 1], is met")
@@ -100,7 +103,8 @@ def check_compile_args(args) -> None:
     else:
         given = [flag for flag, v in (("--calib", args.calib), ("--calib-method", args.calib_method),
                                       ("--skip", args.skip), ("--fidelity-target", args.fidelity_target),
-                                      ("--full-range-weights", args.full_range_weights)) if v]
+                                      ("--full-range-weights", args.full_range_weights),
+                                      ("--weight-rounding", getattr(args, "weight_rounding", None))) if v]
         if given:
             raise HwcompError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --quantize int8; "
                               f"without it {'it' if len(given) == 1 else 'they'} would be ignored")
@@ -132,9 +136,11 @@ def _compile_options(args, target):
                              fidelity_target=args.fidelity_target,
                              sparse_threshold=(args.sparse_threshold or 0.7) if sparse else None,
                              sparse_block=parse_block(args.block) if sparse and args.block else None,
-                             reduce_range=False if getattr(args, "full_range_weights", False) else None)
+                             reduce_range=False if getattr(args, "full_range_weights", False) else None,
+                             weight_rounding=getattr(args, "weight_rounding", None) or "gptq")
         passes += quantize_passes(target, config, args.calib, log=_print)
-        summary["quantize"] = {"bits": 8, "calib_method": args.calib_method or "minmax", "skip": args.skip}
+        summary["quantize"] = {"bits": 8, "calib_method": args.calib_method or "minmax", "skip": args.skip,
+                               "weight_rounding": config.weight_rounding}
     trust = {k: True for k in ("force", "trust_pickle") if getattr(args, k, False)}  # set only when asked
     if getattr(args, "dynamic", None):
         from ..frontend import parse_dynamic

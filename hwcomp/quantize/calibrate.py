@@ -20,7 +20,7 @@ Bad data is rejected with the sample index, the input name and the expected shap
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +208,11 @@ class Calibration:
 
 def calibrate(mod, config: QuantConfig, samples: list[list[np.ndarray]], keys: Iterable[str],
               keep: int = 2, progress: bool = True, model: HostModel | None = None,
-              divide: dict | None = None) -> Calibration:
+              divide: dict | None = None, on_tensor: Callable[[str, np.ndarray], None] | None = None
+              ) -> Calibration:
     """Run the annotated ``mod`` on every sample; returns the filled observers. ``divide``: per-key
-    vectors the observed tensors are divided by along their last axis first (smoothing)."""
+    vectors the observed tensors are divided by along their last axis first (smoothing).
+    ``on_tensor(key, array)``: also called with every observed tensor (GPTQ's input moments)."""
     from tqdm import tqdm
 
     if not samples:
@@ -228,6 +230,8 @@ def calibrate(mod, config: QuantConfig, samples: list[list[np.ndarray]], keys: I
         obs = observers.get(key)
         if obs is not None:
             obs.update(arr / divide[key] if divide and key in divide else arr)
+        if on_tensor is not None:
+            on_tensor(key, arr)
         if len(kept) < keep:
             current[key] = arr
 

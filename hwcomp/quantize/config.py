@@ -19,6 +19,7 @@ from ..errors import HwcompError
 
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 ACTIVATION_MODES = ("symmetric", "affine")
+ROUNDINGS = ("gptq", "nearest")  # QuantConfig.weight_rounding (gptq.py)
 
 
 @dataclasses.dataclass
@@ -45,6 +46,9 @@ class QuantConfig:
     ``reduce_range``: dense weights one bit narrower (7 of 8) so AVX2's ``vpmaddubsw`` cannot
     saturate; ``None``: where the target's fastest kernel needs it (x86 with AVX2 and no VNNI:
     13 % faster per matmul), ``False``: always full-width weights.
+    ``weight_rounding``: ``"gptq"`` rounds conv and dense weights column by column, moving each
+    column's rounding error onto the columns not yet rounded through the calibration inputs'
+    second moments (``gptq.py``; seconds per model); ``"nearest"``: each weight to its nearest code.
     ``fuse_residual``: a residual add (and a ReLU after it) right after a blocked int8 conv runs in
     that conv's epilogue, reading the other operand blocked (ResNet, MobileNet blocks stay int8
     between blocks); ``False``: the add runs in float32 between the kernels.
@@ -67,6 +71,7 @@ class QuantConfig:
     sparse_block: tuple[int, int] | None = None
     reduce_range: bool | None = None
     fuse_residual: bool = True
+    weight_rounding: str = "gptq"
 
     def __post_init__(self):
         if isinstance(self.skip, str):
@@ -88,6 +93,8 @@ class QuantConfig:
             raise HwcompError(f"QuantConfig.smooth (alpha) must be in [0, 1] or None, got {self.smooth}")
         if self.sparse_threshold is not None and not 0.0 < float(self.sparse_threshold) < 1.0:
             raise HwcompError(f"QuantConfig.sparse_threshold must be in (0, 1), got {self.sparse_threshold}")
+        if self.weight_rounding not in ROUNDINGS:
+            raise HwcompError(f"QuantConfig.weight_rounding must be one of {', '.join(ROUNDINGS)}, got {self.weight_rounding!r}")
         if self.fidelity_target is not None and not 0.0 < float(self.fidelity_target) <= 1.0:
             raise HwcompError(f"fidelity target is a cosine in (0, 1], got {self.fidelity_target}")
 

@@ -16,6 +16,7 @@ from .annotate import annotate, fingerprint, weight_name_table
 from .calibrate import HostModel, calibrate, input_specs, load_calibration
 from .config import QuantConfig
 from .fidelity import FidelityReport, compare_outputs, fallback, layer_errors, worst_first
+from .gptq import WeightRounding, watch_layers
 from .int8_compute import get_provider
 from .realize import Realizer
 from .smooth import smoothed_minmax, smoothing_factors
@@ -44,6 +45,8 @@ class Int8Quantizer:
         self._samples: list = []
         self.smooth: dict = {}
         self.ranges: dict = {}
+        self.rounding: WeightRounding | None = None  # GPTQ's input moments, filled by calibration
+        self._folded = None
 
     def use_weight_names(self, params: dict | None) -> None:
         """Name layers after the model's parameters (``hwcomp.compile`` calls this with the imported
@@ -66,6 +69,7 @@ class Int8Quantizer:
         # weight keeps its parameter's name (the skip list and the reports match on it)
         mod = fold_batch_norm(FoldConvPad(mod), on_fold=self._carry_name)
         out, self.annotation = annotate(mod, self.config, self.names)
+        self._folded = mod  # the module the layers' vars belong to (their conv attributes)
         unmatched = self.config.unmatched_skips(layer.names for layer in self.annotation.layers)
         if unmatched:  # a typo must not pass for a layer left in fp32
             layers = self.annotation.layers
@@ -93,8 +97,13 @@ class Int8Quantizer:
         self._heldout = heldout
         self._samples = samples
         self._host_model = HostModel(mod)
+        self.rounding = None
+        if self.config.weight_rounding == "gptq":
+            self.rounding = WeightRounding()
+            watch_layers(self.rounding, self._folded["main"], self.annotation.layers)
         self.calibration = calibrate(mod, self.config, samples, self.annotation.keys.keys(),
-                                     progress=self.progress, model=self._host_model)
+                                     progress=self.progress, model=self._host_model,
+                                     on_tensor=self.rounding.observe if self.rounding else None)
         self.ranges = {k: o.range() for k, o in self.calibration.observers.items()}
         if self.config.smooth is not None:
             obs = self.calibration.observers
@@ -121,7 +130,7 @@ class Int8Quantizer:
         if self.config.fidelity_target is not None:
             force = self._fallback(mod, ranges)
         self.realizer = Realizer(self.config, self.provider, ranges, names=self.names, force_float=force,
-                                 smooth=self.smooth)
+                                 smooth=self.smooth, rounding=self.rounding)
         out = self.realizer(mod)
         if self.fidelity is None:  # per-layer report only (the model-level one needs held-out inputs)
             rows = layer_errors(mod, self.realizer, self.calibration.kept[:1])
@@ -153,13 +162,13 @@ class Int8Quantizer:
         host_provider = get_provider(self._host_model.target)
         heldout = self._heldout
         ref = [self._host_model.run(s) for s in heldout]
-        probe = Realizer(self.config, host_provider, ranges, names=self.names, smooth=self.smooth)
+        probe = Realizer(self.config, host_provider, ranges, names=self.names, smooth=self.smooth, rounding=self.rounding)
         probe(mod)
         rows = layer_errors(mod, probe, self.calibration.kept)
         ranking = worst_first(rows)
 
         def evaluate(force):
-            r = Realizer(self.config, host_provider, ranges, names=self.names, force_float=force, smooth=self.smooth)
+            r = Realizer(self.config, host_provider, ranges, names=self.names, force_float=force, smooth=self.smooth, rounding=self.rounding)
             m = HostModel(r(mod))
             res = compare_outputs(ref, [m.run(s) for s in heldout])
             self.log(f"quantize: fidelity with {len(force)} layer(s) in fp32: cosine {res['cosine']:.6f}")
@@ -178,7 +187,7 @@ class Int8Quantizer:
         if self.target.name != "host" and not self.target.runs_here():
             host_mod = Realizer(self.config, get_provider(self._host_model.target), self.ranges, names=self.names,
                                 force_float=self.fidelity.fp32_layers if self.fidelity else (),
-                                smooth=self.smooth)(self._annotated)
+                                smooth=self.smooth, rounding=self.rounding)(self._annotated)
         m = HostModel(host_mod)
         res = compare_outputs(ref, [m.run(s) for s in inputs])
         rows = layer_errors(self._annotated, self.realizer, self.calibration.kept)
@@ -195,7 +204,8 @@ class Int8Quantizer:
         out = {"quantize": "int8", "target_kernels": self.provider.describe(),
                "config": {"bits": self.config.bits, "per_channel": self.config.per_channel,
                           "activations": self.config.activations, "calib_method": self.config.calib_method,
-                          "skip": list(self.config.skip), "fidelity_target": self.config.fidelity_target},
+                          "skip": list(self.config.skip), "fidelity_target": self.config.fidelity_target,
+                          "weight_rounding": self.config.weight_rounding},
                "timings": self.timings}
         if self.calibration is not None:
             out["calibration_samples"] = self.calibration.num_samples

@@ -32,6 +32,7 @@ from . import qmath
 from . import realize_conv as rc
 from .annotate import Layer, find_layers, fingerprint
 from .config import QuantConfig
+from .gptq import WeightRounding
 from .graph import SKIP, Graph, is_observe, observe_key, op_name, rebuild, static_shape
 from .int8_compute import (
     Epilogue,
@@ -59,8 +60,9 @@ class Realizer:
 
     def __init__(self, config: QuantConfig, provider: KernelProvider | None = None, ranges: dict | None = None,
                  fixed: dict | None = None, given_weights: dict | None = None, names: dict | None = None,
-                 force_float=(), smooth: dict | None = None):
+                 force_float=(), smooth: dict | None = None, rounding: WeightRounding | None = None):
         self.config = config
+        self.rounding = rounding  # GPTQ codes from calibration's input moments (gptq.py), or nearest
         self.provider = provider or KernelProvider()
         self.ranges = ranges or {}
         self.fixed = fixed or {}
@@ -72,6 +74,7 @@ class Realizer:
         self.report: list[dict] = []
         self.layer_params: dict[str, dict] = {}
         self.weight_bits: dict[str, int] = {}  # layers realized with narrower weights (reduce_range)
+        self.gptq_layers: set[str] = set()  # layers whose codes came from GPTQ (the report says so)
 
     # ---- activation parameters ---------------------------------------------------------------
     def act_params(self, key: str, kind: str) -> QParams | None:
@@ -322,7 +325,7 @@ class Realizer:
             at = g.value(layer.var).attrs
             depthwise = rc.is_depthwise(layer, at)  # skipped above where the target has no blocked kernel
             if layer.id in blocked and not depthwise and layer.id not in self.given_weights:
-                bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range)
+                bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range, p_in.zp)
                 if bits != cfg.bits:
                     self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
@@ -416,8 +419,8 @@ class Realizer:
         bits = self.weight_bits.get(layer.id, self.config.bits)
         sm = self.smooth.get(layer.keys[0]) if layer.kind == "dense" and layer.keys else None
         if sm is not None:
-            w = layer.weight.astype(np.float64) * sm.astype(np.float64)[None, :]
-            return qmath.quantize_weight(w.astype(np.float32), bits, self.config.per_channel)
+            w = (layer.weight.astype(np.float64) * sm.astype(np.float64)[None, :]).astype(np.float32)
+            return self._round(layer, w, bits, sm)
         given = self.given_weights.get(layer.id)
         if given is None and layer.stored is not None and self.given_weights:
             given = self.given_weights.get(fingerprint(layer.stored))
@@ -432,7 +435,18 @@ class Realizer:
             elif axis != 0 or s.size != n:
                 return qmath.quantize_weight(layer.weight, bits, self.config.per_channel)
             return np.ascontiguousarray(wq.astype(np.int8)), s
-        return qmath.quantize_weight(layer.weight, bits, self.config.per_channel)
+        return self._round(layer, layer.weight, bits)
+
+    def _round(self, layer: Layer, w: np.ndarray, bits: int, input_scale=None) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and scales of float weights: the nearest-rounding scales, GPTQ codes where the
+        quantizer measured the layer's inputs."""
+        q, s = qmath.quantize_weight(w, bits, self.config.per_channel)
+        if self.rounding is not None:
+            g = self.rounding.codes(layer.id, w, s, bits, input_scale)
+            if g is not None:
+                self.gptq_layers.add(layer.id)
+                return g, s
+        return q, s
 
     def _sparse_layers(self, quantized: list[Layer], plans: dict) -> dict[str, tuple[int, int]]:
         """Dense layers that run the int8 BSR kernel (``QuantConfig.sparse_threshold``): id → block."""
@@ -500,6 +514,7 @@ class Realizer:
             "inputs": [px.to_dict()], "weight_scale_range": [float(s_w.min()), float(s_w.max())],
             "epilogue": {"kind": epi.kind, "act": epi.act, "bias": plan.bias is not None},
             "output": epi.out_dtype, "layout": layout, "weight_bits": self.weight_bits.get(layer.id, self.config.bits),
+            "weight_rounding": "gptq" if layer.id in self.gptq_layers else "nearest",
             "kernel": self.provider.name if layout not in ("nk", "oihw") else "default schedule"})
 
     def _finish(self, bb, layer, plan, out, epi, blocked: bool = False):
