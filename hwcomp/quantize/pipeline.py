@@ -100,7 +100,7 @@ class Int8Quantizer:
         self.rounding = None
         if self.config.weight_rounding == "gptq":
             self.rounding = WeightRounding()
-            watch_layers(self.rounding, self._folded["main"], self.annotation.layers)
+            watch_layers(self.rounding, self._folded["main"], self.annotation.layers, len(samples))
         self.calibration = calibrate(mod, self.config, samples, self.annotation.keys.keys(),
                                      progress=self.progress, model=self._host_model,
                                      on_tensor=self.rounding.observe if self.rounding else None)

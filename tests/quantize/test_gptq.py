@@ -118,7 +118,7 @@ def test_gptq_beats_nearest_on_avx2_seven_bit_conv_weights(tmp_path):
     err_n, _ = _quantize_cnn("x86-avx2", "nearest", tmp_path)
     rows = [r for r in q.realizer.report if r["status"] == "int8"]
     convs = [r for r in rows if r["kind"] == "conv2d"]
-    assert convs and all(r["weight_rounding"] == "gptq" for r in rows)
+    assert convs and all(r["weight_rounding"] == "gptq" for r in convs)
     assert any(r["weight_bits"] == 7 for r in convs)  # the saturating AVX2 step's narrow weights
     assert q.summary()["config"]["weight_rounding"] == "gptq"
     assert err_g <= 0.8 * err_n, (err_g, err_n)
@@ -127,3 +127,26 @@ def test_gptq_beats_nearest_on_avx2_seven_bit_conv_weights(tmp_path):
 def test_weight_rounding_is_validated():
     with pytest.raises(HwcompError, match="weight_rounding"):
         QuantConfig(weight_rounding="stochastic")
+
+
+def test_dense_layers_are_compensated_only_with_enough_calibration_rows(tmp_path):
+    """8 samples of 64 rows: the 64-wide layer has 8 rows per column (GPTQ), the 128-wide ones 4
+    (too few to estimate their moments: nearest)."""
+    from hwcomp.frontend import load_model
+    from hwcomp.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(64, 128, 10).eval()
+    rng = np.random.default_rng(0)
+    calib = [[rng.standard_normal((64, 64)).astype(np.float32)] for _ in range(8)]
+    imported = load_model(model, (torch.randn(64, 64),))
+    q = Int8Quantizer(get_target("host"), QuantConfig(), calib, params=imported.params, progress=False)
+    art = hwcomp.compile(imported, "host", tmp_path / "mlp",
+                         options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
+                                                       compression_summary=None))
+    rounding = {r["names"][-1]: r["weight_rounding"] for r in q.realizer.report if r["status"] == "int8"}
+    assert rounding == {"net_0": "gptq", "net_2": "nearest", "net_4": "nearest"}, rounding
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert cosine(art.run([x])[0], ref) >= 0.999
