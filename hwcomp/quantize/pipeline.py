@@ -137,8 +137,9 @@ class Int8Quantizer:
             self.fidelity = FidelityReport(None, rows, [], None, None, [])
         self.timings["realize_s"] = time.perf_counter() - t
         n_q = sum(1 for r in self.realizer.report if r["status"] == "int8")
+        n_g = len(self.realizer.gptq_layers)
         self.log(f"quantize: {n_q} layers int8 ({self.provider.describe()}), "
-                 f"{len(self.realizer.report) - n_q} fp32")
+                 f"{len(self.realizer.report) - n_q} fp32" + (f"; {n_g} with GPTQ-rounded weights" if n_g else ""))
         if self.fidelity is not None:
             self.log(self.fidelity.format())
         return out

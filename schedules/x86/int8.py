@@ -202,16 +202,6 @@ class X86Int8Provider(KernelProvider):
             return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if act_zero_point == 0 else ConvDot(8, 4, AVX2_U8S7)
         return None
 
-    def conv_weight_bits(self, bits: int = 8, reduce_range: bool | None = None, act_zero_point: int = 0) -> int:
-        # Narrow weights by default only where they buy the saturating two-pair step (codes with
-        # zero point 0). On centred codes (a network's first conv, on signed input) they would buy
-        # the exact 8x4 step, ~13 % over full-width 8x2 on a layer that is ~4 % of a CNN, and
-        # cost the most fidelity of any layer: GPTQ cannot compensate across uncorrelated
-        # inputs (random-init ResNet-18 on AVX2: 0.9855 cosine with a 7-bit stem, 0.9916 fp32).
-        if reduce_range is None and act_zero_point != 0:
-            return bits
-        return super().conv_weight_bits(bits, reduce_range, act_zero_point)
-
     def _amx_plan(self, ow: int, kw: int, dw: int, xi: int, dot):
         """``schedules/x86/amx.py``'s plan for this conv, or None (the VNNI kernel)."""
         if not (self.amx and dot.intrin == VNNI_U8):
