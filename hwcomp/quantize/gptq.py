@@ -191,7 +191,10 @@ class WeightRounding:
         if input_scale is not None:
             inv = (1.0 / np.asarray(input_scale, np.float64)).astype(np.float32)
             h = h * inv[:, None] * inv[None, :]
-        q = gptq_codes(np.asarray(w).reshape(w.shape[0], -1), scale, (1 << (bits - 1)) - 1, h, self.damp)
+        try:
+            q = gptq_codes(np.asarray(w).reshape(w.shape[0], -1), scale, (1 << (bits - 1)) - 1, h, self.damp)
+        except np.linalg.LinAlgError:  # moments with inf/NaN (a broken calibration input): nearest
+            return None
         with self._lock:
             self._cache[key] = q
         return q.reshape(w.shape)
@@ -203,7 +206,7 @@ _RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatt
 def _operand_fn(graph, operand):
     """``f(root tensor) -> operand tensor`` for an operand traced back to its observed root through
     reshapes or one NCHW max-pool (ResNet's first block), or None (the layer rounds to nearest)."""
-    _root, steps, _scale = graph.root(operand)  # a positive scale does not change the rounding
+    _root, steps, _scale = graph.root(operand)  # a multiply-by-scalar step leaves the layer at nearest
     shape = static_shape(operand)
     if shape is None:
         return None

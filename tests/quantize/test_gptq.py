@@ -150,3 +150,17 @@ def test_dense_layers_are_compensated_only_with_enough_calibration_rows(tmp_path
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert cosine(art.run([x])[0], ref) >= 0.999
+
+
+def test_broken_moments_fall_back_to_nearest_rounding():
+    """Moments with a NaN (a calibration input that overflowed) give no GPTQ codes, not a crash."""
+    from hwcomp.quantize.gptq import WeightRounding
+
+    r = WeightRounding()
+    r.watch("t0", "dense0", 4, lambda a: a.reshape(-1, 4))
+    x = np.ones((8, 4), np.float32)
+    x[0, 0] = np.nan
+    r.observe("t0", x)
+    w = np.random.default_rng(0).standard_normal((3, 4))
+    assert r.codes("dense0", w, np.abs(w).max(1) / 127, 8) is None
+    assert r.codes("unwatched", w, np.abs(w).max(1) / 127, 8) is None
