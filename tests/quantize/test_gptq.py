@@ -164,3 +164,34 @@ def test_broken_moments_fall_back_to_nearest_rounding():
     w = np.random.default_rng(0).standard_normal((3, 4))
     assert r.codes("dense0", w, np.abs(w).max(1) / 127, 8) is None
     assert r.codes("unwatched", w, np.abs(w).max(1) / 127, 8) is None
+
+
+def test_calibration_moments_are_the_layers_real_inputs():
+    """The moments GPTQ uses are the Gram matrices of each conv's true im2col input, including the
+    conv behind a max-pool (rebuilt from the observed pre-pool tensor) — checked against PyTorch's
+    own activations of the same model."""
+    from hwcomp.build import bind_weights
+    from hwcomp.frontend import load_model
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(SmallCNN(width=8)).eval()
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(3)]
+    imported = load_model(model, (torch.from_numpy(calib[0]),))
+    q = Int8Quantizer(get_target("host"), QuantConfig(), [[c] for c in calib], params=imported.params,
+                      progress=False)
+    q.calibrate_pass(q.annotate_pass(bind_weights(imported.mod, imported.params)))
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    seen: dict = {}
+    hooks = [c.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, []).append(a[0])) for i, c in enumerate(convs)]
+    with torch.no_grad():
+        for c in calib:
+            model(torch.from_numpy(c))
+    for h in hooks:
+        h.remove()
+    assert sorted(q.rounding.moments) == ["conv0", "conv1", "conv2"]  # conv1 reads the max-pooled tensor
+    for i, conv in enumerate(convs):
+        x = np.concatenate([torch.nn.functional.unfold(a, conv.kernel_size, conv.dilation, conv.padding,
+                                                       conv.stride)[0].T.numpy() for a in seen[i]])
+        ref = x.astype(np.float64).T @ x
+        np.testing.assert_allclose(q.rounding.moments[f"conv{i}"].gram(), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
