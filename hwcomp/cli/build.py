@@ -104,7 +104,7 @@ def check_compile_args(args) -> None:
         given = [flag for flag, v in (("--calib", args.calib), ("--calib-method", args.calib_method),
                                       ("--skip", args.skip), ("--fidelity-target", args.fidelity_target),
                                       ("--full-range-weights", args.full_range_weights),
-                                      ("--weight-rounding", getattr(args, "weight_rounding", None))) if v]
+                                      ("--weight-rounding", args.weight_rounding)) if v]
         if given:
             raise HwcompError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --quantize int8; "
                               f"without it {'it' if len(given) == 1 else 'they'} would be ignored")
@@ -137,7 +137,7 @@ def _compile_options(args, target):
                              sparse_threshold=(args.sparse_threshold or 0.7) if sparse else None,
                              sparse_block=parse_block(args.block) if sparse and args.block else None,
                              reduce_range=False if getattr(args, "full_range_weights", False) else None,
-                             weight_rounding=getattr(args, "weight_rounding", None) or "gptq")
+                             weight_rounding=args.weight_rounding or QuantConfig.weight_rounding)
         passes += quantize_passes(target, config, args.calib, log=_print)
         summary["quantize"] = {"bits": 8, "calib_method": args.calib_method or "minmax", "skip": args.skip,
                                "weight_rounding": config.weight_rounding}

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from . import qmath
-from .graph import Graph, op_name, static_shape
+from .graph import Graph, apply_steps
 
 
 def compare_outputs(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> dict:
@@ -38,23 +38,6 @@ def compare_outputs(reference: list[list[np.ndarray]], outputs: list[list[np.nda
                 total += a.size
     return {"cosine": float(min(cos)) if cos else 1.0, "mean_cosine": float(np.mean(cos)) if cos else 1.0,
             "max_abs_err": err, "top1_agreement": (agree / total) if total else None, "samples": len(outputs)}
-
-
-def _apply_steps(x: np.ndarray, steps) -> np.ndarray | None:
-    for st in steps:
-        name = op_name(st)
-        if name is None:  # TupleGetItem of a tuple literal: identity
-            continue
-        if name == "relax.permute_dims":
-            axes = st.attrs.axes
-            x = np.transpose(x, None if axes is None else [int(a) for a in axes])
-        elif name in ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.broadcast_to", "relax.flatten"):
-            x = x.reshape(static_shape(st))
-        elif name == "relax.multiply":
-            continue  # folded into the scale factor
-        else:
-            return None
-    return x
 
 
 def _act(y: np.ndarray, act: str | None) -> np.ndarray:
@@ -96,7 +79,7 @@ def layer_errors(mod, realizer, kept: list[dict]) -> list[dict]:
                 if key not in sample:
                     ok = False
                     break
-                x = _apply_steps(sample[key].astype(np.float64), steps)
+                x = apply_steps(sample[key].astype(np.float64), steps)
                 if x is None:
                     ok = False
                     break

@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from .graph import Graph, op_name, static_shape
+from .graph import Graph, apply_steps, op_name, static_shape, torch_max_pool
 
 
 def conv_patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
@@ -205,28 +205,14 @@ _RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatt
 
 def _operand_fn(graph, operand):
     """``f(root tensor) -> operand tensor`` for an operand traced back to its observed root through
-    reshapes or one NCHW max-pool (ResNet's first block), or None (the layer rounds to nearest)."""
-    _root, steps, _scale = graph.root(operand)  # a multiply-by-scalar step leaves the layer at nearest
-    shape = static_shape(operand)
-    if shape is None:
-        return None
+    reshapes or one NCHW max-pool (ResNet's first block), or None (the layer rounds to nearest;
+    a permute or a multiply-by-scalar step too)."""
+    _root, steps, _scale = graph.root(operand)
     names = [op_name(s) for s in steps]
-    if all(n in _RESHAPES for n in names):
-        return lambda a: a.reshape(shape)
-    if names == ["relax.nn.max_pool2d"]:
-        at = steps[0].attrs
-        pt, pl, pb, pr = (int(v) for v in at.padding)
-        if str(at.layout) != "NCHW" or (pt, pl) != (pb, pr) or bool(at.ceil_mode):
-            return None
-        kw = {"kernel_size": [int(v) for v in at.pool_size], "stride": [int(v) for v in at.strides],
-              "padding": [pt, pl], "dilation": [int(v) for v in at.dilation]}
-
-        def pool(a):
-            import torch
-
-            return torch.nn.functional.max_pool2d(torch.from_numpy(np.ascontiguousarray(a)), **kw).numpy().reshape(shape)
-        return pool
-    return None
+    pooled = names == ["relax.nn.max_pool2d"] and torch_max_pool(steps[0].attrs) is not None
+    if not (pooled or all(n in _RESHAPES for n in names)):
+        return None
+    return lambda a: apply_steps(a, steps, max_pool=True)
 
 
 def watch_layers(rounding: WeightRounding, func, layers, n_samples: int) -> list[str]:

@@ -143,6 +143,41 @@ class Graph:
         return inner.reshape(shape)
 
 
+def torch_max_pool(at) -> dict | None:
+    """``torch.nn.functional.max_pool2d`` arguments of a Relax ``max_pool2d`` with attrs ``at``, or
+    None where PyTorch has no equivalent (not NCHW, asymmetric padding, ceil mode)."""
+    pt, pl, pb, pr = (int(v) for v in at.padding)
+    if str(at.layout) != "NCHW" or (pt, pl) != (pb, pr) or bool(at.ceil_mode):
+        return None
+    return {"kernel_size": [int(v) for v in at.pool_size], "stride": [int(v) for v in at.strides],
+            "padding": [pt, pl], "dilation": [int(v) for v in at.dilation]}
+
+
+def apply_steps(x: np.ndarray, steps, max_pool: bool = False) -> np.ndarray | None:
+    """The operand from its root tensor ``x`` through the ``steps`` :meth:`Graph.trace` found (a
+    positive scalar multiply is left to the caller's factor); None for a step it cannot apply.
+    ``max_pool``: also apply an NCHW max-pool with symmetric padding (PyTorch's), which GPTQ's
+    input moments need and the per-layer fidelity probe does not take."""
+    for st in steps:
+        name = op_name(st)
+        if name is None:  # TupleGetItem of a tuple literal: identity
+            continue
+        if name == "relax.permute_dims":
+            axes = st.attrs.axes
+            x = np.transpose(x, None if axes is None else [int(a) for a in axes])
+        elif name in ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.broadcast_to", "relax.flatten"):
+            x = x.reshape(static_shape(st))
+        elif name == "relax.multiply":
+            continue  # folded into the scale factor
+        elif name == "relax.nn.max_pool2d" and max_pool and (kw := torch_max_pool(st.attrs)) is not None:
+            import torch
+
+            x = torch.nn.functional.max_pool2d(torch.from_numpy(np.ascontiguousarray(x)), **kw).numpy()
+        else:
+            return None
+    return x
+
+
 def substitute(expr, vmap: dict):
     """``expr`` with vars replaced by ``vmap`` (Call, Tuple, TupleGetItem; others unchanged)."""
     if isinstance(expr, relax.Var):

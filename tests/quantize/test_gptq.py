@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import hwcomp
 from hwcomp.errors import HwcompError
 from hwcomp.models import SmallCNN, randomize_batchnorm
 from hwcomp.quantize import QuantConfig
@@ -20,6 +19,11 @@ from hwcomp.quantize.gptq import InputMoments, conv_patches, gptq_codes
 from hwcomp.quantize.pipeline import Int8Quantizer
 from hwcomp.quantize.qmath import cosine
 from hwcomp.target import get_target
+
+from .test_pipeline import (  # the suite's quantize + compile + fp32 reference
+    _compile,
+    _held_out,
+)
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [((1, 1), (1, 1, 1, 1), (1, 1)), ((2, 2), (0, 1, 2, 0), (1, 1)),
@@ -92,22 +96,14 @@ def test_gptq_with_uncorrelated_inputs_is_nearest_rounding():
 
 
 def _quantize_cnn(target, rounding, tmp_path):
-    from hwcomp.frontend import load_model
-
     torch.manual_seed(0)
     model = randomize_batchnorm(SmallCNN(width=16)).eval()
     rng = np.random.default_rng(0)
     calib = [[rng.standard_normal((1, 3, 32, 32)).astype(np.float32)] for _ in range(8)]
-    imported = load_model(model, (torch.randn(1, 3, 32, 32),))
-    q = Int8Quantizer(get_target(target), QuantConfig(weight_rounding=rounding), calib, params=imported.params,
-                      progress=False)
-    art = hwcomp.compile(imported, target, tmp_path / rounding,
-                         options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
-                                                       compression_summary=None))
+    art, q, _ = _compile(model, (torch.randn(1, 3, 32, 32),), calib, tmp_path, QuantConfig(weight_rounding=rounding),
+                         name=rounding, target=target)
     held = [np.random.default_rng(9 + i).standard_normal((1, 3, 32, 32)).astype(np.float32) for i in range(3)]
-    with torch.no_grad():
-        refs = [model(torch.from_numpy(x)).numpy() for x in held]
-    err = float(np.mean([1.0 - cosine(art.run([x])[0], r) for x, r in zip(held, refs)]))
+    err = float(np.mean([1.0 - cosine(art.run([x])[0], _held_out(model, [x])) for x in held]))
     return err, q
 
 
@@ -132,24 +128,17 @@ def test_weight_rounding_is_validated():
 def test_dense_layers_are_compensated_only_with_enough_calibration_rows(tmp_path):
     """8 samples of 64 rows: the 64-wide layer has 8 rows per column (GPTQ), the 128-wide ones 4
     (too few to estimate their moments: nearest)."""
-    from hwcomp.frontend import load_model
     from hwcomp.models import MLP
 
     torch.manual_seed(0)
     model = MLP(64, 128, 10).eval()
     rng = np.random.default_rng(0)
     calib = [[rng.standard_normal((64, 64)).astype(np.float32)] for _ in range(8)]
-    imported = load_model(model, (torch.randn(64, 64),))
-    q = Int8Quantizer(get_target("host"), QuantConfig(), calib, params=imported.params, progress=False)
-    art = hwcomp.compile(imported, "host", tmp_path / "mlp",
-                         options=hwcomp.CompileOptions(passes=q.passes(), use_default_database=False,
-                                                       compression_summary=None))
+    art, q, _ = _compile(model, (torch.randn(64, 64),), calib, tmp_path, name="mlp")
     rounding = {r["names"][-1]: r["weight_rounding"] for r in q.realizer.report if r["status"] == "int8"}
     assert rounding == {"net_0": "gptq", "net_2": "nearest", "net_4": "nearest"}, rounding
     x = rng.standard_normal((64, 64)).astype(np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    assert cosine(art.run([x])[0], ref) >= 0.999
+    assert cosine(art.run([x])[0], _held_out(model, [x])) >= 0.999
 
 
 def test_broken_moments_fall_back_to_nearest_rounding():
