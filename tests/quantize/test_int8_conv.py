@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from hwcomp.schedules.cpu.int8_conv import int8_reg_n
+from hwcomp.schedules.cpu.int8_conv import int8_reg_n, int8_rows_outer, schedule_conv_nchwc_int8
 from hwcomp.schedules.int8_base import ConvDot
 from torch import nn
 
@@ -356,6 +356,45 @@ def test_blocked_conv_x86(host, dot_name, case_name, epi_name):
     target, provider, dot = x86_dot(host, dot_name)
     case = CONV_CASES[case_name]
     p = conv_problem(provider, case, dot, epi_name, "uint8", DOTS[dot_name][1])
+    got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+def test_rows_outer_rule():
+    """Row tasks where the rows split evenly over the cores and the weights stay in L2."""
+    assert int8_rows_outer(14, 512 * 1024, 2) and int8_rows_outer(56, 16 * 1024, 2)
+    assert not int8_rows_outer(7, 64 * 1024, 2)  # 4 + 3 rows: the second core idles an eighth
+    assert not int8_rows_outer(14, 2304 * 1024, 2)  # 3x3 512->512: weights past L2
+    assert not int8_rows_outer(56, 16 * 1024, 16) and int8_rows_outer(64, 16 * 1024, 16)
+    assert not int8_rows_outer(3, 1024, 2)
+
+
+class _WithCores:
+    """A provider whose blocked convs are scheduled for ``cores`` cores (the task order's input)."""
+
+    def __init__(self, provider, cores: int):
+        self.provider, self.cores = provider, cores
+
+    def __getattr__(self, name):
+        return getattr(self.provider, name)
+
+    def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
+        return schedule_conv_nchwc_int8(func, dot.lanes, dot.intrin, 256, self.cores)
+
+
+@pytest.mark.parametrize("case_name", ["1x1_s2", "3x3_s1_p1", "batch2"])
+@pytest.mark.parametrize("cores", [1, 64])
+def test_blocked_conv_task_orders(host, case_name, cores):
+    """Both task orders give the exact conv: rows over all channel blocks (1 core) and (block, row)
+    pairs (64 cores: too few rows); the parallel loop's extent shows which one was built."""
+    target, provider, dot = x86_dot(host, "avx2_7bit")
+    case = CONV_CASES[case_name]
+    p = conv_problem(_WithCores(provider, cores), case, dot, "requant_relu_u8", "uint8", 64)
+    rows = case.n * case.out_hw[0]
+    blocks = -(-case.o // ic.BLOCK)
+    # the last parallel loop is the conv's (a padding stage runs before it)
+    assert re.findall(r"T\.parallel\((?:T\.int64\()?(\d+)", p.func.script())[-1] == str(
+        rows if cores == 1 else rows * blocks)
     got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
 
