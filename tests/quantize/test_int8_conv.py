@@ -872,6 +872,8 @@ ARM_CASES = {
     # name: (case, epilogue) -- few: the board is emulated
     "3x3_c24_o40_ow7_requant": (Conv(24, 40, 7, 7), "requant_i8_zp"),
     "stem_7x7_s2_c3_float": (Conv(3, 16, 13, 13, k=(7, 7), stride=(2, 2), pad=(3, 3, 3, 3)), "float_relu"),
+    # 8 rows on the boards' 4 cores: tasks of rows over every channel block (int8_rows_outer)
+    "1x1_s2_8rows_requant": (Conv(32, 48, 16, 10, k=(1, 1), stride=(2, 2), pad=(0, 0, 0, 0)), "requant_i8_zp"),
 }
 ARM_INSTR = {"rpi4": "smull", "rpi5": "sdot"}
 
