@@ -35,6 +35,15 @@ is set before TVM is loaded, ORT's ``intra_op_num_threads``, ``torch.set_num_thr
 that fails (export, quantization, compile, run) shows its error's first line in the table instead of
 stopping the run.
 
+Emulated peer CPU (``--emulate-cpu``, ``bench/emulated_cpu.py``): an int8 runtime's arithmetic
+depends on the CPU it finds (ONNX Runtime's ``vpmaddubsw`` on AVX2 saturates its int16 pair sums at
+8-bit weights, its VNNI ``vpdpbusd`` does not), so with ``--target x86-avx2`` on a VNNI host the
+peers' fidelity in the table is their VNNI fidelity. By default there, ONNX Runtime's two int8
+models also run their held-out images under ``qemu-x86_64 -cpu EPYC-Milan`` (an emulated Zen 3:
+AVX2, no AVX-512), where MLAS takes its AVX2 kernels; the extra column is the better of S8S8 and
+U8S8 there. hwcomp's AVX2 artifact, run the same way on the first image, must match its native
+output bit for bit (printed): the emulator's check. Not timed; about 3 minutes for the five models.
+
 Digits CNN (``bench/accuracy.py``'s ``digits_cnn`` on sklearn digits, trained as that file does):
 compiled by hwcomp fp32 and int8 (calibrated on 64 training images, batch 1), top-1 on the test
 split for both and the drop in points. Runs unless ``--quick`` (then only with ``--digits``).
@@ -50,7 +59,8 @@ OpenVINO (NNCF) on the SAME 16 training images, and compared with PyTorch fp32 o
 images: per-image logit cosine (mean and minimum), top-1 accuracy and agreement with fp32.
 
     python bench/int8_cnn.py [--quick] [--models resnet18,mobilenet_v2] [--rounds 10] [--number 3]
-                             [--threads 2] [--digits | --no-digits]
+                             [--threads 2] [--digits | --no-digits] [--target x86-avx2]
+                             [--emulate-cpu auto|none|<qemu cpu>]
 
 ``--quick``: resnet18 only, 3 rounds, no digits section (~45 s on 2 cores; ``--models mobilenet_v2
 --rounds 2`` with the digits section ~100 s). Writes ``bench/results/int8_cnn.json``.
@@ -77,6 +87,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import emulated_cpu
 import peers
 from common import write_results
 
@@ -227,6 +238,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
     host = get_target(args.target)
     imported = {}
+    artifacts: dict = {}  # label -> hwcomp artifact
 
     def hwcomp_variant(label: str, options_fn):
         def make():
@@ -237,6 +249,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
             if isinstance(fid, dict) and "cosine" in fid:
                 row.setdefault("compile_fidelity_cosine", {})[label] = fid["cosine"]
             call = prepared_call(art.vm(), art.device(), art.device_args([held[0]]))
+            artifacts[label] = art
             return (lambda x: art.run([x])[0]), call
         return make
 
@@ -345,10 +358,41 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
     if "hwcomp_int8_ms" in row and "ov_int8_ms" in row:
         row["hwcomp_int8_over_ov_int8"] = row["hwcomp_int8_ms"] / row["ov_int8_ms"]
+    if args.emulate_cpu:
+        print(f"  fidelity on an emulated {args.emulate_cpu} (qemu-user)", flush=True)
+        row["emulated"] = emulated_fidelity(args.emulate_cpu, wd, held, refs, artifacts.get("hwcomp_int8"),
+                                            runs.get("hwcomp_int8"), args.threads)
     if not row["errors"]:
         del row["errors"]
     shutil.rmtree(wd, ignore_errors=True)
     return row
+
+
+def emulated_fidelity(cpu: str, wd: Path, held: list, refs: list, artifact, hwcomp_run, threads: int) -> dict:
+    """ONNX Runtime int8's fidelity on the emulated ``cpu`` (``emulated_cpu``: its kernels, and so its
+    arithmetic, are that CPU's), both activation types, and the check that hwcomp's artifact gives
+    its native output there bit for bit."""
+    out: dict = {"cpu": cpu}
+    for act, label in ORT_INT8.items():
+        path = wd / f"model_int8_{act}.onnx"
+        if not path.exists():
+            continue
+        try:
+            cos = [_cos(o, r) for o, r in zip(emulated_cpu.ort_outputs(path, held, cpu, threads), refs)]
+            out[label] = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+        except Exception as e:  # noqa: BLE001 - a failed emulated run is a result
+            out.setdefault("errors", {})[label] = _reason(e)
+    scored = [(out[lb]["cosine_mean"], lb) for lb in ORT_INT8.values() if lb in out]
+    if scored:  # the better of the two: the peer at its most faithful
+        out["ort_int8_cosine_mean"], out["ort_int8_config"] = max(scored)
+    if artifact is not None and hwcomp_run is not None:
+        try:
+            name = artifact.manifest["inputs"][0]["name"]
+            emu = emulated_cpu.hwcomp_outputs(artifact.path, name, held[:1], cpu)[0]
+            out["hwcomp_int8_max_abs_diff_vs_native"] = float(np.max(np.abs(emu - hwcomp_run(held[0]))))
+        except Exception as e:  # noqa: BLE001
+            out.setdefault("errors", {})["hwcomp_int8"] = _reason(e)
+    return out
 
 
 # ---- digits CNN --------------------------------------------------------------------------------
@@ -535,10 +579,22 @@ def _cells(r: dict) -> list[str]:
             *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8", "ov_int8"))]
 
 
+def _emulated_cell(r: dict) -> str:
+    e = r.get("emulated", {})
+    if "ort_int8_cosine_mean" in e:
+        return f"{e['ort_int8_cosine_mean']:.5f} ({e['ort_int8_config'].split('_')[-1]})"
+    return "ERROR: " + "; ".join(e.get("errors", {}).values())[:120] if e.get("errors") else "-"
+
+
 def print_markdown(rows: list[dict]) -> None:
     lines = [_cells(r) for r in rows]
-    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(HEADER)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(HEADER, widths)) + " |")
+    header = list(HEADER)
+    cpus = sorted({r["emulated"]["cpu"] for r in rows if "emulated" in r})
+    if cpus:  # the peer's fidelity on the emulated CPU the target stands for
+        header.append(f"cosine ORT int8 on {'/'.join(cpus)} (emulated)")
+        lines = [ln + [_emulated_cell(r)] for ln, r in zip(lines, rows)]
+    widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for ln in lines:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(ln, widths)) + " |")
@@ -568,6 +624,10 @@ def main() -> None:
     p.add_argument("--target", default="host",
                    help="hwcomp's target (one this CPU runs, e.g. x86-avx2 on an AVX-512 host: the AVX2 "
                         "kernels' int8/fp32 ratio); results go to int8_cnn_<target>.json unless host")
+    p.add_argument("--emulate-cpu", default="auto",
+                   help="also measure ONNX Runtime int8's fidelity on this qemu CPU model (qemu-user; "
+                        f"'none' to skip). auto: {emulated_cpu.AVX2_CPU} (a Zen 3: AVX2, no AVX-512) where the "
+                        "target has no VNNI but this host does, so the peer does an AVX2 CPU's arithmetic")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--digits", dest="digits", action="store_true", default=None,
                    help="run the digits sections: the digits CNN's top-1, and ResNet-18/50 trained on "
@@ -589,6 +649,14 @@ def main() -> None:
         p.error(str(e))
     if not target.runs_here():
         p.error(f"target {args.target!r} does not run on this machine: its int8 and fp32 builds could not be timed here")
+    if args.emulate_cpu == "auto":
+        host_vnni = get_target("host").int8_dot == "vnni"
+        args.emulate_cpu = emulated_cpu.AVX2_CPU if (
+            host_vnni and target.int8_dot != "vnni" and emulated_cpu.qemu_x86()) else None
+    elif args.emulate_cpu == "none":
+        args.emulate_cpu = None
+    elif emulated_cpu.qemu_x86() is None:
+        p.error("--emulate-cpu needs qemu-x86_64 (apt install qemu-user-static)")
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -643,6 +711,13 @@ def main() -> None:
             print(f"  {r['model']} ORT int8: " + ", ".join(both))
         for label, why in r.get("errors", {}).items():
             print(f"  {r['model']} {label}: {why}")
+        e = r.get("emulated")
+        if e:
+            cells = [f"{lb.split('_')[-1]} cos {e[lb]['cosine_mean']:.5f}" for lb in ORT_INT8.values() if lb in e]
+            if "hwcomp_int8_max_abs_diff_vs_native" in e:
+                cells.append(f"hwcomp int8 max |emulated - native| {e['hwcomp_int8_max_abs_diff_vs_native']:.3g}")
+            cells += [f"{lb} FAILED {why}" for lb, why in e.get("errors", {}).items()]
+            print(f"  {r['model']} on an emulated {e['cpu']}: " + ", ".join(cells))
     if dig is not None:
         print()
         if "error" in dig:
@@ -676,6 +751,7 @@ def main() -> None:
         "models": rows, "digits": dig, "trained_resnets": trained, "geomean_hwcomp_int8_over_ort_int8": geomean,
         "geomean_hwcomp_int8_over_ov_int8": geomean_ov,
         "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
+        "emulated_cpu": args.emulate_cpu,
         "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
                  "the faster of S8S8 and U8S8; "
                  "OpenVINO int8 = NNCF post-training quantization, fp32 precision hint; machine shared with other jobs"})
