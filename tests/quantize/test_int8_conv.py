@@ -40,7 +40,11 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from hwcomp.schedules.cpu.int8_conv import int8_reg_n, int8_rows_outer, schedule_conv_nchwc_int8
+from hwcomp.schedules.cpu.int8_conv import (
+    int8_reg_n,
+    int8_rows_outer,
+    schedule_conv_nchwc_int8,
+)
 from hwcomp.schedules.int8_base import ConvDot
 from torch import nn
 
