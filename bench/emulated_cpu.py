@@ -1,10 +1,10 @@
-"""Run a peer's int8 model (and hwcomp's artifact, as a check) on an emulated x86 CPU: qemu-user.
+"""Run the peers' int8 models (and hwcomp's artifact, as a check) on an emulated x86 CPU: qemu-user.
 
 An int8 runtime picks its kernels from CPUID, and its arithmetic differs between CPUs: ONNX
 Runtime's MLAS multiplies u8 x s8 with ``vpmaddubsw`` on AVX2, whose int16 pair sums saturate at
 8-bit weights, and with ``vpdpbusd`` (exact) on VNNI. So on an AVX-512 VNNI host, a peer's int8
 fidelity is its VNNI fidelity, not what it would give on the AVX2 CPU that ``--target x86-avx2``
-stands for. ``qemu-x86_64 -cpu EPYC-Milan`` runs the same Python, the same wheels and the same model
+stands for (OpenVINO's oneDNN keeps its fidelity on AVX2; ORT's drops, 0.987 -> 0.962 on ResNet-18). ``qemu-x86_64 -cpu EPYC-Milan`` runs the same Python, the same wheels and the same model
 on an emulated AMD Zen 3 (AVX2 + FMA, no AVX-512, no VNNI), so the peer takes its AVX2 kernels and
 does that CPU's arithmetic, exactly (timings under emulation mean nothing and are not taken).
 hwcomp's own AVX2 artifact run the same way must give the native outputs bit for bit: the check
@@ -36,6 +36,20 @@ with np.load(sys.argv[2]) as d:
 """
 
 
+_OV_RUN = r"""
+import sys, numpy as np, openvino as ov
+c = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_NUM_THREADS": int(sys.argv[4]),
+                                                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+r = c.create_infer_request()
+outs = []
+with np.load(sys.argv[2]) as d:
+    for k in d.files:
+        r.infer({0: d[k]})
+        outs.append(np.array(r.get_output_tensor(0).data))
+np.savez(sys.argv[3], *outs)
+"""
+
+
 def qemu_x86() -> str | None:
     """The qemu-user binary for x86-64, or None."""
     return shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
@@ -51,15 +65,27 @@ def _run(cmd: list[str], cpu: str, timeout: float) -> None:
         raise RuntimeError(f"emulated run failed (rc {r.returncode}): {tail[0] if tail else ''}")
 
 
-def ort_outputs(onnx_path: Path, images: list[np.ndarray], cpu: str = AVX2_CPU, threads: int = 2,
-                timeout: float = TIMEOUT_S) -> list[np.ndarray]:
-    """ONNX Runtime's first output for each image, on the emulated ``cpu``."""
+def _script_outputs(script: str, model: Path, images: list[np.ndarray], cpu: str, threads: int,
+                    timeout: float) -> list[np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="hwcomp-emu-") as d:
         src, out = Path(d) / "in.npz", Path(d) / "out.npz"
         np.savez(src, *images)
-        _run([sys.executable, "-c", _ORT_RUN, str(onnx_path), str(src), str(out), str(threads)], cpu, timeout)
+        _run([sys.executable, "-c", script, str(model), str(src), str(out), str(threads)], cpu, timeout)
         with np.load(out) as z:
             return [z[k] for k in z.files]
+
+
+def ort_outputs(onnx_path: Path, images: list[np.ndarray], cpu: str = AVX2_CPU, threads: int = 2,
+                timeout: float = TIMEOUT_S) -> list[np.ndarray]:
+    """ONNX Runtime's first output for each image, on the emulated ``cpu``."""
+    return _script_outputs(_ORT_RUN, onnx_path, images, cpu, threads, timeout)
+
+
+def ov_outputs(ir_path: Path, images: list[np.ndarray], cpu: str = AVX2_CPU, threads: int = 2,
+               timeout: float = TIMEOUT_S) -> list[np.ndarray]:
+    """OpenVINO's (CPU plugin, fp32 precision hint) first output for each image of an IR model
+    (``.xml``), on the emulated ``cpu``."""
+    return _script_outputs(_OV_RUN, ir_path, images, cpu, threads, timeout)
 
 
 def hwcomp_outputs(artifact_dir: Path, input_name: str, images: list[np.ndarray], cpu: str = AVX2_CPU,

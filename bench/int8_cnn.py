@@ -39,9 +39,9 @@ Emulated peer CPU (``--emulate-cpu``, ``bench/emulated_cpu.py``): an int8 runtim
 depends on the CPU it finds (ONNX Runtime's ``vpmaddubsw`` on AVX2 saturates its int16 pair sums at
 8-bit weights, its VNNI ``vpdpbusd`` does not), so with ``--target x86-avx2`` on a VNNI host the
 peers' fidelity in the table is their VNNI fidelity. By default there, ONNX Runtime's two int8
-models also run their held-out images under ``qemu-x86_64 -cpu EPYC-Milan`` (an emulated Zen 3:
-AVX2, no AVX-512), where MLAS takes its AVX2 kernels; the extra column is the better of S8S8 and
-U8S8 there. hwcomp's AVX2 artifact, run the same way on the first image, must match its native
+models and OpenVINO's also run their held-out images under ``qemu-x86_64 -cpu EPYC-Milan`` (an
+emulated Zen 3: AVX2, no AVX-512), where MLAS and oneDNN take their AVX2 kernels; the extra columns
+are the better of ORT's S8S8 and U8S8 there, and OpenVINO's. hwcomp's AVX2 artifact, run the same way on the first image, must match its native
 output bit for bit (printed): the emulator's check. Not timed; about 3 minutes for the five models.
 
 Digits CNN (``bench/accuracy.py``'s ``digits_cnn`` on sklearn digits, trained as that file does):
@@ -129,14 +129,17 @@ def _ort_session(path: Path, threads: int):
     return run
 
 
-def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int):
-    """OpenVINO int8 through NNCF post-training quantization on ``calib``; a run function."""
+def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int, save_to: Path | None = None):
+    """OpenVINO int8 through NNCF post-training quantization on ``calib``; a run function. ``save_to``:
+    also write the quantized model there (OpenVINO IR, for the emulated CPU)."""
     import nncf
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    if save_to is not None:
+        ov.save_model(quantized, str(save_to))
     compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                      "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
@@ -301,7 +304,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
     def ov_variant():
         export()
-        run = ov_int8_nncf(onnx_path, calib, args.threads)
+        run = ov_int8_nncf(onnx_path, calib, args.threads, wd / "ov_int8.xml" if args.emulate_cpu else None)
         x0 = held[0]
         return run, (lambda: run(x0))
 
@@ -369,9 +372,9 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
 
 def emulated_fidelity(cpu: str, wd: Path, held: list, refs: list, artifact, hwcomp_run, threads: int) -> dict:
-    """ONNX Runtime int8's fidelity on the emulated ``cpu`` (``emulated_cpu``: its kernels, and so its
-    arithmetic, are that CPU's), both activation types, and the check that hwcomp's artifact gives
-    its native output there bit for bit."""
+    """ONNX Runtime int8's (both activation types) and OpenVINO int8's fidelity on the emulated
+    ``cpu`` (``emulated_cpu``: their kernels, and so their arithmetic, are that CPU's), and the check
+    that hwcomp's artifact gives its native output there bit for bit."""
     out: dict = {"cpu": cpu}
     for act, label in ORT_INT8.items():
         path = wd / f"model_int8_{act}.onnx"
@@ -385,6 +388,12 @@ def emulated_fidelity(cpu: str, wd: Path, held: list, refs: list, artifact, hwco
     scored = [(out[lb]["cosine_mean"], lb) for lb in ORT_INT8.values() if lb in out]
     if scored:  # the better of the two: the peer at its most faithful
         out["ort_int8_cosine_mean"], out["ort_int8_config"] = max(scored)
+    if (wd / "ov_int8.xml").exists():
+        try:
+            cos = [_cos(o, r) for o, r in zip(emulated_cpu.ov_outputs(wd / "ov_int8.xml", held, cpu, threads), refs)]
+            out["ov_int8"] = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+        except Exception as e:  # noqa: BLE001
+            out.setdefault("errors", {})["ov_int8"] = _reason(e)
     if artifact is not None and hwcomp_run is not None:
         try:
             name = artifact.manifest["inputs"][0]["name"]
@@ -579,11 +588,14 @@ def _cells(r: dict) -> list[str]:
             *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8", "ov_int8"))]
 
 
-def _emulated_cell(r: dict) -> str:
+def _emulated_cells(r: dict) -> list[str]:
     e = r.get("emulated", {})
-    if "ort_int8_cosine_mean" in e:
-        return f"{e['ort_int8_cosine_mean']:.5f} ({e['ort_int8_config'].split('_')[-1]})"
-    return "ERROR: " + "; ".join(e.get("errors", {}).values())[:120] if e.get("errors") else "-"
+    errors = e.get("errors", {})
+    ort = f"{e['ort_int8_cosine_mean']:.5f} ({e['ort_int8_config'].split('_')[-1]})" \
+        if "ort_int8_cosine_mean" in e else ("ERROR: " + "; ".join(errors.values())[:120] if errors else "-")
+    ov = f"{e['ov_int8']['cosine_mean']:.5f}" if "ov_int8" in e else \
+        ("ERROR: " + errors["ov_int8"][:120] if "ov_int8" in errors else "-")
+    return [ort, ov]
 
 
 def print_markdown(rows: list[dict]) -> None:
@@ -591,8 +603,8 @@ def print_markdown(rows: list[dict]) -> None:
     header = list(HEADER)
     cpus = sorted({r["emulated"]["cpu"] for r in rows if "emulated" in r})
     if cpus:  # the peer's fidelity on the emulated CPU the target stands for
-        header.append(f"cosine ORT int8 on {'/'.join(cpus)} (emulated)")
-        lines = [ln + [_emulated_cell(r)] for ln, r in zip(lines, rows)]
+        header += [f"cosine ORT int8 on {'/'.join(cpus)} (emulated)", f"cosine OpenVINO int8 on {'/'.join(cpus)}"]
+        lines = [ln + _emulated_cells(r) for ln, r in zip(lines, rows)]
     widths = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(header)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -713,7 +725,9 @@ def main() -> None:
             print(f"  {r['model']} {label}: {why}")
         e = r.get("emulated")
         if e:
-            cells = [f"{lb.split('_')[-1]} cos {e[lb]['cosine_mean']:.5f}" for lb in ORT_INT8.values() if lb in e]
+            cells = [f"ORT {lb.split('_')[-1]} cos {e[lb]['cosine_mean']:.5f}" for lb in ORT_INT8.values() if lb in e]
+            if "ov_int8" in e:
+                cells.append(f"OpenVINO cos {e['ov_int8']['cosine_mean']:.5f}")
             if "hwcomp_int8_max_abs_diff_vs_native" in e:
                 cells.append(f"hwcomp int8 max |emulated - native| {e['hwcomp_int8_max_abs_diff_vs_native']:.3g}")
             cells += [f"{lb} FAILED {why}" for lb, why in e.get("errors", {}).items()]
