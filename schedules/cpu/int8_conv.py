@@ -56,7 +56,9 @@ def int8_rows_outer(rows: int, weight_bytes: int, cores: int) -> bool:
     stride-2 1x1 convs 1.15-1.18x, 1x1 64->256 at 56x56 1.15x, 256->1024 at 14x14 1.27x,
     3x3 at 14x14 and 56x56 1.03-1.06x; at 7x7 (7 rows on 2 cores) 0.91-0.95x, so rows must split
     evenly over the cores (within 10 %). Whole int8 models, interleaved: ResNet-50 1.06x (AVX2)
-    and 1.08x (VNNI), MobileNetV2 1.03x, ResNet-18 1.02x, EfficientNet-B0 unchanged."""
+    and 1.08x (VNNI), MobileNetV2 1.03x, ResNet-18 1.02x, EfficientNet-B0 unchanged. The 640 KB
+    cap is the fp32 rule's (``conv.inputs_once``), measured with a 1 MB L2; on a Zen 3 (512 KB)
+    and on the ARM boards, which take the same rule, it is unmeasured."""
     if cores <= 0 or rows < 2 * cores or weight_bytes > 640 * 1024:
         return False
     return -(-rows // cores) * cores <= 1.1 * rows
