@@ -105,7 +105,7 @@ class KernelProvider:
         bits = self.target.vector_bits if self.target is not None else 128
         if depthwise:
             return schedule_depthwise_nchwc_int8(func, bits)
-        cores = int(getattr(self.target, "num_cores", 1) or 1) if self.target is not None else 1
+        cores = self.target.num_cores if self.target is not None else 1
         return schedule_conv_nchwc_int8(func, dot[0], dot[2], bits, cores)
 
     def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
