@@ -43,6 +43,7 @@ models and OpenVINO's also run their held-out images under ``qemu-x86_64 -cpu EP
 emulated Zen 3: AVX2, no AVX-512), where MLAS and oneDNN take their AVX2 kernels; the extra columns
 are the better of ORT's S8S8 and U8S8 there, and OpenVINO's. hwcomp's AVX2 artifact, run the same way on the first image, must match its native
 output bit for bit (printed): the emulator's check. Not timed; about 3 minutes for the five models.
+Without ``qemu-x86_64`` (``apt install qemu-user-static``) ``auto`` leaves the columns out.
 
 Digits CNN (``bench/accuracy.py``'s ``digits_cnn`` on sklearn digits, trained as that file does):
 compiled by hwcomp fp32 and int8 (calibrated on 64 training images, batch 1), top-1 on the test
