@@ -14,6 +14,7 @@ that the emulator executes these instructions as the CPU does.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ def _run(cmd: list[str], cpu: str, timeout: float) -> None:
     if qemu is None:
         raise RuntimeError("qemu-x86_64 not found (apt install qemu-user-static)")
     r = subprocess.run([qemu, "-cpu", cpu, *cmd], check=False, capture_output=True, text=True, timeout=timeout)
+    if r.returncode == -signal.SIGILL:
+        raise RuntimeError(f"SIGILL on the emulated {cpu}: the code uses instructions that CPU lacks")
     if r.returncode != 0:
         tail = [ln for ln in r.stderr.splitlines() if ln.strip() and "TCG doesn't support" not in ln][-1:]
         raise RuntimeError(f"emulated run failed (rc {r.returncode}): {tail[0] if tail else ''}")
