@@ -56,6 +56,15 @@ def qemu_x86() -> str | None:
     return shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
 
 
+def known_cpu(cpu: str) -> bool:
+    """Whether this qemu has the CPU model ``cpu`` (``qemu-x86_64 -cpu help``)."""
+    qemu = qemu_x86()
+    if qemu is None:
+        return False
+    r = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=60, check=False)
+    return any(ln.split()[1:2] == [cpu] for ln in r.stdout.splitlines() if ln.startswith("x86 "))
+
+
 def _run(cmd: list[str], cpu: str, timeout: float) -> None:
     qemu = qemu_x86()
     if qemu is None:

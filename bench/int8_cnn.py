@@ -670,6 +670,8 @@ def main() -> None:
         args.emulate_cpu = None
     elif emulated_cpu.qemu_x86() is None:
         p.error("--emulate-cpu needs qemu-x86_64 (apt install qemu-user-static)")
+    elif not emulated_cpu.known_cpu(args.emulate_cpu):
+        p.error(f"qemu-x86_64 has no CPU model {args.emulate_cpu!r} (see qemu-x86_64 -cpu help)")
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
