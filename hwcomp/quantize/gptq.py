@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from .graph import Graph, apply_steps, op_name, static_shape, torch_max_pool
+from .graph import RESHAPES, Graph, apply_steps, op_name, static_shape, torch_max_pool
 
 
 def conv_patches(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
@@ -200,9 +200,6 @@ class WeightRounding:
         return q.reshape(w.shape)
 
 
-_RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
-
-
 def _operand_fn(graph, operand):
     """``f(root tensor) -> operand tensor`` for an operand traced back to its observed root through
     reshapes or one NCHW max-pool (ResNet's first block), or None (the layer rounds to nearest;
@@ -210,7 +207,7 @@ def _operand_fn(graph, operand):
     _root, steps, _scale = graph.root(operand)
     names = [op_name(s) for s in steps]
     pooled = names == ["relax.nn.max_pool2d"] and torch_max_pool(steps[0].attrs) is not None
-    if not (pooled or all(n in _RESHAPES for n in names)):
+    if not (pooled or all(n in RESHAPES for n in names)):
         return None
     return lambda a: apply_steps(a, steps, max_pool=True)
 

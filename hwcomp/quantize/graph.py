@@ -143,6 +143,10 @@ class Graph:
         return inner.reshape(shape)
 
 
+#: Ops that only re-shape their input (the data and its order unchanged).
+RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
+
+
 def torch_max_pool(at) -> dict | None:
     """``torch.nn.functional.max_pool2d`` arguments of a Relax ``max_pool2d`` with attrs ``at``, or
     None where PyTorch has no equivalent (not NCHW, asymmetric padding, ceil mode)."""
@@ -165,7 +169,7 @@ def apply_steps(x: np.ndarray, steps, max_pool: bool = False) -> np.ndarray | No
         if name == "relax.permute_dims":
             axes = st.attrs.axes
             x = np.transpose(x, None if axes is None else [int(a) for a in axes])
-        elif name in ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.broadcast_to", "relax.flatten"):
+        elif name in RESHAPES or name == "relax.broadcast_to":
             x = x.reshape(static_shape(st))
         elif name == "relax.multiply":
             continue  # folded into the scale factor

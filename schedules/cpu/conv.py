@@ -135,6 +135,11 @@ def weights_once(tasks: int, cores: int, pixels: int, block: int, kernel_1x1: bo
     return tasks >= 2 * cores and pixels * block * 4 <= 512 * 1024 and (not kernel_1x1 or pixels <= 49)
 
 
+#: Weights a task of output rows re-reads per row, at most: they must stay in L2 (:func:`inputs_once`,
+#: and the int8 convs' ``int8_conv.int8_rows_outer``).
+ROWS_OUTER_WEIGHT_CAP = 640 * 1024
+
+
 def inputs_once(input_bytes: int, weight_bytes: int, row_tasks: int, cores: int) -> bool:
     """Whether a convolution's tasks should be output rows, each over every output-channel block,
     rather than (block, row) pairs. By blocks, the threads split the blocks and each reads the whole
@@ -146,7 +151,7 @@ def inputs_once(input_bytes: int, weight_bytes: int, row_tasks: int, cores: int)
     outweigh the input it loses (3x3 128->128 at 28x28 0.87x, 1x1 1024->256 at 14x14 0.89x). The
     640 KB cap is below the L2 of current x86 cores but above a Zen 3's 512 KB: unmeasured there.
     Needs two row tasks per core."""
-    return input_bytes >= weight_bytes and weight_bytes <= 640 * 1024 and row_tasks >= 2 * cores
+    return input_bytes >= weight_bytes and weight_bytes <= ROWS_OUTER_WEIGHT_CAP and row_tasks >= 2 * cores
 
 
 def choose_reg_n(ow: int, vectors: int, registers: int = 16) -> int:

@@ -20,7 +20,7 @@ import math
 
 from tvm import s_tir
 
-from .conv import choose_reg_n
+from .conv import ROWS_OUTER_WEIGHT_CAP, choose_reg_n
 from .rules import _const_int
 
 
@@ -59,7 +59,7 @@ def int8_rows_outer(rows: int, weight_bytes: int, cores: int) -> bool:
     and 1.08x (VNNI), MobileNetV2 1.03x, ResNet-18 1.02x, EfficientNet-B0 unchanged. The 640 KB
     cap is the fp32 rule's (``conv.inputs_once``), measured with a 1 MB L2; on a Zen 3 (512 KB)
     and on the ARM boards, which take the same rule, it is unmeasured."""
-    if cores <= 0 or rows < 2 * cores or weight_bytes > 640 * 1024:
+    if cores <= 0 or rows < 2 * cores or weight_bytes > ROWS_OUTER_WEIGHT_CAP:
         return False
     return -(-rows // cores) * cores <= 1.1 * rows
 
