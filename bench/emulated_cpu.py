@@ -13,7 +13,6 @@ that the emulator executes these instructions as the CPU does.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-#: qemu's CPU model for an AVX2 x86 CPU without AVX-512 (an AMD Zen 3, the CPU issue 19 was filed on)
-AVX2_CPU = "EPYC-Milan"
+from hwcomp.runtime.emulated_x86 import (
+    AVX2_CPU,
+    artifact_command,
+    qemu_x86,
+    run_emulated,
+)
+
+__all__ = ["AVX2_CPU", "hwcomp_outputs", "known_cpu", "ort_outputs", "ov_outputs", "qemu_x86"]
 TIMEOUT_S = 1800  # per model; ResNet-50's four images take about a minute under emulation
 
 _ORT_RUN = r"""
@@ -51,11 +56,6 @@ np.savez(sys.argv[3], *outs)
 """
 
 
-def qemu_x86() -> str | None:
-    """The qemu-user binary for x86-64, or None."""
-    return shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
-
-
 def known_cpu(cpu: str) -> bool:
     """Whether this qemu has the CPU model ``cpu`` (``qemu-x86_64 -cpu help``)."""
     qemu = qemu_x86()
@@ -66,10 +66,7 @@ def known_cpu(cpu: str) -> bool:
 
 
 def _run(cmd: list[str], cpu: str, timeout: float) -> None:
-    qemu = qemu_x86()
-    if qemu is None:
-        raise RuntimeError("qemu-x86_64 not found (apt install qemu-user-static)")
-    r = subprocess.run([qemu, "-cpu", cpu, *cmd], check=False, capture_output=True, text=True, timeout=timeout)
+    r = run_emulated(cmd, cpu, timeout)
     if r.returncode == -signal.SIGILL:
         raise RuntimeError(f"SIGILL on the emulated {cpu}: the code uses instructions that CPU lacks")
     if r.returncode != 0:
@@ -104,14 +101,12 @@ def hwcomp_outputs(artifact_dir: Path, input_name: str, images: list[np.ndarray]
                    timeout: float = TIMEOUT_S) -> list[np.ndarray]:
     """An hwcomp artifact's first output for each image, on the emulated ``cpu`` (the TVM runtime
     alone, through the deploy bundles' ``run_model.py``)."""
-    runner = Path(__file__).resolve().parents[1] / "hwcomp" / "runtime" / "standalone_runner.py"
     outs = []
     with tempfile.TemporaryDirectory(prefix="hwcomp-emu-") as d:
         for i, x in enumerate(images):
             src, out = Path(d) / f"in{i}.npz", Path(d) / f"out{i}.npz"
             np.savez(src, **{input_name: x})
-            _run([sys.executable, str(runner), "--dir", str(artifact_dir), "--inputs", str(src), "--output",
-                  str(out), "--repeat", "1"], cpu, timeout)
+            _run(artifact_command(artifact_dir, src, out), cpu, timeout)
             with np.load(out) as z:
                 outs.append(z[z.files[0]])
     return outs

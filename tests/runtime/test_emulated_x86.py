@@ -12,7 +12,6 @@ The AVX-512 build of the same model must fault there: the check can fail. Skippe
 from __future__ import annotations
 
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,25 +25,17 @@ import hwcomp
 from hwcomp.models import SmallCNN, randomize_batchnorm
 from hwcomp.quantize import QuantConfig
 from hwcomp.quantize.pipeline import Int8Quantizer
+from hwcomp.runtime.emulated_x86 import artifact_command, qemu_x86, run_emulated
 from hwcomp.target import get_target
 
-QEMU = shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
-CPU = "EPYC-Milan"
-RUNNER = Path(hwcomp.__file__).resolve().parent / "runtime" / "standalone_runner.py"
-
-pytestmark = pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
+pytestmark = pytest.mark.skipif(qemu_x86() is None or platform.machine() != "x86_64",
                                 reason="needs qemu-x86_64 (qemu-user-static) on an x86-64 host")
-
-
-def _emulated(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([QEMU, "-cpu", CPU, *cmd], capture_output=True, text=True, timeout=600, check=False)
 
 
 def _run_emulated(art, x: np.ndarray, tmp_path: Path) -> subprocess.CompletedProcess:
     src, out = tmp_path / "in.npz", tmp_path / "out.npz"
     np.savez(src, **{art.manifest["inputs"][0]["name"]: x})
-    return _emulated([sys.executable, str(RUNNER), "--dir", str(art.path), "--inputs", str(src),
-                      "--output", str(out), "--repeat", "1"])
+    return run_emulated(artifact_command(art.path, src, out))
 
 
 def _build(target: str, int8: bool, tmp_path: Path):
@@ -70,7 +61,7 @@ def test_emulated_cpu_has_no_avx512():
     probe = ("try:\n    from numpy._core._multiarray_umath import __cpu_features__ as f\n"
              "except ImportError:  # numpy 1.x\n    from numpy.core._multiarray_umath import __cpu_features__ as f\n"
              "print(f['AVX2'], f['FMA3'], f['AVX512F'])")
-    r = _emulated([sys.executable, "-c", probe])
+    r = run_emulated([sys.executable, "-c", probe])
     assert r.returncode == 0, r.stderr[-400:]
     assert r.stdout.split() == ["True", "True", "False"], r.stdout
 
