@@ -152,6 +152,11 @@ def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int, save_to
     return run
 
 
+def ort_int8_path(wd: Path, activations: str) -> Path:
+    """Where a model's ONNX Runtime int8 file with ``activations`` (int8 | uint8) is written."""
+    return wd / f"model_int8_{activations}.onnx"
+
+
 def ort_int8_static(onnx_path: Path, out_path: Path, calib: list[np.ndarray], activations: str = "int8") -> dict:
     """Quantize ``onnx_path`` with ``quantize_static`` (QDQ, per-channel int8 weights, ``activations``
     int8 or uint8) on ``calib``; returns what was done (the pre-processing step is skipped, and said
@@ -293,7 +298,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
     def int8_path(activations: str):
         def path():
-            out = wd / f"model_int8_{activations}.onnx"
+            out = ort_int8_path(wd, activations)
             row.setdefault("ort_int8_quantization", {})[ORT_INT8[activations]] = \
                 ort_int8_static(onnx_path, out, calib, activations)
             return out
@@ -378,7 +383,7 @@ def emulated_fidelity(cpu: str, wd: Path, held: list, refs: list, artifact, hwco
     that hwcomp's artifact gives its native output there bit for bit."""
     out: dict = {"cpu": cpu}
     for act, label in ORT_INT8.items():
-        path = wd / f"model_int8_{act}.onnx"
+        path = ort_int8_path(wd, act)
         if not path.exists():
             continue
         try:
@@ -519,8 +524,8 @@ def _trained_resnet_row(kind: str, epochs: int, data: tuple, calib: list[np.ndar
         return onnx_path
 
     def ort_int8():
-        ort_int8_static(onnx(), wd / "model_int8_uint8.onnx", calib, "uint8")
-        return _ort_session(wd / "model_int8_uint8.onnx", args.threads)
+        ort_int8_static(onnx(), ort_int8_path(wd, "uint8"), calib, "uint8")
+        return _ort_session(ort_int8_path(wd, "uint8"), args.threads)
 
     def ov_int8():
         return ov_int8_nncf(onnx(), calib, args.threads)
