@@ -28,6 +28,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from hwcomp.passes.fold_conv_pad import zero_spatial_pad
 from hwcomp.relax_graph import static_shape as _shape
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
+from hwcomp.schedules.cpu.winograd import (
+    pack_winograd_weight,
+    use_winograd,
+    winograd_input_func,
+    winograd_input_shape,
+    winograd_output_func,
+)
 
 # Element-wise ops a blocked value passes through (finite in, finite out, any shape).
 _UNARY = frozenset({
@@ -99,9 +106,11 @@ def pack_channel_const(v: np.ndarray, channels: int, block: int) -> np.ndarray |
 
 @mutator
 class _Blocker(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, block: int):
+    def __init__(self, mod: tvm.IRModule, block: int, winograd: bool = True):
         super().__init__(mod)
         self.block = block
+        self.winograd = winograd
+        self.winograd_convs = 0
         self.blocked: dict[relax.Var, tuple[relax.Var, int]] = {}  # NCHW var -> (blocked var, C)
         self.consts: dict[relax.Var, np.ndarray] = {}
         self.var2val: dict = {}
@@ -193,6 +202,11 @@ class _Blocker(PyExprMutator):
             bx = self._blocked_input(data, block_in)
             if bx is None:
                 return None
+            m = self._winograd_tile(w, shape, args, block_in) if self.winograd else 0
+            if m:
+                out = self._winograd(bx[0], w, m, padding, block_in)
+                self.converted += 1
+                return out, o
             # fewer channels than one block (MobileNetV2's and EfficientNet's 16 and 24): the weight
             # covers the real channels only, and the conv reduces over those, not over the zeros
             packed = pack_conv_weight(w, min(block_in, c), self.block)
@@ -221,6 +235,34 @@ class _Blocker(PyExprMutator):
                                         primfunc_name_hint="conv2d_nchwc")
         self.converted += 1
         return out, o
+
+    def _winograd_tile(self, w: np.ndarray, shape, args, block_in: int) -> int:
+        """The Winograd tile for this conv (``schedules/cpu/winograd.use_winograd``), 0 for direct."""
+        strides, padding, dilation = args
+        if w.shape[2:] != (3, 3) or strides != [1, 1] or dilation != [1, 1] or block_in != self.block:
+            return 0
+        oh, ow = shape[2] + padding[0] + padding[2] - 2, shape[3] + padding[1] + padding[3] - 2
+        return use_winograd(shape[1], w.shape[0], oh, ow, self.block)
+
+    def _winograd(self, bx: relax.Expr, w: np.ndarray, m: int, padding: list[int], block_in: int) -> relax.Var:
+        """A 3x3 stride-1 conv as Winograd F(m, 3): input transform, the per-position products as
+        the grouped blocked 1x1 conv, output transform (``schedules/cpu/winograd.py``)."""
+        n, _, h, wd, _ = _shape(bx)
+        oh, ow = h + padding[0] + padding[2] - 2, wd + padding[1] + padding[3] - 2
+        v = self._call(winograd_input_func(_shape(bx), m, padding), [bx], winograd_input_shape(_shape(bx), m, padding),
+                       "winograd_input")
+        u = relax.const(pack_winograd_weight(w, m, block_in, self.block))
+        prod = self.builder_.emit_te(conv2d_nchwc, v, u, [1, 1], [0, 0, 0, 0], [1, 1], (m + 2) ** 2,
+                                     primfunc_name_hint="winograd_product")
+        self.winograd_convs += 1
+        out = winograd_output_func(_shape(prod), m, n, oh, ow)
+        return self._call(out, [prod], [n, _shape(prod)[1] // (m + 2) ** 2, oh, ow, self.block], "winograd_output")
+
+    def _call(self, func, args: list, shape: list[int], name: str) -> relax.Var:
+        if func.attrs is not None and "global_symbol" in func.attrs:
+            func = func.without_attr("global_symbol")
+        gv = self.builder_.add_func(func, name)
+        return self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
     def _conv1d(self, binding: relax.VarBinding, call: relax.Call) -> bool:
         """A ``conv1d`` (NCW/OIW, constant weight, groups 1: Whisper's audio front end) as the
@@ -342,27 +384,31 @@ class _Blocker(PyExprMutator):
 class BlockedLayout:
     """``IRModule -> IRModule``: convolutional regions of ``main`` to NCHW[``block``]c.
 
-    ``block``: channels per block (``Target.conv_block``). ``converted`` counts the convolutions
-    rewritten by the last call.
+    ``block``: channels per block (``Target.conv_block``). ``winograd``: stride-1 3x3 convs where
+    ``schedules/cpu/winograd.use_winograd`` chooses it as Winograd F(m, 3). ``converted`` counts the
+    convolutions rewritten by the last call, ``winograd_convs`` those of them in Winograd form.
     """
 
-    def __init__(self, block: int = 16):
+    def __init__(self, block: int = 16, winograd: bool = True):
         if block < 1:
             raise ValueError(f"BlockedLayout: block must be positive, got {block}")
         self.block = block
+        self.winograd = winograd
         self.converted = 0
+        self.winograd_convs = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.transform.CanonicalizeBindings()(mod)
-        blocker = _Blocker(mod, self.block)
+        blocker = _Blocker(mod, self.block, self.winograd)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 blocker.var2val = relax.analysis.get_var2val(func)
                 blocker.builder_.update_func(gv, blocker.visit_expr(func))
         self.converted = blocker.converted
+        self.winograd_convs = blocker.winograd_convs
         out = blocker.builder_.get()
         return relax.transform.DeadCodeElimination()(out)
 
     def __repr__(self) -> str:
-        return f"BlockedLayout(block={self.block})"
+        return f"BlockedLayout(block={self.block}, winograd={self.winograd})"

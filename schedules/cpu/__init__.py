@@ -7,6 +7,7 @@ from .conv import BlockedConv, ConvKnobs
 from .pool import WindowReduction
 from .rows import Injective, RowReduction
 from .rules import TiledReduction, TileKnobs, schedule_injective
+from .winograd import WinogradTransform
 
 
 def default_rules(caps: CpuCaps, knobs: TileKnobs | None = None) -> list:
@@ -25,10 +26,10 @@ def default_rules(caps: CpuCaps, knobs: TileKnobs | None = None) -> list:
         knobs = TileKnobs(mr=8, nr_vectors=3)
     # WindowReduction before TiledReduction: pooling is one reduction too, and TiledReduction would
     # take it for a matmul (10x slower)
-    return [BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
+    return [WinogradTransform(vector_bits), BlockedConv(vector_bits, registers=registers), WindowReduction(vector_bits, registers=registers),
             TiledReduction(vector_bits, knobs, l2_bytes=caps.l2_bytes),
             RowReduction(vector_bits), dl.cpu.Reduction(), Injective(vector_bits)]
 
 
-__all__ = ["BlockedConv", "ConvKnobs", "CpuCaps", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "WindowReduction", "default_rules",
+__all__ = ["BlockedConv", "ConvKnobs", "CpuCaps", "Injective", "RowReduction", "TileKnobs", "TiledReduction", "WindowReduction", "WinogradTransform", "default_rules",
            "schedule_injective"]

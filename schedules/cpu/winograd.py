@@ -1,0 +1,257 @@
+"""Winograd convolution F(m x m, 3 x 3) in the blocked channel layout (NCHW[x]c), LLVM CPU targets.
+
+A stride-1 3x3 convolution computed tile by tile: each ``m x m`` output tile comes from an
+``a x a`` input tile (``a = m + 2``) as ``Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A`` (Lavin & Gray 2016),
+so ``a²`` multiplies per tile and channel pair instead of ``9 m²``: 2.25x fewer for m = 4
+(36 against 144 per output tile... of 16 pixels), 1.78x for m = 2. Three stages, each its own
+PrimFunc so the middle one is an ordinary kernel:
+
+1. :func:`winograd_input` — ``V[e, c, tile] = (Bᵀ d B)[e]``, every one of the ``a²`` positions ``e``
+   a channel-block group of a ``[1, a²·C/x, 1, tiles, x]`` tensor;
+2. the ``a²`` independent ``tiles x C x K`` products ``M[e] = V[e] · U[e]``: hwcomp's blocked
+   convolution itself (``conv.conv2d_nchwc``), 1x1 with ``groups = a²``, so :class:`~.conv.BlockedConv`
+   schedules it (register tile over tiles x output-channel block, broadcast FMAs) and the tuner's
+   conv knobs apply; ``U = G g Gᵀ`` is packed at compile time (:func:`pack_winograd_weight`);
+3. :func:`winograd_output` — ``Y = Aᵀ M A`` per tile, then whatever ``FuseOps`` put after the
+   convolution (bias, activation, residual add) before the store.
+
+The transforms are written out per position with the matrices' nonzero entries only, nested
+(``Σ_a B[a,ε] Σ_b B[b,ν] d[a,b]``) so that, with the positions unrolled (:class:`WinogradTransform`),
+LLVM shares the inner sums: the separable cost, with exact constant coefficients.
+
+The layout pass chooses where (:func:`use_winograd`); numerics: fp32 F(4,3) differs from the direct
+sum by ~1e-6 relative per layer (interpolation points 0, ±1, ±1/2, ∞).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import s_tir, te, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+
+from .rules import _CPURule, _is_spatial, inline_epilogues, schedule_root_stages
+
+#: Block annotation naming the Winograd transforms and their tile: "input/4", "output/4".
+WINOGRAD_ATTR = "hwcomp.winograd"
+
+
+def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``A [a, m]``, ``B [a, a]``, ``G [a, r]`` (float64) for F(m x m, r x r), ``a = m + r - 1``:
+    ``y = Aᵀ [(G g) ⊙ (Bᵀ d)]``. Cook-Toom with TVM's interpolation points."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a, b, g = _cook_toom_convolution(_interpolation_points(m + r - 2), m, r)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def pack_winograd_weight(w: np.ndarray, m: int, block_in: int, block_out: int) -> np.ndarray:
+    """OIHW 3x3 → ``U = G g Gᵀ`` packed as the grouped 1x1 kernel ``[a²·O/xo, I/xi, 1, 1, xi, xo]``
+    (group ``e`` = position ``e`` of the ``a x a`` tile), O and I zero-padded to whole blocks."""
+    o, i, kh, kw = w.shape
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"pack_winograd_weight: a 3x3 kernel, got {kh}x{kw}")
+    _, _, g = winograd_matrices(m)
+    alpha = m + 2
+    u = np.einsum("ak,oikl,bl->abio", g, w.astype(np.float64), g)  # [a, a, I, O]
+    op, ip = -(-o // block_out) * block_out, -(-i // block_in) * block_in
+    u = np.pad(u, ((0, 0), (0, 0), (0, ip - i), (0, op - o)))
+    u = u.reshape(alpha * alpha, ip // block_in, block_in, op // block_out, block_out)
+    u = u.transpose(0, 3, 1, 2, 4)  # [e, O/xo, I/xi, xi, xo]
+    return np.ascontiguousarray(
+        u.reshape(alpha * alpha * (op // block_out), ip // block_in, 1, 1, block_in, block_out).astype(np.float32))
+
+
+def tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
+    return -(-oh // m), -(-ow // m)
+
+
+def _combine(coeffs: list[float], terms: list) -> tirx.PrimExpr:
+    """``Σ coeffs[k]·terms[k]`` over the nonzero coefficients, ±1 without a multiply."""
+    out = None
+    for c, t in zip(coeffs, terms):
+        if c == 0:
+            continue
+        v = t if c == 1 else (-t if c == -1 else t * tirx.const(float(c), "float32"))
+        out = v if out is None else out + v
+    return out if out is not None else tirx.const(0.0, "float32")
+
+
+def _select(index, branches: list) -> tirx.PrimExpr:
+    """``branches[index]`` for an index the schedule unrolls (the Select folds to one branch)."""
+    out = branches[-1]
+    for k in range(len(branches) - 2, -1, -1):
+        out = tirx.Select(index == k, branches[k], out)
+    return out
+
+
+def _lin(coeffs, terms: list[str]) -> str:
+    """``Σ coeffs[k]·terms[k]`` as TVMScript over the nonzero coefficients, ±1 without a multiply."""
+    out = ""
+    for c, t in zip(coeffs, terms):
+        if c == 0:
+            continue
+        mag = "" if abs(c) == 1 else f" * T.float32({abs(float(c))!r})"
+        if not out:
+            out = ("-" if c < 0 else "") + t + mag
+        else:
+            out += (" - " if c < 0 else " + ") + t + mag
+    return out or "T.float32(0.0)"
+
+
+def winograd_input_source(shape: tuple[int, ...], m: int, padding) -> str:
+    """TVMScript of the input transform (:func:`winograd_input`), already scheduled: tasks of
+    (channel block, image, tile row); per tile the ``a x a`` input tile is loaded once into
+    registers (zeros outside the image: one branch per tile for the interior ones), ``Bᵀ d`` then
+    ``(Bᵀ d) B`` are written out with the matrix's nonzero entries only, each line a vector over
+    the channel block. Written by hand rather than as a TE compute: the same arithmetic as one
+    expression selected per position took 4 s to compile per layer, and this takes ~0.1 s."""
+    n, cb, h, w, x = shape
+    pt, pl, pb, pr = padding
+    oh, ow = h + pt + pb - 2, w + pl + pr - 2
+    th, tw = tiles(oh, ow, m)
+    alpha = m + 2
+    _, bmat, _ = winograd_matrices(m)
+    p_total = n * th * tw
+    ind = " " * 16
+    lines = [
+        "@T.prim_func(s_tir=True)",
+        f'def winograd_input(data: T.Buffer(({n}, {cb}, {h}, {w}, {x}), "float32"), '
+        f'out: T.Buffer((1, {alpha * alpha * cb}, 1, {p_total}, {x}), "float32")):',
+        '    T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})',
+        '    with T.sblock("root"):',  # a root block, as TVM's pattern analysis expects
+        f"        for task in T.parallel({cb * n * th}):",
+        f'            d = T.alloc_buffer(({alpha}, {alpha}, {x}), "float32", scope="local")',
+        f'            r = T.alloc_buffer(({alpha}, {alpha}, {x}), "float32", scope="local")',
+        f"            c = task // {n * th}",
+        f"            b = task % {n * th} // {th}",
+        f"            ty = task % {th}",
+        f"            for tx in range({tw}):",
+        f"                y0 = ty * {m} - {pt}",
+        f"                x0 = tx * {m} - {pl}",
+        f"                if 0 <= y0 and y0 + {alpha} <= {h} and 0 <= x0 and x0 + {alpha} <= {w}:",
+        f"                    for i in T.unroll({alpha}):",
+        f"                        for j in T.unroll({alpha}):",
+        f"                            for v in T.vectorized({x}):",
+        "                                d[i, j, v] = data[b, c, y0 + i, x0 + j, v]",
+        "                else:",
+        f"                    for i in T.unroll({alpha}):",
+        f"                        for j in T.unroll({alpha}):",
+        f"                            if 0 <= y0 + i and y0 + i < {h} and 0 <= x0 + j and x0 + j < {w}:",
+        f"                                for v in T.vectorized({x}):",
+        "                                    d[i, j, v] = data[b, c, y0 + i, x0 + j, v]",
+        "                            else:",
+        f"                                for v in T.vectorized({x}):",
+        "                                    d[i, j, v] = T.float32(0.0)",
+    ]
+    # rows: r[i, nu] = Σ_j B[j, nu] d[i, j]; then out[eps, nu] = Σ_i B[i, eps] r[i, nu]
+    for i in range(alpha):
+        for nu in range(alpha):
+            lines += [f"{ind}for v in T.vectorized({x}):",
+                      f"{ind}    r[{i}, {nu}, v] = {_lin(bmat[:, nu], [f'd[{i}, {j}, v]' for j in range(alpha)])}"]
+    for eps in range(alpha):
+        for nu in range(alpha):
+            e = eps * alpha + nu
+            lines += [f"{ind}for v in T.vectorized({x}):",
+                      f"{ind}    out[0, {e * cb} + c, 0, (b * {th} + ty) * {tw} + tx, v] = "
+                      f"{_lin(bmat[:, eps], [f'r[{i}, {nu}, v]' for i in range(alpha)])}"]
+    return "\n".join(lines)
+
+
+def winograd_input_shape(shape, m: int, padding) -> list[int]:
+    """The input transform's result shape ``[1, a²·C/x, 1, N·th·tw, x]`` for ``data`` of ``shape``."""
+    n, cb, h, w, x = (int(d) for d in shape)
+    th, tw = tiles(h + padding[0] + padding[2] - 2, w + padding[1] + padding[3] - 2, m)
+    return [1, (m + 2) ** 2 * cb, 1, n * th * tw, x]
+
+
+def winograd_input_func(shape: tuple[int, ...], m: int, padding) -> tirx.PrimFunc:
+    """``data [N, C/x, H, W, x]`` (padding (top, left, bottom, right) of a 3x3 stride-1 conv) →
+    ``V [1, a²·C/x, 1, N·th·tw, x]``: channel block ``e·C/x + c`` holds position ``e`` of tile
+    ``(n, ty, tx)``'s ``Bᵀ d B``. Opaque to fusion: nothing is computed into it."""
+    import tvm
+
+    func = tvm.script.from_source(winograd_input_source(tuple(int(d) for d in shape), m, tuple(padding)))
+    return func.with_attr("op_pattern", 8)
+
+
+def winograd_output(prod: te.Tensor, m: int, n: int, oh: int, ow: int) -> te.Tensor:
+    """``M [1, a²·K/x, 1, N·th·tw, x]`` (the per-position products) → ``Y [N, K/x, OH, OW, x]``."""
+    _, gk, _, _, x = (int(d) for d in prod.shape)
+    alpha = m + 2
+    kb = gk // (alpha * alpha)
+    th, tw = tiles(oh, ow, m)
+    amat, _, _ = winograd_matrices(m)
+
+    def value(b_, k, y, xx, v):
+        p = b_ * th * tw + y // m * tw + xx // m
+        yi, xi = y % m, xx % m
+        branches = []
+        for i in range(m):
+            for j in range(m):
+                rows = [_combine(list(amat[:, j]), [prod[0, (a * alpha + bb) * kb + k, 0, p, v] for bb in range(alpha)])
+                        for a in range(alpha)]
+                branches.append(_combine(list(amat[:, i]), rows))
+        return _select(yi * m + xi, branches)
+
+    shape = [tirx.IntImm("int64", d) for d in (n, kb, oh, ow, x)]
+    return te.compute(shape, value, name="winograd_output", attrs={WINOGRAD_ATTR: f"output/{m}"})
+
+
+def winograd_output_func(prod_shape: tuple[int, ...], m: int, n: int, oh: int, ow: int) -> tirx.PrimFunc:
+    """:func:`winograd_output` as a PrimFunc that fuses like a convolution (``op_pattern``
+    out-element-wise fusable): the element-wise ops after it join it, and it joins nothing after
+    (not the next layer's pooling or input transform)."""
+    # 64-bit shapes, as Relax's own ``emit_te`` makes them (FuseTIR matches the buffers by type)
+    prod = te.placeholder([tirx.IntImm("int64", int(d)) for d in prod_shape], "float32", name="prod")
+    return te.create_prim_func([prod, winograd_output(prod, m, n, oh, ow)]).with_attr("op_pattern", 4)
+
+
+def use_winograd(channels_in: int, channels_out: int, oh: int, ow: int, block: int) -> int:
+    """The tile size ``m`` for a stride-1, undilated 3x3 convolution, 0 for the direct one."""
+    if channels_in < block or channels_out < block or channels_in % block:
+        return 0
+    m = 4
+    th, tw = tiles(oh, ow, m)
+    if th * tw < 16:
+        return 0
+    return m
+
+
+class WinogradTransform(_CPURule):
+    """Schedule a function around the output transform's :data:`WINOGRAD_ATTR` block: tasks of
+    (image, output-channel block, tile row), each tile's ``m x m`` pixels unrolled so the
+    transform is straight-line code LLVM shares the inner sums of, the channel block vectorized,
+    the convolution's epilogue (bias, activation, residual add) applied before the store."""
+
+    def _apply(self, func, target):
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(get_root_block(sch))
+        main = [b for b in blocks if WINOGRAD_ATTR in sch.get(b).annotations]
+        if len(main) != 1:
+            return None
+        main = main[0]
+        kind, m = str(sch.get(main).annotations[WINOGRAD_ATTR]).split("/")
+        m = int(m)
+        for b in blocks:
+            if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
+                continue
+            if "if_then_else" in str(sch.get(b).body):
+                continue  # padding: a stage of its own
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
+        if kind != "output":
+            return None
+        inline_epilogues(sch, main)
+        n, k, y, xx, v = sch.get_loops(main)
+        ty, yi = sch.split(y, [None, m])
+        tx, xi = sch.split(xx, [None, m])
+        sch.reorder(n, k, ty, tx, yi, xi, v)
+        sch.unroll(yi)
+        sch.unroll(xi)
+        sch.vectorize(v)
+        par = sch.fuse(n, k, ty)
+        sch.parallel(par)
+        schedule_root_stages(sch, par, self.vector_bits)
+        return sch
