@@ -27,11 +27,12 @@ def bind_weights(mod: tvm.IRModule, params: dict[str, np.ndarray]) -> tvm.IRModu
 
 
 def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = True, pack_weights: bool = True,
-                      log: Callable[[str], None] | None = None) -> tvm.IRModule:
+                      log: Callable[[str], None] | None = None, winograd: bool = True) -> tvm.IRModule:
     """The target's layouts for constant-weight ops (CPU targets; weights still bound as constants):
     convolutional regions in NCHW[x]c (``passes.blocked_layout``), matmul weights in column panels
-    (``passes.pack_dense``). ``compile`` and the tuner's task extraction both run it, so tuned
-    workloads are the ones compile builds."""
+    (``passes.pack_dense``); ``winograd``: stride-1 3x3 convs as Winograd F(m, 3) where it pays
+    (``schedules/cpu/winograd.use_winograd``). ``compile`` and the tuner's task extraction both run
+    it, so tuned workloads are the ones compile builds."""
     if target.is_gpu:
         return mod
     from .passes.blocked_layout import BlockedLayout
@@ -43,10 +44,11 @@ def layout_for_target(mod: tvm.IRModule, target: Target, blocked_layout: bool = 
     # conv's epilogue (measured on AVX-512: EfficientNet-B0 -9 %, MobileNetV2 -6 %, ResNets ~1 %).
     mod = FoldBatchNorm(mod)
     if blocked_layout:
-        layout = BlockedLayout(target.conv_block)
+        layout = BlockedLayout(target.conv_block, winograd)
         mod = layout(mod)
         if layout.converted and log:
-            log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c")
+            wino = f", {layout.winograd_convs} of them as Winograd F(m, 3)" if layout.winograd_convs else ""
+            log(f"{layout.converted} convolutions in the blocked layout NCHW{target.conv_block}c{wino}")
     if pack_weights:
         pack = PackDenseWeights(target.dense_panels)
         mod = pack(mod)

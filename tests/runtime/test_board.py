@@ -15,6 +15,7 @@ from hwcomp.runtime.rpc import ArchMismatchError, upload_library
 pytestmark = pytest.mark.board
 
 from .conftest import BOARD_ROOT as ROOT
+
 TARGETS = {
     "rpi4-cortex-a72": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
     "rpi5-cortex-a76": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
@@ -126,6 +127,41 @@ def test_blocked_convolution_on_board(board, target, tmp_path):
     logs: list[str] = []
     art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
     assert any("5 convolutions in the blocked layout NCHW8c" in line for line in logs), logs
+    with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
+        out = dm.run([x.numpy()])[0]
+    assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+class WinogradNet(torch.nn.Module):
+    """Two 3x3 stride-1 convs on NEON's 8-channel blocks: 16 -> 16 at 16x16 (F(4, 3)) and, after a
+    stride-2 conv, 16 -> 24 at 7x7 with a residual-free ReLU (F(2, 3), partial tiles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(16, 16, 3, 1, 1)
+        self.down = torch.nn.Conv2d(16, 16, 3, 2, 1)
+        self.c2 = torch.nn.Conv2d(16, 24, 3, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x)) + x
+        return torch.relu(self.c2(self.down(y)))
+
+
+@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
+def test_winograd_convolution_on_board(board, target, tmp_path):
+    """Winograd F(4, 3) and F(2, 3) built for the board match PyTorch there within 1e-4 of the
+    output scale (the NEON build of the hand-written input transform and the grouped products)."""
+    import hwcomp
+    from hwcomp.runtime.session import DeviceModel
+
+    torch.manual_seed(0)
+    model = WinogradNet().eval()
+    x = torch.randn(1, 16, 16, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    logs: list[str] = []
+    art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
+    assert any("3 convolutions in the blocked layout NCHW8c, 2 of them as Winograd" in line for line in logs), logs
     with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
         out = dm.run([x.numpy()])[0]
     assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
