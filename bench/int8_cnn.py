@@ -4,7 +4,9 @@ Models: the zoo CNNs of ``hwcomp.zoo`` at their realistic size (``hwcomp.zoo.bui
 "realistic")``: random weights, batch-norm statistics gathered on random images; batch 1, 3x224x224):
 resnet18, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny. Variants per model:
 
-- hwcomp fp32: ``hwcomp.compile(model, "host")`` with default options;
+- hwcomp fp32: ``hwcomp.compile(model, "host")`` with default options (3x3 convs as Winograd
+  F(4, 3) / F(2, 3) where they qualify), and "hwcomp fp32 direct" with ``winograd=False`` (every
+  conv direct: the same multiply count as the int8 build, whose convs stay direct);
 - hwcomp int8: ``CompileOptions(passes=Int8Quantizer(host, QuantConfig(), calib).passes())`` (what
   ``hwcomp.quantize.quantize_passes`` returns, the quantizer kept to report its int8/fp32 layers),
   calibrated on 16 random N(0, 1) images drawn from seed 0;
@@ -93,7 +95,7 @@ import peers
 from common import write_results
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
-VARIANTS = ("hwcomp_fp32", "hwcomp_int8", "ort_fp32", "ort_int8", "ov_int8")  # the table's latency columns
+VARIANTS = ("hwcomp_fp32", "hwcomp_fp32_direct", "hwcomp_int8", "ort_fp32", "ort_int8", "ov_int8")  # latency columns
 ORT_INT8 = {"int8": "ort_int8_s8s8", "uint8": "ort_int8_u8s8"}  # activation type -> timed variant
 N_CALIB, CALIB_SEED = 16, 0
 N_HELD, HELD_SEED = 4, 1
@@ -269,6 +271,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
     print(f"[{name}] {row['params_m']:.1f}M params, input {list(shape)}", flush=True)
     attempt("hwcomp_fp32", hwcomp_variant("hwcomp_fp32", hwcomp.CompileOptions))
+    attempt("hwcomp_fp32_direct", hwcomp_variant("hwcomp_fp32_direct", lambda: hwcomp.CompileOptions(winograd=False)))
     attempt("hwcomp_int8", hwcomp_variant("hwcomp_int8", int8_options))
     q = row.pop("_quantizer", None)
     if q is not None and q.realizer is not None:
@@ -363,6 +366,8 @@ def bench_model(name: str, args, workdir: Path) -> dict:
                                               for lb in ORT_INT8.values() if lb in row["errors"]) or "not timed"
     if "hwcomp_fp32_ms" in row and "hwcomp_int8_ms" in row:
         row["hwcomp_int8_speedup"] = row["hwcomp_fp32_ms"] / row["hwcomp_int8_ms"]
+    if "hwcomp_fp32_direct_ms" in row and "hwcomp_int8_ms" in row:
+        row["hwcomp_int8_speedup_direct"] = row["hwcomp_fp32_direct_ms"] / row["hwcomp_int8_ms"]
     if "hwcomp_int8_ms" in row and "ort_int8_ms" in row:
         row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
     if "hwcomp_int8_ms" in row and "ov_int8_ms" in row:
@@ -567,8 +572,9 @@ def bench_trained_resnets(args, workdir: Path) -> dict:
 
 # ---- report ------------------------------------------------------------------------------------
 
-HEADER = ["model", "hwcomp fp32 ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms", "OpenVINO int8 ms",
-          "int8/fp32 speedup (hwcomp)", "hwcomp int8 / ORT int8", "hwcomp int8 / OpenVINO int8",
+HEADER = ["model", "hwcomp fp32 ms", "hwcomp fp32 direct ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms",
+          "OpenVINO int8 ms", "int8/fp32 speedup (hwcomp)", "int8/fp32 direct", "hwcomp int8 / ORT int8",
+          "hwcomp int8 / OpenVINO int8",
           "cosine hwcomp int8", "cosine ORT int8", "cosine OpenVINO int8"]
 
 
@@ -590,7 +596,8 @@ def _cells(r: dict) -> list[str]:
     if "ort_int8_config" in r:  # which activation type was the faster
         ms[VARIANTS.index("ort_int8")] += f" ({r['ort_int8_config'].split('_')[-1]})"
     return [r["model"], *ms,
-            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_over_ort_int8"), ratio("hwcomp_int8_over_ov_int8"),
+            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_speedup_direct"), ratio("hwcomp_int8_over_ort_int8"),
+            ratio("hwcomp_int8_over_ov_int8"),
             *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8", "ov_int8"))]
 
 

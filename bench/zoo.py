@@ -14,7 +14,9 @@ call of each framework in turn; median over the rounds), after a warm-up, every 
 same ``--threads`` (default: every CPU this process may use):
 
 - hwcomp untuned: ``hwcomp.compile(model, "host")`` defaults (default rules + shipped records);
-- hwcomp tuned: ``CompileOptions(database=DB_DIR)``, with ``--tuned DB_DIR``;
+- hwcomp tuned: ``CompileOptions(database=DB_DIR)``, with ``--tuned DB_DIR``; where ``DB_DIR`` has a
+  folder named after the model (``DB_DIR/resnet50``), that folder is the model's own database (one
+  run over several models, each tuned for itself), and a model without one gets no tuned column;
 - PyTorch eager (``torch.set_num_threads``);
 - ONNX Runtime (``torch.onnx.export``, CPUExecutionProvider, ``intra_op_num_threads``);
 - OpenVINO (the same ONNX file, CPU plugin, ``INFERENCE_NUM_THREADS``, ``PERFORMANCE_HINT=LATENCY``,
@@ -91,6 +93,19 @@ def run_one(name: str, size: str, workdir: Path) -> dict:
     return row
 
 
+def tuned_database(tuned: str | None, name: str) -> Path | None:
+    """``--tuned``'s database for model ``name``: ``DIR/name`` where the folder has per-model
+    databases, else ``DIR`` itself (one database for every model); None without ``--tuned`` or where
+    a per-model folder set has none for this model."""
+    if not tuned:
+        return None
+    root = Path(tuned)
+    per_model = [d for d in root.iterdir() if d.is_dir() and d.name in zoo.ARCHITECTURES] if root.is_dir() else []
+    if per_model:
+        return root / name if (root / name).is_dir() else None
+    return root
+
+
 def run_timed(name: str, args, workdir: Path, peak_gflops: float | None) -> dict:
     """Compile hwcomp (untuned, and tuned with --tuned), check it against PyTorch, set up the peers
     and time every framework round-robin."""
@@ -110,8 +125,10 @@ def run_timed(name: str, args, workdir: Path, peak_gflops: float | None) -> dict
     calls: dict = {}
 
     variants = [("hwcomp_untuned", hwcomp.CompileOptions(verify=False))]
-    if args.tuned:
-        variants.append(("hwcomp_tuned", hwcomp.CompileOptions(database=args.tuned, verify=False)))
+    database = tuned_database(args.tuned, name)
+    if database is not None:
+        row["tuned_database"] = str(database)
+        variants.append(("hwcomp_tuned", hwcomp.CompileOptions(database=database, verify=False)))
     for label, options in variants:
         t0 = time.perf_counter()
         art = hwcomp.compile(model.module, "host", wd / label, example_inputs=model.inputs, options=options)

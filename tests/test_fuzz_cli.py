@@ -235,7 +235,7 @@ FLAG_VALUES = {
                 "--quantize": ["int8", "int4"], "--calib": ["CALIB", "missing.npz", "NPY", "DIR"],
                 "--calib-method": ["minmax", "kl"], "--skip": ["net.0"],
                 "--fidelity-target": ["0.99", "1.5", "0", "nan"],
-                "--full-range-weights": None, "--exact-math": None, "--force": None, "--trust-pickle": None},
+                "--full-range-weights": None, "--exact-math": None, "--no-winograd": None, "--force": None, "--trust-pickle": None},
     "run": {"--inputs": ["CALIB", "missing.npz", "NPY"], "--output": ["o.npz", "MISSING/o.npz", "DIR"],
             "--expect-digest": ["0" * 64, "abc", "g" * 64, " " + "A" * 64]},
     "bench": {"--device": ["local", "rpc://127.0.0.1:9090", "rpc://[::1:9090", "tracker://h:1/k", "tracker://h:1",

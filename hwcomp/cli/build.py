@@ -72,6 +72,9 @@ def add_compile_arguments(s: argparse.ArgumentParser) -> None:
                    help="int8: keep 8-bit weights where the target's fastest kernel wants 7 (AVX2 without VNNI)")
     s.add_argument("--exact-math", action="store_true",
                    help="libm's exp/erf/tanh instead of the vectorized polynomial approximations (CPU)")
+    s.add_argument("--no-winograd", action="store_true",
+                   help="direct 3x3 convolutions only (CPU): Winograd is 1.2-4x faster per layer but stores "
+                        "their weights transformed, 1.8x (F(2,3)) or 4x (F(4,3)) larger")
     s.add_argument("--dynamic", action="append", metavar="INPUT:DIM=LO..HI",
                    help="keep dimension DIM of INPUT symbolic over LO..HI (repeatable); inputs that share a "
                         "length share a symbol: --dynamic seq=1..512 --dynamic input_ids:1=seq "
@@ -148,7 +151,8 @@ def _compile_options(args, target):
         trust["dynamic"] = parse_dynamic(args.dynamic)
     return CompileOptions(passes=passes, database=args.db, compression_summary=summary or None,
                           fast_math=not getattr(args, "exact_math", False),
-                          retime_records=not getattr(args, "no_retime", False), **trust)
+                          retime_records=not getattr(args, "no_retime", False),
+                          winograd=not getattr(args, "no_winograd", False), **trust)
 
 
 def cmd_compile(args) -> int:

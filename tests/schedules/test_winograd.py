@@ -172,3 +172,27 @@ def test_layout_pass_keeps_the_region_and_is_idempotent():
     again = BlockedLayout(16)
     again(out)
     assert again.converted == 0
+
+
+def test_cli_no_winograd(host, tmp_path):
+    """``hwcomp compile --no-winograd`` keeps the conv direct: its stored weight is the 3x3 one, not
+    the 36 transformed positions of F(4, 3); both artifacts match PyTorch."""
+    from hwcomp.cli import main
+
+    c = host.conv_block
+    torch.manual_seed(0)
+    model = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
+    x = torch.randn(1, c, 16, 16)
+    path = tmp_path / "conv.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sizes = {}
+    for flags in ([], ["--no-winograd"]):
+        out = tmp_path / f"art{len(flags)}"
+        assert main(["compile", str(path), "-t", "host", "-o", str(out), *flags]) == 0
+        art = hwcomp.load(out)
+        sizes[bool(flags)] = sum(w.size for w in art.weights())
+        (got,) = art.run([x.numpy()])
+        assert np.abs(got - ref).max() <= REL_TOL * np.abs(ref).max()
+    assert sizes == {False: 36 * c * c, True: 9 * c * c}
