@@ -111,7 +111,7 @@ def _lin(coeffs, terms: list[str]) -> str:
 
 
 def winograd_input_source(shape: tuple[int, ...], m: int, padding) -> str:
-    """TVMScript of the input transform (:func:`winograd_input`), already scheduled: tasks of
+    """TVMScript of the input transform (:func:`winograd_input_func`), already scheduled: tasks of
     (channel block, image, tile row); per tile the ``a x a`` input tile is loaded once into
     registers (zeros outside the image: one branch per tile for the interior ones), ``Bᵀ d`` then
     ``(Bᵀ d) B`` are written out with the matrix's nonzero entries only, each line a vector over

@@ -110,28 +110,6 @@ class SmallCNN(torch.nn.Module):
         return z.mean((2, 3))
 
 
-@pytest.mark.parametrize("target", ["rpi4", "rpi5"])
-def test_blocked_convolution_on_board(board, target, tmp_path):
-    """hwcomp.compile for the board (NCHW8c on NEON) matches PyTorch there within 1e-4 of the
-    output scale."""
-    import hwcomp
-    from hwcomp.runtime.session import DeviceModel
-
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-        x = torch.randn(2, 3, 17, 17)
-        expected = model(x).numpy()
-    logs: list[str] = []
-    art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
-    assert any("5 convolutions in the blocked layout NCHW8c" in line for line in logs), logs
-    with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
-        out = dm.run([x.numpy()])[0]
-    assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()
-
-
 class WinogradNet(torch.nn.Module):
     """Two 3x3 stride-1 convs on NEON's 8-channel blocks: 16 -> 16 at 16x16 (F(4, 3)) and, after a
     stride-2 conv, 16 -> 24 at 7x7 with a residual-free ReLU (F(2, 3), partial tiles)."""
@@ -147,21 +125,32 @@ class WinogradNet(torch.nn.Module):
         return torch.relu(self.c2(self.down(y)))
 
 
+#: name: (model, input shape, what the compile log must say)
+BOARD_CNNS = {
+    "small_cnn": (SmallCNN, (2, 3, 17, 17), "5 convolutions in the blocked layout NCHW8c"),
+    "winograd": (WinogradNet, (1, 16, 16, 16), "3 convolutions in the blocked layout NCHW8c, 2 of them as Winograd"),
+}
+
+
 @pytest.mark.parametrize("target", ["rpi4", "rpi5"])
-def test_winograd_convolution_on_board(board, target, tmp_path):
-    """Winograd F(4, 3) and F(2, 3) built for the board match PyTorch there within 1e-4 of the
-    output scale (the NEON build of the hand-written input transform and the grouped products)."""
+@pytest.mark.parametrize("net", list(BOARD_CNNS))
+def test_blocked_convolution_on_board(board, net, target, tmp_path):
+    """hwcomp.compile for the board (NCHW8c on NEON; WinogradNet: F(4, 3) and F(2, 3), the NEON
+    build of the hand-written input transform and the grouped products) matches PyTorch there
+    within 1e-4 of the output scale."""
     import hwcomp
+    from hwcomp.models import randomize_batchnorm
     from hwcomp.runtime.session import DeviceModel
 
+    make, shape, said = BOARD_CNNS[net]
     torch.manual_seed(0)
-    model = WinogradNet().eval()
-    x = torch.randn(1, 16, 16, 16)
+    model = randomize_batchnorm(make()).eval()
+    x = torch.randn(*shape)
     with torch.no_grad():
         expected = model(x).numpy()
     logs: list[str] = []
     art = hwcomp.compile(model, target, tmp_path / target, example_inputs=(x,), log=logs.append)
-    assert any("3 convolutions in the blocked layout NCHW8c, 2 of them as Winograd" in line for line in logs), logs
+    assert any(said in line for line in logs), logs
     with DeviceModel(art, f"rpc://127.0.0.1:{board.port}", session_timeout=300) as dm:
         out = dm.run([x.numpy()])[0]
     assert np.abs(out - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -15,45 +15,26 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from conv_helpers import check_against_torch, compile_host
 from hwcomp.schedules.cpu import TiledReduction
 from torch import nn
 from tvm import te, topi
 
-import hwcomp
 from hwcomp.api import CompileOptions
-from hwcomp.models import randomize_batchnorm
 
 REL_TOL = 1e-4
 
 
 def _compile(model, x, tmp_path, options=None):
-    logs: list[str] = []
-    out_dir = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
-    art = hwcomp.compile(model, "host", out_dir, example_inputs=(x,), options=options, log=logs.append)
-    converted = 0
-    for line in logs:
-        m = re.match(r"(\d+) convolutions in the blocked layout", line)
-        if m:
-            converted = int(m.group(1))
+    art, converted, _ = compile_host(model, x, tmp_path, options)
     return art, converted
 
 
 def _check(model, shape, tmp_path, *, convs, options=None, seed=0):
     """Compile ``model`` for input ``shape``, run on fresh inputs, compare with torch; ``convs`` is the
     number of convolutions expected in the blocked layout."""
-    torch.manual_seed(seed)
-    model = randomize_batchnorm(model, seed).eval()
-    art, converted = _compile(model, torch.randn(*shape), tmp_path, options)
+    converted, _ = check_against_torch(model, shape, tmp_path, REL_TOL, options, seed)
     assert converted == convs
-    x = torch.randn(*shape)  # not the inputs the fidelity report used
-    with torch.no_grad():
-        ref = model(x).numpy()
-    (out,) = art.run([x.numpy()])
-    assert out.shape == ref.shape
-    scale = float(np.abs(ref).max())
-    assert scale > 0
-    err = float(np.abs(out - ref).max())
-    assert err <= REL_TOL * scale, f"max abs err {err:.3g} vs output scale {scale:.3g}"
 
 
 # -- single convolutions -------------------------------------------------------------------------

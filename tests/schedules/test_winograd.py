@@ -9,12 +9,11 @@ many convolutions went into Winograd form, so a silent fall back to the direct c
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
 import tvm
+from conv_helpers import check_against_torch
 from hwcomp.schedules.cpu.winograd import (
     pack_winograd_weight,
     use_winograd,
@@ -27,7 +26,6 @@ import hwcomp
 from hwcomp.api import CompileOptions
 from hwcomp.build import bind_weights
 from hwcomp.frontend import load_model
-from hwcomp.models import randomize_batchnorm
 from hwcomp.passes.blocked_layout import BlockedLayout
 
 REL_TOL = 1e-4
@@ -70,31 +68,8 @@ def test_tile_choice():
     assert use_winograd(64, 8, 56, 56, 16) == 0
 
 
-def _compile(model, x, tmp_path, options=None):
-    logs: list[str] = []
-    out_dir = tmp_path / f"art{len(list(tmp_path.iterdir()))}"
-    art = hwcomp.compile(model, "host", out_dir, example_inputs=(x,), options=options, log=logs.append)
-    wino = 0
-    for line in logs:
-        found = re.search(r"(\d+) of them as Winograd", line)
-        if found:
-            wino = int(found.group(1))
-    return art, wino
-
-
-def _check(model, shape, tmp_path, *, winograd: int, options=None, seed=0):
-    torch.manual_seed(seed)
-    model = randomize_batchnorm(model, seed).eval()
-    art, wino = _compile(model, torch.randn(*shape), tmp_path, options)
-    assert wino == winograd
-    x = torch.randn(*shape)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    (out,) = art.run([x.numpy()])
-    assert out.shape == ref.shape
-    scale = float(np.abs(ref).max())
-    err = float(np.abs(out - ref).max())
-    assert err <= REL_TOL * scale, f"max abs err {err:.3g} vs output scale {scale:.3g}"
+def _check(model, shape, tmp_path, *, winograd: int, options=None):
+    assert check_against_torch(model, shape, tmp_path, REL_TOL, options)[1] == winograd
 
 
 def _cases(block: int) -> dict:
