@@ -21,7 +21,6 @@ import dataclasses
 import math
 
 from tvm import s_tir, te, topi
-from tvm.s_tir.dlight.analysis import get_root_block
 
 from .prefetch import with_block_prefetch, with_slice_prefetch
 from .rules import (
@@ -30,6 +29,7 @@ from .rules import (
     _CPURule,
     _is_spatial,
     _lanes,
+    annotated_block,
     inline_epilogues,
     schedule_root_stages,
 )
@@ -182,11 +182,9 @@ class BlockedConv(_CPURule):
 
     def _apply(self, func, target):
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(get_root_block(sch))
-        convs = [b for b in blocks if CONV_ATTR in sch.get(b).annotations]
-        if len(convs) != 1:
+        blocks, main = annotated_block(sch, CONV_ATTR)
+        if main is None:
             return None
-        main = convs[0]
         kind = str(sch.get(main).annotations[CONV_ATTR])
         # Prologues without a condition fold into the loads; padding stays a stage of its own
         # (an if_then_else under the vector loop would scalarize it).

@@ -71,6 +71,14 @@ def _has_conditional(sch: s_tir.Schedule, block) -> bool:
     return "if_then_else" in str(sch.get(block).body)
 
 
+def annotated_block(sch: s_tir.Schedule, attr: str) -> tuple[list, Any]:
+    """The root's child blocks, and the one carrying annotation ``attr`` (None unless exactly one):
+    how hwcomp's kernel rules find the block their compute marked, never guessing from shapes."""
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    marked = [b for b in blocks if attr in sch.get(b).annotations]
+    return blocks, marked[0] if len(marked) == 1 else None
+
+
 def _is_reduction(sch, block) -> bool:
     kinds = {iv.iter_type for iv in sch.get(block).iter_vars}
     return tirx.IterVar.CommReduce in kinds

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import s_tir, te, tirx
-from tvm.s_tir.dlight.analysis import get_root_block
 
 from .rules import (
     _broadcasts_result,
     _CPURule,
     _is_spatial,
+    annotated_block,
     inline_epilogues,
     schedule_root_stages,
 )
@@ -245,11 +245,9 @@ class WinogradTransform(_CPURule):
 
     def _apply(self, func, target):
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(get_root_block(sch))
-        main = [b for b in blocks if WINOGRAD_ATTR in sch.get(b).annotations]
-        if len(main) != 1:
+        blocks, main = annotated_block(sch, WINOGRAD_ATTR)
+        if main is None:
             return None
-        main = main[0]
         kind, m = str(sch.get(main).annotations[WINOGRAD_ATTR]).split("/")
         if kind != "output":
             return None
