@@ -6,7 +6,9 @@ stay blocked through the ops that do not care about the layout — element-wise 
 batch-norm, activations, residual adds, squeeze-and-excitation scales), max/avg pooling and the
 spatial mean — so a layout transform appears only at a region's borders: where an NCHW value enters
 (the model input, a reshape's output) and where a blocked value leaves for an op that needs NCHW.
-Consecutive convolutions exchange blocked tensors directly.
+Consecutive convolutions exchange blocked tensors directly. A stride-1 3x3 convolution with enough
+output tiles becomes Winograd F(4, 3) or F(2, 3) (``schedules/cpu/winograd.py``: input transform,
+the blocked 1x1 conv per tile position, output transform with the epilogue), inside the region.
 
 Channel counts that are not a multiple of the block are padded: zero weights for padded input
 channels (whatever the padded lanes hold never reaches a real output), constants padded with 1
