@@ -34,13 +34,12 @@ from tvm import s_tir, te, tirx
 from .rules import (
     _broadcasts_result,
     _CPURule,
-    _is_spatial,
     annotated_block,
     inline_epilogues,
     schedule_root_stages,
 )
 
-#: Block annotation naming the output transform and its tile: "output/4".
+#: Block annotation naming the output transform; its value is the tile ``m`` ("4").
 WINOGRAD_ATTR = "hwcomp.winograd"
 
 
@@ -206,7 +205,7 @@ def winograd_output(prod: te.Tensor, m: int, n: int, oh: int, ow: int) -> te.Ten
         return _select(yi * m + xi, branches)
 
     shape = [tirx.IntImm("int64", d) for d in (n, kb, oh, ow, x)]
-    return te.compute(shape, value, name="winograd_output", attrs={WINOGRAD_ATTR: f"output/{m}"})
+    return te.compute(shape, value, name="winograd_output", attrs={WINOGRAD_ATTR: str(m)})
 
 
 def winograd_output_func(prod_shape: tuple[int, ...], m: int, n: int, oh: int, ow: int) -> tirx.PrimFunc:
@@ -245,22 +244,12 @@ class WinogradTransform(_CPURule):
 
     def _apply(self, func, target):
         sch = s_tir.Schedule(func)
-        blocks, main = annotated_block(sch, WINOGRAD_ATTR)
+        _, main = annotated_block(sch, WINOGRAD_ATTR)
         if main is None:
             return None
-        kind, m = str(sch.get(main).annotations[WINOGRAD_ATTR]).split("/")
-        if kind != "output":
-            return None
-        m = int(m)
-        for b in blocks:
-            if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
-                continue
-            if "if_then_else" in str(sch.get(b).body):
-                continue  # padding: a stage of its own
-            try:
-                sch.compute_inline(b)
-            except s_tir.ScheduleError:
-                pass
+        # The function is the transform and what fused after it: it fuses like a convolution
+        # (``op_pattern`` 4), so nothing is computed into it and there is no prologue to inline.
+        m = int(sch.get(main).annotations[WINOGRAD_ATTR])
         n, k, y, xx, v = sch.get_loops(main)
         ty, yi = sch.split(y, [None, m])
         tx, xi = sch.split(xx, [None, m])
