@@ -86,6 +86,14 @@ def const_array(expr, var2val: dict | None = None) -> np.ndarray | None:
     return None
 
 
+def add_prim_func(bb: relax.BlockBuilder, func: tvm.tirx.PrimFunc, name: str) -> relax.GlobalVar:
+    """Add a kernel to the module being built, without the symbol name a script or TE gave it: every
+    kernel gets its own when the module is built (two with one symbol would clash)."""
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return bb.add_func(func, name)
+
+
 def mutate_functions(mod: tvm.IRModule, make) -> tuple[tvm.IRModule, list]:
     """Each Relax function of ``mod`` through a fresh mutator ``make(mod, var2val)`` (built on the
     module as rewritten so far, with ``relax.analysis.get_var2val`` of that function); returns the

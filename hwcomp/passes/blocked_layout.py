@@ -28,6 +28,7 @@ from tvm.ir import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.passes.fold_conv_pad import zero_spatial_pad
+from hwcomp.relax_graph import add_prim_func
 from hwcomp.relax_graph import static_shape as _shape
 from hwcomp.schedules.cpu.conv import conv2d_nchwc, depthwise_nchwc
 from hwcomp.schedules.cpu.winograd import (
@@ -249,9 +250,10 @@ class _Blocker(PyExprMutator):
     def _winograd(self, bx: relax.Expr, w: np.ndarray, m: int, padding: list[int], block_in: int) -> relax.Var:
         """A 3x3 stride-1 conv as Winograd F(m, 3): input transform, the per-position products as
         the grouped blocked 1x1 conv, output transform (``schedules/cpu/winograd.py``)."""
-        n, _, h, wd, _ = _shape(bx)
+        shape = _shape(bx)
+        n, _, h, wd, _ = shape
         oh, ow = h + padding[0] + padding[2] - 2, wd + padding[1] + padding[3] - 2
-        v = self._call(winograd_input_func(_shape(bx), m, padding), [bx], winograd_input_shape(_shape(bx), m, padding),
+        v = self._call(winograd_input_func(shape, m, padding), [bx], winograd_input_shape(shape, m, padding),
                        "winograd_input")
         u = relax.const(pack_winograd_weight(w, m, block_in, self.block))
         prod = self.builder_.emit_te(conv2d_nchwc, v, u, [1, 1], [0, 0, 0, 0], [1, 1], (m + 2) ** 2,
@@ -261,9 +263,7 @@ class _Blocker(PyExprMutator):
         return self._call(out, [prod], [n, _shape(prod)[1] // (m + 2) ** 2, oh, ow, self.block], "winograd_output")
 
     def _call(self, func, args: list, shape: list[int], name: str) -> relax.Var:
-        if func.attrs is not None and "global_symbol" in func.attrs:
-            func = func.without_attr("global_symbol")
-        gv = self.builder_.add_func(func, name)
+        gv = add_prim_func(self.builder_, func, name)
         return self.builder_.emit(relax.call_tir(gv, args, relax.TensorType(shape, "float32")))
 
     def _conv1d(self, binding: relax.VarBinding, call: relax.Call) -> bool:

@@ -29,6 +29,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from hwcomp.relax_graph import (
+    add_prim_func,
     const_array,
     mutate_functions,
     op_name,
@@ -131,7 +132,7 @@ class _Rewriter(PyExprMutator):
             return x if static_shape(x) == shape else bb.emit(relax.op.reshape(x, shape))
 
         func = attention_kernel(spec, self.opts.vector_bits, self.opts.registers)
-        gv = bb.add_func(func.without_attr("global_symbol"), "attention")
+        gv = add_prim_func(bb, func, "attention")
         args = [view(x, shape) for x, shape in operands]
         args += [self.visit_expr(b) for b in biases]
         out = relax.call_tir(gv, args, relax.TensorType((G, L, Dv), "float32"))

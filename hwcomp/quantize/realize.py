@@ -28,6 +28,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from hwcomp.relax_graph import add_prim_func
+
 from . import qmath
 from . import realize_conv as rc
 from .annotate import Layer, find_layers, fingerprint
@@ -196,7 +198,7 @@ class Realizer:
                 x = vmap.get(root_old, root_old)
                 shape = static_shape(root_old)
                 sm = self.smooth.get(key)
-                gv = _add_func(bb, quantize_func(shape, p.scale, p.zp, p.dtype, cfg.bits, per_channel=sm is not None),
+                gv = add_prim_func(bb, quantize_func(shape, p.scale, p.zp, p.dtype, cfg.bits, per_channel=sm is not None),
                                "q_quantize")
                 args = [x] if sm is None else [x, relax.const((1.0 / (sm.astype(np.float64) * p.scale)).astype(np.float32))]
                 qcache[ck] = bb.emit(relax.call_tir(gv, args, relax.TensorType(shape, p.dtype)), name_hint=f"q_{key}")
@@ -235,7 +237,7 @@ class Realizer:
                 return None
             ck = (key, p, xi)
             if ck not in bcache:
-                bcache[ck] = rc.quantize_blocked(bb, _add_func, vmap.get(root, root), static_shape(root), p, cfg.bits,
+                bcache[ck] = rc.quantize_blocked(bb, add_prim_func, vmap.get(root, root), static_shape(root), p, cfg.bits,
                                                  xi)
             return bcache[ck]
 
@@ -256,7 +258,7 @@ class Realizer:
             xq, px = qoperand(bb, operand, vmap, p)
             ck = (operand, px)
             if ck not in bcache:
-                bcache[ck] = rc.block_int(bb, _add_func, xq, px, xi)
+                bcache[ck] = rc.block_int(bb, add_prim_func, xq, px, xi)
             return bcache[ck], px
 
         def residual_operand(bb, other, vmap):
@@ -271,7 +273,7 @@ class Realizer:
             val = final.get(other, vmap.get(other, other))
             if len(static_shape(val)) == 5:  # a float-blocked conv output
                 return Residual(), val
-            return Residual(), rc.block_float(bb, _add_func, val)
+            return Residual(), rc.block_float(bb, add_prim_func, val)
 
         def emit_dense(bb, layer: Layer, vmap):
             plan = plans[layer.id]
@@ -295,7 +297,7 @@ class Realizer:
 
                 block = sparse[layer.id]
                 func = self.provider.sparse_dense_func(m, k, n, block, px.dtype, plan.act)
-                gv = _add_func(bb, func, f"q_{layer.id}_bsr")
+                gv = add_prim_func(bb, func, f"q_{layer.id}_bsr")
                 w = pack_bsr(wq, block)
                 args = [xq, relax.const(w.data), relax.const(w.indices), relax.const(w.indptr), relax.const(bias),
                         relax.const(eparams[0])]
@@ -308,7 +310,7 @@ class Realizer:
                 return self._finish(bb, layer, plan, out, epi)
             layout = self.provider.dense_layout(m, k, n, int(np.abs(wq.astype(np.int16)).max(initial=0)))
             func, layout = self._dense_kernel(m, k, n, px.dtype, layout, epi)
-            gv = _add_func(bb, func, f"q_{layer.id}")
+            gv = add_prim_func(bb, func, f"q_{layer.id}")
             args = [xq, relax.const(pack_weight(wq, layout)), relax.const(bias)] + [relax.const(a) for a in eparams]
             out = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), epi.out_dtype)),
                           name_hint=f"{layer.id}_out")
@@ -341,13 +343,13 @@ class Realizer:
             res = None if plan.residual is None else residual_operand(bb, plan.residual, vmap)
             nchw_out = epi.kind == "float" and layer.id not in float_blocked
             if depthwise:
-                out = rc.emit_blocked_depthwise(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi,
+                out = rc.emit_blocked_depthwise(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi,
                                                 eparams, nchw_out, res)
             elif dot is not None:
-                out = rc.emit_blocked_conv(bb, _add_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
+                out = rc.emit_blocked_conv(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
                                            dot, nchw_out, res)
             else:
-                out = rc.emit_nchw_conv(bb, _add_func, layer, at, static_shape(x_old), xq, px, wq, bias, epi, eparams)
+                out = rc.emit_nchw_conv(bb, add_prim_func, layer, at, static_shape(x_old), xq, px, wq, bias, epi, eparams)
             end_shape = static_shape(plan.end)
             if epi.kind == "float" and end_shape != static_shape(layer.var) and layer.id not in float_blocked:
                 out = bb.emit(relax.op.reshape(out, end_shape))
@@ -376,7 +378,7 @@ class Realizer:
                                                          cfg.bits)
             f = batch_matmul_func(tuple(batch), m, k, n, pa.dtype, pb.dtype, scale, epi)
             f = self.provider.schedule_batch_matmul(f) or f
-            gv = _add_func(bb, f, f"q_{layer.id}")
+            gv = add_prim_func(bb, f, f"q_{layer.id}")
             out = bb.emit(relax.call_tir(gv, [aq, bq], relax.TensorType((*batch, m, n), epi.out_dtype)),
                           name_hint=f"{layer.id}_out")
             plan = plans[layer.id]
@@ -523,14 +525,9 @@ class Realizer:
             return out, None
         shape = static_shape(plan.end)
         if blocked:
-            return rc.dequantize_blocked(bb, _add_func, out, shape, epi), out
-        gv = _add_func(bb, dequantize_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype), "q_dequantize")
+            return rc.dequantize_blocked(bb, add_prim_func, out, shape, epi), out
+        gv = add_prim_func(bb, dequantize_func(shape, epi.out_scale, epi.out_zp, epi.out_dtype), "q_dequantize")
         deq = bb.emit(relax.call_tir(gv, [out], relax.TensorType(shape, "float32")))
         return deq, out
 
-
-def _add_func(bb, func, name):
-    if func.attrs is not None and "global_symbol" in func.attrs:
-        func = func.without_attr("global_symbol")
-    return bb.add_func(func, name)
 

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from hwcomp.relax_graph import static_shape
+from hwcomp.relax_graph import add_prim_func, static_shape
 from hwcomp.schedules.backends import backend_for
 from hwcomp.schedules.bsr_spec import BsrSpec
 from hwcomp.target import Target
@@ -53,8 +53,7 @@ def emit_site(rw: _Rewriter, planned, kernel: Callable) -> relax.Expr:
     if static_shape(x) != (m, k):
         x = bb.emit(relax.op.reshape(x, (m, k)))
     func = kernel(BsrSpec(m, k, n, bsr.block, site.bias is not None, site.activation), knobs)
-    # Drop the script's symbol name: every kernel gets its own when the module is built.
-    gv = bb.add_func(func.without_attr("global_symbol"), "bsr_matmul")
+    gv = add_prim_func(bb, func, "bsr_matmul")
     args = [x, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
     if site.bias is not None:
         args.append(relax.const(np.ascontiguousarray(site.bias, dtype="float32")))
