@@ -34,6 +34,7 @@ from tvm import s_tir, te, tirx
 from .rules import (
     _broadcasts_result,
     _CPURule,
+    _is_spatial,
     annotated_block,
     inline_epilogues,
     schedule_root_stages,
@@ -244,12 +245,21 @@ class WinogradTransform(_CPURule):
 
     def _apply(self, func, target):
         sch = s_tir.Schedule(func)
-        _, main = annotated_block(sch, WINOGRAD_ATTR)
+        blocks, main = annotated_block(sch, WINOGRAD_ATTR)
         if main is None:
             return None
-        # The function is the transform and what fused after it: it fuses like a convolution
-        # (``op_pattern`` 4), so nothing is computed into it and there is no prologue to inline.
         m = int(sch.get(main).annotations[WINOGRAD_ATTR])
+        # Intermediate stages of the epilogue inline into their consumers (a squeeze-and-excitation
+        # gate's add before its broadcast multiply, which stays a stage of its own below).
+        for b in blocks:
+            if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
+                continue
+            if "if_then_else" in str(sch.get(b).body):
+                continue
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
         n, k, y, xx, v = sch.get_loops(main)
         ty, yi = sch.split(y, [None, m])
         tx, xi = sch.split(xx, [None, m])
