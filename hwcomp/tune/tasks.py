@@ -77,6 +77,8 @@ def extract_tasks(lowered, target: Target) -> list[Task]:
             mod = et.dispatched[0]
             if mod["main"].attrs and mod["main"].attrs.get("tirx.is_scheduled", False):
                 continue
+            if _untuned(mod["main"]):
+                continue
             tasks.append(Task(et.task_name, mod, float(et.weight), _flop(estimate_tir_flops, mod),
                               workload_key(mod), et))
     else:
@@ -93,6 +95,17 @@ def extract_tasks(lowered, target: Target) -> list[Task]:
             seen[key] = Task(gv.name_hint, mod, 1.0, _flop(estimate_tir_flops, mod), key, None)
         tasks = list(seen.values())
     return tasks
+
+
+def _untuned(func) -> bool:
+    """Whether ``func`` holds a block of a kernel only hwcomp's rule schedules (``UNTUNED_BLOCKS``)."""
+    from tvm import s_tir
+
+    from hwcomp.schedules.cpu import UNTUNED_BLOCKS
+    from hwcomp.schedules.cpu.rules import get_root_block
+
+    sch = s_tir.Schedule(func)
+    return any(a in sch.get(b).annotations for b in sch.get_child_blocks(get_root_block(sch)) for a in UNTUNED_BLOCKS)
 
 
 def _flop(estimate, mod) -> float:

@@ -149,6 +149,23 @@ def test_layout_pass_keeps_the_region_and_is_idempotent():
     assert again.converted == 0
 
 
+def test_tuning_leaves_the_output_transform_to_hwcomp(host):
+    """``hwcomp tune`` gives MetaSchedule the per-position products (hwcomp's blocked conv, with
+    knobs) but not the output transform with its fused epilogue: only ``WinogradTransform``
+    schedules it (MetaSchedule's best ran 5-14x slower). The lowered module does hold it."""
+    from hwcomp.tune.tasks import _untuned, extract_tasks, lower_for_tuning
+
+    c = host.conv_block
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU()).eval()
+    lowered = lower_for_tuning(model, host, example_inputs=(torch.randn(1, c, 16, 16),))
+    held = [gv.name_hint for gv, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and _untuned(f)]
+    assert len(held) == 1 and "winograd_output" in held[0]
+    names = [t.name for t in extract_tasks(lowered, host)]
+    assert any("winograd_product" in n for n in names)
+    assert not any("winograd_output" in n or "winograd_input" in n for n in names)
+
+
 def test_cli_no_winograd(host, tmp_path):
     """``hwcomp compile --no-winograd`` keeps the conv direct: its stored weight is the 3x3 one, not
     the 36 transformed positions of F(4, 3); both artifacts match PyTorch."""
