@@ -475,6 +475,22 @@ def test_blocked_conv_x86_other_epilogues(host, dot_name, epi_name):
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
 
 
+def test_nchw_float_epilogue_runs_on_channel_vectors(host):
+    """A conv whose float output leaves NCHW (for a float consumer: squeeze-excite, LayerNorm, the
+    head) still computes its epilogue one vector of the block's channels per pixel, as the blocked
+    outputs do: the output block's innermost loop is the vectorized channel loop (before, the pixels
+    were innermost and unrolled, a scalar epilogue: 1.08x slower int8 EfficientNet-B0). Its values
+    are checked by ``test_blocked_conv_x86_other_epilogues`` (``float``)."""
+    from tvm import s_tir, tirx
+
+    _, provider, dot = x86_dot(host, "avx2_7bit")  # the AVX2 step runs on every x86 host here
+    p = conv_problem(provider, CONV_CASES["ow13_c20_o36"], dot, "float", "uint8", 127, seed=5)
+    sch = s_tir.Schedule(p.func)
+    loops = sch.get_loops(sch.get_sblock("out"))
+    inner = sch.get(loops[-1])
+    assert len(p.out_shape) == 4 and inner.kind == tirx.ForKind.VECTORIZED and int(inner.extent) == ic.BLOCK
+
+
 @pytest.mark.parametrize("res_dtype", ["uint8", "float32"])
 @pytest.mark.parametrize("out", ["requant_relu_u8", "float_blocked", "float_nchw"])
 @pytest.mark.parametrize("dot_name", ["avx2_7bit", "vnni_16x4"])  # vnni: AMX tiles on an AMX host
