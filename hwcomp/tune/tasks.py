@@ -98,14 +98,15 @@ def extract_tasks(lowered, target: Target) -> list[Task]:
 
 
 def _untuned(func) -> bool:
-    """Whether ``func`` holds a block of a kernel only hwcomp's rule schedules (``UNTUNED_BLOCKS``)."""
+    """Whether ``func`` is built around the marked block of a kernel only hwcomp's rule schedules
+    (``UNTUNED_BLOCKS``), found as that rule finds it (``rules.annotated_block``)."""
     from tvm import s_tir
 
     from hwcomp.schedules.cpu import UNTUNED_BLOCKS
-    from hwcomp.schedules.cpu.rules import get_root_block
+    from hwcomp.schedules.cpu.rules import annotated_block
 
     sch = s_tir.Schedule(func)
-    return any(a in sch.get(b).annotations for b in sch.get_child_blocks(get_root_block(sch)) for a in UNTUNED_BLOCKS)
+    return any(annotated_block(sch, a)[1] is not None for a in UNTUNED_BLOCKS)
 
 
 def _flop(estimate, mod) -> float:

@@ -255,7 +255,7 @@ class WinogradTransform(_CPURule):
             if b == main or not _is_spatial(sch, b) or not sch.get_consumers(b):
                 continue
             if "if_then_else" in str(sch.get(b).body):
-                continue
+                continue  # padding: a stage of its own
             try:
                 sch.compute_inline(b)
             except s_tir.ScheduleError:
