@@ -72,6 +72,12 @@ class KernelProvider:
         int8 convolution (the NCHW kernel runs)."""
         return None
 
+    def winograd_dot(self) -> ConvDot | None:
+        """The int16 pair dot of the int8 Winograd convolution's products
+        (``hwcomp.quantize.int8_winograd``): ``lanes`` int32 outputs, each reducing ``kb`` = 2 int16
+        pairs; None: the target's int8 3x3 convs stay direct."""
+        return None
+
     def conv_weight_bits(self, bits: int = 8, reduce_range: bool | None = None, act_zero_point: int = 0) -> int:
         """Width of conv weight codes for activations stored with ``act_zero_point``: one bit
         narrower where that selects a faster dot (AVX2)."""
@@ -137,12 +143,13 @@ def scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return func.with_attr("tirx.is_scheduled", True)
 
 
-def cpu_dot_desc(a_dtype: str, lanes: int, k: int):
-    """The description every CPU int8 dot instruction matches: ``C[i] += sum_k A[k] · B[i, k]`` for
-    ``lanes`` int32 outputs over ``k`` bytes of A (AVX2 ``vpmaddwd`` 8×2, VNNI 16×4, ``sdot`` 4×4)."""
+def cpu_dot_desc(a_dtype: str, lanes: int, k: int, b_dtype: str = "int8"):
+    """The description every CPU integer dot instruction matches: ``C[i] += sum_k A[k] · B[i, k]``
+    for ``lanes`` int32 outputs over ``k`` elements of A (AVX2 ``vpmaddwd`` 8×2, VNNI 16×4,
+    ``sdot`` 4×4; int16 ``B`` for the int8 Winograd's products)."""
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((k,), a_dtype, offset_factor=1), B: T.Buffer((lanes, k), "int8", offset_factor=1),
+    def desc(A: T.Buffer((k,), a_dtype, offset_factor=1), B: T.Buffer((lanes, k), b_dtype, offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])

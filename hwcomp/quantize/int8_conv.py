@@ -46,7 +46,7 @@ def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int, halves: int = 1,
         wq = np.concatenate([wq, np.zeros((*wq.shape[:3], taps - wq.shape[3]), wq.dtype)], axis=3)
     o, c, kh, kw = wq.shape
     op, cp = -(-o // xo) * xo, -(-c // xi) * xi
-    w = np.zeros((op, cp, kh, kw), np.int8)
+    w = np.zeros((op, cp, kh, kw), wq.dtype)  # int8 codes; int16 for the int8 Winograd's products
     w[:o, :c] = wq
     w = w.reshape(op // xo, xo, cp // xi, xi // kb, halves, kb // halves, kh, kw)
     w = w.transpose(0, 2, 6, 7, 3, 4, 1, 5)

@@ -326,7 +326,10 @@ class Realizer:
             p_in = self.act_params(layer.keys[0], "conv2d")
             at = g.value(layer.var).attrs
             depthwise = rc.is_depthwise(layer, at)  # skipped above where the target has no blocked kernel
-            if layer.id in blocked and not depthwise and layer.id not in self.given_weights:
+            # the int8 Winograd's int16 products take full-width weights (no AVX2 saturation)
+            wino = rc.winograd_tile(self.provider, layer, at, cfg.winograd) if layer.id in blocked and not depthwise \
+                else 0
+            if layer.id in blocked and not depthwise and not wino and layer.id not in self.given_weights:
                 bits = self.provider.conv_weight_bits(cfg.bits, cfg.reduce_range, p_in.zp)
                 if bits != cfg.bits:
                     self.weight_bits[layer.id] = bits
@@ -339,12 +342,15 @@ class Realizer:
             else:
                 xq, px = qoperand(bb, x_old, vmap, p_in)
             epi, eparams, extra = self._epilogue(layer, plan, px, s_w, wq.shape[0], out_q.get(layer.id))
-            bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, px.zp)
+            bias = qmath.bias_int32(plan.bias, px.scale, s_w, wq, 0 if wino else px.zp)
             res = None if plan.residual is None else residual_operand(bb, plan.residual, vmap)
             nchw_out = epi.kind == "float" and layer.id not in float_blocked
             if depthwise:
                 out = rc.emit_blocked_depthwise(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi,
                                                 eparams, nchw_out, res)
+            elif wino:
+                out = rc.emit_winograd_conv(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi,
+                                            eparams, wino, cfg.bits, nchw_out, res)
             elif dot is not None:
                 out = rc.emit_blocked_conv(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
                                            dot, nchw_out, res)
@@ -357,7 +363,8 @@ class Realizer:
             self._record(layer, plan, px, s_w, epi, f"nchw{static_shape(xq)[-1]}c" if is_blocked else "oihw", extra)
             if is_blocked:
                 self.report[-1]["kernel"] = (f"{self.provider.name} blocked int8 "
-                                             f"{'depthwise' if depthwise else 'conv'}")
+                                             f"{'depthwise' if depthwise else 'conv'}"
+                                             + (f", Winograd F({wino}, 3)" if wino else ""))
             if res is not None:
                 self.report[-1]["epilogue"]["residual"] = res[0].dtype
             if layer.id in float_blocked:

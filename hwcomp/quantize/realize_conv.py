@@ -114,6 +114,62 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
                  (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK), nchw_out, residual)
 
 
+def winograd_tile(provider, layer, at, enabled: bool = True) -> int:
+    """The int8 Winograd tile for this conv (``int8_winograd.use_int_winograd``), 0 for the direct
+    kernel: a stride-1 undilated ungrouped 3x3 conv on a static 4-D input, where the provider
+    has an int16 pair dot."""
+    from .int8_winograd import use_int_winograd
+
+    dot = provider.winograd_dot() if enabled and provider.target is not None else None
+    shape = static_shape(layer.operands[0])
+    if dot is None or layer.kind != "conv2d" or shape is None or len(shape) != 4 or layer.weight is None \
+            or layer.weight.ndim != 4 or tuple(layer.weight.shape[2:]) != (3, 3) or int(at.groups) != 1 \
+            or any(int(v) != 1 for v in (*at.strides, *at.dilation)):
+        return 0
+    pad = [int(v) for v in at.padding]
+    oh, ow = shape[2] + pad[0] + pad[2] - 2, shape[3] + pad[1] + pad[3] - 2
+    return use_int_winograd(shape[1], layer.weight.shape[0], oh, ow, dot.lanes)
+
+
+def emit_winograd_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, eparams, m: int, bits: int,
+                       nchw_out: bool, residual=None):
+    """Emit the int8 Winograd conv (``int8_winograd.py``): input transform, products, output
+    transform with the epilogue; ``bias`` without the zero-point term (the transform subtracts
+    it); outputs and ``residual`` as :func:`emit_blocked_conv`'s."""
+    from hwcomp.schedules.cpu.int8_winograd import schedule_int_winograd_output
+    from hwcomp.schedules.cpu.winograd import winograd_input_func, winograd_input_shape
+
+    from . import int8_winograd as iw
+    from .qmath import qrange
+
+    n, cb, h, w, x = static_shape(xq)
+    o = wq.shape[0]
+    _, padding, _, (oh, ow) = _geometry(at, xq, wq)
+    lo, hi = qrange(px.dtype, bits)
+    u, rho = iw.transform_weight(wq, m, iw.v_bounds(m, lo - px.zp, hi - px.zp))
+    vshape = winograd_input_shape((n, cb, h, w, x), m, padding)
+    gv = add_func(bb, winograd_input_func((n, cb, h, w, x), m, padding, px.dtype, "int16", px.zp), f"q_{layer.id}_wino_in")
+    v = bb.emit(relax.call_tir(gv, [xq], relax.TensorType(vshape, "int16")), name_hint=f"{layer.id}_wino_v")
+    dot = provider.winograd_dot()
+    positions, n_tiles, ob = (m + 2) ** 2, vshape[3], -(-o // ic.BLOCK)
+    prod_shape = (positions, ob, 1, n_tiles, ic.BLOCK)
+    f = iw.product_func(positions, cb, n_tiles, ob, provider.conv_reg_n(n_tiles, x, dot))
+    gv = add_func(bb, provider.schedule_blocked_conv(f, dot), f"q_{layer.id}_wino_prod")
+    n_pad = ob * ic.BLOCK
+    rho_p = np.zeros((positions, n_pad), np.float32)
+    rho_p[:, :o] = rho
+    prod = bb.emit(relax.call_tir(gv, [v, relax.const(iw.pack_weight(u)), relax.const(rho_p.reshape(-1))],
+                                  relax.TensorType(prod_shape, "float32")), name_hint=f"{layer.id}_wino_m")
+    f = iw.output_func(prod_shape, m, n, oh, ow, o, epi, nchw_out, residual and residual[0])
+    gv = add_func(bb, schedule_int_winograd_output(f, m), f"q_{layer.id}")
+    args = [prod, relax.const(ic.pad_channels(bias, n_pad))]
+    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
+    if residual is not None:
+        args.append(residual[1])
+    oshape = (n, o, oh, ow) if nchw_out else (n, ob, oh, ow, ic.BLOCK)
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+
+
 def is_depthwise(layer, at) -> bool:
     return layer.kind == "conv2d" and int(at.groups) > 1
 
@@ -193,9 +249,11 @@ __all__ = [
     "emit_blocked_conv",
     "emit_blocked_depthwise",
     "emit_nchw_conv",
+    "emit_winograd_conv",
     "is_blocked_pool",
     "is_depthwise",
     "max_pool_blocked",
     "quantize_blocked",
     "unpooled",
+    "winograd_tile",
 ]

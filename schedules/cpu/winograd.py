@@ -44,12 +44,17 @@ from .rules import (
 WINOGRAD_ATTR = "hwcomp.winograd"
 
 
-def winograd_matrices(m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def winograd_matrices(m: int, r: int = 3, integer: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``A [a, m]``, ``B [a, a]``, ``G [a, r]`` (float64) for F(m x m, r x r), ``a = m + r - 1``:
-    ``y = Aᵀ [(G g) ⊙ (Bᵀ d)]``. Cook-Toom with TVM's interpolation points."""
+    ``y = Aᵀ [(G g) ⊙ (Bᵀ d)]``. Cook-Toom with TVM's interpolation points (0, ±1, 1/2, -2 for
+    m = 4: the smaller fp32 error), or with ``integer`` Lavin's (0, ±1, ±2: integer ``A`` and ``B``,
+    so integer codes transform exactly; the int8 Winograd's)."""
     from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
 
-    a, b, g = _cook_toom_convolution(_interpolation_points(m + r - 2), m, r)
+    n = m + r - 2
+    points = [0.0] + [s * float(k) for k in range(1, n) for s in (1, -1)][: n - 1] if integer else \
+        _interpolation_points(n)
+    a, b, g = _cook_toom_convolution(points, m, r)
     return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
 
 
@@ -96,44 +101,56 @@ def _select(index, branches: list) -> tirx.PrimExpr:
     return out
 
 
-def _lin(coeffs, terms: list[str]) -> str:
-    """``Σ coeffs[k]·terms[k]`` as TVMScript over the nonzero coefficients, ±1 without a multiply."""
+def _lin(coeffs, terms: list[str], dtype: str = "float32") -> str:
+    """``Σ coeffs[k]·terms[k]`` as TVMScript over the nonzero coefficients, ±1 without a multiply
+    (``dtype`` integer: the coefficients must be integers)."""
     out = ""
     for c, t in zip(coeffs, terms):
         if c == 0:
             continue
-        mag = "" if abs(c) == 1 else f" * T.float32({abs(float(c))!r})"
+        mag = abs(float(c)) if dtype.startswith("float") else int(abs(c))
+        mag = "" if abs(c) == 1 else f" * T.{dtype}({mag!r})"
         if not out:
             out = ("-" if c < 0 else "") + t + mag
         else:
             out += (" - " if c < 0 else " + ") + t + mag
-    return out or "T.float32(0.0)"
+    return out or f"T.{dtype}(0)"
 
 
-def winograd_input_source(shape: tuple[int, ...], m: int, padding) -> str:
+def winograd_input_source(shape: tuple[int, ...], m: int, padding, in_dtype: str = "float32",
+                          dtype: str = "float32", zero_point: int = 0) -> str:
     """TVMScript of the input transform (:func:`winograd_input_func`), already scheduled: tasks of
     (channel block, image, tile row); per tile the ``a x a`` input tile is loaded once into
     registers (zeros outside the image: one branch per tile for the interior ones), ``Bᵀ d`` then
     ``(Bᵀ d) B`` are written out with the matrix's nonzero entries only, each line a vector over
     the channel block. Written by hand rather than as a TE compute: the same arithmetic as one
-    expression selected per position took 4 s to compile per layer, and this takes ~0.1 s."""
+    expression selected per position took 4 s to compile per layer, and this takes ~0.1 s.
+
+    ``in_dtype`` / ``dtype``: the input's and the transform's types; integer codes (the int8
+    Winograd, ``hwcomp.quantize.int8_winograd``) are read as ``code - zero_point`` in ``dtype``
+    (``Bᵀ`` is integer, so the transform is exact), the padding is the zero point (0 after it)."""
     n, cb, h, w, x = shape
     pt, pl, pb, pr = padding
     oh, ow = h + pt + pb - 2, w + pl + pr - 2
     th, tw = tiles(oh, ow, m)
     alpha = m + 2
-    _, bmat, _ = winograd_matrices(m)
+    _, bmat, _ = winograd_matrices(m, integer=not dtype.startswith("float"))
     p_total = n * th * tw
     ind = " " * 16
+    load = "data[b, c, y0 + i, x0 + j, v]"
+    if in_dtype != dtype:
+        load = f'T.Cast("{dtype}", {load})'
+    if zero_point:
+        load = f"{load} - T.{dtype}({int(zero_point)})"
     lines = [
         "@T.prim_func(s_tir=True)",
-        (f'def winograd_input(data: T.Buffer(({n}, {cb}, {h}, {w}, {x}), "float32"), '
-         f'out: T.Buffer((1, {alpha * alpha * cb}, 1, {p_total}, {x}), "float32")):'),
+        (f'def winograd_input(data: T.Buffer(({n}, {cb}, {h}, {w}, {x}), "{in_dtype}"), '
+         f'out: T.Buffer((1, {alpha * alpha * cb}, 1, {p_total}, {x}), "{dtype}")):'),
         '    T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})',
         '    with T.sblock("root"):',  # a root block, as TVM's pattern analysis expects
         f"        for task in T.parallel({cb * n * th}):",
-        f'            d = T.alloc_buffer(({alpha}, {alpha}, {x}), "float32", scope="local")',
-        f'            r = T.alloc_buffer(({alpha}, {alpha}, {x}), "float32", scope="local")',
+        f'            d = T.alloc_buffer(({alpha}, {alpha}, {x}), "{dtype}", scope="local")',
+        f'            r = T.alloc_buffer(({alpha}, {alpha}, {x}), "{dtype}", scope="local")',
         f"            c = task // {n * th}",
         f"            b = task % {n * th} // {th}",
         f"            ty = task % {th}",
@@ -144,28 +161,28 @@ def winograd_input_source(shape: tuple[int, ...], m: int, padding) -> str:
         f"                    for i in T.unroll({alpha}):",
         f"                        for j in T.unroll({alpha}):",
         f"                            for v in T.vectorized({x}):",
-        "                                d[i, j, v] = data[b, c, y0 + i, x0 + j, v]",
+        f"                                d[i, j, v] = {load}",
         "                else:",
         f"                    for i in T.unroll({alpha}):",
         f"                        for j in T.unroll({alpha}):",
         f"                            if 0 <= y0 + i and y0 + i < {h} and 0 <= x0 + j and x0 + j < {w}:",
         f"                                for v in T.vectorized({x}):",
-        "                                    d[i, j, v] = data[b, c, y0 + i, x0 + j, v]",
+        f"                                    d[i, j, v] = {load}",
         "                            else:",
         f"                                for v in T.vectorized({x}):",
-        "                                    d[i, j, v] = T.float32(0.0)",
+        f"                                    d[i, j, v] = T.{dtype}(0)",
     ]
     # rows: r[i, nu] = Σ_j B[j, nu] d[i, j]; then out[eps, nu] = Σ_i B[i, eps] r[i, nu]
     for i in range(alpha):
         for nu in range(alpha):
             lines += [f"{ind}for v in T.vectorized({x}):",
-                      f"{ind}    r[{i}, {nu}, v] = {_lin(bmat[:, nu], [f'd[{i}, {j}, v]' for j in range(alpha)])}"]
+                      f"{ind}    r[{i}, {nu}, v] = {_lin(bmat[:, nu], [f'd[{i}, {j}, v]' for j in range(alpha)], dtype)}"]
     for eps in range(alpha):
         for nu in range(alpha):
             e = eps * alpha + nu
             lines += [f"{ind}for v in T.vectorized({x}):",
                       (f"{ind}    out[0, {e * cb} + c, 0, (b * {th} + ty) * {tw} + tx, v] = "
-                       f"{_lin(bmat[:, eps], [f'r[{i}, {nu}, v]' for i in range(alpha)])}")]
+                       f"{_lin(bmat[:, eps], [f'r[{i}, {nu}, v]' for i in range(alpha)], dtype)}")]
     return "\n".join(lines)
 
 
@@ -176,13 +193,16 @@ def winograd_input_shape(shape, m: int, padding) -> list[int]:
     return [1, (m + 2) ** 2 * cb, 1, n * th * tw, x]
 
 
-def winograd_input_func(shape: tuple[int, ...], m: int, padding) -> tirx.PrimFunc:
+def winograd_input_func(shape: tuple[int, ...], m: int, padding, in_dtype: str = "float32",
+                        dtype: str = "float32", zero_point: int = 0) -> tirx.PrimFunc:
     """``data [N, C/x, H, W, x]`` (padding (top, left, bottom, right) of a 3x3 stride-1 conv) →
     ``V [1, a²·C/x, 1, N·th·tw, x]``: channel block ``e·C/x + c`` holds position ``e`` of tile
-    ``(n, ty, tx)``'s ``Bᵀ d B``. Opaque to fusion: nothing is computed into it."""
+    ``(n, ty, tx)``'s ``Bᵀ d B``. Opaque to fusion: nothing is computed into it. Integer codes:
+    see :func:`winograd_input_source`."""
     import tvm
 
-    func = tvm.script.from_source(winograd_input_source(tuple(int(d) for d in shape), m, tuple(padding)))
+    func = tvm.script.from_source(winograd_input_source(tuple(int(d) for d in shape), m, tuple(padding),
+                                                        in_dtype, dtype, zero_point))
     return func.with_attr("op_pattern", 8)
 
 

@@ -49,6 +49,8 @@ AVX2_U8 = "hwcomp_x86_avx2_u8s8s32_8x2"
 AVX2_U8S7 = "hwcomp_x86_avx2_u8s7s32_8x4"
 AVX2_U8S7_SAT = "hwcomp_x86_avx2_u8s7s32_8x2x4_sat"
 VNNI_U8 = "hwcomp_x86_vnni_u8s8s32_16x4"
+AVX2_S16 = "hwcomp_x86_avx2_s16s16s32_8x2"
+AVX512_S16 = "hwcomp_x86_avx512_s16s16s32_16x2"
 
 
 def _avx2_intrin(a_dtype: str):
@@ -130,7 +132,29 @@ def _vnni_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4),
             C.vload([0], "int32x16"), a_bytes, B.vload([0, 0], "int8x64"), dtype="int32x16")
 
 
+def _s16_intrin(lanes: int, pmadd: str):
+    """``C[i] += A[0] B[i, 0] + A[1] B[i, 1]`` in int16 x int16 → int32 (``vpmaddwd``; with VNNI
+    LLVM folds the add into ``vpdpwssd``): the int8 Winograd's products (exact transformed
+    inputs times the transformed weights)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((lanes, 2), "int16", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+            a16 = T.reinterpret(T.broadcast(a_pair, lanes), dtype=f"int16x{2 * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmadd), a16, B.vload([0, 0], f"int16x{2 * lanes}"),
+                dtype=f"int32x{lanes}")
+
+    return cpu_dot_desc("int16", lanes, 2, "int16"), impl
+
+
 def register_intrinsics() -> None:
+    register_intrin(AVX2_S16, *_s16_intrin(8, "llvm.x86.avx2.pmadd.wd"))
+    register_intrin(AVX512_S16, *_s16_intrin(16, "llvm.x86.avx512.pmaddw.d.512"))
     register_intrin(AVX2_S8, *_avx2_intrin("int8"))
     register_intrin(AVX2_U8, *_avx2_intrin("uint8"))
     register_intrin(AVX2_U8S7, cpu_dot_desc("uint8", 8, 4), _avx2_u8s7_impl)
@@ -200,6 +224,15 @@ class X86Int8Provider(KernelProvider):
             # bottleneck (module docstring). Codes centred on a zero point (signed values stored
             # as uint8) saturate far more often there: the exact 8x4 step.
             return ConvDot(8, 8, AVX2_U8S7_SAT, 2) if act_zero_point == 0 else ConvDot(8, 4, AVX2_U8S7)
+        return None
+
+    def winograd_dot(self):
+        # AVX-512 (VNNI targets): 16 lanes, vpdpwssd; AVX2: 8 lanes, vpmaddwd + vpaddd — one
+        # multiply uop per 16 products, as the u8 x s7 step's two per 32 (module docstring).
+        if self.vnni:
+            return ConvDot(16, 2, AVX512_S16)
+        if self.avx2:
+            return ConvDot(8, 2, AVX2_S16)
         return None
 
     def _amx_plan(self, ow: int, kw: int, dw: int, xi: int, dot):
