@@ -73,8 +73,9 @@ def add_compile_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--exact-math", action="store_true",
                    help="libm's exp/erf/tanh instead of the vectorized polynomial approximations (CPU)")
     s.add_argument("--no-winograd", action="store_true",
-                   help="direct 3x3 convolutions only (CPU): Winograd is 1.2-4x faster per layer but stores "
-                        "their weights transformed, 1.8x (F(2,3)) or 4x (F(4,3)) larger")
+                   help="direct 3x3 convolutions only (CPU, fp32 and int8): Winograd is 1.2-4x faster per "
+                        "layer but stores their weights transformed, 1.8x (F(2,3)) or 4x (F(4,3)) larger, and "
+                        "int8's rounds some of them")
     s.add_argument("--dynamic", action="append", metavar="INPUT:DIM=LO..HI",
                    help="keep dimension DIM of INPUT symbolic over LO..HI (repeatable); inputs that share a "
                         "length share a symbol: --dynamic seq=1..512 --dynamic input_ids:1=seq "
@@ -140,7 +141,8 @@ def _compile_options(args, target):
                              sparse_threshold=(args.sparse_threshold or 0.7) if sparse else None,
                              sparse_block=parse_block(args.block) if sparse and args.block else None,
                              reduce_range=False if getattr(args, "full_range_weights", False) else None,
-                             weight_rounding=args.weight_rounding or QuantConfig.weight_rounding)
+                             weight_rounding=args.weight_rounding or QuantConfig.weight_rounding,
+                             winograd=not getattr(args, "no_winograd", False))
         passes += quantize_passes(target, config, args.calib, log=_print)
         summary["quantize"] = {"bits": 8, "calib_method": args.calib_method or "minmax", "skip": args.skip,
                                "weight_rounding": config.weight_rounding}
