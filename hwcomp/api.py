@@ -50,7 +50,8 @@ class CompileOptions:
     CPU, cached) and served only where it is faster (:mod:`hwcomp.tune.retime`). ``winograd``: on
     CPU targets, stride-1 3x3 convolutions with enough output tiles run as Winograd F(4, 3) or
     F(2, 3) (2.25x / 1.78x fewer multiplies; fp32 results differ from the direct sum by ~1e-6
-    relative per layer); False keeps every convolution direct.
+    relative per layer); False keeps every fp32 convolution direct (int8 convolutions follow
+    ``QuantConfig.winograd``, since the quantize passes realize them before this option is read).
     """
 
     passes: list[Callable] = dataclasses.field(default_factory=list)

@@ -52,8 +52,8 @@ class QuantConfig:
     ``fuse_residual``: a residual add (and a ReLU after it) right after a blocked int8 conv runs in
     that conv's epilogue, reading the other operand blocked (ResNet, MobileNet blocks stay int8
     between blocks); ``False``: the add runs in float32 between the kernels.
-    ``winograd``: stride-1 3x3 convs with enough output tiles run the int8 Winograd F(4, 3) or
-    F(2, 3) (``int8_winograd.py``: exact int16 input transform, int16 products, the transformed
+    ``winograd``: stride-1 3x3 convs with enough output tiles run the int8 Winograd F(4, 3)
+    (``int8_winograd.py``: exact int16 input transform, int16 products, the transformed
     weights exact or rounded to an overflow-safe bound) where the target has an int16 pair dot
     (x86); ``False``: every int8 conv runs the direct kernel (bit-exact integer arithmetic).
     """

@@ -25,9 +25,9 @@ with the direct conv's per-channel scales):
    tiles as pixels) tensorized with the provider's ``winograd_dot``, stored as ``ρ ⊙ M`` in float32
    (:func:`product_func`).
 4. ``Aᵀ (ρ ⊙ M) A`` in float32 (``A`` integer) is the direct conv's accumulator
-   ``Σ (x - z) wq`` — exactly, where every ``U_e`` was stored exactly and the float32 sums stay
-   below 2^24, else up to ``U``'s rounding — plus the bias (without the zero-point term), into the
-   blocked int8 conv's own epilogue (:func:`output_func`).
+   ``Σ (x - z) wq`` — up to float32 rounding (``ρ = 1/24²`` is not a float32 fraction), where every
+   ``U_e`` was stored exactly, and up to ``U``'s rounding elsewhere — plus the bias (without the
+   zero-point term), into the blocked int8 conv's own epilogue (:func:`output_func`).
 
 :func:`reference` computes steps 1-4 in NumPy; the tests hold the kernels to it.
 """

@@ -196,7 +196,7 @@ def _numpy_v(x, zp, pad, m):
 KERNEL_CASES = {
     # name: (N, C, O, H, W, zero point, padding); C and O not multiples of 16, partial tiles
     "c24_o40_9x11_zp37": (2, 24, 40, 9, 11, 37, (1, 1, 1, 1)),
-    "c32_o16_14x14_nopad": (1, 32, 16, 14, 14, 0, (0, 0, 0, 0)),
+    "c32_o16_14x14_asym_pad": (1, 32, 16, 14, 14, 0, (0, 1, 2, 0)),
     "c256_o16_8x8_rounded": (1, 256, 16, 8, 8, 0, (1, 1, 1, 1)),
 }
 
