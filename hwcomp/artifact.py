@@ -113,6 +113,20 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str,
     }
 
 
+def reproduces_build(check: dict[str, Any], reference: list[np.ndarray], tolerance: float,
+                     fidelity: dict | None) -> bool:
+    """Whether a device's outputs (``check``: :func:`compare` against the stored ``reference``, the
+    framework's outputs) are as close to the framework as the build's were: max abs error within
+    ``tolerance`` of the reference's scale (at least 1) beyond the build's own error, cosine no more
+    than ``tolerance`` below the build's. A compressed artifact (int8, pruned) differs from the
+    framework by design; its manifest's ``fidelity`` records by how much, and that is what a device
+    must reproduce. Without a measured fidelity the build's error counts as 0."""
+    built = fidelity if fidelity and "max_abs_err" in fidelity else {"max_abs_err": 0.0, "min_cosine": 1.0}
+    scale = max([1.0] + [float(np.max(np.abs(r))) for r in reference if np.asarray(r).size])
+    return bool(check["max_abs_err"] <= float(built["max_abs_err"]) + tolerance * scale
+                and check["min_cosine"] >= float(built["min_cosine"]) - tolerance)
+
+
 def archive_cap() -> int:
     """The cap on what an archive may extract to: ``HWCOMP_MAX_ARCHIVE_BYTES`` or the default."""
     text = os.environ.get("HWCOMP_MAX_ARCHIVE_BYTES")

@@ -138,8 +138,10 @@ class Int8Quantizer:
         self.timings["realize_s"] = time.perf_counter() - t
         n_q = sum(1 for r in self.realizer.report if r["status"] == "int8")
         n_g = len(self.realizer.gptq_layers)
+        n_w = sum(1 for r in self.realizer.report if "Winograd" in r.get("kernel", ""))
         self.log(f"quantize: {n_q} layers int8 ({self.provider.describe()}), "
-                 f"{len(self.realizer.report) - n_q} fp32" + (f"; {n_g} with GPTQ-rounded weights" if n_g else ""))
+                 f"{len(self.realizer.report) - n_q} fp32" + (f"; {n_g} with GPTQ-rounded weights" if n_g else "")
+                 + (f"; {n_w} 3x3 convs as Winograd F(4, 3)" if n_w else ""))
         if self.fidelity is not None:
             self.log(self.fidelity.format())
         return out

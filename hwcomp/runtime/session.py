@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import LIB, Artifact, compare, flatten_outputs
+from ..artifact import LIB, Artifact, compare, flatten_outputs, reproduces_build
 from ..errors import HwcompError
 from .measure import LatencyStats, prepared_call, time_vm
 from .rpc import (
@@ -73,8 +73,11 @@ class BenchReport:
         if self.correctness:
             c = self.correctness
             verdict = "OK" if c["ok"] else "MISMATCH"
+            built = c.get("build")
             out.append(f"correctness vs reference: {verdict} (max abs err {c['max_abs_err']:.3g}, "
-                       f"cosine {c['min_cosine']:.6f}, tolerance {c['tolerance']:.1g})")
+                       f"cosine {c['min_cosine']:.6f}, tolerance {c['tolerance']:.1g}"
+                       + (f"; the build's own {built['max_abs_err']:.3g} / {built['min_cosine']:.6f} allowed"
+                          if built and built["max_abs_err"] > 0 else "") + ")")
         return out
 
 
@@ -252,8 +255,10 @@ def bench(artifact: Artifact, config: BenchConfig | None = None, tolerance: floa
     if ref is not None:
         correctness = compare(outputs, ref[1])
         correctness["tolerance"] = tolerance
-        correctness["ok"] = bool(correctness["max_abs_err"] <= tolerance * max(
-            1.0, max(float(np.max(np.abs(r))) for r in ref[1])))
+        fid = artifact.manifest.get("fidelity")
+        correctness["ok"] = reproduces_build(correctness, ref[1], tolerance, fid)
+        if fid and "max_abs_err" in fid:
+            correctness["build"] = {"max_abs_err": fid["max_abs_err"], "min_cosine": fid["min_cosine"]}
     peak = (_rss_mb() - rss0) if rss0 is not None else None
     return BenchReport(
         artifact=str(artifact.path), target=artifact.target["name"], device=str(dm.url),

@@ -115,3 +115,52 @@ def test_compile_for_rpi4_and_rpi5_and_run_on_board(board, tmp_path):
 def test_host_artifact_refused_by_board(board, host_artifact):
     with pytest.raises(HwcompError, match="built for x86_64, but the device is aarch64"):
         bench(host_artifact, BenchConfig(device=board.url))
+
+
+def test_reproduces_build_rule():
+    """A device must be as close to the framework as the build was: the build's error is allowed,
+    more than ``tolerance`` of the reference's scale beyond it is not; the cosine likewise."""
+    import numpy as np
+
+    from hwcomp.artifact import reproduces_build
+
+    ref = [np.full((4,), 10.0)]
+    built = {"max_abs_err": 1.0, "min_cosine": 0.99}
+    assert reproduces_build({"max_abs_err": 1.005, "min_cosine": 0.99}, ref, 1e-3, built)
+    assert not reproduces_build({"max_abs_err": 1.02, "min_cosine": 0.99}, ref, 1e-3, built)
+    assert not reproduces_build({"max_abs_err": 1.0, "min_cosine": 0.988}, ref, 1e-3, built)
+    assert reproduces_build({"max_abs_err": 0.005, "min_cosine": 1.0}, ref, 1e-3, None)
+    assert not reproduces_build({"max_abs_err": 0.02, "min_cosine": 1.0}, ref, 1e-3, {"not_measured": "x"})
+
+
+def test_int8_artifact_reproduces_its_build(tmp_path):
+    """An int8 artifact differs from the framework by design: bench and the bundle's runner check
+    it against the build's own error (the manifest's fidelity), so they pass where the plain
+    1e-3 tolerance would not."""
+    import numpy as np
+
+    from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
+
+    torch.manual_seed(0)
+    model = MLP(16, 32, 4).eval()
+    rng = np.random.default_rng(0)
+    calib = [[rng.standard_normal((2, 16)).astype(np.float32)] for _ in range(8)]
+    passes = quantize_passes(get_target("host"), QuantConfig(), calib, progress=False)
+    art = hwcomp.compile(model, "host", tmp_path / "q", example_inputs=(torch.randn(2, 16),),
+                         options=hwcomp.CompileOptions(passes=passes))
+    fid = art.manifest["fidelity"]
+    report = bench(art, BenchConfig(repeat=3, number=1))
+    c = report.correctness
+    scale = max(1.0, max(float(np.abs(r).max()) for r in art.reference()[1]))
+    assert c["max_abs_err"] > 1e-3 * scale, "int8 matched fp32 to 1e-3: nothing tested"
+    assert c["ok"] and c["build"]["max_abs_err"] == fid["max_abs_err"]
+    assert "the build's own" in "\n".join(report.lines())
+    bundle = make_bundle(art, tmp_path / "q.tar.gz")
+    with tarfile.open(bundle) as tf:
+        tf.extractall(tmp_path / "x", filter="data")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(tmp_path / "x" / art.path.name / "run_model.py"), "--repeat", "2"],
+                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "correctness vs reference: OK" in proc.stdout and "the build's own" in proc.stdout
