@@ -113,6 +113,13 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray]) -> dict[str,
     }
 
 
+def is_compressed(manifest: dict) -> bool:
+    """Whether the artifact was built with passes that change what it computes (int8, pruning):
+    its outputs then differ from the stored framework reference by design."""
+    comp = manifest.get("compression") or {}
+    return bool(comp.get("passes")) or any(k != "passes" for k in comp)
+
+
 def reproduces_build(check: dict[str, Any], reference: list[np.ndarray], tolerance: float,
                      fidelity: dict | None) -> bool:
     """Whether a device's outputs (``check``: :func:`compare` against the stored ``reference``, the

@@ -176,7 +176,7 @@ def cmd_bench(args) -> int:
         _print("per kernel (instrumented; the latency above is the one to quote):")
         for line in profile_kernels(art).lines():
             _print(line)
-    return 0 if report.correctness is None or report.correctness["ok"] else 1
+    return 1 if report.correctness is not None and report.correctness["ok"] is False else 0
 
 
 def cmd_deploy(args) -> int:

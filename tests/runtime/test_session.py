@@ -164,3 +164,33 @@ def test_int8_artifact_reproduces_its_build(tmp_path):
                           check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "correctness vs reference: OK" in proc.stdout and "the build's own" in proc.stdout
+
+
+def test_compressed_artifact_without_build_fidelity_is_not_judged(tmp_path):
+    """A compressed artifact built for a target the build machine cannot run has no measured
+    fidelity: bench reports its error without a verdict (and exits 0) instead of a MISMATCH
+    against the framework's outputs, which it was never meant to match to 1e-3."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from hwcomp.quantize import QuantConfig, quantize_passes
+    from hwcomp.target import get_target
+
+    torch.manual_seed(0)
+    model = MLP(16, 32, 4).eval()
+    rng = np.random.default_rng(0)
+    calib = [[rng.standard_normal((2, 16)).astype(np.float32)] for _ in range(8)]
+    art = hwcomp.compile(model, "host", tmp_path / "q", example_inputs=(torch.randn(2, 16),),
+                         options=hwcomp.CompileOptions(passes=quantize_passes(get_target("host"), QuantConfig(),
+                                                                              calib, progress=False)))
+    copy = tmp_path / "q2"
+    shutil.copytree(art.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["fidelity"] = {"not_measured": "artifact is built for aarch64, this machine is x86_64"}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    report = bench(hwcomp.load(copy), BenchConfig(repeat=2, number=1))
+    assert report.correctness["ok"] is None
+    assert "not judged" in "\n".join(report.lines())
+    assert main(["bench", str(copy), "--repeat", "2"]) == 0
