@@ -85,10 +85,12 @@ def _geometry(at, xq, wq) -> tuple:
     return strides, padding, dilation, (oh, ow)
 
 
-def _emit(bb, add_func, layer, f, xq, w_packed, bias, epi, eparams, n_pad: int, out_nchw: tuple, out_blocked: tuple,
+def _emit(bb, add_func, layer, f, inputs: list, bias, epi, eparams, n_pad: int, out_nchw: tuple, out_blocked: tuple,
           nchw_out: bool, residual):
+    """The conv's last kernel ``f`` on ``inputs`` (the activation and packed weights, or the Winograd
+    products), then the padded bias, the epilogue's parameters and the residual operand."""
     gv = add_func(bb, f, f"q_{layer.id}")
-    args = [xq, relax.const(w_packed), relax.const(ic.pad_channels(bias, n_pad))]
+    args = [*inputs, relax.const(ic.pad_channels(bias, n_pad))]
     args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
     if residual is not None:
         args.append(residual[1])
@@ -109,8 +111,8 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
                                   px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0], taps)
     n_pad = -(-o // ic.BLOCK) * ic.BLOCK
-    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), xq,
-                 ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps), bias, epi, eparams, n_pad,
+    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot),
+                 [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps))], bias, epi, eparams, n_pad,
                  (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK), nchw_out, residual)
 
 
@@ -126,8 +128,8 @@ def winograd_tile(provider, layer, at, enabled: bool = True) -> int:
             or layer.weight.ndim != 4 or tuple(layer.weight.shape[2:]) != (3, 3) or int(at.groups) != 1 \
             or any(int(v) != 1 for v in (*at.strides, *at.dilation)):
         return 0
-    pad = [int(v) for v in at.padding]
-    oh, ow = shape[2] + pad[0] + pad[2] - 2, shape[3] + pad[1] + pad[3] - 2
+    pt, pl, pb, pr = (int(v) for v in at.padding)
+    oh, ow = ic.out_size(shape[2], 3, 1, 1, pt, pb), ic.out_size(shape[3], 3, 1, 1, pl, pr)
     return use_int_winograd(shape[1], layer.weight.shape[0], oh, ow, dot.lanes)
 
 
@@ -161,13 +163,8 @@ def emit_winograd_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi,
     prod = bb.emit(relax.call_tir(gv, [v, relax.const(iw.pack_weight(u)), relax.const(rho_p.reshape(-1))],
                                   relax.TensorType(prod_shape, "float32")), name_hint=f"{layer.id}_wino_m")
     f = iw.output_func(prod_shape, m, n, oh, ow, o, epi, nchw_out, residual and residual[0])
-    gv = add_func(bb, schedule_int_winograd_output(f, m), f"q_{layer.id}")
-    args = [prod, relax.const(ic.pad_channels(bias, n_pad))]
-    args += [relax.const(a) for a in _padded_epilogue_params(eparams, epi, n_pad)]
-    if residual is not None:
-        args.append(residual[1])
-    oshape = (n, o, oh, ow) if nchw_out else (n, ob, oh, ow, ic.BLOCK)
-    return bb.emit(relax.call_tir(gv, args, relax.TensorType(oshape, epi.out_dtype)), name_hint=f"{layer.id}_out")
+    return _emit(bb, add_func, layer, schedule_int_winograd_output(f, m), [prod], bias, epi, eparams, n_pad,
+                 (n, o, oh, ow), (n, ob, oh, ow, ic.BLOCK), nchw_out, residual)
 
 
 def is_depthwise(layer, at) -> bool:
@@ -187,8 +184,8 @@ def emit_blocked_depthwise(bb, add_func, provider, layer, at, xq, px, wq, bias, 
     reg_n = int8_reg_n(ow, -(-x // lanes), getattr(provider.target, "vector_registers", 16))
     f = ic.depthwise_nchwc_int8_func((n, cb, h, w, x), c, (kh, kw), strides, padding, dilation, px.dtype, epi, px.zp,
                                      reg_n, nchw_out, residual and residual[0])
-    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, None, depthwise=True), xq,
-                 ic.pack_depthwise_weight(wq, x), bias, epi, eparams, cb * x, (n, c, oh, ow), (n, cb, oh, ow, x),
+    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, None, depthwise=True),
+                 [xq, relax.const(ic.pack_depthwise_weight(wq, x))], bias, epi, eparams, cb * x, (n, c, oh, ow), (n, cb, oh, ow, x),
                  nchw_out, residual)
 
 

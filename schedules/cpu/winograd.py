@@ -108,8 +108,8 @@ def _lin(coeffs, terms: list[str], dtype: str = "float32") -> str:
     for c, t in zip(coeffs, terms):
         if c == 0:
             continue
-        mag = abs(float(c)) if dtype.startswith("float") else int(abs(c))
-        mag = "" if abs(c) == 1 else f" * T.{dtype}({mag!r})"
+        lit = abs(float(c)) if dtype.startswith("float") else int(abs(c))
+        mag = "" if abs(c) == 1 else f" * T.{dtype}({lit!r})"
         if not out:
             out = ("-" if c < 0 else "") + t + mag
         else:
