@@ -145,6 +145,13 @@ def validate_manifest(manifest: Any, where: str | Path) -> dict[str, Any]:
             or not isinstance(target.get("arch"), str) or not isinstance(target.get("tvm"), dict) \
             or not isinstance(target["tvm"].get("kind"), str):
         bad("'target' must be an object with string 'name', 'arch' and a 'tvm' object with a 'kind'")
+    fidelity = manifest.get("fidelity")
+    if fidelity is not None and (not isinstance(fidelity, dict) or "max_abs_err" in fidelity and not all(
+            isinstance(fidelity.get(k), (int, float)) and not isinstance(fidelity.get(k), bool)
+            for k in ("max_abs_err", "min_cosine"))):
+        bad("'fidelity' must be an object; measured, with numbers 'max_abs_err' and 'min_cosine'")
+    if manifest.get("compression") is not None and not isinstance(manifest["compression"], dict):
+        bad("'compression' must be an object")
     dynamic = manifest.get("dynamic", {})
     why = _dynamic_errors(dynamic) or _spec_errors(manifest.get("inputs"), "'inputs'", dynamic) \
         or _spec_errors(manifest.get("outputs"), "'outputs'")

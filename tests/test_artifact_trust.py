@@ -114,6 +114,10 @@ def test_a_failed_compile_keeps_the_previous_artifact(tmp_path, built):
     (lambda m: m["target"].pop("arch"), "'target'"),
     (lambda m: m["inputs"][0].update(shape="4x16"), "shape"),
     (lambda m: m["inputs"][0].update(dtype="object"), "dtype"),
+    # bench judges a device by the build's measured error: it must be numbers
+    (lambda m: m.update(fidelity={"max_abs_err": "abc", "min_cosine": None}), "'fidelity'"),
+    (lambda m: m.update(fidelity=[1.0]), "'fidelity'"),
+    (lambda m: m.update(compression="int8"), "'compression'"),
 ])
 def test_a_bad_manifest_is_one_clear_error(tmp_path, built, change, words):
     art = copy_of(built, tmp_path)

@@ -131,7 +131,13 @@ def main(argv=None):
         cos = min(_cosine(o, r) for o, r in zip(outputs, ref_outputs))
         fid = manifest.get("fidelity") or {}
         comp = manifest.get("compression") or {}
-        built, built_cos = (float(fid["max_abs_err"]), float(fid["min_cosine"])) if "max_abs_err" in fid else (0.0, 1.0)
+        if not isinstance(fid, dict) or not isinstance(comp, dict):
+            sys.exit("error: the manifest's 'fidelity' and 'compression' must be objects")
+        try:
+            built, built_cos = (float(fid["max_abs_err"]), float(fid["min_cosine"])) if "max_abs_err" in fid \
+                else (0.0, 1.0)
+        except (TypeError, ValueError, KeyError):
+            sys.exit("error: the manifest's 'fidelity' must give numbers 'max_abs_err' and 'min_cosine'")
         ok = err <= built + 1e-3 * scale and cos >= built_cos - 1e-3
         if "max_abs_err" not in fid and (comp.get("passes") or any(k != "passes" for k in comp)):
             verdict, ok = "not judged (compressed, and its build could not run to measure how far it may differ)", True

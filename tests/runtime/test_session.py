@@ -194,3 +194,22 @@ def test_compressed_artifact_without_build_fidelity_is_not_judged(tmp_path):
     assert report.correctness["ok"] is None
     assert "not judged" in "\n".join(report.lines())
     assert main(["bench", str(copy), "--repeat", "2"]) == 0
+
+
+def test_bundle_runner_refuses_a_bad_fidelity_in_one_line(host_artifact, tmp_path):
+    """The bundle's run_model.py cannot use hwcomp's manifest checks: a non-numeric fidelity is its
+    own one-line error, not a traceback."""
+    import json
+
+    bundle = make_bundle(host_artifact, tmp_path / "b.tar.gz")
+    with tarfile.open(bundle) as tf:
+        tf.extractall(tmp_path / "x", filter="data")
+    root = tmp_path / "x" / host_artifact.path.name
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["fidelity"] = {"max_abs_err": "abc", "min_cosine": None}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(root / "run_model.py"), "--repeat", "1"], check=False,
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: the manifest's 'fidelity'")
