@@ -37,6 +37,23 @@ def out_size(size, k, stride, dilation, before, after) -> int:
     return (size + before + after - (k - 1) * dilation - 1) // stride + 1
 
 
+def row_view(oh: int, ow: int, reg_n_of, blocks: int, cores: int) -> tuple[int, int]:
+    """``(rows, width)`` to run a stride-1 unpadded 1x1 conv's ``oh x ow`` output pixels as: the
+    pixels are independent and contiguous in the blocked layout, so the conv may run on them as
+    one row (a free reshape) when that wastes fewer padded pixels than whole rows do
+    (``reg_n_of(width)``: pixels per register tile). ResNet's 7x7 maps pad each row of 7 to 8
+    (AVX2's 4-pixel tiles), 49 flat pixels to 50 (5-pixel tiles); its 14x14 maps 14 to 15 and
+    196 to 196. Kept as rows where one row would leave fewer than two output-channel blocks per
+    core to run in parallel."""
+    flat = oh * ow
+    r_rows, r_flat = reg_n_of(ow), reg_n_of(flat)
+    padded_rows = oh * -(-ow // r_rows) * r_rows
+    padded_flat = -(-flat // r_flat) * r_flat
+    if oh > 1 and padded_flat < padded_rows and blocks >= 2 * max(cores, 1):
+        return 1, flat
+    return oh, ow
+
+
 def pack_conv_weight(wq: np.ndarray, xi: int, xo: int, kb: int, halves: int = 1, taps: int | None = None) -> np.ndarray:
     """``wq [O, C, KH, KW]`` int8 → ``[O/xo, C/xi, KH, KW, xi/kb, xo, kb]`` (channels zero-padded);
     with ``halves`` = 2, ``[O/xo, C/xi, KH, KW, xi/kb, 2, xo, kb/2]`` (a dot that takes each lane's
@@ -304,4 +321,5 @@ __all__ = [
     "pad_channels",
     "quantize_blocked_func",
     "reference_conv",
+    "row_view",
 ]

@@ -106,14 +106,26 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     n, cb, h, w, xi = static_shape(xq)
     o, _, kh, kw = wq.shape
     strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)
-    reg_n = provider.conv_reg_n(ow, xi, dot, kw, dilation[1])
-    taps = provider.conv_weight_taps(ow, kw, dilation[1], xi, dot)
+    ob = -(-o // ic.BLOCK)
+    rows, width = oh, ow
+    if (kh, kw) == (1, 1) and strides == [1, 1] and not any(padding):
+        cores = getattr(provider.target, "num_cores", 1)
+        rows, width = ic.row_view(oh, ow, lambda v: provider.conv_reg_n(v, xi, dot), ob, cores)
+    if (rows, width) != (oh, ow):  # the pixels as one row: reshapes of contiguous values, no copies
+        xq = bb.emit(relax.op.reshape(xq, (n, cb, rows, width, xi)))
+        if residual is not None:
+            residual = (residual[0], bb.emit(relax.op.reshape(residual[1], (n, ob, rows, width, ic.BLOCK))))
+        h, w = rows, width
+    reg_n = provider.conv_reg_n(width, xi, dot, kw, dilation[1])
+    taps = provider.conv_weight_taps(width, kw, dilation[1], xi, dot)
     f = ic.conv2d_nchwc_int8_func((n, cb, h, w, xi), o, (kh, kw), strides, padding, dilation, px.dtype, epi,
                                   px.zp, dot.kb, reg_n, nchw_out, dot.halves, residual and residual[0], taps)
-    n_pad = -(-o // ic.BLOCK) * ic.BLOCK
-    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot),
-                 [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps))], bias, epi, eparams, n_pad,
-                 (n, o, oh, ow), (n, n_pad // ic.BLOCK, oh, ow, ic.BLOCK), nchw_out, residual)
+    out = _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot),
+                [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps))], bias, epi, eparams,
+                ob * ic.BLOCK, (n, o, rows, width), (n, ob, rows, width, ic.BLOCK), nchw_out, residual)
+    if (rows, width) != (oh, ow):
+        out = bb.emit(relax.op.reshape(out, (n, o, oh, ow) if nchw_out else (n, ob, oh, ow, ic.BLOCK)))
+    return out
 
 
 def winograd_tile(provider, layer, at, enabled: bool = True) -> int:

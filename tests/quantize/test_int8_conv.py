@@ -844,10 +844,12 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     (mod,) = seen
     calls = _call_tir_bindings(mod)
     by_callee = {callee: (var, args) for var, callee, args in calls}
+    # max-pools on the codes, and reshapes (a 1x1 conv's row view, ic.row_view) are walked back
     pools = {b.var: b.value for blk in mod["main"].body.blocks for b in blk.bindings
-             if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.max_pool2d"}
+             if getattr(getattr(b.value, "op", None), "name", "") in ("relax.nn.max_pool2d", "relax.reshape")}
     for pool in pools.values():  # max-pools between int8 convs run on the blocked codes
-        assert str(pool.attrs.layout) == f"NCHW{ic.BLOCK}c" and pool.args[0].ty.dtype in ("uint8", "int8")
+        if pool.op.name == "relax.nn.max_pool2d":
+            assert str(pool.attrs.layout) == f"NCHW{ic.BLOCK}c" and pool.args[0].ty.dtype in ("uint8", "int8")
 
     def source(v):
         while v in pools:
@@ -885,6 +887,81 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
         ref = model(torch.from_numpy(x)).numpy()
     out = art.run([x])[0]
     assert qmath.cosine(out, ref) >= MIN_COSINE, qmath.cosine(out, ref)
+
+
+def test_row_view_rule():
+    """A stride-1 1x1 conv runs on its pixels as one row where whole rows waste more padded
+    pixels (ResNet-50's 7x7 and 14x14 maps with 5-pixel tiles), never where one row would leave
+    too few channel blocks for the cores."""
+    reg_n = lambda w: int8_reg_n(w, 2, 16)  # 3 to 5 pixels: 7 -> 8 per row, 49 -> 50 flat
+    assert [reg_n(w) for w in (7, 49, 14, 196)] == [4, 5, 5, 4]
+    assert ic.row_view(7, 7, reg_n, blocks=32, cores=2) == (1, 49)
+    assert ic.row_view(14, 14, reg_n, blocks=16, cores=2) == (1, 196)
+    assert ic.row_view(28, 28, reg_n, blocks=16, cores=2) == (28, 28)  # 4-pixel tiles fill 28
+    assert ic.row_view(56, 56, reg_n, blocks=4, cores=2) == (56, 56)
+    assert ic.row_view(7, 7, reg_n, blocks=3, cores=2) == (7, 7)  # 3 tasks for 2 cores: rows
+    assert ic.row_view(1, 7, reg_n, blocks=32, cores=2) == (1, 7)
+
+
+class PointwiseBlock(nn.Module):
+    """A stem conv, then ResNet's expansion: a 1x1 conv whose residual add (the stem's int8 codes)
+    and ReLU are fused, and a 1x1 head with float NCHW output; 11x11 maps, 64 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.head = nn.Conv2d(64, 64, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head(torch.relu(self.c(y) + y))
+
+
+def test_pointwise_convs_run_as_one_row_bit_for_bit(monkeypatch, tmp_path):
+    """On the AVX2 kernels (6-pixel tiles pad each row of 11 to 12; 121 flat pixels take 123), both
+    1x1 convs run on a (1, 121) view of their input — the fused residual read the same way, the
+    float NCHW output reshaped back — and the outputs equal the row-by-row build's bit for bit."""
+    import hwcomp
+    from hwcomp.frontend import load_model
+    from hwcomp.models import randomize_batchnorm
+    from hwcomp.quantize import QuantConfig
+    from hwcomp.quantize.pipeline import Int8Quantizer
+    from hwcomp.relax_graph import static_shape
+
+    avx2 = get_target("x86-avx2")
+    if not avx2.runs_here():
+        pytest.skip("the AVX2 kernels do not run on this CPU")
+    # 2 cores, whatever this machine has: the 4 channel blocks are enough tasks for them
+    target = dataclasses.replace(avx2, tvm={**avx2.tvm, "num-cores": 2})
+    shape = (1, 3, 11, 11)
+    torch.manual_seed(0)
+    model = randomize_batchnorm(PointwiseBlock(), seed=1).eval()
+    rng = np.random.default_rng(3)
+    calib = [[rng.standard_normal(shape).astype(np.float32)] for _ in range(4)]
+    imported = load_model(model, (torch.randn(*shape),))
+    x = np.random.default_rng(99).standard_normal(shape).astype(np.float32)
+
+    def build(label):
+        q = Int8Quantizer(target, QuantConfig(), calib, params=imported.params, progress=False)
+        seen = []
+        art = hwcomp.compile(imported, target, tmp_path / label, options=hwcomp.CompileOptions(
+            passes=[*q.passes(), lambda m: seen.append(m) or m], use_default_database=False, compression_summary=None))
+        inputs = {callee: [tuple(static_shape(a)) for a in args] for _, callee, args in _call_tir_bindings(seen[0])}
+        return art.run([x])[0], inputs
+
+    flat, inputs = build("flat")
+    assert inputs["q_conv1"][0] == (1, 4, 1, 121, 16) and inputs["q_conv1"][-1] == (1, 4, 1, 121, 16)  # A, residual
+    assert inputs["q_conv2"][0] == (1, 4, 1, 121, 16)
+    assert inputs["q_conv0"][0][2:4] == (11, 11)  # the 3x3 stem keeps its rows
+    monkeypatch.setattr(ic, "row_view", lambda oh, ow, *a, **k: (oh, ow))
+    rows, inputs = build("rows")
+    assert inputs["q_conv1"][0] == (1, 4, 11, 11, 16)
+    assert flat.shape == (1, 64, 11, 11)
+    np.testing.assert_array_equal(flat, rows)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert qmath.cosine(flat, ref) >= MIN_COSINE
 
 
 # ---- AArch64: rpi4 (NEON) and rpi5 (sdot) -----------------------------------------------------------
