@@ -24,9 +24,13 @@ from .conv import ROWS_OUTER_WEIGHT_CAP, choose_reg_n
 from .rules import _const_int
 
 
-def int8_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
+def int8_reg_n(ow: int, vectors: int, registers: int = 16, accumulators: int | None = None) -> int:
     """Output pixels per register tile for ``vectors`` accumulator registers per pixel; the dot
-    sequences need two more temporaries than an FMA (AVX2: the s16 pairs and the ones vector)."""
+    sequences need two more temporaries than an FMA (AVX2: the s16 pairs and the ones vector).
+    ``accumulators``: the most accumulator registers a tile may take instead (a target whose dot
+    step is bound by its multiply ports, not its loads, can take LLVM's spills of the rest)."""
+    if accumulators is not None:
+        return choose_reg_n(ow, vectors, accumulators + 4)  # choose_reg_n keeps 4 registers aside
     return choose_reg_n(ow, vectors, registers - 2)
 
 
