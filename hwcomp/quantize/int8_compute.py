@@ -204,15 +204,18 @@ def _apply_epilogue(acc_plus_bias, params, j, epi: Epilogue, residual=None):
     """The epilogue of output channel ``j``; ``residual`` (a float32 expression, only with the
     ``float`` and ``float_requant`` kinds) is added before the activation: a residual add fused
     into the conv (``y = act(acc * scale + r)``)."""
+    # Requantized, ReLU is the clamp at the zero point (qrange) whatever the (positive) 1/s_y: the
+    # max with 0 would be two more instructions per vector in every such epilogue.
+    act = None if epi.kind == "float_requant" and epi.act == "relu" else epi.act
     if residual is not None:
         assert epi.kind in ("float", "float_requant"), epi.kind
-        y = activation(acc_plus_bias.astype("float32") * params[0][j] + residual, epi.act)
+        y = activation(acc_plus_bias.astype("float32") * params[0][j] + residual, act)
         return y if epi.kind == "float" else _float_requant_expr(y, epi, params[1][j])
     if epi.kind == "requant":
         return _requant_expr(acc_plus_bias, params[0][j], params[1][j], epi)
     if epi.kind == "requant_f32":  # one multiply; ReLU is the clamp at the zero point (qrange)
         return _float_requant_expr(acc_plus_bias.astype("float32"), epi, params[0][j])
-    y = activation(acc_plus_bias.astype("float32") * params[0][j], epi.act)
+    y = activation(acc_plus_bias.astype("float32") * params[0][j], act)
     if epi.kind == "float":
         return y
     return _float_requant_expr(y, epi, params[1][j])
