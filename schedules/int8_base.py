@@ -45,6 +45,9 @@ class KernelProvider:
     #: multiply: x86 has no vector 64-bit multiply before AVX-512, and LLVM's emulation of it cost
     #: more than the dot products in MobileNet's narrow 1x1 convs.
     conv_requant_in_float: bool = False
+    #: Float requantization rounds with ``llvm.lrint`` (one convert instruction) and clamps in
+    #: int32 (``int8_compute.Epilogue.lrint``): LLVM CPU targets where it was measured (x86).
+    lrint_requant: bool = False
 
     def __init__(self, target=None):
         self.target = target

@@ -24,6 +24,8 @@ has no observation points left; dead float code is removed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -382,7 +384,7 @@ class Realizer:
             scale = pa.scale * pb.scale
             oq = out_q.get(layer.id)
             epi = Epilogue() if oq is None else Epilogue("float_requant", None, oq[1].dtype, oq[1].scale, oq[1].zp,
-                                                         cfg.bits)
+                                                         cfg.bits, lrint=self.provider.lrint_requant)
             f = batch_matmul_func(tuple(batch), m, k, n, pa.dtype, pb.dtype, scale, epi)
             f = self.provider.schedule_batch_matmul(f) or f
             gv = add_prim_func(bb, f, f"q_{layer.id}")
@@ -477,6 +479,12 @@ class Realizer:
         return out
 
     def _epilogue(self, layer, plan: Plan, px: QParams, s_w, n, oq):
+        epi, params, po = self._choose_epilogue(layer, plan, px, s_w, n, oq)
+        if self.provider.lrint_requant:
+            epi = dataclasses.replace(epi, lrint=True)
+        return epi, params, po
+
+    def _choose_epilogue(self, layer, plan: Plan, px: QParams, s_w, n, oq):
         cfg = self.config
         deq = (np.float64(px.scale) * s_w.astype(np.float64)).astype(np.float32)
         if oq is None:

@@ -184,6 +184,7 @@ class X86Int8Provider(KernelProvider):
         self.act_dtypes = ("uint8",) if self.vnni or self.avx2 else ("int8", "uint8")
         self.reduce_range_pays = self.avx2 and not self.vnni
         self.conv_requant_in_float = True
+        self.lrint_requant = True
         self.amx = self.vnni and _llvm_has_amx(target)
         register_intrinsics()
 

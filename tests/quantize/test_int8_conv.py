@@ -143,6 +143,9 @@ EPILOGUES = {
     "requant_relu_u8": ("requant", "relu", "uint8", 0),
     "requant_i8_zp": ("requant", None, "int8", -3),
     "requant_f32_relu_u8": ("requant_f32", "relu", "uint8", 0),  # x86's conv requantization
+    # x86's as realized (KernelProvider.lrint_requant): llvm.lrint, then the clamp in int32
+    "requant_f32_relu_u8_lrint": ("requant_f32", "relu", "uint8", 0, True),
+    "requant_f32_i8_zp_lrint": ("requant_f32", None, "int8", -3, True),
     "float_relu": ("float", "relu", "float32", 0),
     "float": ("float", None, "float32", 0),
 }
@@ -152,7 +155,7 @@ def epilogue_for(name: str, acc: np.ndarray, rng) -> tuple[Epilogue, list[np.nda
     """The epilogue and its per-channel parameters (unpadded) for the int64 ``acc + bias``: the
     requantizing multipliers map each channel's largest |value| a little past the code range, so
     both the rounding and the clamp are exercised."""
-    kind, act, dtype, zp = EPILOGUES[name]
+    kind, act, dtype, zp, *lrint = EPILOGUES[name]
     o = acc.shape[1]
     if kind == "requant":
         lo, hi = qmath.qrange(dtype)
@@ -164,7 +167,7 @@ def epilogue_for(name: str, acc: np.ndarray, rng) -> tuple[Epilogue, list[np.nda
         lo, hi = qmath.qrange(dtype)
         amax = np.maximum(np.abs(acc).max(axis=(0, 2, 3)), 1).astype(np.float64)
         m = ((hi - lo) * 0.6 / amax * rng.uniform(0.8, 1.2, o)).astype(np.float32)
-        return Epilogue("requant_f32", act, dtype, 0.1, zp, 8), [m]
+        return Epilogue("requant_f32", act, dtype, 0.1, zp, 8, lrint=bool(lrint)), [m]
     scale = rng.uniform(1e-4, 1e-2, o).astype(np.float32)
     return Epilogue("float", act), [scale]
 
@@ -327,6 +330,22 @@ def test_x86_dot_steps_emit_their_instructions(dot_name):
         assert re.search(rf"\b{instr}\b", asm), f"no {instr} in the {dot_name} kernel"
 
 
+def test_x86_requantizes_with_one_convert():
+    """x86's float requantization as realized (``Epilogue.lrint``) rounds with ``vcvtps2dq`` and leaves
+    the clamp to the saturating packs: no ``vroundps`` and no float max in the epilogue (the float
+    path has both); its values are checked by ``test_blocked_conv_x86_other_epilogues``."""
+    target = get_target("x86-avx2")
+    provider = get_provider(target)
+    assert provider.lrint_requant
+    asm = {}
+    for name in ("requant_f32_relu_u8", "requant_f32_relu_u8_lrint"):
+        p = conv_problem(provider, Conv(16, 16, 5, 7), dot_of(provider, "avx2_7bit"), name, "uint8", 63)
+        asm[name] = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target()).mod.inspect_source("asm")
+    assert re.search(r"\bvroundps\b", asm["requant_f32_relu_u8"])
+    assert re.search(r"\bvcvtps2dq\b", asm["requant_f32_relu_u8_lrint"])
+    assert not re.search(r"\bvroundps\b|\bvmaxps\b|\bvcmpltps\b", asm["requant_f32_relu_u8_lrint"])
+
+
 CONV_CASES = {
     "3x3_s1_p1": Conv(16, 32, 9, 9),
     "3x3_s2_p1": Conv(16, 16, 10, 11, stride=(2, 2)),
@@ -465,10 +484,12 @@ def test_amx_kernel_cross_compiles():
         assert re.search(rf"\b{instr}\b", asm), f"no {instr} in the AMX kernel"
 
 
-@pytest.mark.parametrize("epi_name", ["requant_i8_zp", "float"])
+@pytest.mark.parametrize("epi_name", ["requant_i8_zp", "float", "requant_f32_relu_u8_lrint", "requant_f32_i8_zp_lrint"])
 @pytest.mark.parametrize("dot_name", list(DOTS))
 def test_blocked_conv_x86_other_epilogues(host, dot_name, epi_name):
-    """Signed output with a zero point and no activation, and plain float output; every dot step."""
+    """Signed output with a zero point and no activation, plain float output, and x86's float
+    requantization as realized (``llvm.lrint``; its multipliers take codes past both ends of the
+    range, so the int32 clamp is exercised); every dot step."""
     target, provider, dot = x86_dot(host, dot_name)
     p = conv_problem(provider, CONV_CASES["ow13_c20_o36"], dot, epi_name, "uint8", DOTS[dot_name][1], seed=5)
     got = run_local(p.func, target, p.args, p.out_shape, p.out_dtype)
@@ -492,7 +513,7 @@ def test_nchw_float_epilogue_runs_on_channel_vectors(host):
 
 
 @pytest.mark.parametrize("res_dtype", ["uint8", "float32"])
-@pytest.mark.parametrize("out", ["requant_relu_u8", "float_blocked", "float_nchw"])
+@pytest.mark.parametrize("out", ["requant_relu_u8", "requant_relu_u8_lrint", "float_blocked", "float_nchw"])
 @pytest.mark.parametrize("dot_name", ["avx2_7bit", "vnni_16x4"])  # vnni: AMX tiles on an AMX host
 def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     """A residual add in the epilogue, ``y = relu(float(acc + bias) * scale + r)``, with ``r`` blocked
@@ -517,8 +538,8 @@ def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     out_scale = 0.3
 
     def epilogue(acc_b):
-        if out == "requant_relu_u8":
-            return (Epilogue("float_requant", "relu", "uint8", out_scale, 0, 8),
+        if out.startswith("requant_relu_u8"):
+            return (Epilogue("float_requant", "relu", "uint8", out_scale, 0, 8, lrint=out.endswith("lrint")),
                     [scale, np.full(case.o, 1 / out_scale, np.float32)])
         return Epilogue("float", "relu"), [scale]
 
@@ -528,7 +549,7 @@ def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     got = run_local(p.func, target, [*p.args, r], out_shape, p.out_dtype)
     ref = np.maximum(p.acc_b * scale.astype(np.float64)[None, :, None, None] + from_blocked(r_f, case.o), 0)
     assert np.abs(ref).max() > 1 and (ref == 0).mean() < 0.9, "degenerate reference"
-    if out == "requant_relu_u8":
+    if out.startswith("requant_relu_u8"):
         q = np.clip(np.round(ref / out_scale), 0, 255)
         diff = np.abs(from_blocked(got, case.o).astype(np.int32) - q.astype(np.int32))
         assert got.dtype == np.uint8 and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
@@ -583,7 +604,7 @@ DW_CASES = {
 }
 
 
-@pytest.mark.parametrize("epi_name", ["requant_relu_u8", "requant_f32_relu_u8", "float_relu"])
+@pytest.mark.parametrize("epi_name", ["requant_relu_u8", "requant_f32_relu_u8", "requant_f32_relu_u8_lrint", "float_relu"])
 @pytest.mark.parametrize("case_name", list(DW_CASES))
 def test_depthwise_x86(host, case_name, epi_name):
     if host.arch != "x86_64":
