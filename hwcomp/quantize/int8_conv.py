@@ -40,16 +40,16 @@ def out_size(size, k, stride, dilation, before, after) -> int:
 def row_view(oh: int, ow: int, reg_n_of, blocks: int, cores: int) -> tuple[int, int]:
     """``(rows, width)`` to run a stride-1 unpadded 1x1 conv's ``oh x ow`` output pixels as: the
     pixels are independent and contiguous in the blocked layout, so the conv may run on them as
-    one row (a free reshape) when that wastes fewer padded pixels than whole rows do
-    (``reg_n_of(width)``: pixels per register tile). ResNet's 7x7 maps pad each row of 7 to 8
-    (AVX2's 4-pixel tiles), 49 flat pixels to 50 (5-pixel tiles); its 14x14 maps 14 to 15 and
-    196 to 196. Kept as rows where one row would leave fewer than two output-channel blocks per
-    core to run in parallel."""
+    one row (a free reshape) when that wastes fewer padded pixels than whole rows do, with tiles
+    at least as wide (``reg_n_of(width)``: pixels per register tile). A 7x7 map with 3- to
+    5-pixel tiles (AVX2's exact 8x4 step, NEON) pads each row of 7 to 8, its 49 pixels as one row
+    to 50; AVX2's saturating step tiles 7 pixels and keeps ResNet's rows. Kept as rows where one
+    row would leave fewer than two output-channel blocks per core to run in parallel."""
     flat = oh * ow
     r_rows, r_flat = reg_n_of(ow), reg_n_of(flat)
     padded_rows = oh * -(-ow // r_rows) * r_rows
     padded_flat = -(-flat // r_flat) * r_flat
-    if oh > 1 and padded_flat < padded_rows and blocks >= 2 * max(cores, 1):
+    if oh > 1 and padded_flat < padded_rows and r_flat >= r_rows and blocks >= 2 * max(cores, 1):
         return 1, flat
     return oh, ow
 

@@ -513,7 +513,8 @@ def test_nchw_float_epilogue_runs_on_channel_vectors(host):
 
 
 @pytest.mark.parametrize("res_dtype", ["uint8", "float32"])
-@pytest.mark.parametrize("out", ["requant_relu_u8", "requant_relu_u8_lrint", "float_blocked", "float_nchw"])
+@pytest.mark.parametrize("out", ["requant_relu_u8", "requant_relu_u8_lrint", "requant_relu_u8_zp128_lrint",
+                                 "float_blocked", "float_nchw"])
 @pytest.mark.parametrize("dot_name", ["avx2_7bit", "vnni_16x4"])  # vnni: AMX tiles on an AMX host
 def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     """A residual add in the epilogue, ``y = relu(float(acc + bias) * scale + r)``, with ``r`` blocked
@@ -536,10 +537,11 @@ def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
         r = rng.standard_normal(rshape).astype(np.float32) * 4
         r_f = r.astype(np.float64)
     out_scale = 0.3
+    out_zp = 128 if "zp128" in out else 0  # the ReLU is then the clamp at code 128, not at 0
 
     def epilogue(acc_b):
         if out.startswith("requant_relu_u8"):
-            return (Epilogue("float_requant", "relu", "uint8", out_scale, 0, 8, lrint=out.endswith("lrint")),
+            return (Epilogue("float_requant", "relu", "uint8", out_scale, out_zp, 8, lrint=out.endswith("lrint")),
                     [scale, np.full(case.o, 1 / out_scale, np.float32)])
         return Epilogue("float", "relu"), [scale]
 
@@ -550,7 +552,7 @@ def test_blocked_conv_x86_fused_residual(host, res_dtype, out, dot_name):
     ref = np.maximum(p.acc_b * scale.astype(np.float64)[None, :, None, None] + from_blocked(r_f, case.o), 0)
     assert np.abs(ref).max() > 1 and (ref == 0).mean() < 0.9, "degenerate reference"
     if out.startswith("requant_relu_u8"):
-        q = np.clip(np.round(ref / out_scale), 0, 255)
+        q = np.clip(np.round(ref / out_scale) + out_zp, 0, 255)
         diff = np.abs(from_blocked(got, case.o).astype(np.int32) - q.astype(np.int32))
         assert got.dtype == np.uint8 and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
         return
@@ -917,16 +919,20 @@ def test_row_view_rule():
     reg_n = lambda w: int8_reg_n(w, 2, 16)  # 3 to 5 pixels: 7 -> 8 per row, 49 -> 50 flat
     assert [reg_n(w) for w in (7, 49, 14, 196)] == [4, 5, 5, 4]
     assert ic.row_view(7, 7, reg_n, blocks=32, cores=2) == (1, 49)
-    assert ic.row_view(14, 14, reg_n, blocks=16, cores=2) == (1, 196)
+    assert ic.row_view(14, 14, reg_n, blocks=16, cores=2) == (14, 14)  # 196 flat, but 4- for 5-pixel tiles
     assert ic.row_view(28, 28, reg_n, blocks=16, cores=2) == (28, 28)  # 4-pixel tiles fill 28
     assert ic.row_view(56, 56, reg_n, blocks=4, cores=2) == (56, 56)
     assert ic.row_view(7, 7, reg_n, blocks=3, cores=2) == (7, 7)  # 3 tasks for 2 cores: rows
     assert ic.row_view(1, 7, reg_n, blocks=32, cores=2) == (1, 7)
+    reg7 = lambda w: int8_reg_n(w, 2, 16, accumulators=14)  # AVX2's saturating step: up to 7
+    assert [reg7(w) for w in (7, 14, 11, 77)] == [7, 7, 6, 7]
+    assert ic.row_view(7, 7, reg7, blocks=32, cores=2) == (7, 7)  # whole tiles already
+    assert ic.row_view(7, 11, reg7, blocks=4, cores=2) == (1, 77)  # 7 x 12 -> 77
 
 
 class PointwiseBlock(nn.Module):
     """A stem conv, then ResNet's expansion: a 1x1 conv whose residual add (the stem's int8 codes)
-    and ReLU are fused, and a 1x1 head with float NCHW output; 11x11 maps, 64 channels."""
+    and ReLU are fused, and a 1x1 head with float NCHW output; 64 channels."""
 
     def __init__(self):
         super().__init__()
@@ -939,10 +945,11 @@ class PointwiseBlock(nn.Module):
         return self.head(torch.relu(self.c(y) + y))
 
 
-def test_pointwise_convs_run_as_one_row_bit_for_bit(monkeypatch, tmp_path):
-    """On the AVX2 kernels (6-pixel tiles pad each row of 11 to 12; 121 flat pixels take 123), both
-    1x1 convs run on a (1, 121) view of their input — the fused residual read the same way, the
-    float NCHW output reshaped back — and the outputs equal the row-by-row build's bit for bit."""
+def test_pointwise_convs_run_as_one_row_bit_for_bit(host, monkeypatch, tmp_path):
+    """On the AVX2 kernels at 7x11 (6-pixel tiles pad each row of 11 to 12; the 77 pixels as one
+    row take eleven 7-pixel tiles), both 1x1 convs run on a (1, 77) view of their input — the fused
+    residual read the same way, the float NCHW output reshaped back — and the outputs equal the
+    row-by-row build's bit for bit."""
     import hwcomp
     from hwcomp.frontend import load_model
     from hwcomp.models import randomize_batchnorm
@@ -951,11 +958,11 @@ def test_pointwise_convs_run_as_one_row_bit_for_bit(monkeypatch, tmp_path):
     from hwcomp.relax_graph import static_shape
 
     avx2 = get_target("x86-avx2")
-    if not avx2.runs_here():
+    if host.arch != "x86_64" or "avx2" not in host.features:
         pytest.skip("the AVX2 kernels do not run on this CPU")
     # 2 cores, whatever this machine has: the 4 channel blocks are enough tasks for them
     target = dataclasses.replace(avx2, tvm={**avx2.tvm, "num-cores": 2})
-    shape = (1, 3, 11, 11)
+    shape = (1, 3, 7, 11)
     torch.manual_seed(0)
     model = randomize_batchnorm(PointwiseBlock(), seed=1).eval()
     rng = np.random.default_rng(3)
@@ -972,13 +979,13 @@ def test_pointwise_convs_run_as_one_row_bit_for_bit(monkeypatch, tmp_path):
         return art.run([x])[0], inputs
 
     flat, inputs = build("flat")
-    assert inputs["q_conv1"][0] == (1, 4, 1, 121, 16) and inputs["q_conv1"][-1] == (1, 4, 1, 121, 16)  # A, residual
-    assert inputs["q_conv2"][0] == (1, 4, 1, 121, 16)
-    assert inputs["q_conv0"][0][2:4] == (11, 11)  # the 3x3 stem keeps its rows
+    assert inputs["q_conv1"][0] == (1, 4, 1, 77, 16) and inputs["q_conv1"][-1] == (1, 4, 1, 77, 16)  # A, residual
+    assert inputs["q_conv2"][0] == (1, 4, 1, 77, 16)
+    assert inputs["q_conv0"][0][2:4] == (7, 11)  # the 3x3 stem keeps its rows
     monkeypatch.setattr(ic, "row_view", lambda oh, ow, *a, **k: (oh, ow))
     rows, inputs = build("rows")
-    assert inputs["q_conv1"][0] == (1, 4, 11, 11, 16)
-    assert flat.shape == (1, 64, 11, 11)
+    assert inputs["q_conv1"][0] == (1, 4, 7, 11, 16)
+    assert flat.shape == (1, 64, 7, 11)
     np.testing.assert_array_equal(flat, rows)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
