@@ -914,8 +914,9 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
 
 def test_row_view_rule():
     """A stride-1 1x1 conv runs on its pixels as one row where whole rows waste more padded
-    pixels (ResNet-50's 7x7 and 14x14 maps with 5-pixel tiles), never where one row would leave
-    too few channel blocks for the cores."""
+    pixels and the one row's tiles are at least as wide (7x7 maps with 5-pixel tiles; not 14x14,
+    whose 196 pixels would take 4-pixel tiles; not where 7-pixel tiles fill the rows), never where
+    one row would leave too few channel blocks for the cores."""
     reg_n = lambda w: int8_reg_n(w, 2, 16)  # 3 to 5 pixels: 7 -> 8 per row, 49 -> 50 flat
     assert [reg_n(w) for w in (7, 49, 14, 196)] == [4, 5, 5, 4]
     assert ic.row_view(7, 7, reg_n, blocks=32, cores=2) == (1, 49)
