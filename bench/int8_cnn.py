@@ -66,7 +66,8 @@ images: per-image logit cosine (mean and minimum), top-1 accuracy and agreement 
                              [--emulate-cpu auto|none|<qemu cpu>]
 
 ``--quick``: resnet18 only, 3 rounds, no digits section (~45 s on 2 cores; ``--models mobilenet_v2
---rounds 2`` with the digits section ~100 s). Writes ``bench/results/int8_cnn.json``.
+--rounds 2`` with the digits section ~100 s). Writes ``bench/results/int8_cnn.json`` (``results_name``:
+the target and a subset of the models are in the name, so a partial run never replaces a full one).
 Last line: ``int8_cnn_geomean_hwcomp_over_ort_int8=<x>``: the geometric mean over the models of
 hwcomp int8 latency / ONNX Runtime int8 latency (lower is better; below 1 = hwcomp int8 faster);
 ``nan`` when no model has both.
@@ -91,11 +92,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import emulated_cpu
+import fresh_process
 import peers
 from common import write_results
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny")
-VARIANTS = ("hwcomp_fp32", "hwcomp_fp32_direct", "hwcomp_int8", "ort_fp32", "ort_int8", "ov_int8")  # latency columns
+VARIANTS = ("hwcomp_fp32", "hwcomp_fp32_direct", "hwcomp_int8", "ort_fp32", "ort_int8", "ov_fp32",
+            "ov_int8")  # latency columns
 ORT_INT8 = {"int8": "ort_int8_s8s8", "uint8": "ort_int8_u8s8"}  # activation type -> timed variant
 N_CALIB, CALIB_SEED = 16, 0
 N_HELD, HELD_SEED = 4, 1
@@ -133,25 +136,28 @@ def _ort_session(path: Path, threads: int):
 
 
 def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int, save_to: Path | None = None):
-    """OpenVINO int8 through NNCF post-training quantization on ``calib``; a run function. ``save_to``:
-    also write the quantized model there (OpenVINO IR, for the emulated CPU)."""
+    """OpenVINO int8 through NNCF post-training quantization on ``calib``; ``(run function, conv
+    kernels)``. ``save_to``: also write the quantized model there (OpenVINO IR, for the emulated CPU
+    and for timing in fresh processes)."""
     import nncf
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(onnx_path))
+    model = ov.Core().read_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
     if save_to is not None:
         ov.save_model(quantized, str(save_to))
-    compiled = core.compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    return _ov_run(peers.ov_compile(quantized, threads))
+
+
+def _ov_run(compiled):
+    """A run function over an OpenVINO compiled model, and its convolutions' kernels."""
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
         request.infer({0: x})
         return np.asarray(request.get_output_tensor(0).data).copy()
 
-    return run
+    return run, peers.ov_conv_kernels(compiled)
 
 
 def ort_int8_path(wd: Path, activations: str) -> Path:
@@ -234,6 +240,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
 
     runs: dict = {}   # label -> f(np image) -> np output
     calls: dict = {}  # label -> zero-argument timed call on held[0]
+    sources: dict = {}  # label -> (fresh_process kind, path): what a fresh process loads to time it
 
     def attempt(label: str, make) -> None:
         t = time.perf_counter()
@@ -261,6 +268,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
                 row.setdefault("compile_fidelity_cosine", {})[label] = fid["cosine"]
             call = prepared_call(art.vm(), art.device(), art.device_args([held[0]]))
             artifacts[label] = art
+            sources[label] = ("hwcomp", wd / label)
             return (lambda x: art.run([x])[0]), call
         return make
 
@@ -291,10 +299,12 @@ def bench_model(name: str, args, workdir: Path) -> dict:
         if isinstance(exported["names"], Exception):
             raise exported["names"]
 
-    def ort_variant(path_fn):
+    def ort_variant(label, path_fn):
         def make():
             export()
-            run = _ort_session(path_fn(), args.threads)
+            path = path_fn()
+            run = _ort_session(path, args.threads)
+            sources[label] = ("ort", path)
             x0 = held[0]
             return run, (lambda: run(x0))
         return make
@@ -307,17 +317,27 @@ def bench_model(name: str, args, workdir: Path) -> dict:
             return out
         return path
 
-    attempt("ort_fp32", ort_variant(lambda: onnx_path))
+    attempt("ort_fp32", ort_variant("ort_fp32", lambda: onnx_path))
     for act, label in ORT_INT8.items():
-        attempt(label, ort_variant(int8_path(act)))
+        attempt(label, ort_variant(label, int8_path(act)))
 
-    def ov_variant():
-        export()
-        run = ov_int8_nncf(onnx_path, calib, args.threads, wd / "ov_int8.xml" if args.emulate_cpu else None)
-        x0 = held[0]
-        return run, (lambda: run(x0))
+    def ov_variant(label):
+        def make():
+            export()
+            if label == "ov_fp32":
+                run, kernels = _ov_run(peers.ov_compile(onnx_path, args.threads))
+                sources[label] = ("openvino", onnx_path)
+            else:
+                ir = wd / "ov_int8.xml"
+                run, kernels = ov_int8_nncf(onnx_path, calib, args.threads, ir)
+                sources[label] = ("openvino", ir)
+            row.setdefault("ov_conv_kernels", {})[label] = kernels
+            x0 = held[0]
+            return run, (lambda: run(x0))
+        return make
 
-    attempt("ov_int8", ov_variant)
+    attempt("ov_fp32", ov_variant("ov_fp32"))
+    attempt("ov_int8", ov_variant("ov_int8"))
 
     # fidelity against PyTorch fp32 on the held-out images
     for label in list(runs):
@@ -328,7 +348,45 @@ def bench_model(name: str, args, workdir: Path) -> dict:
             row["errors"][label] = _reason(e)
             runs.pop(label), calls.pop(label)
 
-    # latency: warm-up, then round-robin
+    if args.processes:
+        samples = _time_fresh(calls, sources, held[0], wd, args, row)
+    else:
+        samples = _time_in_process(calls, args, row)
+    row["samples_ms"] = {k: [round(s, 4) for s in v] for k, v in samples.items() if v and k in calls}
+    for label, s in row["samples_ms"].items():
+        row[f"{label}_ms"] = float(np.median(s))
+    # "ORT int8" = the faster of its two activation types on this CPU (its best int8 configuration)
+    timed = [(row[f"{lb}_ms"], lb) for lb in ORT_INT8.values() if f"{lb}_ms" in row]
+    if timed:
+        best = min(timed)[1]
+        row["ort_int8_ms"], row["ort_int8_config"] = row[f"{best}_ms"], best
+        row["cosine_mean"]["ort_int8"] = row["cosine_mean"][best]
+        row["cosine_min"]["ort_int8"] = row["cosine_min"][best]
+    else:
+        row["errors"]["ort_int8"] = "; ".join(f"{lb.split('_')[-1]}: {row['errors'][lb]}"
+                                              for lb in ORT_INT8.values() if lb in row["errors"]) or "not timed"
+    if "hwcomp_fp32_ms" in row and "hwcomp_int8_ms" in row:
+        row["hwcomp_int8_speedup"] = row["hwcomp_fp32_ms"] / row["hwcomp_int8_ms"]
+    if "hwcomp_fp32_direct_ms" in row and "hwcomp_int8_ms" in row:
+        row["hwcomp_int8_speedup_direct"] = row["hwcomp_fp32_direct_ms"] / row["hwcomp_int8_ms"]
+    if "hwcomp_int8_ms" in row and "ort_int8_ms" in row:
+        row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
+    if "hwcomp_int8_ms" in row and "ov_int8_ms" in row:
+        row["hwcomp_int8_over_ov_int8"] = row["hwcomp_int8_ms"] / row["ov_int8_ms"]
+    if "ov_fp32_ms" in row and "ov_int8_ms" in row:
+        row["ov_int8_speedup"] = row["ov_fp32_ms"] / row["ov_int8_ms"]
+    if args.emulate_cpu:
+        print(f"  fidelity on an emulated {args.emulate_cpu} (qemu-user)", flush=True)
+        row["emulated"] = emulated_fidelity(args.emulate_cpu, wd, held, refs, artifacts.get("hwcomp_int8"),
+                                            runs.get("hwcomp_int8"), args.threads)
+    if not row["errors"]:
+        del row["errors"]
+    shutil.rmtree(wd, ignore_errors=True)
+    return row
+
+
+def _time_in_process(calls: dict, args, row: dict) -> dict:
+    """Every variant warmed up, then round-robin in this process: label -> samples (ms)."""
     samples: dict = {label: [] for label in calls}
     for label in list(calls):
         try:
@@ -351,35 +409,30 @@ def bench_model(name: str, args, workdir: Path) -> dict:
                     calls.pop(label)
                     continue
                 samples[label].append((time.perf_counter() - t) / args.number * 1e3)
-    row["samples_ms"] = {k: [round(s, 4) for s in v] for k, v in samples.items() if v and k in calls}
-    for label, s in row["samples_ms"].items():
-        row[f"{label}_ms"] = float(np.median(s))
-    # "ORT int8" = the faster of its two activation types on this CPU (its best int8 configuration)
-    timed = [(row[f"{lb}_ms"], lb) for lb in ORT_INT8.values() if f"{lb}_ms" in row]
-    if timed:
-        best = min(timed)[1]
-        row["ort_int8_ms"], row["ort_int8_config"] = row[f"{best}_ms"], best
-        row["cosine_mean"]["ort_int8"] = row["cosine_mean"][best]
-        row["cosine_min"]["ort_int8"] = row["cosine_min"][best]
-    else:
-        row["errors"]["ort_int8"] = "; ".join(f"{lb.split('_')[-1]}: {row['errors'][lb]}"
-                                              for lb in ORT_INT8.values() if lb in row["errors"]) or "not timed"
-    if "hwcomp_fp32_ms" in row and "hwcomp_int8_ms" in row:
-        row["hwcomp_int8_speedup"] = row["hwcomp_fp32_ms"] / row["hwcomp_int8_ms"]
-    if "hwcomp_fp32_direct_ms" in row and "hwcomp_int8_ms" in row:
-        row["hwcomp_int8_speedup_direct"] = row["hwcomp_fp32_direct_ms"] / row["hwcomp_int8_ms"]
-    if "hwcomp_int8_ms" in row and "ort_int8_ms" in row:
-        row["hwcomp_int8_over_ort_int8"] = row["hwcomp_int8_ms"] / row["ort_int8_ms"]
-    if "hwcomp_int8_ms" in row and "ov_int8_ms" in row:
-        row["hwcomp_int8_over_ov_int8"] = row["hwcomp_int8_ms"] / row["ov_int8_ms"]
-    if args.emulate_cpu:
-        print(f"  fidelity on an emulated {args.emulate_cpu} (qemu-user)", flush=True)
-        row["emulated"] = emulated_fidelity(args.emulate_cpu, wd, held, refs, artifacts.get("hwcomp_int8"),
-                                            runs.get("hwcomp_int8"), args.threads)
-    if not row["errors"]:
-        del row["errors"]
-    shutil.rmtree(wd, ignore_errors=True)
-    return row
+    return samples
+
+
+def _time_fresh(calls: dict, sources: dict, x: np.ndarray, wd: Path, args, row: dict) -> dict:
+    """``--processes N``: every variant timed in N fresh processes, alternating
+    (``fresh_process.time_fresh``): label -> one sample per process, its median over ``--rounds``
+    rounds. The JSON keeps every process's samples, and int8/fp32 ratios paired by rotation."""
+    variants = [fresh_process.Variant(lb, *sources[lb]) for lb in calls if lb in sources]
+    print(f"  timing {len(variants)} variants in {args.processes} fresh processes each "
+          f"({args.rounds} rounds x {args.number} calls per process)", flush=True)
+
+    def failed(label: str, why: str) -> None:
+        row["errors"][label] = why
+        calls.pop(label, None)
+
+    per = fresh_process.time_fresh(variants, x, wd, args.processes, rounds=args.rounds, number=args.number,
+                                   warmup=args.warmup, threads=args.threads, on_error=failed)
+    row["process_samples_ms"] = {lb: [[round(v, 4) for v in p] for p in ps] for lb, ps in per.items() if ps}
+    for fp32, int8, key in (("hwcomp_fp32", "hwcomp_int8", "hwcomp_int8_speedup_paired"),
+                            ("ov_fp32", "ov_int8", "ov_int8_speedup_paired")):
+        ratio = fresh_process.paired_ratio(per.get(fp32, []), per.get(int8, []))
+        if ratio is not None:
+            row[key] = ratio
+    return {lb: [float(np.median(p)) for p in ps] for lb, ps in per.items()}
 
 
 def emulated_fidelity(cpu: str, wd: Path, held: list, refs: list, artifact, hwcomp_run, threads: int) -> dict:
@@ -533,7 +586,7 @@ def _trained_resnet_row(kind: str, epochs: int, data: tuple, calib: list[np.ndar
         return _ort_session(ort_int8_path(wd, "uint8"), args.threads)
 
     def ov_int8():
-        return ov_int8_nncf(onnx(), calib, args.threads)
+        return ov_int8_nncf(onnx(), calib, args.threads)[0]
 
     for label, make in (("hwcomp_int8", hwcomp_int8), ("ort_int8", ort_int8), ("ov_int8", ov_int8)):
         try:
@@ -573,8 +626,8 @@ def bench_trained_resnets(args, workdir: Path) -> dict:
 # ---- report ------------------------------------------------------------------------------------
 
 HEADER = ["model", "hwcomp fp32 ms", "hwcomp fp32 direct ms", "hwcomp int8 ms", "ORT fp32 ms", "ORT int8 ms",
-          "OpenVINO int8 ms", "int8/fp32 speedup (hwcomp)", "int8/fp32 direct", "hwcomp int8 / ORT int8",
-          "hwcomp int8 / OpenVINO int8",
+          "OpenVINO fp32 ms", "OpenVINO int8 ms", "int8/fp32 speedup (hwcomp)", "int8/fp32 direct",
+          "int8/fp32 (OpenVINO)", "hwcomp int8 / ORT int8", "hwcomp int8 / OpenVINO int8",
           "cosine hwcomp int8", "cosine ORT int8", "cosine OpenVINO int8"]
 
 
@@ -596,7 +649,8 @@ def _cells(r: dict) -> list[str]:
     if "ort_int8_config" in r:  # which activation type was the faster
         ms[VARIANTS.index("ort_int8")] += f" ({r['ort_int8_config'].split('_')[-1]})"
     return [r["model"], *ms,
-            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_speedup_direct"), ratio("hwcomp_int8_over_ort_int8"),
+            ratio("hwcomp_int8_speedup"), ratio("hwcomp_int8_speedup_direct"), ratio("ov_int8_speedup"),
+            ratio("hwcomp_int8_over_ort_int8"),
             ratio("hwcomp_int8_over_ov_int8"),
             *(value(lb, r["cosine_mean"].get(lb), ".5f") for lb in ("hwcomp_int8", "ort_int8", "ov_int8"))]
 
@@ -631,6 +685,13 @@ def _geomean(rows: list[dict], key: str) -> float:
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
 
 
+def results_name(target: str, names: list[str]) -> str:
+    """The results file's name: ``int8_cnn``, then ``_<target>`` unless host, then the models joined
+    by ``_`` unless all of them ran."""
+    name = "int8_cnn" if target == "host" else f"int8_cnn_{target}"
+    return name if sorted(names) == sorted(MODELS) else name + "_" + "_".join(names)
+
+
 def _tvm_threads() -> int | None:
     import tvm
 
@@ -646,9 +707,13 @@ def main() -> None:
     p.add_argument("--number", type=int, default=3, help="calls per variant per round (their mean is a sample)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each variant first")
     p.add_argument("--threads", type=int, default=2, help="threads for every framework")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="time each variant in N fresh processes, alternating (bench/fresh_process.py), "
+                        "instead of round-robin in this process; --rounds x --number calls per process")
     p.add_argument("--target", default="host",
                    help="hwcomp's target (one this CPU runs, e.g. x86-avx2 on an AVX-512 host: the AVX2 "
-                        "kernels' int8/fp32 ratio); results go to int8_cnn_<target>.json unless host")
+                        "kernels' int8/fp32 ratio); results go to int8_cnn_<target>.json unless host "
+                        "(a subset of --models: their names follow)")
     p.add_argument("--emulate-cpu", default="auto",
                    help="also measure ONNX Runtime int8's fidelity on this qemu CPU model (qemu-user; "
                         f"'none' to skip). auto: {emulated_cpu.AVX2_CPU} (a Zen 3: AVX2, no AVX-512) where the "
@@ -684,6 +749,15 @@ def main() -> None:
         p.error("--emulate-cpu needs qemu-x86_64 (apt install qemu-user-static)")
     elif not emulated_cpu.known_cpu(args.emulate_cpu):
         p.error(f"qemu-x86_64 has no CPU model {args.emulate_cpu!r} (see qemu-x86_64 -cpu help)")
+    if args.processes < 0:
+        p.error("--processes must be 0 (off) or a number of processes per variant")
+    # OpenVINO on the CPU the target stands for: an AVX2 target on an AVX-512 host caps oneDNN at
+    # AVX2 (before OpenVINO loads), so its int8/fp32 ratio is an AVX2 CPU's; the JSON names the
+    # kernels it took. A cap the user set is kept. ONNX Runtime has no such switch: its columns
+    # are this CPU's kernels.
+    if (target.arch == "x86_64" and target.vector_bits <= 256 and get_target("host").vector_bits >= 512
+            and "ONEDNN_MAX_CPU_ISA" not in os.environ):
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -725,8 +799,13 @@ def main() -> None:
     threads = {"tvm": _tvm_threads(), "torch": torch.get_num_threads(), "onnxruntime": args.threads}
     print()
     print(f"CPU: {machine['cpu']} (AVX2 {machine['avx2']}, AVX-512 {machine['avx512']}, "
-          f"VNNI {'avx512_vnni' in machine['avx512_flags']}); threads: {threads}; batch 1; median of "
-          f"{args.rounds} round-robin rounds x {args.number} call(s)")
+          f"VNNI {'avx512_vnni' in machine['avx512_flags']}); threads: {threads}; batch 1; " + (
+              f"median over {args.processes} fresh processes per variant, alternating, of each one's median of "
+              f"{args.rounds} rounds x {args.number} call(s)" if args.processes else
+              f"median of {args.rounds} round-robin rounds x {args.number} call(s)"))
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        print(f"OpenVINO's kernels capped at ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']} "
+              "(ONNX Runtime runs this CPU's own)")
     print()
     print_markdown(rows)
     print("ORT int8 = the faster of S8S8 and U8S8 (in brackets); cosine = mean over "
@@ -736,6 +815,13 @@ def main() -> None:
                 for lb in ORT_INT8.values() if lb + "_ms" in r]
         if both:
             print(f"  {r['model']} ORT int8: " + ", ".join(both))
+        paired = [f"{who} {r[key]:.2f}x" for who, key in (("hwcomp", "hwcomp_int8_speedup_paired"),
+                                                            ("OpenVINO", "ov_int8_speedup_paired")) if key in r]
+        if paired:
+            print(f"  {r['model']} int8/fp32 paired by rotation (median of per-rotation ratios): " + ", ".join(paired))
+        if r.get("ov_conv_kernels"):
+            print(f"  {r['model']} OpenVINO conv kernels: " + "; ".join(
+                f"{lb.split('_')[-1]} {', '.join(k)}" for lb, k in r["ov_conv_kernels"].items()))
         for label, why in r.get("errors", {}).items():
             print(f"  {r['model']} {label}: {why}")
         e = r.get("emulated")
@@ -772,7 +858,7 @@ def main() -> None:
 
     geomean, geomean_ov = _geomean(rows, "hwcomp_int8_over_ort_int8"), _geomean(rows, "hwcomp_int8_over_ov_int8")
     total_s = time.perf_counter() - t_start
-    write_results("int8_cnn" if args.target == "host" else f"int8_cnn_{args.target}", {
+    write_results(results_name(args.target, names), {
         "target": args.target, "machine": machine, "threads": threads, "rounds": args.rounds, "number": args.number,
         "warmup": args.warmup, "pause_s": PAUSE_S, "quick": args.quick,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED, "distribution": "N(0, 1)"},
@@ -780,7 +866,8 @@ def main() -> None:
         "models": rows, "digits": dig, "trained_resnets": trained, "geomean_hwcomp_int8_over_ort_int8": geomean,
         "geomean_hwcomp_int8_over_ov_int8": geomean_ov,
         "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
-        "emulated_cpu": args.emulate_cpu,
+        "emulated_cpu": args.emulate_cpu, "processes": args.processes,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
                  "the faster of S8S8 and U8S8; "
                  "OpenVINO int8 = NNCF post-training quantization, fp32 precision hint; machine shared with other jobs"})

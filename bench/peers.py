@@ -105,6 +105,30 @@ def ort_runner(onnx_path: Path, names: list[str], arrays: list[np.ndarray], thre
     return call, lambda: np.asarray(call()[0])
 
 
+def ov_compile(model, threads: int):
+    """An OpenVINO CPU compiled model of ``model`` (a path to an ONNX file or OpenVINO IR, or an
+    ``ov.Model``): latency hint, ``threads`` inference threads, fp32 arithmetic for whatever is not
+    quantized (see :func:`openvino_runner`). The kernels follow the CPU, capped by the environment's
+    ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``), read when OpenVINO first compiles in the process."""
+    import openvino as ov
+
+    core = ov.Core()
+    src = core.read_model(str(model)) if isinstance(model, (str, Path)) else model
+    return core.compile_model(src, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                           "INFERENCE_PRECISION_HINT": "f32"})
+
+
+def ov_conv_kernels(compiled) -> list[str]:
+    """The kernels OpenVINO chose for a compiled model's convolutions (their ``primitiveType``, e.g.
+    ``brgconv_avx2_1x1_I8``): which ISA it runs, read back rather than assumed."""
+    kinds = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if "layerType" in rt and "primitiveType" in rt and str(rt["layerType"].astype(str)) == "Convolution":
+            kinds.add(str(rt["primitiveType"].astype(str)))
+    return sorted(kinds)
+
+
 def openvino_runner(onnx_path: Path | None, module, inputs, names: list[str], arrays: list[np.ndarray],
                     threads: int) -> tuple:
     """OpenVINO CPU plugin, latency hint, ``threads`` inference threads, fp32 arithmetic. Reads the
@@ -116,13 +140,11 @@ def openvino_runner(onnx_path: Path | None, module, inputs, names: list[str], ar
     Returns (call, output, "onnx" | "convert_model")."""
     import openvino as ov
 
-    core = ov.Core()
     if onnx_path is not None:
-        model, source = str(onnx_path), "onnx"
+        model, source = onnx_path, "onnx"
     else:
         model, source = ov.convert_model(module, example_input=tuple(inputs)), "convert_model"
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                 "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov_compile(model, threads)
     request = compiled.create_infer_request()
     if source == "onnx":
         ov_names = [p.get_any_name() for p in compiled.inputs]
