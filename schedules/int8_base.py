@@ -52,6 +52,11 @@ class KernelProvider:
     def __init__(self, target=None):
         self.target = target
 
+    @property
+    def cores(self) -> int:
+        """The target's cores (1 without a target): the blocked conv's task order and row view."""
+        return self.target.num_cores if self.target is not None else 1
+
     def dense_layout(self, m: int, k: int, n: int, w_absmax: int = 127) -> str:
         """Weight layout for an ``M x K x N`` dense whose weight codes are at most ``w_absmax``."""
         return "nk"
@@ -114,8 +119,7 @@ class KernelProvider:
         bits = self.target.vector_bits if self.target is not None else 128
         if depthwise:
             return schedule_depthwise_nchwc_int8(func, bits)
-        cores = self.target.num_cores if self.target is not None else 1
-        return schedule_conv_nchwc_int8(func, dot[0], dot[2], bits, cores)
+        return schedule_conv_nchwc_int8(func, dot[0], dot[2], bits, self.cores)
 
     def schedule_batch_matmul(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None

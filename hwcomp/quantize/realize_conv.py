@@ -109,9 +109,9 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     ob = -(-o // ic.BLOCK)
     rows, width = oh, ow
     if (kh, kw) == (1, 1) and strides == [1, 1] and not any(padding):
-        cores = getattr(provider.target, "num_cores", 1)
-        rows, width = ic.row_view(oh, ow, lambda v: provider.conv_reg_n(v, xi, dot), ob, cores)
-    if (rows, width) != (oh, ow):  # the pixels as one row: reshapes of contiguous values, no copies
+        rows, width = ic.row_view(oh, ow, lambda v: provider.conv_reg_n(v, xi, dot), ob, provider.cores)
+    viewed = (rows, width) != (oh, ow)
+    if viewed:  # the pixels as one row: reshapes of contiguous values, no copies
         xq = bb.emit(relax.op.reshape(xq, (n, cb, rows, width, xi)))
         if residual is not None:
             residual = (residual[0], bb.emit(relax.op.reshape(residual[1], (n, ob, rows, width, ic.BLOCK))))
@@ -123,7 +123,7 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     out = _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot),
                 [xq, relax.const(ic.pack_conv_weight(wq, xi, ic.BLOCK, dot.kb, dot.halves, taps))], bias, epi, eparams,
                 ob * ic.BLOCK, (n, o, rows, width), (n, ob, rows, width, ic.BLOCK), nchw_out, residual)
-    if (rows, width) != (oh, ow):
+    if viewed:
         out = bb.emit(relax.op.reshape(out, (n, o, oh, ow) if nchw_out else (n, ob, oh, ow, ic.BLOCK)))
     return out
 

@@ -154,13 +154,14 @@ def inputs_once(input_bytes: int, weight_bytes: int, row_tasks: int, cores: int)
     return input_bytes >= weight_bytes and weight_bytes <= ROWS_OUTER_WEIGHT_CAP and row_tasks >= 2 * cores
 
 
-def choose_reg_n(ow: int, vectors: int, registers: int = 16) -> int:
-    """Output pixels per register tile. At most 8, and ``(registers - 4) / vectors`` accumulators (the
+def choose_reg_n(ow: int, vectors: int, registers: int = 16, accumulators: int | None = None) -> int:
+    """Output pixels per register tile. At most 8, and ``registers - 4`` accumulator registers (the
     broadcast input, the weight vectors and LLVM's temporaries need the rest: 7 pixels x 2 vectors
-    on AVX2 spilled and ran 1.6x slower than 4), at least 3 (fewer leaves the FMA units idle); among
-    those the tile that wastes the fewest pixels in the last tile of a row, the longer on a tie
-    (ResNet's 7-wide rows: 4+3 measured faster than 6+1)."""
-    most = max(1, min(ow, 8, (registers - 4) // max(vectors, 1)))
+    on AVX2 spilled and ran 1.6x slower than 4) or ``accumulators`` where given, at least 3 (fewer
+    leaves the FMA units idle); among those the tile that wastes the fewest pixels in the last tile
+    of a row, the longer on a tie (ResNet's 7-wide rows: 4+3 measured faster than 6+1)."""
+    acc = registers - 4 if accumulators is None else accumulators
+    most = max(1, min(ow, 8, acc // max(vectors, 1)))
     least = min(3, most)
     return min(range(least, most + 1), key=lambda n: (-(-ow // n) * n, -n))
 

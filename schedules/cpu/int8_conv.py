@@ -29,9 +29,7 @@ def int8_reg_n(ow: int, vectors: int, registers: int = 16, accumulators: int | N
     sequences need two more temporaries than an FMA (AVX2: the s16 pairs and the ones vector).
     ``accumulators``: the most accumulator registers a tile may take instead (a target whose dot
     step is bound by its multiply ports, not its loads, can take LLVM's spills of the rest)."""
-    if accumulators is not None:
-        return choose_reg_n(ow, vectors, accumulators + 4)  # choose_reg_n keeps 4 registers aside
-    return choose_reg_n(ow, vectors, registers - 2)
+    return choose_reg_n(ow, vectors, registers - 2, accumulators)
 
 
 def _schedule_pad(sch: s_tir.Schedule, vector_bits: int) -> None:

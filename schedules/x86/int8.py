@@ -53,22 +53,26 @@ AVX2_S16 = "hwcomp_x86_avx2_s16s16s32_8x2"
 AVX512_S16 = "hwcomp_x86_avx512_s16s16s32_16x2"
 
 
-def _avx2_intrin(a_dtype: str):
-    desc = cpu_dot_desc(a_dtype, 8, 2)
+def _pmaddwd_intrin(a_dtype: str, b_dtype: str = "int8", lanes: int = 8, pmadd: str = "llvm.x86.avx2.pmadd.wd"):
+    """``C[i] += A[0] B[i, 0] + A[1] B[i, 1]`` into int32 with ``vpmaddwd`` (with VNNI LLVM folds the
+    add into ``vpdpwssd``): the pair of ``A`` broadcast as one 32-bit lane, 8-bit operands widened to
+    int16 first. int8/uint8 ``A`` with int8 ``B``: the AVX2 dense kernels' full-range path; int16
+    both: the int8 Winograd's products (exact transformed inputs times the transformed weights)."""
+    wide = f"int16x{2 * lanes}"
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), a_dtype, offset_factor=1), B: T.Buffer((8, 2), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+    def impl(A: T.Buffer((2,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 2), b_dtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
             a_pair = T.reinterpret(T.cast(A.vload([0], a_dtype + "x2"), "int16x2"), dtype="int32")
-            a16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
-            b16 = T.cast(B.vload([0, 0], "int8x16"), "int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16, b16, dtype="int32x8")
+            a16 = T.reinterpret(T.broadcast(a_pair, lanes), dtype=wide)
+            b16 = T.cast(B.vload([0, 0], f"{b_dtype}x{2 * lanes}"), wide)
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmadd), a16, b16, dtype=f"int32x{lanes}")
 
-    return desc, impl
+    return cpu_dot_desc(a_dtype, lanes, 2, b_dtype), impl
 
 
 @T.prim_func(s_tir=True)
@@ -132,31 +136,11 @@ def _vnni_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4),
             C.vload([0], "int32x16"), a_bytes, B.vload([0, 0], "int8x64"), dtype="int32x16")
 
 
-def _s16_intrin(lanes: int, pmadd: str):
-    """``C[i] += A[0] B[i, 0] + A[1] B[i, 1]`` in int16 x int16 → int32 (``vpmaddwd``; with VNNI
-    LLVM folds the add into ``vpdpwssd``): the int8 Winograd's products (exact transformed
-    inputs times the transformed weights)."""
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((lanes, 2), "int16", offset_factor=1),
-             C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
-            T.writes(C[0:lanes])
-            a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-            a16 = T.reinterpret(T.broadcast(a_pair, lanes), dtype=f"int16x{2 * lanes}")
-            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], f"int32x{lanes}") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(pmadd), a16, B.vload([0, 0], f"int16x{2 * lanes}"),
-                dtype=f"int32x{lanes}")
-
-    return cpu_dot_desc("int16", lanes, 2, "int16"), impl
-
-
 def register_intrinsics() -> None:
-    register_intrin(AVX2_S16, *_s16_intrin(8, "llvm.x86.avx2.pmadd.wd"))
-    register_intrin(AVX512_S16, *_s16_intrin(16, "llvm.x86.avx512.pmaddw.d.512"))
-    register_intrin(AVX2_S8, *_avx2_intrin("int8"))
-    register_intrin(AVX2_U8, *_avx2_intrin("uint8"))
+    register_intrin(AVX2_S16, *_pmaddwd_intrin("int16", "int16"))
+    register_intrin(AVX512_S16, *_pmaddwd_intrin("int16", "int16", 16, "llvm.x86.avx512.pmaddw.d.512"))
+    register_intrin(AVX2_S8, *_pmaddwd_intrin("int8"))
+    register_intrin(AVX2_U8, *_pmaddwd_intrin("uint8"))
     register_intrin(AVX2_U8S7, cpu_dot_desc("uint8", 8, 4), _avx2_u8s7_impl)
     register_intrin(VNNI_U8, cpu_dot_desc("uint8", 16, 4), _vnni_impl)
     register_intrin(AVX2_U8S7_SAT, _pairs_desc(), _avx2_u8s7_sat_impl)
