@@ -14,7 +14,8 @@ Variant kinds (what the child process loads from ``path``): ``hwcomp`` (an artif
 
     python bench/fresh_process.py KIND PATH INPUT.npy [--rounds 10] [--number 3] [--warmup 3] [--threads 2]
 
-(the child) prints one JSON line: ``{"samples_ms": [...]}``, each sample the mean of ``--number`` calls.
+(the child) prints one line ``RESULT {"samples_ms": [...]}`` (each sample the mean of ``--number``
+calls), which the parent finds among whatever else the libraries print.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("hwcomp", "ort", "openvino")
+RESULT = "RESULT "  # the child's result line starts with this
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def child_main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    os.environ.setdefault("TVM_NUM_THREADS", str(a.threads))  # before TVM loads
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before TVM loads: every kind runs --threads
     call = _loader(a.kind, a.path, np.load(a.input), a.threads)
     for _ in range(a.warmup):
         call()
@@ -83,7 +85,7 @@ def child_main(argv: list[str] | None = None) -> None:
         for _ in range(a.number):
             call()
         samples.append((time.perf_counter() - t) / a.number * 1e3)
-    print(json.dumps({"samples_ms": samples}))
+    print(RESULT + json.dumps({"samples_ms": samples}))
 
 
 def time_fresh(variants: list[Variant], x: np.ndarray, workdir: Path, rotations: int, rounds: int = 10,
@@ -105,24 +107,34 @@ def time_fresh(variants: list[Variant], x: np.ndarray, workdir: Path, rotations:
                    "--rounds", str(rounds), "--number", str(number), "--warmup", str(warmup),
                    "--threads", str(threads)]
             try:
-                done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s)
-                last = (done.stdout.strip().splitlines() or [""])[-1]
-                if done.returncode != 0 or not last.startswith("{"):
-                    err = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-                    raise RuntimeError(f"child process failed: {err[:200]}")
-                out[v.label].append(json.loads(last)["samples_ms"])
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                out[v.label].append(_run_child(cmd, timeout_s))
+            except (RuntimeError, ValueError, KeyError, TypeError, OSError, subprocess.TimeoutExpired) as e:
                 if on_error is not None:
-                    on_error(v.label, f"{type(e).__name__}: {str(e)[:200]}")
+                    on_error(v.label, f"{type(e).__name__}: {e}"[-300:])
                 live = [w for w in live if w.label != v.label]
                 out[v.label] = []
     return out
 
 
+def _run_child(cmd: list[str], timeout_s: float) -> list[float]:
+    """Run one child; its samples, or an error naming why not (its last stderr line)."""
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, errors="replace", timeout=timeout_s)
+    results = [ln[len(RESULT):] for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode != 0 or not results:
+        err = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no result line"])[-1]
+        raise RuntimeError(f"child process failed: {err}")
+    samples = json.loads(results[-1])["samples_ms"]
+    if not isinstance(samples, list) or not samples:
+        raise ValueError(f"child process returned no samples: {results[-1][:100]}")
+    return [float(v) for v in samples]
+
+
 def paired_ratio(a: list[list[float]], b: list[list[float]]) -> float | None:
-    """Median over rotations of median(a) / median(b), rotation by rotation (None without a pair)."""
-    pairs = [np.median(x) / np.median(y) for x, y in zip(a, b)]
-    return float(np.median(pairs)) if pairs else None
+    """Median over rotations of median(a) / median(b), rotation by rotation; None unless both have
+    the same number of rotations (``time_fresh`` returns a failed variant's list empty)."""
+    if not a or len(a) != len(b):
+        return None
+    return float(np.median([np.median(x) / np.median(y) for x, y in zip(a, b)]))
 
 
 if __name__ == "__main__":

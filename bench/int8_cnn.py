@@ -34,9 +34,10 @@ resnet18, resnet50, mobilenet_v2, efficientnet_b0, convnext_tiny. Variants per m
 
 Fidelity: cosine of the output (``last_hidden_state``) against PyTorch fp32 on 4 held-out random
 images (seed 1), mean over the images (the JSON also has the minimum and the fp32 variants' cosine).
-"cosine fp32, input in 8 bits" is the ceiling every int8 build faces: PyTorch fp32 on the held-out
-images rounded to 8 bits (symmetric, each image's own range) and nothing else (random-init ResNet-50,
-whose 50 layers amplify any perturbation: 0.79; 0.1 % input noise already gives 0.99).
+"cosine fp32, input in 8 bits" estimates what rounding the input alone to 8 bits costs: PyTorch fp32
+on the held-out images rounded to 8 bits (symmetric, each image's own range; a build's calibrated,
+clipped or asymmetric input scale differs a little) and nothing else. Random-init ResNet-50, whose
+50 layers amplify any perturbation, gives 0.79 there: the reason no int8 build of it comes near 0.99.
 Latency: all variants of a model round-robin (every variant ``--number`` calls per round, a 0.3 s
 pause before each so the previous framework's spinning threads park), median over ``--rounds``
 rounds, after a warm-up. ``--number`` defaults to 3: on this shared VM a single call per round
@@ -80,7 +81,8 @@ images: per-image logit cosine (mean and minimum), top-1 accuracy and agreement 
 
 ``--quick``: resnet18 only, 3 rounds, no digits section (~45 s on 2 cores; ``--models mobilenet_v2
 --rounds 2`` with the digits section ~100 s). Writes ``bench/results/int8_cnn.json`` (``results_name``:
-the target and a subset of the models are in the name, so a partial run never replaces a full one).
+the target and a subset of the models are in the name, so a partial run never replaces a full one:
+``--quick`` writes ``int8_cnn_resnet18.json``).
 Last line: ``int8_cnn_geomean_hwcomp_over_ort_int8=<x>``: the geometric mean over the models of
 hwcomp int8 latency / ONNX Runtime int8 latency (lower is better; below 1 = hwcomp int8 faster);
 ``nan`` when no model has both.
@@ -164,7 +166,7 @@ def ov_int8_nncf(onnx_path: Path, calib: list[np.ndarray], threads: int, save_to
     model = ov.Core().read_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
     if save_to is not None:
-        ov.save_model(quantized, str(save_to))
+        ov.save_model(quantized, str(save_to), compress_to_fp16=False)  # the model timed and checked here
     return _ov_run(peers.ov_compile(quantized, threads))
 
 
@@ -253,7 +255,7 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     held = _images(shape, N_HELD, HELD_SEED)
     with torch.no_grad():
         refs = [module(torch.from_numpy(x)).numpy() for x in held]
-        # the ceiling any int8 build faces: fp32 arithmetic, only the input image rounded to 8 bits
+        # what rounding the input alone to 8 bits costs: fp32 arithmetic on the rounded image
         rounded = [module(torch.from_numpy(_round_8bit(x))).numpy() for x in held]
     row["cosine_mean"]["fp32_input_8bit"] = float(np.mean([_cos(a, b) for a, b in zip(rounded, refs)]))
     row["build_s"] = time.perf_counter() - t0
@@ -407,30 +409,31 @@ def bench_model(name: str, args, workdir: Path) -> dict:
     return row
 
 
+def _call(calls: dict, label: str, n: int, row: dict) -> bool:
+    """Call ``label`` ``n`` times; a failure is recorded in ``row`` and drops the variant."""
+    try:
+        for _ in range(n):
+            calls[label]()
+        return True
+    except Exception as e:  # noqa: BLE001 - one variant's failure is a result
+        row["errors"][label] = _reason(e)
+        calls.pop(label)
+        return False
+
+
 def _time_in_process(calls: dict, args, row: dict) -> dict:
     """Every variant warmed up, then round-robin in this process: label -> samples (ms)."""
     samples: dict = {label: [] for label in calls}
     for label in list(calls):
-        try:
-            for _ in range(args.warmup):
-                calls[label]()
-        except Exception as e:  # noqa: BLE001
-            row["errors"][label] = _reason(e)
-            calls.pop(label)
+        _call(calls, label, args.warmup, row)
     print(f"  timing {len(calls)} variants x {args.rounds} rounds", flush=True)
     with torch.no_grad():
         for _ in range(args.rounds):
             for label in list(calls):
                 time.sleep(PAUSE_S)  # let the previous framework's spinning threads park
                 t = time.perf_counter()
-                try:
-                    for _ in range(args.number):
-                        calls[label]()
-                except Exception as e:  # noqa: BLE001
-                    row["errors"][label] = _reason(e)
-                    calls.pop(label)
-                    continue
-                samples[label].append((time.perf_counter() - t) / args.number * 1e3)
+                if _call(calls, label, args.number, row):
+                    samples[label].append((time.perf_counter() - t) / args.number * 1e3)
     return samples
 
 
@@ -712,7 +715,8 @@ def results_name(target: str, names: list[str]) -> str:
     """The results file's name: ``int8_cnn``, then ``_<target>`` unless host, then the models joined
     by ``_`` unless all of them ran."""
     name = "int8_cnn" if target == "host" else f"int8_cnn_{target}"
-    return name if sorted(names) == sorted(MODELS) else name + "_" + "_".join(names)
+    ran = [m for m in MODELS if m in names]  # MODELS' order, each once: the same subset, the same file
+    return name if ran == list(MODELS) else name + "_" + "_".join(ran)
 
 
 def _tvm_threads() -> int | None:
@@ -776,10 +780,11 @@ def main() -> None:
         p.error("--processes must be 0 (off) or a number of processes per variant")
     # OpenVINO on the CPU the target stands for: an AVX2 target on an AVX-512 host caps oneDNN at
     # AVX2 (before OpenVINO loads), so its int8/fp32 ratio is an AVX2 CPU's; the JSON names the
-    # kernels it took. A cap the user set is kept. ONNX Runtime has no such switch: its columns
-    # are this CPU's kernels.
+    # kernels it took. PyTorch's oneDNN reads the same variable (its fp32 reference then runs AVX2
+    # kernels too: the cosines move in the 9th digit). A cap the user set (either name) is kept.
+    # ONNX Runtime has no such switch: its columns are this CPU's kernels.
     if (target.arch == "x86_64" and target.vector_bits <= 256 and get_target("host").vector_bits >= 512
-            and "ONEDNN_MAX_CPU_ISA" not in os.environ):
+            and not {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"} & set(os.environ)):
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
     # before TVM is loaded: its runtime would pick 1 thread on this 2-vCPU machine
@@ -891,7 +896,9 @@ def main() -> None:
         "geomean_over": [r["model"] for r in rows if "hwcomp_int8_over_ort_int8" in r], "total_s": total_s,
         "emulated_cpu": args.emulate_cpu, "processes": args.processes,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "notes": "latency = median over round-robin rounds, batch 1; ORT int8 = quantize_static QDQ per-channel, "
+        "notes": ("latency = median over --processes fresh processes of each one's median (samples_ms: those "
+                  "process medians; process_samples_ms: every sample)" if args.processes else
+                  "latency = median over round-robin rounds") + ", batch 1; ORT int8 = quantize_static QDQ per-channel, "
                  "the faster of S8S8 and U8S8; "
                  "OpenVINO int8 = NNCF post-training quantization, fp32 precision hint; machine shared with other jobs"})
     print(f"total {total_s:.0f} s")

@@ -12,14 +12,18 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: the ORT/OpenVINO timing children need none
+    import torch
 
 
 def count_flops(module: torch.nn.Module, inputs) -> int:
     """FLOPs of one forward (``torch.utils.flop_counter``: 2 per multiply-add of matmul, conv and
     attention; elementwise work is not counted)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -46,6 +50,8 @@ def machine_info(threads: int) -> dict:
 
 
 def torch_runner(module, inputs):
+    import torch
+
     def call():
         with torch.no_grad():
             return module(*inputs)
@@ -59,6 +65,8 @@ def export_onnx(module, inputs, path: Path) -> tuple[list[str], str]:
     import contextlib
     import io
     import logging
+
+    import torch
 
     names = [f"input{i}" for i in range(len(inputs))]
     errors = []

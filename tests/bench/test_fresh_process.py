@@ -2,6 +2,8 @@
 ``bench/int8_cnn.py --processes``). Real children, a real artifact and ONNX file; the timings' values
 are the machine's, so what is asserted is what the parent gets back and how failures surface."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import fresh_process  # noqa: E402
+import fresh_process
 
 
 def test_paired_ratio_pairs_rotations():
@@ -19,6 +21,66 @@ def test_paired_ratio_pairs_rotations():
     assert fresh_process.paired_ratio([], [[1.0]]) is None
 
 
+class _FakeRun:
+    """Stands in for ``subprocess.run`` (only the parent's bookkeeping is under test here): records
+    each child's variant path and answers from ``script(path, call_index)``."""
+
+    def __init__(self, script):
+        self.script, self.paths = script, []
+
+    def __call__(self, cmd, **kw):
+        path = cmd[3]
+        self.paths.append(Path(path).name)
+        out = self.script(Path(path).name, len(self.paths) - 1)
+        if isinstance(out, BaseException):
+            raise out
+        rc, stdout, stderr = out
+        return subprocess.CompletedProcess(cmd, rc, stdout, stderr)
+
+
+def _ok(ms):
+    return 0, "a library's chatter\n" + fresh_process.RESULT + json.dumps({"samples_ms": ms}) + "\nmore\n", ""
+
+
+def test_rotations_alternate_and_a_failure_drops_the_variant(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def script(name, i):
+        if name == "b":
+            calls["n"] += 1
+            if calls["n"] == 2:  # b fails in its second rotation
+                return 1, "", "Traceback ...\nValueError: bad artifact"
+        return _ok([1.0, 2.0])
+
+    fake = _FakeRun(script)
+    monkeypatch.setattr(fresh_process.subprocess, "run", fake)
+    errors = {}
+    vs = [fresh_process.Variant("a", "hwcomp", Path("a")), fresh_process.Variant("b", "ort", Path("b"))]
+    got = fresh_process.time_fresh(vs, np.zeros(2, np.float32), tmp_path, rotations=4, on_error=errors.__setitem__)
+    # order reversed every other rotation; b gone after its failure (rotation 1, where it ran first)
+    assert fake.paths == ["a", "b", "b", "a", "a", "a"]
+    assert got == {"a": [[1.0, 2.0]] * 4, "b": []}
+    assert errors == {"b": "RuntimeError: child process failed: ValueError: bad artifact"}
+
+
+@pytest.mark.parametrize("answer, why", [
+    ((0, fresh_process.RESULT + "{not json", ""), "JSONDecodeError"),
+    ((0, fresh_process.RESULT + json.dumps({"other": 1}), ""), "KeyError"),
+    ((0, fresh_process.RESULT + json.dumps({"samples_ms": []}), ""), "no samples"),
+    ((0, "finished, but printed no result line\n", ""), "no result line"),
+    (subprocess.TimeoutExpired(["python"], 5), "TimeoutExpired"),
+    (OSError("cannot start"), "cannot start"),
+])
+def test_a_bad_child_is_reported_not_raised(tmp_path, monkeypatch, answer, why):
+    monkeypatch.setattr(fresh_process.subprocess, "run", _FakeRun(lambda name, i: answer))
+    errors = {}
+    got = fresh_process.time_fresh([fresh_process.Variant("x", "ort", Path("x"))], np.zeros(2, np.float32),
+                                   tmp_path, rotations=2, on_error=errors.__setitem__)
+    assert got == {"x": []}
+    assert why in errors["x"], errors
+
+
+@pytest.mark.slow
 def test_variants_timed_in_fresh_processes(tmp_path):
     import hwcomp
 
