@@ -351,10 +351,11 @@ def bench_model(name: str, args, workdir: Path) -> dict:
             if label == "ov_fp32":
                 run, kernels = _ov_run(peers.ov_compile(onnx_path, args.threads))
                 sources[label] = ("openvino", onnx_path)
-            else:
-                ir = wd / "ov_int8.xml"
+            else:  # the IR is written only for its readers: fresh processes, the emulated CPU
+                ir = wd / "ov_int8.xml" if args.processes or args.emulate_cpu else None
                 run, kernels = ov_int8_nncf(onnx_path, calib, args.threads, ir)
-                sources[label] = ("openvino", ir)
+                if ir is not None:
+                    sources[label] = ("openvino", ir)
             row.setdefault("ov_conv_kernels", {})[label] = kernels
             x0 = held[0]
             return run, (lambda: run(x0))
@@ -766,8 +767,9 @@ def main() -> None:
         p.error(str(e))
     if not target.runs_here():
         p.error(f"target {args.target!r} does not run on this machine: its int8 and fp32 builds could not be timed here")
+    host = get_target("host")
     if args.emulate_cpu == "auto":
-        host_vnni = get_target("host").int8_dot == "vnni"
+        host_vnni = host.int8_dot == "vnni"
         args.emulate_cpu = emulated_cpu.AVX2_CPU if (
             host_vnni and target.int8_dot != "vnni" and emulated_cpu.qemu_x86()) else None
     elif args.emulate_cpu == "none":
@@ -783,7 +785,7 @@ def main() -> None:
     # kernels it took. PyTorch's oneDNN reads the same variable (its fp32 reference then runs AVX2
     # kernels too: the cosines move in the 9th digit). A cap the user set (either name) is kept.
     # ONNX Runtime has no such switch: its columns are this CPU's kernels.
-    if (target.arch == "x86_64" and target.vector_bits <= 256 and get_target("host").vector_bits >= 512
+    if (target.arch == "x86_64" and target.vector_bits <= 256 and host.vector_bits >= 512
             and not {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"} & set(os.environ)):
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
