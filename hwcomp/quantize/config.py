@@ -56,6 +56,9 @@ class QuantConfig:
     (``int8_winograd.py``: exact int16 input transform, int16 products, the transformed
     weights exact or rounded to an overflow-safe bound) where the target has an int16 pair dot
     (x86); ``False``: every int8 conv runs the direct kernel (bit-exact integer arithmetic).
+    ``fold_taps``: a conv on a narrow float input (an image's 3 channels) reads each kernel row's
+    taps as one run of channels (``int8_conv.conv2d_folded_int8_func``: the stem's 7 taps x 3
+    channels as 24 bytes instead of 7 blocks of 4 or 8); ``False``: the blocked layout.
     """
 
     bits: int = 8
@@ -77,6 +80,7 @@ class QuantConfig:
     fuse_residual: bool = True
     weight_rounding: str = "gptq"
     winograd: bool = True
+    fold_taps: bool = True
 
     def __post_init__(self):
         if isinstance(self.skip, str):

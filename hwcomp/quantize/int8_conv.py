@@ -198,6 +198,85 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
     return f.with_attr(GEOMETRY_ATTR, [int(sh), int(sw), int(dh), int(dw)])
 
 
+#: The most input bytes per pixel of a conv run with its kernel rows folded into the channels.
+MAX_FOLD = 64
+
+
+def fold_width(channels: int, kw: int, dw: int, kb: int) -> int:
+    """Input bytes per output pixel (``xi``, a multiple of the dot's ``kb``) of a narrow conv run
+    with each kernel row's taps folded into the channels (:func:`conv2d_folded_int8_func`), or 0
+    where that reads no fewer bytes than the blocked layout's ``kw`` taps of ``in_block`` channels
+    each. An image's 3 channels under a 7-tap row: 24 bytes instead of 7 x 4 (the 4-byte dots) or
+    7 x 8 (AVX2's 8-byte step)."""
+    if kw < 2 or dw != 1:  # the folded taps must be contiguous pixels of the input row
+        return 0
+    folded = -(-channels * kw // kb) * kb
+    return folded if folded < kw * in_block(channels, kb) and folded <= MAX_FOLD else 0
+
+
+def fold_conv_weight(wq: np.ndarray) -> np.ndarray:
+    """``wq [O, C, KH, KW]`` → ``[O, KW * C, KH, 1]``: input channel ``kx * C + c`` is tap ``kx``
+    of channel ``c`` (the folded input's byte order)."""
+    o, c, kh, kw = wq.shape
+    return np.ascontiguousarray(wq.transpose(0, 3, 1, 2).reshape(o, kw * c, kh, 1))
+
+
+def conv2d_folded_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding,
+                            dilation_h: int, xi: int, a_dtype: str, epi: Epilogue, pad_value: int, kb: int,
+                            reg_n: int, nchw_out: bool, halves: int = 1,
+                            residual: Residual | None = None) -> tirx.PrimFunc:
+    """A conv whose kernel rows are folded into the channels, on ``A [N, H, W * C]`` (the blocked
+    layout with one block of all ``C`` channels, HWC, rows reshaped; ``x_shape`` is
+    ``(N, H, W, C)``) with the weights ``fold_conv_weight`` packed
+    as a ``(KH, 1)`` kernel of ``xi`` input bytes (:func:`pack_conv_weight`). ``pad`` holds the
+    zero-point padded rows, each its pixels' channels in a row of bytes; output pixel ``ox`` of row
+    ``oy`` reduces the ``xi`` contiguous bytes from ``pad[., oy * sh + ky * dh, ox * sw * C]`` per
+    kernel row: its ``KW * C`` taps, and bytes past them that meet zero weights (the row has slack
+    for the last pixel's). Output, epilogue and ``residual`` as :func:`conv2d_nchwc_int8_func`'s;
+    the loop nest is that one's with unit ``rc`` and ``rx``, so the same schedule runs it."""
+    n, h, w, c = x_shape
+    kh, kw = kernel
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    x = BLOCK
+    ob = -(-channels_out // x)
+    oh = out_size(h, kh, sh, dilation_h, pt, pb)
+    ow = out_size(w, kw, sw, 1, pl, pr)
+    owp = -(-ow // reg_n) * reg_n
+    length = -(-max((w + pl + pr) * c, (owp - 1) * sw * c + xi) // 64) * 64  # whole vectors for the pad stage
+    i64 = lambda v: tirx.IntImm("int64", v)
+    a = te.placeholder(_s((n, h, w * c)), a_dtype, "A")
+    xp = te.compute(
+        _s((n, h + pt + pb, length)),
+        lambda b, y, j: tirx.if_then_else(
+            tirx.all(y >= pt, y < h + pt, j >= pl * c, j < (pl + w) * c),
+            a[b, tirx.min(tirx.max(y - pt, i64(0)), i64(h - 1)), tirx.min(tirx.max(j - pl * c, i64(0)), i64(w * c - 1))],
+            tirx.const(pad_value, a_dtype)),
+        name="pad")
+    half = kb // halves
+    wshape = (ob, 1, kh, 1, xi // kb, x, kb) if halves == 1 else (ob, 1, kh, 1, xi // kb, halves, x, half)
+    wt = te.placeholder(_s(wshape), "int8", "W")
+    bias = te.placeholder(_s((ob * x,)), "int32", "bias")
+    params = epilogue_inputs(epi, ob * x)
+    unit = (i64(0), i64(1))
+    rc, rx = te.reduce_axis(unit, "rc"), te.reduce_axis(unit, "rx")
+    ry = te.reduce_axis((i64(0), i64(kh)), "ry")
+    rf = te.reduce_axis((i64(0), i64(xi // kb)), "rf")
+    rk = te.reduce_axis((i64(0), i64(half)), "rk")
+    rh = te.reduce_axis((i64(0), i64(halves)), "rh") if halves > 1 else None
+
+    def body(b, o, y, z, v):
+        byte = rf * kb + rk if rh is None else rf * kb + rh * half + rk
+        wv = wt[o, rc, ry, rx, rf, v, rk] if rh is None else wt[o, rc, ry, rx, rf, rh, v, rk]
+        return xp[b, y * sh + ry * dilation_h, z * (sw * c) + byte].astype("int32") * wv.astype("int32")
+
+    axes = [rc, ry, rx, rf, rk] if rh is None else [rc, ry, rx, rf, rh, rk]
+    acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=axes), name="acc")
+    f = _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
+                residual, reg_n)
+    return f.with_attr(GEOMETRY_ATTR, [int(sh), 1, int(dilation_h), 1])
+
+
 def _finish(acc, inputs, params, bias, epi, channels, x, nchw_out, shape5, residual, reg_n) -> tirx.PrimFunc:
     r = residual.placeholder(shape5) if residual is not None else None
     out = _output(acc, bias, params, epi, channels, x, nchw_out, shape5, residual, r)
@@ -312,9 +391,12 @@ __all__ = [
     "BLOCK",
     "Residual",
     "block_int_func",
+    "conv2d_folded_int8_func",
     "conv2d_nchwc_int8_func",
     "depthwise_nchwc_int8_func",
     "dequantize_blocked_func",
+    "fold_conv_weight",
+    "fold_width",
     "in_block",
     "pack_conv_weight",
     "pack_depthwise_weight",

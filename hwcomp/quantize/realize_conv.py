@@ -128,6 +128,35 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
     return out
 
 
+def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: int, wq, bias, epi, eparams, dot,
+                     xi: int, nchw_out: bool, residual=None):
+    """Emit a narrow conv with its kernel rows folded into the channels (``xi`` bytes per pixel,
+    ``provider.conv_fold_width``): the float NCHW input ``x`` quantized into HWC (the blocked
+    layout with one block of all its channels), then ``int8_conv.conv2d_folded_int8_func``;
+    outputs and ``residual`` as :func:`emit_blocked_conv`'s."""
+    n, c, h, w = x_shape
+    o, _, kh, kw = wq.shape
+    strides = [int(v) for v in at.strides]
+    padding = [int(v) for v in at.padding]
+    dilation_h = int(at.dilation[0])
+    from hwcomp.schedules.cpu.int8_conv import schedule_quantize_hwc
+
+    vector_bits = getattr(provider.target, "vector_bits", 128)
+    gq = add_func(bb, schedule_quantize_hwc(ic.quantize_blocked_func(x_shape, px.scale, px.zp, px.dtype, bits, c),
+                                            vector_bits), "q_quantize_hwc")
+    xq = bb.emit(relax.call_tir(gq, [x], relax.TensorType((n, 1, h, w, c), px.dtype)))
+    xq = bb.emit(relax.op.reshape(xq, (n, h, w * c)))
+    oh = ic.out_size(h, kh, strides[0], dilation_h, padding[0], padding[2])
+    ow = ic.out_size(w, kw, strides[1], 1, padding[1], padding[3])
+    ob = -(-o // ic.BLOCK)
+    f = ic.conv2d_folded_int8_func((n, h, w, c), o, (kh, kw), strides, padding, dilation_h, xi, px.dtype, epi, px.zp,
+                                   dot.kb, provider.conv_reg_n(ow, xi, dot), nchw_out, dot.halves,
+                                   residual and residual[0])
+    w8 = ic.pack_conv_weight(ic.fold_conv_weight(wq), xi, ic.BLOCK, dot.kb, dot.halves)
+    return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), [xq, relax.const(w8)], bias, epi, eparams,
+                 ob * ic.BLOCK, (n, o, oh, ow), (n, ob, oh, ow, ic.BLOCK), nchw_out, residual)
+
+
 def winograd_tile(provider, layer, at, enabled: bool = True) -> int:
     """The int8 Winograd tile for this conv (``int8_winograd.use_int_winograd``), 0 for the direct
     kernel: a stride-1 undilated ungrouped 3x3 conv on a static 4-D input, where the provider
@@ -257,6 +286,7 @@ __all__ = [
     "direct_conv_consumers",
     "emit_blocked_conv",
     "emit_blocked_depthwise",
+    "emit_folded_conv",
     "emit_nchw_conv",
     "emit_winograd_conv",
     "is_blocked_pool",

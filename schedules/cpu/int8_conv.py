@@ -39,14 +39,34 @@ def _schedule_pad(sch: s_tir.Schedule, vector_bits: int) -> None:
         pad = sch.get_sblock("pad")
     except s_tir.ScheduleError:
         return
-    b, c, y, z, v = sch.get_loops(pad)
-    sch.parallel(sch.fuse(b, c, y))
-    row = sch.fuse(z, v)
+    loops = sch.get_loops(pad)  # (b, c, y, z, v) blocked, or (b, y, byte) for a folded conv's rows
+    row_loops = loops[3:] if len(loops) == 5 else loops[2:]
+    sch.parallel(sch.fuse(*loops[: len(loops) - len(row_loops)]))
+    row = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
     ext = _const_int(sch.get(row).extent)
     lanes = vector_bits // 8
     if ext is not None and ext % lanes == 0:
         _, vec = sch.split(row, [None, lanes])
         sch.vectorize(vec)
+
+
+def schedule_quantize_hwc(func, vector_bits: int):
+    """``int8_conv.quantize_blocked_func`` with one block of all channels (HWC, a folded conv's
+    input): rows in parallel, each row's pixels as vectors with the few channels unrolled inside
+    (the float reads stay contiguous). Opaque to FuseOps: fused with the reshape that follows it
+    (a free view on its own) it lost this schedule, 0.016 -> 0.073 ms for a 224x224 image."""
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("quantize")
+    b, cb, y, z, v = sch.get_loops(blk)
+    sch.parallel(sch.fuse(b, cb, y))
+    lanes = max(vector_bits // 32, 1)
+    ext = _const_int(sch.get(z).extent)
+    if ext is not None and ext % lanes == 0:
+        zo, zi = sch.split(z, [None, lanes])
+        sch.reorder(zo, v, zi)
+        sch.vectorize(zi)
+    sch.unroll(v)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
 
 
 def _schedule_output(sch: s_tir.Schedule, out, x: int) -> None:
@@ -159,4 +179,5 @@ def schedule_depthwise_nchwc_int8(func, vector_bits: int):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-__all__ = ["int8_reg_n", "int8_rows_outer", "schedule_conv_nchwc_int8", "schedule_depthwise_nchwc_int8"]
+__all__ = ["int8_reg_n", "int8_rows_outer", "schedule_conv_nchwc_int8", "schedule_depthwise_nchwc_int8",
+           "schedule_quantize_hwc"]

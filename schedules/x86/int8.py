@@ -248,6 +248,10 @@ class X86Int8Provider(KernelProvider):
         plan = self._amx_plan(ow, kw, dw, xi, dot)
         return kw if plan is None else plan[2]
 
+    def conv_fold_width(self, channels: int, kw: int, dw: int, dot) -> int:
+        # AMX reads a narrow conv's kernel rows as whole tile rows already (amx_conv_plan)
+        return 0 if self.amx and dot.intrin == VNNI_U8 else super().conv_fold_width(channels, kw, dw, dot)
+
     def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
         if not depthwise and dot is not None and self.amx and dot.intrin == VNNI_U8:
             from .amx import schedule_conv_nchwc_int8_amx
