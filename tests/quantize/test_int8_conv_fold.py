@@ -217,7 +217,7 @@ def test_folded_stem_pipeline(host, tmp_path):
         q = Int8Quantizer(host, QuantConfig(fold_taps=fold), calib, params=imported.params, progress=False)
         seen = []
         art = hwcomp.compile(imported, host, tmp_path / f"fold_{fold}",
-                             options=hwcomp.CompileOptions(passes=[*q.passes(), lambda m: seen.append(m) or m],
+                             options=hwcomp.CompileOptions(passes=[*q.passes(), lambda m, s=seen: s.append(m) or m],
                                                            use_default_database=False, compression_summary=None))
         outs[fold], mods[fold] = art.run([x])[0], seen[0]
         reports[fold] = {r["layer"]: r for r in q.realizer.report}
