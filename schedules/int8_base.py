@@ -108,14 +108,16 @@ class KernelProvider:
         ``kw``, or more (zero taps) where the kernel reads a row's taps as one operand."""
         return kw
 
-    def conv_fold_width(self, channels: int, kw: int, dw: int, dot: ConvDot) -> int:
-        """Input bytes per pixel of a conv on ``channels`` float-fed input channels run with its
-        kernel rows folded into the channels (``int8_conv.conv2d_folded_int8_func``), or 0 for the
-        blocked layout. ResNet's 7x7 stem alone, 2 Zen 4 cores: AVX2's 8-byte step 1.49 -> 0.66 ms,
-        its exact 4-byte step 0.80 -> 0.67, VNNI 0.37 -> 0.32."""
+    def conv_fold(self, channels: int, kw: int, dw: int, dot: ConvDot) -> tuple[int, ConvDot] | None:
+        """``(xi, dot)`` for a conv on ``channels`` float-fed input channels (blocked, it would take
+        ``dot``) run with its kernel rows folded into the channels
+        (``int8_conv.conv2d_folded_int8_func``): ``xi`` input bytes per pixel on the dot step
+        returned; None for the blocked layout. ResNet's 7x7 stem alone, 2 Zen 4 cores: AVX2
+        1.49 -> 0.67 ms (from the blocked 8-byte step), VNNI 0.37 -> 0.32."""
         from hwcomp.quantize.int8_conv import fold_width
 
-        return fold_width(channels, kw, dw, dot.kb)
+        xi = fold_width(channels, kw, dw, dot.kb)
+        return (xi, dot) if xi else None
 
     def schedule_blocked_conv(self, func: tirx.PrimFunc, dot: ConvDot,
                               depthwise: bool = False) -> tirx.PrimFunc:

@@ -202,16 +202,16 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
 MAX_FOLD = 64
 
 
-def fold_width(channels: int, kw: int, dw: int, kb: int) -> int:
+def fold_width(channels: int, kw: int, dw: int, kb: int, blocked_kb: int | None = None) -> int:
     """Input bytes per output pixel (``xi``, a multiple of the dot's ``kb``) of a narrow conv run
     with each kernel row's taps folded into the channels (:func:`conv2d_folded_int8_func`), or 0
     where that reads no fewer bytes than the blocked layout's ``kw`` taps of ``in_block`` channels
-    each. An image's 3 channels under a 7-tap row: 24 bytes instead of 7 x 4 (the 4-byte dots) or
-    7 x 8 (AVX2's 8-byte step)."""
+    each (``blocked_kb``: the blocked layout's dot bytes, if not ``kb``). An image's 3 channels
+    under a 7-tap row: 24 bytes instead of 7 x 4 (the 4-byte dots) or 7 x 8 (AVX2's 8-byte step)."""
     if kw < 2 or dw != 1:  # the folded taps must be contiguous pixels of the input row
         return 0
     folded = -(-channels * kw // kb) * kb
-    return folded if folded < kw * in_block(channels, kb) and folded <= MAX_FOLD else 0
+    return folded if folded < kw * in_block(channels, blocked_kb or kb) and folded <= MAX_FOLD else 0
 
 
 def fold_conv_weight(wq: np.ndarray) -> np.ndarray:
@@ -223,8 +223,7 @@ def fold_conv_weight(wq: np.ndarray) -> np.ndarray:
 
 def conv2d_folded_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], strides, padding,
                             dilation_h: int, xi: int, a_dtype: str, epi: Epilogue, pad_value: int, kb: int,
-                            reg_n: int, nchw_out: bool, halves: int = 1,
-                            residual: Residual | None = None) -> tirx.PrimFunc:
+                            reg_n: int, nchw_out: bool, residual: Residual | None = None) -> tirx.PrimFunc:
     """A conv whose kernel rows are folded into the channels, on ``A [N, H, W * C]`` (the blocked
     layout with one block of all ``C`` channels, HWC, rows reshaped; ``x_shape`` is
     ``(N, H, W, C)``) with the weights ``fold_conv_weight`` packed
@@ -233,7 +232,9 @@ def conv2d_folded_int8_func(x_shape, channels_out: int, kernel: tuple[int, int],
     ``oy`` reduces the ``xi`` contiguous bytes from ``pad[., oy * sh + ky * dh, ox * sw * C]`` per
     kernel row: its ``KW * C`` taps, and bytes past them that meet zero weights (the row has slack
     for the last pixel's). Output, epilogue and ``residual`` as :func:`conv2d_nchwc_int8_func`'s;
-    the loop nest is that one's with unit ``rc`` and ``rx``, so the same schedule runs it."""
+    the loop nest is that one's with unit ``rc`` and ``rx``, so the same schedule runs it. One
+    vector per dot step (``halves`` = 1): AVX2's saturating two-vector step would add four image
+    codes' products in int16 here (``KernelProvider.conv_fold`` takes the exact step instead)."""
     n, h, w, c = x_shape
     kh, kw = kernel
     sh, sw = strides
@@ -253,25 +254,20 @@ def conv2d_folded_int8_func(x_shape, channels_out: int, kernel: tuple[int, int],
             a[b, tirx.min(tirx.max(y - pt, i64(0)), i64(h - 1)), tirx.min(tirx.max(j - pl * c, i64(0)), i64(w * c - 1))],
             tirx.const(pad_value, a_dtype)),
         name="pad")
-    half = kb // halves
-    wshape = (ob, 1, kh, 1, xi // kb, x, kb) if halves == 1 else (ob, 1, kh, 1, xi // kb, halves, x, half)
-    wt = te.placeholder(_s(wshape), "int8", "W")
+    wt = te.placeholder(_s((ob, 1, kh, 1, xi // kb, x, kb)), "int8", "W")
     bias = te.placeholder(_s((ob * x,)), "int32", "bias")
     params = epilogue_inputs(epi, ob * x)
     unit = (i64(0), i64(1))
     rc, rx = te.reduce_axis(unit, "rc"), te.reduce_axis(unit, "rx")
     ry = te.reduce_axis((i64(0), i64(kh)), "ry")
     rf = te.reduce_axis((i64(0), i64(xi // kb)), "rf")
-    rk = te.reduce_axis((i64(0), i64(half)), "rk")
-    rh = te.reduce_axis((i64(0), i64(halves)), "rh") if halves > 1 else None
+    rk = te.reduce_axis((i64(0), i64(kb)), "rk")
 
     def body(b, o, y, z, v):
-        byte = rf * kb + rk if rh is None else rf * kb + rh * half + rk
-        wv = wt[o, rc, ry, rx, rf, v, rk] if rh is None else wt[o, rc, ry, rx, rf, rh, v, rk]
-        return xp[b, y * sh + ry * dilation_h, z * (sw * c) + byte].astype("int32") * wv.astype("int32")
+        return (xp[b, y * sh + ry * dilation_h, z * (sw * c) + rf * kb + rk].astype("int32")
+                * wt[o, rc, ry, rx, rf, v, rk].astype("int32"))
 
-    axes = [rc, ry, rx, rf, rk] if rh is None else [rc, ry, rx, rf, rh, rk]
-    acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=axes), name="acc")
+    acc = te.compute(_s((n, ob, oh, owp, x)), lambda *i: te.sum(body(*i), axis=[rc, ry, rx, rf, rk]), name="acc")
     f = _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
                 residual, reg_n)
     return f.with_attr(GEOMETRY_ATTR, [int(sh), 1, int(dilation_h), 1])

@@ -263,9 +263,9 @@ class Realizer:
                 bcache[ck] = rc.block_int(bb, add_prim_func, xq, px, xi)
             return bcache[ck], px
 
-        def float_root(operand, vmap, p: QParams):
-            """The float value ``operand`` is quantized from with ``p`` where nothing int8 or
-            layout-changing stands between (a folded conv quantizes it itself), else None."""
+        def float_root(operand, vmap):
+            """The float value ``operand`` is quantized from where nothing int8 or layout-changing
+            stands between (a folded conv quantizes it itself), else None."""
             root, steps, _factor, key = g.trace(operand)
             if any(not isinstance(st, relax.TupleGetItem) for st in steps) or key in self.smooth \
                     or key in int8_blocked or key in int8_out:
@@ -346,11 +346,12 @@ class Realizer:
                     self.weight_bits[layer.id] = bits
             wq, s_w = self._weights(layer)
             dot = rc.blocked_dot(self.provider, layer, wq, p_in.zp) if layer.id in blocked and not depthwise else None
-            fold = self.provider.conv_fold_width(wq.shape[1], wq.shape[3], int(at.dilation[1]), dot) \
-                if dot is not None and not wino and cfg.fold_taps else 0
-            x_float = float_root(x_old, vmap, p_in) if fold else None
+            fold = self.provider.conv_fold(wq.shape[1], wq.shape[3], int(at.dilation[1]), dot) \
+                if dot is not None and not wino and cfg.fold_taps else None
+            x_float = float_root(x_old, vmap) if fold else None
             if x_float is not None:
                 xq, px = x_float, p_in
+                fold_xi, dot = fold
             elif depthwise:
                 xq, px = qoperand_blocked(bb, x_old, vmap, p_in, BLOCK)
             elif dot is not None:
@@ -369,7 +370,7 @@ class Realizer:
                                             eparams, wino, cfg.bits, nchw_out, res)
             elif x_float is not None:
                 out = rc.emit_folded_conv(bb, add_prim_func, self.provider, layer, at, x_float, static_shape(x_old), px,
-                                          cfg.bits, wq, bias, epi, eparams, dot, fold, nchw_out, res)
+                                          cfg.bits, wq, bias, epi, eparams, dot, fold_xi, nchw_out, res)
             elif dot is not None:
                 out = rc.emit_blocked_conv(bb, add_prim_func, self.provider, layer, at, xq, px, wq, bias, epi, eparams,
                                            dot, nchw_out, res)
@@ -379,7 +380,7 @@ class Realizer:
             if epi.kind == "float" and end_shape != static_shape(layer.var) and layer.id not in float_blocked:
                 out = bb.emit(relax.op.reshape(out, end_shape))
             is_blocked = depthwise or dot is not None
-            layout = f"hwc, {fold} bytes a pixel" if x_float is not None else f"nchw{static_shape(xq)[-1]}c"
+            layout = f"hwc, {fold_xi} bytes a pixel" if x_float is not None else f"nchw{static_shape(xq)[-1]}c"
             self._record(layer, plan, px, s_w, epi, layout if is_blocked else "oihw", extra)
             if is_blocked:
                 self.report[-1]["kernel"] = (f"{self.provider.name} blocked int8 "

@@ -130,17 +130,18 @@ def emit_blocked_conv(bb, add_func, provider, layer, at, xq, px, wq, bias, epi, 
 
 def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: int, wq, bias, epi, eparams, dot,
                      xi: int, nchw_out: bool, residual=None):
-    """Emit a narrow conv with its kernel rows folded into the channels (``xi`` bytes per pixel,
-    ``provider.conv_fold_width``): the float NCHW input ``x`` quantized into HWC (the blocked
-    layout with one block of all its channels), then ``int8_conv.conv2d_folded_int8_func``;
+    """Emit a narrow conv with its kernel rows folded into the channels (``xi`` bytes per pixel
+    and ``dot``: ``provider.conv_fold``'s): the float NCHW input ``x`` quantized into HWC (the
+    blocked layout with one block of all its channels), then ``int8_conv.conv2d_folded_int8_func``;
     outputs and ``residual`` as :func:`emit_blocked_conv`'s."""
+    from hwcomp.schedules.cpu.int8_conv import schedule_quantize_hwc
+
+    assert dot.halves == 1, dot
     n, c, h, w = x_shape
     o, _, kh, kw = wq.shape
     strides = [int(v) for v in at.strides]
     padding = [int(v) for v in at.padding]
     dilation_h = int(at.dilation[0])
-    from hwcomp.schedules.cpu.int8_conv import schedule_quantize_hwc
-
     vector_bits = getattr(provider.target, "vector_bits", 128)
     gq = add_func(bb, schedule_quantize_hwc(ic.quantize_blocked_func(x_shape, px.scale, px.zp, px.dtype, bits, c),
                                             vector_bits), "q_quantize_hwc")
@@ -150,9 +151,8 @@ def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: in
     ow = ic.out_size(w, kw, strides[1], 1, padding[1], padding[3])
     ob = -(-o // ic.BLOCK)
     f = ic.conv2d_folded_int8_func((n, h, w, c), o, (kh, kw), strides, padding, dilation_h, xi, px.dtype, epi, px.zp,
-                                   dot.kb, provider.conv_reg_n(ow, xi, dot), nchw_out, dot.halves,
-                                   residual and residual[0])
-    w8 = ic.pack_conv_weight(ic.fold_conv_weight(wq), xi, ic.BLOCK, dot.kb, dot.halves)
+                                   dot.kb, provider.conv_reg_n(ow, xi, dot), nchw_out, residual and residual[0])
+    w8 = ic.pack_conv_weight(ic.fold_conv_weight(wq), xi, ic.BLOCK, dot.kb)
     return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), [xq, relax.const(w8)], bias, epi, eparams,
                  ob * ic.BLOCK, (n, o, oh, ow), (n, ob, oh, ow, ic.BLOCK), nchw_out, residual)
 

@@ -248,9 +248,19 @@ class X86Int8Provider(KernelProvider):
         plan = self._amx_plan(ow, kw, dw, xi, dot)
         return kw if plan is None else plan[2]
 
-    def conv_fold_width(self, channels: int, kw: int, dw: int, dot) -> int:
-        # AMX reads a narrow conv's kernel rows as whole tile rows already (amx_conv_plan)
-        return 0 if self.amx and dot.intrin == VNNI_U8 else super().conv_fold_width(channels, kw, dw, dot)
+    def conv_fold(self, channels: int, kw: int, dw: int, dot):
+        if self.amx and dot.intrin == VNNI_U8:  # AMX reads a narrow conv's kernel rows as tile rows
+            return None
+        if dot.intrin == AVX2_U8S7_SAT:
+            # Folded, every byte of the saturating step's int16 sums is an image code (blocked, the
+            # channels' padding left two real products per sum, which cannot saturate): the exact
+            # 4-byte step, on the same 7-bit weights. ResNet's stem alone: 0.67 ms against the
+            # 8-byte step's 0.66 folded, 1.49 blocked.
+            from hwcomp.quantize.int8_conv import fold_width
+
+            xi = fold_width(channels, kw, dw, 4, blocked_kb=dot.kb)
+            return (xi, ConvDot(8, 4, AVX2_U8S7)) if xi else None
+        return super().conv_fold(channels, kw, dw, dot)
 
     def schedule_blocked_conv(self, func, dot, depthwise: bool = False):
         if not depthwise and dot is not None and self.amx and dot.intrin == VNNI_U8:

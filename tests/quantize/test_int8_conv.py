@@ -852,10 +852,12 @@ def test_int8_cnn_pipeline(host, name, tmp_path):
     assert len(convs) == n_convs
     if get_provider(host).conv_dot() is not None:
         for r in convs.values():
-            assert r["status"] == "int8" and r["kernel"].endswith(("blocked int8 conv", "blocked int8 depthwise")), r
+            assert r["status"] == "int8" and r["kernel"].endswith(
+                ("blocked int8 conv", "blocked int8 depthwise", "kernel rows folded into the channels")), r
             if name.startswith("mobile") and r["layer"] not in ("conv0", "conv3"):  # activation inside
                 assert r["epilogue"]["act"] in ("relu", "relu6", "silu"), r
-            assert r["layout"].startswith("nchw") and r["layout"].endswith("c"), r
+            assert (r["layout"].startswith("nchw") and r["layout"].endswith("c")) or \
+                r["layout"].startswith("hwc, "), r  # a 3-channel stem may fold (test_int8_conv_fold.py)
         got_float = {k if r["output"] == "float32" else f"{k} blocked" for k, r in convs.items()
                      if r["output"].startswith("float32")}
         assert got_float == float_out, f"convs with float32 output: {sorted(got_float)}, expected {sorted(float_out)}"
