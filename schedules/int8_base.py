@@ -1,7 +1,8 @@
 """What every int8 kernel provider builds on, below both ``hwcomp.quantize.int8_compute`` (which picks a
 provider for the target) and the per-target providers (``schedules/{x86,arm,cuda}/int8.py``): the
-generic :class:`KernelProvider`, the weight layouts, the CPU dot-product intrinsic description and
-registration, and the blocked dense schedule the CPU providers tensorize.
+generic :class:`KernelProvider`, the weight layouts, the blocked conv's channel block and the rule
+for folding a narrow conv's kernel rows (:func:`fold_width`), the CPU dot-product intrinsic
+description and registration, and the blocked dense schedule the CPU providers tensorize.
 """
 
 from __future__ import annotations
@@ -10,6 +11,32 @@ from typing import NamedTuple
 
 from tvm import tirx
 from tvm.script import tirx as T
+
+#: Channel block of int8 activations between blocked int8 convolutions
+#: (``hwcomp.quantize.int8_conv``'s layout NCHW[x]c).
+BLOCK = 16
+
+
+def in_block(channels: int, kb: int) -> int:
+    """Channel block of a float tensor quantized into the blocked layout: :data:`BLOCK`, or fewer
+    (a multiple of ``kb``) for narrow inputs such as an image's 3 channels."""
+    return min(BLOCK, -(-channels // kb) * kb)
+
+
+#: The most input bytes per pixel of a conv run with its kernel rows folded into the channels.
+MAX_FOLD = 64
+
+
+def fold_width(channels: int, kw: int, dw: int, kb: int, blocked_kb: int | None = None) -> int:
+    """Input bytes per output pixel (``xi``, a multiple of the dot's ``kb``) of a narrow conv run
+    with each kernel row's taps folded into the channels (``hwcomp.quantize.int8_conv.conv2d_folded_int8_func``), or 0
+    where that reads no fewer bytes than the blocked layout's ``kw`` taps of ``in_block`` channels
+    each (``blocked_kb``: the blocked layout's dot bytes, if not ``kb``). An image's 3 channels
+    under a 7-tap row: 24 bytes instead of 7 x 4 (the 4-byte dots) or 7 x 8 (AVX2's 8-byte step)."""
+    if kw < 2 or dw != 1:  # the folded taps must be contiguous pixels of the input row
+        return 0
+    folded = -(-channels * kw // kb) * kb
+    return folded if folded < kw * in_block(channels, blocked_kb or kb) and folded <= MAX_FOLD else 0
 
 
 class ConvDot(NamedTuple):
@@ -114,8 +141,6 @@ class KernelProvider:
         (``int8_conv.conv2d_folded_int8_func``): ``xi`` input bytes per pixel on the dot step
         returned; None for the blocked layout. ResNet's 7x7 stem alone, 2 Zen 4 cores: AVX2
         1.49 -> 0.67 ms (from the blocked 8-byte step), VNNI 0.37 -> 0.32."""
-        from hwcomp.quantize.int8_conv import fold_width
-
         xi = fold_width(channels, kw, dw, dot.kb)
         return (xi, dot) if xi else None
 

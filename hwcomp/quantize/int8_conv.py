@@ -18,19 +18,13 @@ import dataclasses
 import numpy as np
 from tvm import te, tirx
 
+from hwcomp.schedules.int8_base import BLOCK, MAX_FOLD, fold_width, in_block
+
 from .int8_compute import Epilogue, _apply_epilogue, _s, epilogue_inputs
 
-#: Channel block of int8 activations between blocked int8 convolutions.
-BLOCK = 16
 REG_N_ATTR = "hwcomp.reg_n"
 #: ``[stride_h, stride_w, dilation_h, dilation_w]`` of a blocked conv (schedules read it).
 GEOMETRY_ATTR = "hwcomp.conv_geometry"
-
-
-def in_block(channels: int, kb: int) -> int:
-    """Channel block of a float tensor quantized into the blocked layout: :data:`BLOCK`, or fewer
-    (a multiple of ``kb``) for narrow inputs such as an image's 3 channels."""
-    return min(BLOCK, -(-channels // kb) * kb)
 
 
 def out_size(size, k, stride, dilation, before, after) -> int:
@@ -196,22 +190,6 @@ def conv2d_nchwc_int8_func(x_shape, channels_out: int, kernel: tuple[int, int], 
     f = _finish(acc, [a, wt, bias, *params], params, bias, epi, channels_out, x, nchw_out, (n, ob, oh, ow, x),
                 residual, reg_n)
     return f.with_attr(GEOMETRY_ATTR, [int(sh), int(sw), int(dh), int(dw)])
-
-
-#: The most input bytes per pixel of a conv run with its kernel rows folded into the channels.
-MAX_FOLD = 64
-
-
-def fold_width(channels: int, kw: int, dw: int, kb: int, blocked_kb: int | None = None) -> int:
-    """Input bytes per output pixel (``xi``, a multiple of the dot's ``kb``) of a narrow conv run
-    with each kernel row's taps folded into the channels (:func:`conv2d_folded_int8_func`), or 0
-    where that reads no fewer bytes than the blocked layout's ``kw`` taps of ``in_block`` channels
-    each (``blocked_kb``: the blocked layout's dot bytes, if not ``kb``). An image's 3 channels
-    under a 7-tap row: 24 bytes instead of 7 x 4 (the 4-byte dots) or 7 x 8 (AVX2's 8-byte step)."""
-    if kw < 2 or dw != 1:  # the folded taps must be contiguous pixels of the input row
-        return 0
-    folded = -(-channels * kw // kb) * kb
-    return folded if folded < kw * in_block(channels, blocked_kb or kb) and folded <= MAX_FOLD else 0
 
 
 def fold_conv_weight(wq: np.ndarray) -> np.ndarray:
@@ -385,6 +363,7 @@ def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
 
 __all__ = [
     "BLOCK",
+    "MAX_FOLD",
     "Residual",
     "block_int_func",
     "conv2d_folded_int8_func",

@@ -38,6 +38,7 @@ from hwcomp.schedules.int8_base import (
     ConvDot,
     KernelProvider,
     cpu_dot_desc,
+    fold_width,
     layout_fits,
     register_intrin,
     schedule_blocked_dense,
@@ -256,8 +257,6 @@ class X86Int8Provider(KernelProvider):
             # channels' padding left two real products per sum, which cannot saturate): the exact
             # 4-byte step, on the same 7-bit weights. ResNet's stem alone: 0.67 ms against the
             # 8-byte step's 0.66 folded, 1.49 blocked.
-            from hwcomp.quantize.int8_conv import fold_width
-
             xi = fold_width(channels, kw, dw, 4, blocked_kb=dot.kb)
             return (xi, ConvDot(8, 4, AVX2_U8S7)) if xi else None
         return super().conv_fold(channels, kw, dw, dot)

@@ -1044,13 +1044,18 @@ def board():
 @pytest.mark.parametrize("case_name", list(ARM_CASES))
 @pytest.mark.parametrize("target_name", list(ARM_INSTR))
 def test_arm_blocked_conv_on_board(board, target_name, case_name, tmp_path):
+    target, p = arm_problem(target_name, case_name)
+    got = run_on_board(board, target, p, tmp_path / f"conv_{target_name}_{case_name}.so")
+    check_output(got, p.acc_b, p.epi, p.params, p.channels)
+
+
+def run_on_board(board, target, p: Problem, path: Path) -> np.ndarray:
+    """``p``'s kernel cross-compiled to ``path``, run once on the emulated board: its output."""
     from tvm.support import cc
 
     from hwcomp.runtime.rpc import upload_library
 
-    target, p = arm_problem(target_name, case_name)
     ex = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target())
-    path = tmp_path / f"conv_{target_name}_{case_name}.so"
     ex.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
     remote = board.connect(session_timeout=120)
     try:
@@ -1058,13 +1063,12 @@ def test_arm_blocked_conv_on_board(board, target_name, case_name, tmp_path):
         lib = upload_library(remote, path, board.arch)
         out = tvm.runtime.tensor(np.zeros(p.out_shape, p.out_dtype), dev)
         lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in p.args], out)
-        got = out.numpy()
+        return out.numpy()
     finally:
         # end the session now (it holds the single-session server until collected: the session
         # and its deadline watchdog refer to each other)
         lib = out = dev = remote = None
         gc.collect()
-    check_output(got, p.acc_b, p.epi, p.params, p.channels)
 
 
 def test_fast_exp_matches_numpy():

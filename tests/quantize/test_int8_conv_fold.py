@@ -22,7 +22,6 @@ What is checked, and how exactly:
 
 from __future__ import annotations
 
-import gc
 import re
 
 import numpy as np
@@ -49,6 +48,7 @@ from tests.quantize.test_int8_conv import (
     padded_params,
     ref_conv,
     run_local,
+    run_on_board,
     x86_dot,
 )
 
@@ -167,24 +167,8 @@ def test_arm_folded_conv_cross_compiles(target_name):
 @pytest.mark.board
 @pytest.mark.parametrize("target_name", list(FOLD_ARM_INSTR))
 def test_arm_folded_conv_on_board(board, target_name, tmp_path):  # noqa: F811 - the imported fixture
-    from tvm.support import cc
-
-    from hwcomp.runtime.rpc import upload_library
-
     target, p = _arm_fold_problem(target_name)
-    ex = tvm.compile(tvm.IRModule({"main": p.func}), target=target.tvm_target())
-    path = tmp_path / f"fold_{target_name}.so"
-    ex.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
-    remote = board.connect(session_timeout=120)
-    try:
-        dev = remote.cpu()
-        lib = upload_library(remote, path, board.arch)
-        out = tvm.runtime.tensor(np.zeros(p.out_shape, p.out_dtype), dev)
-        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in p.args], out)
-        got = out.numpy()
-    finally:  # end the session now (see test_int8_conv.test_arm_blocked_conv_on_board)
-        lib = out = dev = remote = None
-        gc.collect()
+    got = run_on_board(board, target, p, tmp_path / f"fold_{target_name}.so")
     check_output(got, p.acc_b, p.epi, p.params, p.channels)
 
 
