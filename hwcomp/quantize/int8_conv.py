@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 from tvm import te, tirx
 
-from hwcomp.schedules.int8_base import BLOCK, MAX_FOLD, fold_width, in_block
+from hwcomp.schedules.int8_base import BLOCK, in_block
 
 from .int8_compute import Epilogue, _apply_epilogue, _s, epilogue_inputs
 
@@ -363,7 +363,6 @@ def block_int_func(shape, dtype: str, block: int, fill: int) -> tirx.PrimFunc:
 
 __all__ = [
     "BLOCK",
-    "MAX_FOLD",
     "Residual",
     "block_int_func",
     "conv2d_folded_int8_func",
@@ -371,7 +370,6 @@ __all__ = [
     "depthwise_nchwc_int8_func",
     "dequantize_blocked_func",
     "fold_conv_weight",
-    "fold_width",
     "in_block",
     "pack_conv_weight",
     "pack_depthwise_weight",

@@ -139,6 +139,7 @@ def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: in
     assert dot.halves == 1, dot
     n, c, h, w = x_shape
     o, _, kh, kw = wq.shape
+    _, _, oh, ow = static_shape(layer.var)
     strides = [int(v) for v in at.strides]
     padding = [int(v) for v in at.padding]
     dilation_h = int(at.dilation[0])
@@ -147,8 +148,6 @@ def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: in
                                             vector_bits), "q_quantize_hwc")
     xq = bb.emit(relax.call_tir(gq, [x], relax.TensorType((n, 1, h, w, c), px.dtype)))
     xq = bb.emit(relax.op.reshape(xq, (n, h, w * c)))
-    oh = ic.out_size(h, kh, strides[0], dilation_h, padding[0], padding[2])
-    ow = ic.out_size(w, kw, strides[1], 1, padding[1], padding[3])
     ob = -(-o // ic.BLOCK)
     f = ic.conv2d_folded_int8_func((n, h, w, c), o, (kh, kw), strides, padding, dilation_h, xi, px.dtype, epi, px.zp,
                                    dot.kb, provider.conv_reg_n(ow, xi, dot), nchw_out, residual and residual[0])

@@ -257,8 +257,9 @@ class X86Int8Provider(KernelProvider):
             # channels' padding left two real products per sum, which cannot saturate): the exact
             # 4-byte step, on the same 7-bit weights. ResNet's stem alone: 0.67 ms against the
             # 8-byte step's 0.66 folded, 1.49 blocked.
-            xi = fold_width(channels, kw, dw, 4, blocked_kb=dot.kb)
-            return (xi, ConvDot(8, 4, AVX2_U8S7)) if xi else None
+            exact = ConvDot(8, 4, AVX2_U8S7)
+            xi = fold_width(channels, kw, dw, exact.kb, blocked_kb=dot.kb)
+            return (xi, exact) if xi else None
         return super().conv_fold(channels, kw, dw, dot)
 
     def schedule_blocked_conv(self, func, dot, depthwise: bool = False):

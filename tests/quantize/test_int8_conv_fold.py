@@ -1,4 +1,4 @@
-"""Narrow convs with their kernel rows folded into the channels (``int8_conv.fold_width``,
+"""Narrow convs with their kernel rows folded into the channels (``schedules/int8_base.fold_width``,
 ``conv2d_folded_int8_func``, ``realize_conv.emit_folded_conv``).
 
 What is checked, and how exactly:
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from hwcomp.schedules.int8_base import ConvDot
+from hwcomp.schedules.int8_base import ConvDot, fold_width
 from torch import nn
 
 from hwcomp.quantize import int8_conv as ic
@@ -55,14 +55,14 @@ from tests.quantize.test_int8_conv import (
 
 def test_fold_width_rule():
     # the 7x7 stem's 21 bytes a row: 24 instead of 7 x 4 (4-byte dots), 7 x 8 (AVX2's 8-byte step)
-    assert ic.fold_width(3, 7, 1, 4) == 24 and ic.fold_width(3, 7, 1, 8) == 24 and ic.fold_width(3, 7, 1, 2) == 22
-    assert ic.fold_width(3, 4, 1, 4) == 12  # ConvNeXt's 4x4 patchify stem: 12 instead of 16
-    assert ic.fold_width(3, 3, 1, 4) == 0 and ic.fold_width(3, 3, 1, 4, blocked_kb=8) == 12  # vs 3 x 4, 3 x 8
-    assert ic.fold_width(1, 5, 1, 4) == 8  # grayscale 5x5: 8 instead of 20
-    assert ic.fold_width(16, 3, 1, 4) == 0 and ic.fold_width(8, 3, 1, 8) == 0  # full blocks already
-    assert ic.fold_width(3, 7, 2, 4) == 0  # dilated taps are not contiguous pixels
-    assert ic.fold_width(3, 1, 1, 4) == 0
-    assert ic.fold_width(12, 7, 1, 4) == 0  # 84 bytes: past MAX_FOLD
+    assert fold_width(3, 7, 1, 4) == 24 and fold_width(3, 7, 1, 8) == 24 and fold_width(3, 7, 1, 2) == 22
+    assert fold_width(3, 4, 1, 4) == 12  # ConvNeXt's 4x4 patchify stem: 12 instead of 16
+    assert fold_width(3, 3, 1, 4) == 0 and fold_width(3, 3, 1, 4, blocked_kb=8) == 12  # vs 3 x 4, 3 x 8
+    assert fold_width(1, 5, 1, 4) == 8  # grayscale 5x5: 8 instead of 20
+    assert fold_width(16, 3, 1, 4) == 0 and fold_width(8, 3, 1, 8) == 0  # full blocks already
+    assert fold_width(3, 7, 2, 4) == 0  # dilated taps are not contiguous pixels
+    assert fold_width(3, 1, 1, 4) == 0
+    assert fold_width(12, 7, 1, 4) == 0  # 84 bytes: past MAX_FOLD
 
 
 def test_fold_dot_steps():
