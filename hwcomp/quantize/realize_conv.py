@@ -139,17 +139,14 @@ def emit_folded_conv(bb, add_func, provider, layer, at, x, x_shape, px, bits: in
     assert dot.halves == 1, dot
     n, c, h, w = x_shape
     o, _, kh, kw = wq.shape
-    _, _, oh, ow = static_shape(layer.var)
-    strides = [int(v) for v in at.strides]
-    padding = [int(v) for v in at.padding]
-    dilation_h = int(at.dilation[0])
     vector_bits = getattr(provider.target, "vector_bits", 128)
     gq = add_func(bb, schedule_quantize_hwc(ic.quantize_blocked_func(x_shape, px.scale, px.zp, px.dtype, bits, c),
                                             vector_bits), "q_quantize_hwc")
     xq = bb.emit(relax.call_tir(gq, [x], relax.TensorType((n, 1, h, w, c), px.dtype)))
+    strides, padding, dilation, (oh, ow) = _geometry(at, xq, wq)  # xq: blocked, one block of all channels
     xq = bb.emit(relax.op.reshape(xq, (n, h, w * c)))
     ob = -(-o // ic.BLOCK)
-    f = ic.conv2d_folded_int8_func((n, h, w, c), o, (kh, kw), strides, padding, dilation_h, xi, px.dtype, epi, px.zp,
+    f = ic.conv2d_folded_int8_func((n, h, w, c), o, (kh, kw), strides, padding, dilation[0], xi, px.dtype, epi, px.zp,
                                    dot.kb, provider.conv_reg_n(ow, xi, dot), nchw_out, residual and residual[0])
     w8 = ic.pack_conv_weight(ic.fold_conv_weight(wq), xi, ic.BLOCK, dot.kb)
     return _emit(bb, add_func, layer, provider.schedule_blocked_conv(f, dot), [xq, relax.const(w8)], bias, epi, eparams,
